@@ -1,0 +1,85 @@
+"""Messages exchanged between Raft cores.
+
+One flat, frozen record for every message type keeps the transport's encoder
+trivial (a fixed tuple of fields). Which fields are meaningful depends on the
+type; the table below is the contract.
+
+- PRE_VOTE, VOTE: `log_term`/`index` are the candidate's last entry; `context` is
+  `TRANSFER_CONTEXT` when the campaign was forced by TIMEOUT_NOW. A PRE_VOTE's
+  `term` is the term the sender would campaign in (its own term + 1).
+- PRE_VOTE_RESPONSE, VOTE_RESPONSE: `reject` is True when the vote is refused.
+- APPEND: `log_term`/`index` name the entry preceding `entries`; `commit` is the
+  leader's commit index.
+- APPEND_RESPONSE: on success `index` is the follower's last index known to match
+  the leader. On rejection `index` is the rejected APPEND's `index`, and
+  `reject_hint`/`log_term` are the follower's hint for fast backoff: the largest
+  index whose term is <= the APPEND's `log_term`, and that term.
+- HEARTBEAT: `commit` is min(follower's match, commit); `index` is the leader's
+  latest ReadIndex round. HEARTBEAT_RESPONSE echoes `index`.
+- SNAPSHOT: `snapshot` is the leader's compaction point. The follower answers
+  with an APPEND_RESPONSE.
+- TIMEOUT_NOW: campaign at once (leadership transfer).
+- READ_INDEX: a follower forwards a ReadIndex request; `context` identifies it.
+  READ_INDEX_RESPONSE carries the confirmed `index`, or `reject` if the leader
+  could not serve it.
+
+Node ids are positive integers; 0 never names a node.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import IntEnum
+
+from changeagent.raft.entry import Entry
+from changeagent.raft.interfaces import Snapshot
+
+# A VOTE carrying this context was forced by TIMEOUT_NOW (leadership transfer):
+# receivers grant it even if they heard from a leader recently.
+TRANSFER_CONTEXT = b"transfer"
+
+
+class MessageType(IntEnum):
+    """Every message type; values are stable because they go on the wire."""
+
+    PRE_VOTE = 1
+    PRE_VOTE_RESPONSE = 2
+    VOTE = 3
+    VOTE_RESPONSE = 4
+    APPEND = 5
+    APPEND_RESPONSE = 6
+    HEARTBEAT = 7
+    HEARTBEAT_RESPONSE = 8
+    SNAPSHOT = 9
+    TIMEOUT_NOW = 10
+    READ_INDEX = 11
+    READ_INDEX_RESPONSE = 12
+
+
+@dataclass(frozen=True, slots=True)
+class Message:
+    """One Raft message from `source` to `target`, sent in `term`."""
+
+    type: MessageType
+    source: int
+    target: int
+    term: int
+    log_term: int = 0
+    index: int = 0
+    entries: tuple[Entry, ...] = ()
+    commit: int = 0
+    reject: bool = False
+    reject_hint: int = 0
+    snapshot: Snapshot | None = None
+    context: bytes = b""
+
+
+RESPONSE_TYPES = frozenset(
+    {
+        MessageType.PRE_VOTE_RESPONSE,
+        MessageType.VOTE_RESPONSE,
+        MessageType.APPEND_RESPONSE,
+        MessageType.HEARTBEAT_RESPONSE,
+        MessageType.READ_INDEX_RESPONSE,
+    }
+)
