@@ -1,0 +1,60 @@
+"""Builds the aiohttp application: routes (under the optional URI prefix) and middleware."""
+
+from __future__ import annotations
+
+import orjson
+from aiohttp import web
+
+from changeagent.api import changes, operations
+from changeagent.api.context import STATE_KEY, ApiState
+from changeagent.api.errors import Handler, error_middleware
+from changeagent.api.openapi import openapi_document
+from changeagent.node.node import Node
+
+
+def build_app(node: Node, prefix: str = "") -> web.Application:
+    app = web.Application(
+        middlewares=[error_middleware], client_max_size=node.limits.body_bytes_max
+    )
+    app[STATE_KEY] = ApiState(node=node, prefix=prefix)
+    document = orjson.dumps(
+        openapi_document(prefix, node.limits.limit_max, node.limits.block_max_s)
+    )
+
+    async def openapi(request: web.Request) -> web.Response:
+        return web.Response(body=document, content_type="application/json")
+
+    routes: list[tuple[str, str, Handler]] = [
+        ("GET", "/", operations.root),
+        ("GET", "/openapi.json", openapi),
+        ("POST", "/changes", changes.post_change),
+        ("GET", "/changes", changes.get_changes),
+        ("GET", "/changes/{id}", changes.get_change),
+        ("GET", "/health", operations.get_health),
+        ("PUT", "/health", operations.set_health),
+        ("POST", "/health", operations.set_health),
+        ("GET", "/config", operations.get_config),
+        ("PUT", "/config", operations.put_config),
+        ("GET", "/cluster", operations.get_cluster),
+        ("GET", "/cluster/members", operations.get_members),
+        ("POST", "/cluster/members", operations.add_member),
+        ("GET", "/cluster/members/{id}", operations.get_member),
+        ("GET", "/diagnostics", operations.diagnostics),
+        ("GET", "/diagnostics/id", operations.node_id),
+        ("GET", "/diagnostics/raft", operations.raft_status),
+        ("GET", "/diagnostics/raft/state", operations.raft_state),
+        ("GET", "/diagnostics/raft/leader", operations.raft_leader),
+        ("GET", "/diagnostics/stack", operations.stack),
+        ("GET", "/diagnostics/memory", operations.memory),
+        ("GET", "/diagnostics/cpu", operations.cpu),
+    ]
+    for method, path, handler in routes:
+        app.router.add_route(method, prefix + path if path != "/" or not prefix else prefix, handler)
+
+    async def wake_long_polls(app: web.Application) -> None:
+        # Runs after the listeners stop and before in-flight requests are awaited:
+        # long-polls answer at once with what they have, so shutdown is quick.
+        await node.close()
+
+    app.on_shutdown.append(wake_long_polls)
+    return app

@@ -1,0 +1,47 @@
+"""Handlers for the change list: POST /changes, GET /changes, GET /changes/{id}."""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from changeagent.api.context import state_of
+from changeagent.api.errors import ApiError
+from changeagent.api.params import change_query, index_in_path, seconds_parameter
+from changeagent.change import parse_change_body
+
+JSON = "application/json"
+
+
+def idempotency_key(request: web.Request, key_bytes_max: int) -> str:
+    key = request.headers.get("Idempotency-Key", "")
+    if len(key.encode()) > key_bytes_max:
+        raise ApiError(400, f"Idempotency-Key may be at most {key_bytes_max} bytes")
+    return key
+
+
+async def post_change(request: web.Request) -> web.Response:
+    node = state_of(request).node
+    if request.content_type != JSON:
+        raise ApiError(415, "POST /changes needs Content-Type: application/json")
+    body = await request.read()
+    change = parse_change_body(body)
+    key = idempotency_key(request, node.limits.idempotency_key_bytes_max)
+    stored = await node.append_change(change, key)
+    return web.Response(body=stored, content_type=JSON)
+
+
+async def get_changes(request: web.Request) -> web.Response:
+    node = state_of(request).node
+    query = change_query(request, node.limits)
+    block_s = seconds_parameter(request, "block", node.limits.block_max_s)
+    page = await node.wait_changes(query, block_s)
+    return web.Response(body=page.encode(), content_type=JSON)
+
+
+async def get_change(request: web.Request) -> web.Response:
+    node = state_of(request).node
+    index = index_in_path(request)
+    stored = node.get_change(index)
+    if stored is None:
+        raise ApiError(404, "Not found")
+    return web.Response(body=stored, content_type=JSON)

@@ -1,0 +1,23 @@
+"""Typed access to what the handlers share through the aiohttp application."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from aiohttp import web
+
+from changeagent.node.node import Node
+
+
+@dataclass(slots=True)
+class ApiState:
+    node: Node
+    prefix: str = ""
+    marked_down: bool = field(default=False)
+
+
+STATE_KEY = web.AppKey("changeagent_state", ApiState)
+
+
+def state_of(request: web.Request) -> ApiState:
+    return request.app[STATE_KEY]

@@ -1,0 +1,103 @@
+"""The one place that maps errors to HTTP statuses. Every error body is JSON.
+
+Handlers raise `ApiError` (or a node/parse error); the middleware turns it into
+`{"error": "..."}` with the right status. aiohttp's own 404/405/413 answers are
+rewritten the same way, keeping their headers (e.g. `Allow`).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+
+import orjson
+from aiohttp import web
+
+from changeagent.change import ChangeError
+from changeagent.config import ConfigError
+from changeagent.node.errors import (
+    BadRequest,
+    CommitTimeout,
+    DataCorrupted,
+    NotAvailable,
+    Overloaded,
+)
+
+log = logging.getLogger(__name__)
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+RETRY_AFTER_DEFAULT_S = 1
+
+
+class ApiError(Exception):
+    """An error answer: status, message and optional extra headers."""
+
+    def __init__(self, status: int, message: str, headers: dict[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.headers = headers or {}
+
+
+def json_error(status: int, message: str, headers: dict[str, str] | None = None) -> web.Response:
+    return web.Response(
+        status=status,
+        body=orjson.dumps({"error": message}),
+        content_type="application/json",
+        headers=headers,
+    )
+
+
+def _from_exception(error: Exception) -> web.Response | None:
+    if isinstance(error, ApiError):
+        return json_error(error.status, error.message, error.headers)
+    if isinstance(error, (ChangeError, ConfigError, BadRequest)):
+        return json_error(400, str(error))
+    if isinstance(error, NotAvailable):
+        retry = error.retry_after_s or RETRY_AFTER_DEFAULT_S
+        return json_error(503, str(error), {"Retry-After": str(retry)})
+    if isinstance(error, (CommitTimeout, Overloaded)):
+        return json_error(503, str(error), {"Retry-After": str(RETRY_AFTER_DEFAULT_S)})
+    if isinstance(error, DataCorrupted):
+        return json_error(503, str(error))
+    return None
+
+
+_REASONS = {
+    404: "not found",
+    405: "method not allowed",
+    413: "request body is too large",
+}
+
+
+def _from_http_exception(error: web.HTTPException) -> web.Response:
+    headers = {
+        name: value
+        for name, value in error.headers.items()
+        if name.lower() not in ("content-type", "content-length")
+    }
+    message = _REASONS.get(error.status, error.reason.lower())
+    if error.status == 413:
+        message = f"request body is too large (the limit is {_max_size(error)} bytes)"
+    return json_error(error.status, message, headers)
+
+
+def _max_size(error: web.HTTPException) -> str:
+    max_size = getattr(error, "max_size", None)
+    return str(max_size) if max_size is not None else "configured"
+
+
+@web.middleware
+async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    try:
+        return await handler(request)
+    except web.HTTPException as error:
+        if error.status < 400:
+            raise
+        return _from_http_exception(error)
+    except Exception as error:
+        response = _from_exception(error)
+        if response is not None:
+            return response
+        log.exception("unexpected error serving %s %s", request.method, request.path)
+        return json_error(500, "internal error; the server log has the details")

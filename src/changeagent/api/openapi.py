@@ -1,0 +1,290 @@
+"""The OpenAPI 3 document of the whole HTTP API, served at /openapi.json.
+
+A schemathesis run in the test suite checks every answer against it, so a change
+to a handler that is not reflected here fails the build.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from changeagent import __version__
+
+ERROR = {"$ref": "#/components/schemas/Error"}
+TEXT = {"text/plain": {"schema": {"type": "string"}}}
+YAML = {"application/yaml": {"schema": {"type": "string"}}}
+
+
+def _json(schema: dict[str, Any]) -> dict[str, Any]:
+    return {"application/json": {"schema": schema}}
+
+
+def _error(description: str) -> dict[str, Any]:
+    return {"description": description, "content": _json(ERROR)}
+
+
+def _ok_json(description: str, schema: dict[str, Any]) -> dict[str, Any]:
+    return {"description": description, "content": _json(schema)}
+
+
+def _query(name: str, schema: dict[str, Any], description: str, **extra: Any) -> dict[str, Any]:
+    return {"name": name, "in": "query", "schema": schema, "description": description, **extra}
+
+
+CHANGE = {
+    "type": "object",
+    "required": ["_id", "_ts", "data"],
+    "properties": {
+        "_id": {"type": "integer", "minimum": 1},
+        "_ts": {"type": "integer", "description": "nanoseconds since the epoch"},
+        "type": {"type": "integer", "minimum": 1, "description": "omitted when 0"},
+        "tags": {"type": "array", "items": {"type": "string"}, "minItems": 1},
+        "data": {},
+    },
+    "additionalProperties": False,
+}
+
+CHANGE_LIST = {
+    "type": "object",
+    "required": ["changes", "atStart", "atEnd"],
+    "properties": {
+        "changes": {"type": "array", "items": {"$ref": "#/components/schemas/Change"}},
+        "atStart": {"type": "boolean"},
+        "atEnd": {"type": "boolean"},
+        "missedChanges": {"type": "boolean", "description": "since lies below the purge point"},
+        "firstRetained": {"type": "integer", "description": "first index still stored"},
+    },
+    "additionalProperties": False,
+}
+
+
+def _get_changes_parameters(limit_max: int, block_max_s: float) -> list[dict[str, Any]]:
+    return [
+        _query("since", {"type": "integer", "minimum": 0}, "exclusive lower bound on _id"),
+        _query("limit", {"type": "integer", "minimum": 1, "maximum": limit_max}, "maximum changes"),
+        _query(
+            "tag",
+            {"type": "array", "items": {"type": "string"}},
+            "ORed tag filter",
+            style="form",
+            explode=True,
+        ),
+        _query("type", {"type": "integer", "minimum": 0, "maximum": 2**31 - 1}, "type filter"),
+        _query(
+            "block", {"type": "number", "minimum": 0, "maximum": block_max_s}, "long-poll seconds"
+        ),
+    ]
+
+
+NEW_CHANGE = {
+    "oneOf": [
+        {
+            "type": "object",
+            "required": ["data"],
+            "properties": {
+                "data": {},
+                "tags": {"type": "array", "items": {"type": "string"}, "maxItems": 64},
+                "type": {"type": "integer", "minimum": 0, "maximum": 2**31 - 1},
+            },
+            "additionalProperties": False,
+        },
+        {"not": {"type": "object"}, "description": "any other JSON value is stored as data"},
+    ]
+}
+
+
+def _paths(limit_max: int, block_max_s: float) -> dict[str, Any]:
+    return {
+        "/": {
+            "get": {"summary": "Links", "responses": {"200": _ok_json("links", {"type": "object"})}}
+        },
+        "/openapi.json": {
+            "get": {
+                "summary": "This document",
+                "responses": {"200": _ok_json("doc", {"type": "object"})},
+            }
+        },
+        "/changes": {
+            "get": {
+                "summary": "List committed changes after `since`, optionally waiting",
+                "parameters": _get_changes_parameters(limit_max, block_max_s),
+                "responses": {
+                    "200": _ok_json(
+                        "a page of changes", {"$ref": "#/components/schemas/ChangeList"}
+                    ),
+                    "400": _error("bad parameter"),
+                    "503": _error("data unavailable"),
+                },
+            },
+            "post": {
+                "summary": "Append a change; answered once it is durable",
+                "parameters": [
+                    {
+                        "name": "Idempotency-Key",
+                        "in": "header",
+                        "schema": {"type": "string", "maxLength": 256},
+                    }
+                ],
+                "requestBody": {"required": True, "content": _json(NEW_CHANGE)},
+                "responses": {
+                    "200": _ok_json("the stored change", {"$ref": "#/components/schemas/Change"}),
+                    "400": _error("not a valid change"),
+                    "413": _error("body too large"),
+                    "415": _error("not JSON"),
+                    "503": _error("cannot store now; Retry-After says when to retry"),
+                },
+            },
+        },
+        "/changes/{id}": {
+            "get": {
+                "summary": "One change",
+                "parameters": [
+                    {"name": "id", "in": "path", "required": True, "schema": {"type": "string"}}
+                ],
+                "responses": {
+                    "200": _ok_json("the change", {"$ref": "#/components/schemas/Change"}),
+                    "400": _error("Invalid ID"),
+                    "404": _error("Not found"),
+                    "503": _error("data unavailable"),
+                },
+            }
+        },
+        "/health": {
+            "get": {
+                "summary": "Load-balancer health check",
+                "responses": {
+                    "200": {"description": "ok", "content": TEXT},
+                    "503": {"description": "marked down or failed", "content": TEXT},
+                },
+            },
+            "put": _health_update(),
+            "post": _health_update(),
+        },
+        "/config": {
+            "get": {
+                "summary": "Settings as YAML",
+                "responses": {"200": {"description": "settings", "content": YAML}},
+            },
+            "put": {
+                "summary": "Replace settings (missing durations keep their values)",
+                "requestBody": {
+                    "required": True,
+                    "content": {**YAML, "text/yaml": {"schema": {"type": "string"}}},
+                },
+                "responses": {
+                    "200": {"description": "the new settings", "content": YAML},
+                    "400": _error("invalid settings"),
+                    "415": _error("not YAML"),
+                    "503": _error("cannot store now"),
+                },
+            },
+        },
+        "/cluster": {
+            "get": {
+                "summary": "Cluster id and members",
+                "responses": {"200": _ok_json("cluster", CLUSTER)},
+            }
+        },
+        "/cluster/members": {
+            "get": {"summary": "Members by id", "responses": {"200": _ok_json("members", MEMBERS)}},
+            "post": {
+                "summary": "Add a member by address",
+                "requestBody": {
+                    "content": {
+                        "application/x-www-form-urlencoded": {
+                            "schema": {
+                                "type": "object",
+                                "properties": {"address": {"type": "string"}},
+                            }
+                        }
+                    }
+                },
+                "responses": {"400": _error("bad address"), "501": _error("not available")},
+            },
+        },
+        "/cluster/members/{id}": {
+            "get": {
+                "summary": "A member's address",
+                "parameters": [
+                    {"name": "id", "in": "path", "required": True, "schema": {"type": "string"}}
+                ],
+                "responses": {
+                    "200": {"description": "address", "content": TEXT},
+                    "404": _error("not a member"),
+                },
+            }
+        },
+        "/diagnostics": {"get": _diagnostic(_json({"type": "object"}))},
+        "/diagnostics/id": {"get": _diagnostic(TEXT)},
+        "/diagnostics/raft": {"get": _diagnostic(_json({"type": "object"}))},
+        "/diagnostics/raft/state": {"get": _diagnostic(TEXT)},
+        "/diagnostics/raft/leader": {"get": _diagnostic(TEXT)},
+        "/diagnostics/stack": {"get": _diagnostic(TEXT)},
+        "/diagnostics/memory": {"get": _diagnostic(_json({"type": "object"}))},
+        "/diagnostics/cpu": {"get": _diagnostic(_json({"type": "object"}))},
+    }
+
+
+CLUSTER = {
+    "type": "object",
+    "required": ["clusterId", "members"],
+    "properties": {
+        "clusterId": {"type": "string"},
+        "leader": {"type": "string"},
+        "term": {"type": "integer"},
+        "members": {"type": "object", "additionalProperties": {"type": "string"}},
+    },
+}
+MEMBERS = {"type": "object", "additionalProperties": {"type": "string"}}
+
+
+def _health_update() -> dict[str, Any]:
+    return {
+        "summary": "Mark the node up or down for load balancers",
+        "requestBody": {
+            "required": True,
+            "content": {
+                "application/x-www-form-urlencoded": {
+                    "schema": {
+                        "type": "object",
+                        "required": ["up"],
+                        "properties": {"up": {"type": "string", "enum": ["true", "false"]}},
+                    }
+                }
+            },
+        },
+        "responses": {
+            "200": {"description": "ok", "content": TEXT},
+            "400": _error("bad form"),
+            "503": {"description": "marked down", "content": TEXT},
+        },
+    }
+
+
+def _diagnostic(content: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "summary": "Diagnostics",
+        "responses": {"200": {"description": "diagnostics", "content": content}},
+    }
+
+
+def openapi_document(prefix: str, limit_max: int, block_max_s: float) -> dict[str, Any]:
+    document: dict[str, Any] = {
+        "openapi": "3.0.3",
+        "info": {"title": "changeagent", "version": __version__},
+        "paths": _paths(limit_max, block_max_s),
+        "components": {
+            "schemas": {
+                "Change": CHANGE,
+                "ChangeList": CHANGE_LIST,
+                "Error": {
+                    "type": "object",
+                    "required": ["error"],
+                    "properties": {"error": {"type": "string"}},
+                },
+            }
+        },
+    }
+    if prefix:
+        document["servers"] = [{"url": prefix}]
+    return document
