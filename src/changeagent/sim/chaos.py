@@ -1,0 +1,311 @@
+"""The fault and workload driver: what happens to the cluster, chosen by the seed.
+
+Each seed first draws a *profile* (how lossy the network is, how slow fsync is,
+how often nodes crash, partitions form, membership changes, ...), so that the
+seeds together cover calm runs, hostile runs and everything between. Then every
+`Chaos` event draws one weighted action: client proposals and ReadIndex
+requests, crashes and restarts, partitions and heals, membership changes,
+leadership transfers, compactions and forced campaigns.
+
+In the liveness phase only the client acts: it resubmits its pending proposals
+to the leader until all of them are applied and every member has caught up.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from changeagent.raft.confchange import ConfChange, ConfChangeKind
+from changeagent.raft.entry import Entry
+from changeagent.raft.errors import NotLeader, ProposalDropped
+from changeagent.raft.interfaces import Snapshot
+from changeagent.raft.ready import Role
+from changeagent.sim.client import PendingProposal
+from changeagent.sim.network import NetworkFaults
+
+if TYPE_CHECKING:
+    from changeagent.sim.cluster import SimNode, Simulation
+
+NODE_IDS_MAX = 16  # node ids are never reused; churn stops once this many were used
+MEMBERS_MAX = 7
+
+
+@dataclass(slots=True)
+class Profile:
+    fsync_delay_max: int
+    weights: dict[str, int]
+
+
+class ChaosDriver:
+    def __init__(self, simulation: Simulation) -> None:
+        self.sim = simulation
+        self.random = simulation.random
+        self.profile = Profile(0, {})
+        self._actions: list[tuple[str, Callable[[], None]]] = []
+        self._cumulative: list[int] = []
+        self._next_read = 0
+
+    # ---- profile ----
+
+    def choose_profile(self) -> None:
+        rnd = self.random
+        faults = NetworkFaults(
+            drop_probability=rnd.choice([0.0, 0.0, 0.02, 0.1, 0.25]),
+            duplicate_probability=rnd.choice([0.0, 0.02, 0.1]),
+            slow_probability=rnd.choice([0.0, 0.05, 0.2]),
+            delay_min=1,
+            delay_max=rnd.choice([2, 5, 12]),
+            delay_slow_max=80,
+        )
+        faults.validate()
+        self.sim.network.faults = faults
+        weights = {
+            "propose": 8,
+            "read": 3,
+            "crash": rnd.choice([0, 1, 2, 4]),
+            "restart": 3,
+            "partition": rnd.choice([0, 1, 2, 4]),
+            "heal": 2,
+            "membership": rnd.choice([0, 1, 3]),
+            "transfer": rnd.choice([0, 1, 2]),
+            "compact": rnd.choice([0, 1, 3]),
+            "campaign": rnd.choice([0, 0, 1]),
+        }
+        self.profile = Profile(rnd.choice([0, 2, 8, 30]), weights)
+        handlers: dict[str, Callable[[], None]] = {
+            "propose": self.propose,
+            "read": self.read,
+            "crash": self.crash,
+            "restart": self.restart,
+            "partition": self.partition,
+            "heal": self.heal,
+            "membership": self.change_membership,
+            "transfer": self.transfer,
+            "compact": self.compact,
+            "campaign": self.campaign,
+        }
+        total = 0
+        for name, weight in weights.items():
+            if weight:
+                total += weight
+                self._actions.append((name, handlers[name]))
+                self._cumulative.append(total)
+
+    def fsync_delay(self) -> int:
+        delay_max = self.profile.fsync_delay_max
+        if delay_max and self.random.random() < 0.05:
+            return self.random.randint(delay_max, 5 * delay_max)  # a stalled disk
+        return self.random.randint(0, delay_max)
+
+    def act(self) -> None:
+        if not self.sim.faults_on:
+            return
+        pick = self.random.randrange(self._cumulative[-1])
+        for (name, handler), bound in zip(self._actions, self._cumulative, strict=True):
+            if pick < bound:
+                self.sim.note(name)
+                handler()
+                return
+
+    # ---- helpers ----
+
+    def alive(self) -> list[SimNode]:
+        return [node for node in self.sim.sorted_nodes() if node.alive]
+
+    def leader(self) -> SimNode | None:
+        """The live leader with the highest term, if any."""
+        best: SimNode | None = None
+        best_term = -1
+        for node in self.alive():
+            raft = node.raft
+            if raft is not None and raft.role == Role.LEADER and raft.term > best_term:
+                best, best_term = node, raft.term
+        return best
+
+    def _pick(self, nodes: list[SimNode]) -> SimNode | None:
+        return self.random.choice(nodes) if nodes else None
+
+    # ---- client actions ----
+
+    def propose(self) -> None:
+        client = self.sim.client
+        due = client.due(self.sim.scheduler.now)[:2]
+        if len(due) < 2:
+            due.extend(client.new_payload() for _ in range(self.random.randint(1, 3)))
+        node = self._pick(self.alive())
+        if node is not None:
+            self._propose_at(node, due, follow_hint=True)
+
+    def _propose_at(
+        self, node: SimNode, batch: list[PendingProposal], *, follow_hint: bool
+    ) -> None:
+        raft = node.raft
+        if raft is None:
+            return
+        try:
+            indices = raft.propose([(0, p.payload, p.payload.decode()) for p in batch])
+        except NotLeader as error:
+            self.sim.note(f"{node.node_id}: not leader (hint {error.leader_hint})")
+            hint = self.sim.nodes.get(error.leader_hint or 0)
+            if follow_hint and hint is not None and hint.alive:
+                self._propose_at(hint, batch, follow_hint=False)
+            return
+        except ProposalDropped as error:
+            self.sim.note(f"{node.node_id}: dropped ({error})")
+            return
+        now = self.sim.scheduler.now
+        for proposal, index in zip(batch, indices, strict=True):
+            self.sim.client.record_attempt(proposal, now, index)
+        self.sim.note(f"{node.node_id} accepts {[p.payload for p in batch]} at {list(indices)}")
+        self.sim.observe(node)
+
+    def read(self) -> None:
+        node = self._pick(self.alive())
+        if node is None or node.raft is None:
+            return
+        self._next_read += 1
+        context = f"r{self._next_read}".encode()
+        self.sim.checkers.reads.observe_read_request(context)
+        try:
+            node.raft.read_index(context)
+        except (NotLeader, ProposalDropped) as error:
+            self.sim.note(f"{node.node_id}: read refused ({type(error).__name__})")
+            return
+        self.sim.note(f"{node.node_id} reads {context!r}")
+        self.sim.observe(node)
+
+    # ---- faults ----
+
+    def crash(self) -> None:
+        alive = self.alive()
+        leader = self.leader()
+        node = leader if leader is not None and self.random.random() < 0.4 else self._pick(alive)
+        if node is not None:
+            self.sim.crash(node)
+
+    def restart(self) -> None:
+        node = self._pick([node for node in self.sim.sorted_nodes() if not node.alive])
+        if node is not None:
+            self.sim.restart(node)
+
+    def partition(self) -> None:
+        ids = sorted(self.sim.nodes)
+        if len(ids) < 2:
+            return
+        network = self.sim.network
+        kind = self.random.randrange(3)
+        if kind == 0:
+            leader = self.leader()
+            isolated = leader.node_id if leader is not None else self.random.choice(ids)
+            network.isolate(isolated, ids)
+        else:
+            shuffled = ids[:]
+            self.random.shuffle(shuffled)
+            cut = self.random.randint(1, len(ids) - 1)
+            network.partition(shuffled[:cut], shuffled[cut:], symmetric=kind == 1)
+        self.sim.note(f"partition {network.describe_partition()}")
+
+    def heal(self) -> None:
+        self.sim.network.heal()
+
+    # ---- operator actions ----
+
+    def change_membership(self) -> None:
+        leader = self.leader()
+        if leader is None or leader.raft is None:
+            return
+        membership = leader.raft.membership
+        members = sorted(membership.voters | membership.learners)
+        choices: list[ConfChange] = []
+        next_id = max(self.sim.nodes) + 1
+        if len(members) < MEMBERS_MAX and next_id <= NODE_IDS_MAX:
+            choices.append(ConfChange(ConfChangeKind.ADD_LEARNER, next_id))
+        choices.extend(
+            ConfChange(ConfChangeKind.PROMOTE, node_id) for node_id in sorted(membership.learners)
+        )
+        choices.extend(ConfChange(ConfChangeKind.REMOVE, node_id) for node_id in members)
+        change = self.random.choice(choices)
+        try:
+            index = leader.raft.propose_membership(change)
+        except (NotLeader, ProposalDropped) as error:
+            self.sim.note(f"membership {change.kind.name} {change.node_id} refused: {error}")
+            return
+        self.sim.note(f"membership {change.kind.name} {change.node_id} at {index}")
+        if change.kind is ConfChangeKind.ADD_LEARNER:
+            self.sim.add_node(change.node_id, Snapshot())
+        self.sim.observe(leader)
+
+    def on_membership_applied(self, entry: Entry) -> None:
+        """Nothing to do yet: the leader's membership is the source of truth."""
+
+    def transfer(self) -> None:
+        leader = self.leader()
+        if leader is None or leader.raft is None:
+            return
+        voters = sorted(leader.raft.membership.voters - {leader.node_id})
+        if not voters:
+            return
+        target = self.random.choice(voters)
+        try:
+            leader.raft.transfer_leadership(target)
+        except (NotLeader, ValueError) as error:
+            self.sim.note(f"transfer to {target} refused: {error}")
+            return
+        self.sim.note(f"transfer {leader.node_id} -> {target}")
+        self.sim.observe(leader)
+
+    def compact(self) -> None:
+        candidates = [
+            node
+            for node in self.alive()
+            if node.ready is None and node.applied > node.log.snapshot().index
+        ]
+        node = self._pick(candidates)
+        if node is None or node.raft is None:
+            return
+        index = self.random.randint(node.log.snapshot().index + 1, node.applied)
+        snapshot = node.raft.compact(index, f"state@{index}".encode())
+        node.log.compact(snapshot)
+        self.sim.note(f"{node.node_id} compacts to {index}")
+        self.sim.observe(node)
+
+    def campaign(self) -> None:
+        node = self._pick(self.alive())
+        if node is None or node.raft is None:
+            return
+        if node.node_id not in node.raft.membership.voters:
+            return
+        node.raft.campaign()
+        self.sim.note(f"{node.node_id} campaigns")
+        self.sim.observe(node)
+
+    # ---- liveness ----
+
+    def client_round(self) -> None:
+        leader = self.leader()
+        due = self.sim.client.due(self.sim.scheduler.now)
+        if leader is not None and due:
+            self._propose_at(leader, list(due[:8]), follow_hint=False)
+
+    def convergence_problem(self) -> str | None:
+        """Why the cluster has not converged yet, or None when it has."""
+        leader = self.leader()
+        if leader is None or leader.raft is None:
+            return "no leader"
+        raft = leader.raft
+        if leader.node_id not in raft.membership.voters:
+            return f"leader {leader.node_id} is not a voter"
+        if self.sim.client.pending:
+            return f"{len(self.sim.client.pending)} proposals not applied"
+        for node_id in sorted(raft.membership.voters | raft.membership.learners):
+            node = self.sim.nodes.get(node_id)
+            if node is None or node.raft is None:
+                return f"member {node_id} is down"
+            if node.applied < raft.commit_index:
+                return f"member {node_id} applied {node.applied} < commit {raft.commit_index}"
+        return None
+
+    def converged(self) -> bool:
+        return self.convergence_problem() is None

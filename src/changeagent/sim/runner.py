@@ -1,0 +1,68 @@
+"""Running many seeds, in one process or several, and summarizing the outcome."""
+
+from __future__ import annotations
+
+import multiprocessing
+from collections.abc import Iterator
+from dataclasses import dataclass, field, replace
+
+from changeagent.sim.bugs import options_for_bug
+from changeagent.sim.cluster import SimOptions, Simulation, SimulationFailure
+
+
+@dataclass(slots=True)
+class SeedOutcome:
+    seed: int
+    events: int = 0
+    elections: int = 0
+    acknowledged: int = 0
+    failure: str | None = None  # the failure report, None when the seed passed
+
+
+@dataclass(slots=True)
+class Summary:
+    seeds: int = 0
+    events: int = 0
+    elections: int = 0
+    acknowledged: int = 0
+    failures: list[SeedOutcome] = field(default_factory=list)
+
+    def add(self, outcome: SeedOutcome) -> None:
+        self.seeds += 1
+        self.events += outcome.events
+        self.elections += outcome.elections
+        self.acknowledged += outcome.acknowledged
+        if outcome.failure is not None:
+            self.failures.append(outcome)
+
+
+def run_seed(seed: int, options: SimOptions | None = None) -> SeedOutcome:
+    """Run one seed; a failure is captured in the outcome, not raised."""
+    simulation = Simulation(seed, options)
+    try:
+        result = simulation.run()
+    except SimulationFailure as failure:
+        return SeedOutcome(seed, simulation.stats.events, failure=failure.report())
+    return SeedOutcome(seed, result.events, result.elections, result.acknowledged)
+
+
+def _run_seed_in_worker(work: tuple[int, int | None, str | None]) -> SeedOutcome:
+    seed, nodes, bug = work
+    options = options_for_bug(bug)
+    options.nodes = nodes
+    return run_seed(seed, options)
+
+
+def run_seeds(
+    seeds: range, options: SimOptions | None = None, *, jobs: int = 1, bug: str | None = None
+) -> Iterator[SeedOutcome]:
+    """Outcomes in seed order. With jobs > 1, seeds run in worker processes, which
+    rebuild their options from `bug` and `options.nodes` (functions do not pickle)."""
+    base = options if options is not None else options_for_bug(bug)
+    if jobs <= 1:
+        for seed in seeds:
+            yield run_seed(seed, replace(base))
+        return
+    with multiprocessing.Pool(jobs) as pool:
+        work = [(seed, base.nodes, bug) for seed in seeds]
+        yield from pool.imap(_run_seed_in_worker, work, chunksize=16)
