@@ -1,18 +1,50 @@
-"""RaftNode: the pure Raft state machine (see the package docstring)."""
+"""RaftNode: the pure Raft state machine (see the package docstring).
+
+Structure: `step` applies the term rules common to every role (§5.1, PreVote,
+leader stickiness), then dispatches to one small handler per (role, message
+type) from a table. `tick` dispatches per role too. Everything the node must do
+is collected into `Ready`; nothing here does I/O or reads a clock.
+"""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from collections import deque
+from typing import TYPE_CHECKING, NamedTuple
 
-from changeagent.raft.confchange import ConfChange
+from changeagent.raft.confchange import ConfChange, ConfChangeKind
 from changeagent.raft.config import RaftConfig
-from changeagent.raft.entry import HardState
-from changeagent.raft.interfaces import LogReader, Membership, Snapshot
-from changeagent.raft.messages import Message
-from changeagent.raft.ready import PeerProgress, Ready, Role
+from changeagent.raft.entry import ENTRY_TYPE_MEMBERSHIP, ENTRY_TYPE_NOOP, Entry, HardState
+from changeagent.raft.errors import (
+    InvariantViolation,
+    MembershipChangeRejected,
+    NotLeader,
+    ProposalDropped,
+    RaftError,
+)
+from changeagent.raft.interfaces import Compacted, LogReader, Membership, Snapshot
+from changeagent.raft.invariants import InvariantChecker
+from changeagent.raft.log import RaftLog
+from changeagent.raft.messages import TRANSFER_CONTEXT, Message, MessageType
+from changeagent.raft.progress import Progress
+from changeagent.raft.ready import PeerProgress, ProgressState, ReadState, Ready, Role, SoftState
 
 if TYPE_CHECKING:
     import random
+    from collections.abc import Callable
+
+    Handler = Callable[[Message], None]
+
+_MT = MessageType
+_LEADER_MESSAGES = frozenset({_MT.APPEND, _MT.HEARTBEAT, _MT.SNAPSHOT})
+_VOTE_REQUESTS = frozenset({_MT.PRE_VOTE, _MT.VOTE})
+_RESERVED_TYPES = frozenset({ENTRY_TYPE_NOOP, ENTRY_TYPE_MEMBERSHIP})
+
+
+class _PendingRead(NamedTuple):
+    read_round: int  # heartbeat round that confirms it
+    commit_index: int  # commit index when the request arrived
+    context: bytes
+    requester: int  # node id to answer (the leader itself for local reads)
 
 
 class RaftNode:
@@ -35,59 +67,197 @@ class RaftNode:
         *,
         applied: int | None = None,
     ) -> None:
-        raise NotImplementedError
+        config.validate()
+        self._config = config
+        self._id = config.node_id
+        self._rng = rng
+        snapshot = log.snapshot()
+        commit = max(hard_state.commit, snapshot.index)
+        if commit > log.last_index():
+            raise InvariantViolation(
+                f"persisted commit {commit} is beyond the last entry {log.last_index()}"
+            )
+        applied = snapshot.index if applied is None else max(applied, snapshot.index)
+        if applied > commit:
+            raise ValueError(f"applied {applied} is beyond the commit index {commit}")
+        self._log = RaftLog(log, commit, applied)
+        self._term = hard_state.term
+        self._vote = hard_state.vote
+        self._role = Role.FOLLOWER
+        self._leader: int | None = None
+        # Membership: the one at the compaction point, then one per membership entry.
+        self._base_membership = snapshot.membership
+        self._membership_log: list[tuple[int, Membership]] = []
+        self._membership = snapshot.membership
+        self._recover_membership()
+        # Elections and timers (in ticks).
+        self._election_elapsed = 0
+        self._heartbeat_elapsed = 0
+        self._randomized_timeout = config.election_ticks
+        self._votes: dict[int, bool] = {}
+        # Leader state.
+        self._progress: dict[int, Progress] = {}
+        self._term_start_index = 0  # index of this leader's no-op entry
+        self._committed_in_term = False
+        self._pending_conf_index = 0
+        self._transferee: int | None = None
+        self._uncommitted_bytes = 0
+        self._read_round = 0
+        self._pending_reads: deque[_PendingRead] = deque()
+        self._waiting_reads: list[tuple[bytes, int]] = []  # until the first commit of the term
+        # Outputs collected for the next Ready.
+        self._messages: list[Message] = []
+        self._messages_after_persist: list[Message] = []
+        self._read_states: list[ReadState] = []
+        self._prev_hard_state = HardState(self._term, self._vote, commit)
+        self._prev_soft_state = SoftState(Role.FOLLOWER, None)
+        self._outstanding: Ready | None = None
+        self._reset_election_timer()
+        self._handlers = self._build_handlers()
+        self._checker = InvariantChecker(self)
 
-    # --- inputs -------------------------------------------------------------
+    # ------------------------------------------------------------------ inputs
 
     def tick(self) -> None:
         """Advance logical time by one tick (elections, heartbeats, check-quorum)."""
-        raise NotImplementedError
+        if self._role is Role.LEADER:
+            self._tick_leader()
+        else:
+            self._tick_election()
+        self._checker.check()
 
     def step(self, message: Message) -> None:
-        """Process one message from a peer. Messages not addressed to this node,
-        stale ones and malformed ones are ignored (a peer may be buggy or late)."""
-        raise NotImplementedError
+        """Process one message from a peer. Messages not addressed to this node
+        and stale ones are ignored (a peer may be late or confused)."""
+        if message.target != self._id or message.source <= 0 or message.source == self._id:
+            return
+        if message.term > self._term:
+            if not self._on_higher_term(message):
+                return
+        elif message.term < self._term:
+            self._on_lower_term(message)
+            return
+        handler = self._handlers[self._role].get(message.type)
+        if handler is not None:
+            handler(message)
+        self._checker.check()
 
     def propose(self, entries_data: list[tuple[int, bytes, str]]) -> range:
         """Append (type, data, idempotency key) entries as the leader; return their indices.
 
         Raises `NotLeader(leader_hint)` on a non-leader, `ProposalDropped` when a
-        limit is reached or a leadership transfer is in progress, and `ValueError`
-        for the internal types the core owns (no-op, membership).
+        limit is reached, the leader is being removed or a leadership transfer is
+        in progress, and `ValueError` for the internal types the core owns
+        (no-op, membership).
         """
-        raise NotImplementedError
+        self._check_can_propose()
+        limit = self._config.max_message_bytes
+        size = 0
+        for entry_type, data, _key in entries_data:
+            if entry_type in _RESERVED_TYPES:
+                raise ValueError(f"entry type {entry_type} is reserved to the Raft core")
+            if len(data) > limit:
+                raise ProposalDropped(f"entry of {len(data)} bytes exceeds max_message_bytes")
+            size += len(data)
+        if self._uncommitted_bytes and self._uncommitted_bytes + size > (
+            self._config.max_uncommitted_bytes
+        ):
+            raise ProposalDropped("too many uncommitted bytes; retry later")
+        first = self._log.last_index() + 1
+        if not entries_data:
+            return range(first, first)
+        term = self._term
+        entries = [
+            Entry(index, term, entry_type, data, key)
+            for index, (entry_type, data, key) in enumerate(entries_data, first)
+        ]
+        self._uncommitted_bytes += size
+        self._log.append(entries)
+        self._broadcast_append()
+        self._checker.check()
+        return range(first, first + len(entries))
 
     def propose_membership(self, change: ConfChange) -> int:
         """Append one single-server membership change; return its index.
 
-        It takes effect as soon as it is appended. Raises `NotLeader`, or
+        It takes effect as soon as it is appended (§4.1). Raises `NotLeader`, or
         `MembershipChangeRejected` if another change is still uncommitted, the
-        leader has not committed an entry of its term yet, or the change does
-        not apply to the current membership.
+        leader has not committed an entry of its term yet, the change does not
+        apply to the current membership, or a learner to promote is not caught
+        up (its progress is not in the replicate state).
         """
-        raise NotImplementedError
+        self._check_can_propose()
+        if self._pending_conf_index > self._log.commit:
+            raise MembershipChangeRejected("another membership change is still pending")
+        if not self._committed_in_term:
+            raise MembershipChangeRejected("the leader has not committed an entry of its term")
+        reason = change.check(self._membership)
+        if reason is not None:
+            raise MembershipChangeRejected(reason)
+        if change.kind is ConfChangeKind.PROMOTE:
+            progress = self._progress.get(change.node_id)
+            if progress is None or progress.state is not ProgressState.REPLICATE:
+                raise MembershipChangeRejected(f"learner {change.node_id} is not caught up")
+        index = self._log.last_index() + 1
+        entry = Entry(index, self._term, ENTRY_TYPE_MEMBERSHIP, change.encode())
+        self._log.append([entry])
+        self._pending_conf_index = index
+        self._record_membership_entries([entry])
+        self._broadcast_append()
+        self._checker.check()
+        return index
 
     def read_index(self, context: bytes) -> None:
-        """Request a linearizable read. When confirmed, a `ReadState(index, context)`
-        appears in a later Ready: the read may be served once `index` is applied.
+        """Request a linearizable read (§6.4). When confirmed, a `ReadState(index,
+        context)` appears in a later Ready: the read may be served once `index` is
+        applied. Unconfirmed requests are forgotten if leadership changes, so the
+        node should time them out.
 
         On a follower, the request is forwarded to the leader. Raises `NotLeader(None)`
         when no leader is known and `ProposalDropped` when too many reads are pending.
         """
-        raise NotImplementedError
+        if self._role is Role.LEADER:
+            if not self._leader_read(context, self._id):
+                raise ProposalDropped("too many pending reads")
+        elif self._leader is not None:
+            self._send(Message(_MT.READ_INDEX, self._id, self._leader, self._term, context=context))
+        else:
+            raise NotLeader(None)
+        self._checker.check()
 
     def transfer_leadership(self, target: int) -> None:
-        """Hand leadership to voter `target` (TimeoutNow once it is caught up).
+        """Hand leadership to voter `target` (§3.10: TimeoutNow once it is caught up).
 
         Proposals are dropped while the transfer is pending; it is abandoned
         after an election timeout. Raises `NotLeader` on a non-leader and
         `ValueError` if `target` is not a voter.
         """
-        raise NotImplementedError
+        if self._role is not Role.LEADER:
+            raise NotLeader(self._leader)
+        if target == self._id:
+            return
+        if target not in self._membership.voters:
+            raise ValueError(f"node {target} is not a voter")
+        if self._transferee == target:
+            return
+        self._transferee = target
+        # The transfer is abandoned when the election timer next expires.
+        self._election_elapsed = 0
+        progress = self._progress[target]
+        if progress.match == self._log.last_index():
+            self._send_timeout_now(target)
+        else:
+            self._maybe_send_append(target, progress, send_if_empty=True)
+        self._checker.check()
 
     def campaign(self) -> None:
-        """Start an election now (skipping pre-vote), e.g. for a fresh one-member cluster."""
-        raise NotImplementedError
+        """Start an election now, skipping pre-vote (e.g. a fresh one-member cluster).
+
+        Does nothing on a leader or on a node that is not a voter.
+        """
+        if self._role is not Role.LEADER:
+            self._campaign(pre_vote=False, transfer=False)
+        self._checker.check()
 
     def compact(self, index: int, data: bytes) -> Snapshot:
         """Make `index` (<= applied) the new compaction point; return its `Snapshot`.
@@ -98,45 +268,795 @@ class RaftNode:
         until then; afterwards `log.snapshot()` must return this record, which is
         what the leader sends to followers that need purged entries.
         """
-        raise NotImplementedError
+        if index > self._log.applied:
+            raise ValueError(f"cannot compact to {index}: only {self._log.applied} is applied")
+        current = self._log.reader.snapshot().index
+        if index < current:
+            raise ValueError(f"cannot compact to {index}: already compacted to {current}")
+        snapshot = Snapshot(index, self._log.term(index), self.membership_at(index), data)
+        while self._membership_log and self._membership_log[0][0] <= index:
+            self._base_membership = self._membership_log.pop(0)[1]
+        return snapshot
 
-    # --- outputs ------------------------------------------------------------
+    # ----------------------------------------------------------------- outputs
 
     def has_ready(self) -> bool:
-        """Whether `ready()` would return something to do."""
-        raise NotImplementedError
+        """Whether `ready()` would return something to do (False while one is outstanding)."""
+        if self._outstanding is not None:
+            return False
+        log = self._log
+        return bool(
+            self._messages
+            or self._messages_after_persist
+            or log.unstable
+            or log.pending_snapshot is not None
+            or self._read_states
+            or log.has_next_committed()
+            or self._hard_state() != self._prev_hard_state
+            or self._soft_state() != self._prev_soft_state
+        )
 
     def ready(self) -> Ready:
         """Collect what to persist, send and apply (see `Ready` for the ordering)."""
-        raise NotImplementedError
+        if self._outstanding is not None:
+            raise RaftError("call advance() on the previous Ready first")
+        log = self._log
+        hard_state = self._hard_state()
+        soft_state = self._soft_state()
+        ready = Ready(
+            hard_state=hard_state if hard_state != self._prev_hard_state else None,
+            entries=tuple(log.unstable),
+            snapshot=log.pending_snapshot,
+            messages=tuple(self._messages),
+            messages_after_persist=tuple(self._messages_after_persist),
+            committed_entries=tuple(log.next_committed(self._config.max_apply_bytes)),
+            read_states=tuple(self._read_states),
+            soft_state=soft_state if soft_state != self._prev_soft_state else None,
+        )
+        self._prev_hard_state = hard_state
+        self._prev_soft_state = soft_state
+        self._messages.clear()
+        self._messages_after_persist.clear()
+        self._read_states.clear()
+        self._outstanding = ready
+        return ready
 
     def advance(self, ready: Ready) -> None:
         """Acknowledge that everything in `ready` is durable and applied."""
-        raise NotImplementedError
+        if ready is not self._outstanding:
+            raise RaftError("advance() must be given the outstanding Ready")
+        self._outstanding = None
+        log = self._log
+        if ready.snapshot is not None:
+            log.stable_snapshot_to(ready.snapshot.index)
+        if ready.entries:
+            last = ready.entries[-1]
+            log.stable_to(last.index, last.term)
+        if ready.committed_entries:
+            log.applied = max(log.applied, ready.committed_entries[-1].index)
+            self._release_uncommitted(ready.committed_entries)
+        if self._role is Role.LEADER and self._maybe_commit():
+            self._broadcast_append()
+        self._checker.check()
 
-    # --- state --------------------------------------------------------------
+    # ------------------------------------------------------------------- state
+
+    @property
+    def id(self) -> int:
+        return self._id
 
     @property
     def role(self) -> Role:
-        raise NotImplementedError
+        return self._role
 
     @property
     def leader_id(self) -> int | None:
-        raise NotImplementedError
+        return self._leader
 
     @property
     def term(self) -> int:
-        raise NotImplementedError
+        return self._term
+
+    @property
+    def vote(self) -> int:
+        return self._vote
 
     @property
     def commit_index(self) -> int:
-        raise NotImplementedError
+        return self._log.commit
+
+    @property
+    def applied_index(self) -> int:
+        return self._log.applied
+
+    @property
+    def last_index(self) -> int:
+        return self._log.last_index()
 
     @property
     def membership(self) -> Membership:
-        raise NotImplementedError
+        return self._membership
+
+    @property
+    def config(self) -> RaftConfig:
+        return self._config
+
+    @property
+    def transferee(self) -> int | None:
+        """The target of a leadership transfer in progress, if any."""
+        return self._transferee
 
     @property
     def progress(self) -> dict[int, PeerProgress]:
         """Per-peer replication state on the leader (empty elsewhere)."""
-        raise NotImplementedError
+        return {peer: progress.view() for peer, progress in self._progress.items()}
+
+    def membership_at(self, index: int) -> Membership:
+        """The membership in force at `index` (after the entries up to it)."""
+        membership = self._base_membership
+        for entry_index, entry_membership in self._membership_log:
+            if entry_index > index:
+                break
+            membership = entry_membership
+        return membership
+
+    # ============================================================ term rules
+
+    def _on_higher_term(self, message: Message) -> bool:
+        """§5.1: adopt a higher term, except where PreVote and stickiness say not to.
+
+        Returns whether the message should still be handled."""
+        kind = message.type
+        if kind in _VOTE_REQUESTS:
+            forced = kind is _MT.VOTE and message.context == TRANSFER_CONTEXT
+            if not forced and self._in_leader_lease():
+                # §4.2.3: a node that heard from a leader within the minimum
+                # election timeout ignores vote requests (disruptive servers).
+                return False
+            if kind is _MT.PRE_VOTE:
+                return True  # a pre-vote never changes anyone's term
+        elif kind is _MT.PRE_VOTE_RESPONSE and not message.reject:
+            return True  # granted for term + 1: we adopt it only as a candidate
+        leader = message.source if kind in _LEADER_MESSAGES else None
+        self._become_follower(message.term, leader)
+        return True
+
+    def _on_lower_term(self, message: Message) -> None:
+        kind = message.type
+        if kind is _MT.APPEND or kind is _MT.HEARTBEAT:
+            # Tell a stale leader about the newer term, so it steps down (it may have
+            # been partitioned away while the rest of the cluster moved on).
+            self._send(Message(_MT.APPEND_RESPONSE, self._id, message.source, self._term))
+        elif kind is _MT.PRE_VOTE:
+            self._send_after_persist(
+                Message(_MT.PRE_VOTE_RESPONSE, self._id, message.source, self._term, reject=True)
+            )
+
+    def _in_leader_lease(self) -> bool:
+        return self._leader is not None and self._election_elapsed < self._config.election_ticks
+
+    # ====================================================== role transitions
+
+    def _reset(self, term: int) -> None:
+        if term != self._term:
+            self._term = term
+            self._vote = 0
+        self._leader = None
+        self._election_elapsed = 0
+        self._heartbeat_elapsed = 0
+        self._reset_election_timer()
+        self._votes = {}
+        self._progress = {}
+        self._transferee = None
+        self._pending_reads.clear()
+        self._waiting_reads.clear()
+        self._committed_in_term = False
+
+    def _reset_election_timer(self) -> None:
+        ticks = self._config.election_ticks
+        self._randomized_timeout = ticks + self._rng.randrange(ticks)
+
+    def _become_follower(self, term: int, leader: int | None) -> None:
+        self._reset(term)
+        self._role = Role.FOLLOWER
+        self._leader = leader
+
+    def _become_pre_candidate(self) -> None:
+        # Pre-vote changes neither the term nor the vote (§9.6).
+        self._reset(self._term)
+        self._role = Role.PRE_CANDIDATE
+
+    def _become_candidate(self) -> None:
+        self._reset(self._term + 1)
+        self._vote = self._id
+        self._role = Role.CANDIDATE
+
+    def _become_leader(self) -> None:
+        self._reset(self._term)
+        self._role = Role.LEADER
+        self._leader = self._id
+        log = self._log
+        last = log.last_index()
+        for member in self._membership.voters | self._membership.learners:
+            if member != self._id:
+                self._add_progress(member, last + 1)
+        # Any membership entry not yet committed counts as pending (one at a time).
+        self._pending_conf_index = self._membership_log[-1][0] if self._membership_log else 0
+        self._uncommitted_bytes = 0
+        # §8: a no-op entry at the start of the term lets the leader learn which
+        # entries are committed (it may count replicas only for its own term).
+        self._term_start_index = last + 1
+        log.append([Entry(last + 1, self._term, ENTRY_TYPE_NOOP, b"")])
+        self._broadcast_append()
+
+    def _add_progress(self, member: int, next_index: int) -> None:
+        learner = member in self._membership.learners
+        self._progress[member] = Progress(next_index, learner=learner)
+
+    # =============================================================== elections
+
+    def _is_voter(self) -> bool:
+        return self._id in self._membership.voters
+
+    def _tick_election(self) -> None:
+        self._election_elapsed += 1
+        if self._is_voter() and self._election_elapsed >= self._randomized_timeout:
+            # §5.2: no word from a leader within the election timeout: campaign.
+            self._campaign(pre_vote=self._config.pre_vote, transfer=False)
+
+    def _campaign(self, *, pre_vote: bool, transfer: bool) -> None:
+        if not self._is_voter():
+            return
+        if pre_vote:
+            self._become_pre_candidate()
+            kind, term = _MT.PRE_VOTE, self._term + 1
+        else:
+            self._become_candidate()
+            kind, term = _MT.VOTE, self._term
+        self._votes[self._id] = True
+        if self._election_result() is True:
+            self._won_election()
+            return
+        log = self._log
+        last_index = log.last_index()
+        last_term = log.term(last_index)
+        context = TRANSFER_CONTEXT if transfer else b""
+        for voter in sorted(self._membership.voters):
+            if voter != self._id:
+                request = Message(
+                    kind, self._id, voter, term, last_term, last_index, context=context
+                )
+                # A candidate's term and self-vote must be durable before it asks.
+                if pre_vote:
+                    self._send(request)
+                else:
+                    self._send_after_persist(request)
+
+    def _election_result(self) -> bool | None:
+        """True when a quorum of voters granted, False when a quorum refused."""
+        voters = self._membership.voters
+        quorum = len(voters) // 2 + 1
+        granted = sum(1 for voter, vote in self._votes.items() if vote and voter in voters)
+        refused = sum(1 for voter, vote in self._votes.items() if not vote and voter in voters)
+        if granted >= quorum:
+            return True
+        if refused >= quorum:
+            return False
+        return None
+
+    def _won_election(self) -> None:
+        if self._role is Role.PRE_CANDIDATE:
+            self._campaign(pre_vote=False, transfer=False)
+        else:
+            self._become_leader()
+
+    def _on_vote_request(self, message: Message) -> None:
+        """§5.2, §5.4.1: grant at most one vote per term, only to an up-to-date log."""
+        pre_vote = message.type is _MT.PRE_VOTE
+        response_type = _MT.PRE_VOTE_RESPONSE if pre_vote else _MT.VOTE_RESPONSE
+        can_vote = (
+            self._vote == message.source
+            or (self._vote == 0 and self._leader is None)
+            or (pre_vote and message.term > self._term)
+        )
+        if can_vote and self._log.is_up_to_date(message.log_term, message.index):
+            if not pre_vote:
+                self._vote = message.source
+                self._election_elapsed = 0
+            response = Message(response_type, self._id, message.source, message.term)
+        else:
+            response = Message(response_type, self._id, message.source, self._term, reject=True)
+        self._send_after_persist(response)
+
+    def _on_vote_response(self, message: Message) -> None:
+        expected = _MT.PRE_VOTE_RESPONSE if self._role is Role.PRE_CANDIDATE else _MT.VOTE_RESPONSE
+        if message.type is not expected:
+            return
+        self._votes.setdefault(message.source, not message.reject)
+        result = self._election_result()
+        if result is True:
+            self._won_election()
+        elif result is False:
+            self._become_follower(self._term, None)
+
+    def _on_leader_message_as_candidate(self, message: Message) -> None:
+        # §5.2: a candidate that hears from a leader of its term returns to follower.
+        self._become_follower(self._term, message.source)
+        self._handlers[Role.FOLLOWER][message.type](message)
+
+    # ==================================================== follower handlers
+
+    def _on_append(self, message: Message) -> None:
+        """§5.3: accept entries only if the log contains the preceding entry."""
+        self._election_elapsed = 0
+        self._leader = message.source
+        log = self._log
+        if message.index < log.commit:
+            self._respond_append(message.source, log.commit)
+            return
+        if not log.match_term(message.index, message.log_term):
+            self._reject_append(message)
+            return
+        entries = message.entries
+        if entries:
+            if message.index == log.last_index():
+                conflict = entries[0].index
+            else:
+                conflict = log.find_conflict(entries)
+            if conflict:
+                if conflict <= log.commit:
+                    raise InvariantViolation(f"entry {conflict} conflicts with a committed entry")
+                self._append_from_leader(entries[conflict - entries[0].index :])
+        last_new = message.index + len(entries)
+        log.commit_to(min(message.commit, last_new))
+        self._respond_append(message.source, last_new)
+
+    def _append_from_leader(self, entries: tuple[Entry, ...]) -> None:
+        first = entries[0].index
+        if first <= self._log.last_index():
+            self._truncate_membership(first)
+        self._log.append(entries)
+        self._record_membership_entries(entries)
+
+    def _respond_append(self, leader: int, index: int) -> None:
+        self._send_after_persist(
+            Message(_MT.APPEND_RESPONSE, self._id, leader, self._term, index=index)
+        )
+
+    def _reject_append(self, message: Message) -> None:
+        # Fast backoff: point the leader at the last entry whose term could match.
+        log = self._log
+        hint_index = log.find_conflict_by_term(
+            min(message.index, log.last_index()), message.log_term
+        )
+        try:
+            hint_term = log.term(hint_index)
+        except Compacted:
+            hint_term = 0
+        self._send_after_persist(
+            Message(
+                _MT.APPEND_RESPONSE,
+                self._id,
+                message.source,
+                self._term,
+                log_term=hint_term,
+                index=message.index,
+                reject=True,
+                reject_hint=hint_index,
+            )
+        )
+
+    def _on_heartbeat(self, message: Message) -> None:
+        self._election_elapsed = 0
+        self._leader = message.source
+        self._log.commit_to(message.commit)
+        self._send(
+            Message(
+                _MT.HEARTBEAT_RESPONSE, self._id, message.source, self._term, index=message.index
+            )
+        )
+
+    def _on_snapshot(self, message: Message) -> None:
+        """§7: install the leader's snapshot unless our log already covers it."""
+        self._election_elapsed = 0
+        self._leader = message.source
+        snapshot = message.snapshot
+        log = self._log
+        if snapshot is None or snapshot.index <= log.commit:
+            self._respond_append(message.source, log.commit)
+            return
+        if log.match_term(snapshot.index, snapshot.term):
+            # Our log already has the snapshot's last entry: just commit up to it.
+            log.commit_to(snapshot.index)
+            self._respond_append(message.source, snapshot.index)
+            return
+        log.restore(snapshot)
+        self._base_membership = snapshot.membership
+        self._membership_log = []
+        self._membership = snapshot.membership
+        self._respond_append(message.source, snapshot.index)
+
+    def _on_timeout_now(self, message: Message) -> None:
+        # §3.10: the leader hands over; campaign at once, past leader stickiness.
+        self._campaign(pre_vote=False, transfer=True)
+
+    def _on_read_index_response(self, message: Message) -> None:
+        if not message.reject:
+            self._read_states.append(ReadState(message.index, message.context))
+
+    # ======================================================= leader handlers
+
+    def _tick_leader(self) -> None:
+        self._heartbeat_elapsed += 1
+        self._election_elapsed += 1
+        if self._election_elapsed >= self._config.election_ticks:
+            self._election_elapsed = 0
+            if self._config.check_quorum and not self._quorum_recently_active():
+                # §6.2: a leader that cannot reach a quorum steps down.
+                self._become_follower(self._term, None)
+                return
+            self._transferee = None  # §3.10: abandon a transfer after an election timeout
+        if self._heartbeat_elapsed >= self._config.heartbeat_ticks:
+            self._heartbeat_elapsed = 0
+            self._broadcast_heartbeat()
+
+    def _quorum_recently_active(self) -> bool:
+        voters = self._membership.voters
+        active = 1 if self._id in voters else 0
+        for peer, progress in self._progress.items():
+            if progress.recent_active and peer in voters:
+                active += 1
+            progress.recent_active = False
+        return active >= len(voters) // 2 + 1
+
+    def _on_append_response(self, message: Message) -> None:
+        progress = self._progress.get(message.source)
+        if progress is None:
+            return
+        progress.recent_active = True
+        if message.reject:
+            self._on_append_rejected(message, progress)
+            return
+        if not progress.maybe_update(message.index):
+            return
+        state = progress.state
+        if state is ProgressState.PROBE:
+            progress.become_replicate()
+        elif state is ProgressState.SNAPSHOT and progress.match >= progress.pending_snapshot:
+            progress.become_probe()
+            progress.become_replicate()
+        if self._maybe_commit():
+            self._broadcast_append()
+        else:
+            while self._maybe_send_append(message.source, progress, send_if_empty=False):
+                pass
+        if message.source == self._transferee and progress.match == self._log.last_index():
+            self._send_timeout_now(message.source)
+
+    def _on_append_rejected(self, message: Message, progress: Progress) -> None:
+        hint = message.reject_hint
+        if message.log_term > 0:
+            hint = self._log.find_conflict_by_term(hint, message.log_term)
+        if progress.maybe_decrease_to(message.index, hint):
+            if progress.state is ProgressState.REPLICATE:
+                progress.become_probe()
+            self._maybe_send_append(message.source, progress, send_if_empty=True)
+
+    def _on_heartbeat_response(self, message: Message) -> None:
+        progress = self._progress.get(message.source)
+        if progress is None:
+            return
+        progress.recent_active = True
+        progress.probe_sent = False
+        if progress.match < self._log.last_index():
+            self._maybe_send_append(message.source, progress, send_if_empty=False)
+        if message.index > progress.read_round:
+            progress.read_round = message.index
+            self._release_reads()
+
+    def _on_read_index_request(self, message: Message) -> None:
+        if not self._leader_read(message.context, message.source):
+            self._send(
+                Message(
+                    _MT.READ_INDEX_RESPONSE,
+                    self._id,
+                    message.source,
+                    self._term,
+                    reject=True,
+                    context=message.context,
+                )
+            )
+
+    def _on_append_from_other_leader(self, message: Message) -> None:
+        raise InvariantViolation(
+            f"two leaders in term {self._term}: {self._id} and {message.source}"
+        )
+
+    # =========================================================== replication
+
+    def _broadcast_append(self) -> None:
+        for peer, progress in self._progress.items():
+            self._maybe_send_append(peer, progress, send_if_empty=True)
+
+    def _maybe_send_append(self, peer: int, progress: Progress, *, send_if_empty: bool) -> bool:
+        """Send the next batch to `peer` if its window allows; return whether sent."""
+        config = self._config
+        if progress.is_paused(config.max_inflight_messages):
+            return False
+        log = self._log
+        next_index = progress.next
+        last = log.last_index()
+        try:
+            previous_term = log.term(next_index - 1)
+            if next_index <= last:
+                high = min(last + 1, next_index + config.max_message_entries)
+                entries = tuple(log.slice(next_index, high, config.max_message_bytes))
+            else:
+                entries = ()
+        except Compacted:
+            return self._send_snapshot(peer, progress)
+        if not entries and not send_if_empty:
+            return False
+        if entries:
+            progress.sent_entries(entries[-1].index)
+        elif progress.state is ProgressState.PROBE:
+            progress.probe_sent = True
+        self._send(
+            Message(
+                _MT.APPEND,
+                self._id,
+                peer,
+                self._term,
+                previous_term,
+                next_index - 1,
+                entries,
+                log.commit,
+            )
+        )
+        return bool(entries)
+
+    def _send_snapshot(self, peer: int, progress: Progress) -> bool:
+        snapshot = self._log.reader.snapshot()
+        progress.become_snapshot(snapshot.index)
+        self._send(Message(_MT.SNAPSHOT, self._id, peer, self._term, snapshot=snapshot))
+        return False
+
+    def _broadcast_heartbeat(self) -> None:
+        commit = self._log.commit
+        for peer, progress in self._progress.items():
+            self._send(
+                Message(
+                    _MT.HEARTBEAT,
+                    self._id,
+                    peer,
+                    self._term,
+                    index=self._read_round,
+                    commit=min(progress.match, commit),
+                )
+            )
+
+    def _send_timeout_now(self, peer: int) -> None:
+        self._send(Message(_MT.TIMEOUT_NOW, self._id, peer, self._term))
+
+    def _maybe_commit(self) -> bool:
+        """§5.3, §5.4.2: commit the highest index stored on a quorum of voters, but
+        only by counting replicas of an entry from the current term."""
+        voters = self._membership.voters
+        if not voters:
+            return False
+        log = self._log
+        matches = sorted(
+            (
+                log.durable_last_index() if voter == self._id else self._progress[voter].match
+                for voter in voters
+            ),
+            reverse=True,
+        )
+        candidate = matches[len(voters) // 2]
+        if candidate <= log.commit or log.term(candidate) != self._term:
+            return False
+        log.commit_to(candidate)
+        self._after_commit()
+        return True
+
+    def _after_commit(self) -> None:
+        log = self._log
+        if not self._committed_in_term and log.commit >= self._term_start_index:
+            self._committed_in_term = True
+            waiting, self._waiting_reads = self._waiting_reads, []
+            for context, requester in waiting:
+                self._leader_read(context, requester)
+        if not self._is_voter() and log.commit >= self._membership_index():
+            # §4.2.2: a removed leader steps down once its removal is committed,
+            # and hands over to the most up-to-date remaining voter at once.
+            best = max(
+                (peer for peer in self._membership.voters if peer in self._progress),
+                key=lambda peer: self._progress[peer].match,
+                default=None,
+            )
+            if best is not None:
+                self._send_timeout_now(best)
+            self._become_follower(self._term, None)
+
+    def _release_uncommitted(self, entries: tuple[Entry, ...]) -> None:
+        if self._uncommitted_bytes:
+            released = sum(len(entry.data) for entry in entries)
+            self._uncommitted_bytes = max(0, self._uncommitted_bytes - released)
+
+    def _check_can_propose(self) -> None:
+        if self._role is not Role.LEADER:
+            raise NotLeader(self._leader)
+        if self._transferee is not None:
+            raise ProposalDropped("a leadership transfer is in progress")
+        if not self._is_voter():
+            raise ProposalDropped("this leader is being removed from the cluster")
+
+    # ============================================================= ReadIndex
+
+    def _leader_read(self, context: bytes, requester: int) -> bool:
+        """Queue a ReadIndex request; return False when over the limit."""
+        limit = self._config.max_pending_reads
+        if not self._committed_in_term:
+            # §6.4: the leader's commit index is current only once it has
+            # committed an entry of its own term.
+            if len(self._waiting_reads) >= limit:
+                return False
+            self._waiting_reads.append((context, requester))
+            return True
+        if len(self._pending_reads) >= limit:
+            return False
+        self._read_round += 1
+        self._pending_reads.append(
+            _PendingRead(self._read_round, self._log.commit, context, requester)
+        )
+        if len(self._membership.voters - {self._id}) == 0:
+            self._release_reads()
+        else:
+            self._broadcast_heartbeat()
+        return True
+
+    def _release_reads(self) -> None:
+        """Answer every read whose heartbeat round a quorum of voters has echoed."""
+        voters = self._membership.voters
+        quorum = len(voters) // 2 + 1
+        pending = self._pending_reads
+        while pending:
+            read = pending[0]
+            acks = 1 if self._id in voters else 0
+            for peer, progress in self._progress.items():
+                if progress.read_round >= read.read_round and peer in voters:
+                    acks += 1
+            if acks < quorum:
+                return
+            pending.popleft()
+            if read.requester == self._id:
+                self._read_states.append(ReadState(read.commit_index, read.context))
+            else:
+                self._send(
+                    Message(
+                        _MT.READ_INDEX_RESPONSE,
+                        self._id,
+                        read.requester,
+                        self._term,
+                        index=read.commit_index,
+                        context=read.context,
+                    )
+                )
+
+    # ============================================================ membership
+
+    def _recover_membership(self) -> None:
+        reader = self._log.reader
+        low, high = reader.first_index(), reader.last_index() + 1
+        while low < high:
+            batch = reader.entries(low, high, self._config.max_message_bytes)
+            self._record_membership_entries(batch)
+            low = batch[-1].index + 1
+
+    def _record_membership_entries(self, entries: list[Entry] | tuple[Entry, ...]) -> None:
+        # §4.1: a server uses the latest configuration in its log, committed or not.
+        changed = False
+        for entry in entries:
+            if entry.type == ENTRY_TYPE_MEMBERSHIP:
+                try:
+                    change = ConfChange.decode(entry.data)
+                except ValueError as error:
+                    raise InvariantViolation(
+                        f"bad membership entry {entry.index}: {error}"
+                    ) from None
+                self._membership = change.apply(self._membership)
+                self._membership_log.append((entry.index, self._membership))
+                changed = True
+        if changed:
+            self._on_membership_changed()
+
+    def _truncate_membership(self, first_removed: int) -> None:
+        changed = False
+        while self._membership_log and self._membership_log[-1][0] >= first_removed:
+            self._membership_log.pop()
+            changed = True
+        if changed:
+            self._membership = (
+                self._membership_log[-1][1] if self._membership_log else self._base_membership
+            )
+            self._on_membership_changed()
+
+    def _membership_index(self) -> int:
+        if self._membership_log:
+            return self._membership_log[-1][0]
+        return self._log.first_index() - 1
+
+    def _on_membership_changed(self) -> None:
+        if self._role is not Role.LEADER:
+            return
+        members = self._membership.voters | self._membership.learners
+        for peer in list(self._progress):
+            if peer not in members:
+                del self._progress[peer]
+        next_index = self._log.last_index() + 1
+        for member in members:
+            if member == self._id:
+                continue
+            progress = self._progress.get(member)
+            if progress is None:
+                self._add_progress(member, next_index)
+            else:
+                progress.learner = member in self._membership.learners
+        if self._transferee is not None and self._transferee not in self._membership.voters:
+            self._transferee = None
+        # A membership change may lower the quorum: maybe something commits now.
+        if self._maybe_commit():
+            self._broadcast_append()
+
+    # ================================================================ helpers
+
+    def _send(self, message: Message) -> None:
+        self._messages.append(message)
+
+    def _send_after_persist(self, message: Message) -> None:
+        self._messages_after_persist.append(message)
+
+    def _hard_state(self) -> HardState:
+        return HardState(self._term, self._vote, self._log.commit)
+
+    def _soft_state(self) -> SoftState:
+        return SoftState(self._role, self._leader)
+
+    def _build_handlers(self) -> dict[Role, dict[MessageType, Handler]]:
+        vote = self._on_vote_request
+        follower: dict[MessageType, Handler] = {
+            _MT.PRE_VOTE: vote,
+            _MT.VOTE: vote,
+            _MT.APPEND: self._on_append,
+            _MT.HEARTBEAT: self._on_heartbeat,
+            _MT.SNAPSHOT: self._on_snapshot,
+            _MT.TIMEOUT_NOW: self._on_timeout_now,
+            _MT.READ_INDEX_RESPONSE: self._on_read_index_response,
+        }
+        to_follower = self._on_leader_message_as_candidate
+        candidate: dict[MessageType, Handler] = {
+            _MT.PRE_VOTE: vote,
+            _MT.VOTE: vote,
+            _MT.PRE_VOTE_RESPONSE: self._on_vote_response,
+            _MT.VOTE_RESPONSE: self._on_vote_response,
+            _MT.APPEND: to_follower,
+            _MT.HEARTBEAT: to_follower,
+            _MT.SNAPSHOT: to_follower,
+        }
+        other_leader = self._on_append_from_other_leader
+        leader: dict[MessageType, Handler] = {
+            _MT.PRE_VOTE: vote,
+            _MT.VOTE: vote,
+            _MT.APPEND: other_leader,
+            _MT.HEARTBEAT: other_leader,
+            _MT.SNAPSHOT: other_leader,
+            _MT.APPEND_RESPONSE: self._on_append_response,
+            _MT.HEARTBEAT_RESPONSE: self._on_heartbeat_response,
+            _MT.READ_INDEX: self._on_read_index_request,
+        }
+        return {
+            Role.FOLLOWER: follower,
+            Role.PRE_CANDIDATE: candidate,
+            Role.CANDIDATE: candidate,
+            Role.LEADER: leader,
+        }
