@@ -776,7 +776,10 @@ class RaftNode:
 
     def _broadcast_append(self) -> None:
         for peer, progress in self._progress.items():
-            self._maybe_send_append(peer, progress, send_if_empty=True)
+            if self._maybe_send_append(peer, progress, send_if_empty=True):
+                # Pipelining: fill the in-flight window (a no-op in the probe state).
+                while self._maybe_send_append(peer, progress, send_if_empty=False):
+                    pass
 
     def _maybe_send_append(self, peer: int, progress: Progress, *, send_if_empty: bool) -> bool:
         """Send the next batch to `peer` if its window allows; return whether sent."""
