@@ -54,7 +54,8 @@ def main(argv: list[str] | None = None) -> int:
     for outcome in run_seeds(seeds, options, jobs=arguments.jobs, bug=arguments.bug):
         summary.add(outcome)
         if outcome.failure is not None:
-            print(outcome.failure)
+            if not arguments.keep_going or arguments.verbose:
+                print(outcome.failure)
             if not arguments.keep_going:
                 break
     elapsed = time.perf_counter() - started
@@ -63,8 +64,10 @@ def main(argv: list[str] | None = None) -> int:
         f"{summary.elections} elections, {summary.acknowledged} proposals acknowledged, "
         f"{elapsed:.1f} s"
     )
-    if summary.failures:
-        print("failing seeds: " + " ".join(str(outcome.seed) for outcome in summary.failures))
+    for category, failing in sorted(summary.categories().items()):
+        shown = " ".join(str(seed) for seed in failing[:20])
+        more = f" (+{len(failing) - 20} more)" if len(failing) > 20 else ""
+        print(f"{len(failing)} x {category}: seeds {shown}{more}")
     return 1 if summary.failures else 0
 
 

@@ -1,16 +1,86 @@
 """Deliberately planted bugs, to show that the checkers can fail.
 
-None of them edits the core's files. Each builds `SimOptions` that either swap
-in a subclass of `RaftNode` overriding one small handler, or make the simulator
-itself break the Ready contract (sending `messages_after_persist` before the
-fsync completes: a follower acknowledging entries it has not persisted).
+None of them edits the core's files. Each returns `SimOptions` that either swap
+in a subclass of `RaftNode` overriding one small method, or make the simulator
+itself break the Ready contract:
+
+- `vote-without-up-to-date-check`: the node's `RaftLog` is switched to a subclass
+  whose `is_up_to_date` always says yes, so votes ignore §5.4.1.
+- `commit-previous-term`: `_maybe_commit` counts replicas of any entry, not only
+  of current-term entries (the Figure 8 bug of the Raft paper, §5.4.2).
+- `ack-before-persist`: the simulator sends `messages_after_persist` (votes and
+  append responses) at once, before the fsync completes, so a crash can lose
+  what a follower acknowledged or the vote it gave.
+- `read-without-quorum-check`: the leader answers ReadIndex at once from its
+  commit index instead of confirming leadership with a heartbeat round, so a
+  deposed leader serves stale reads.
+
+The patch points are the core's private methods (`RaftLog.is_up_to_date`,
+`RaftNode._maybe_commit`, `RaftNode._leader_read`); if the core renames them, the
+planted-bug tests fail loudly rather than silently testing nothing.
 """
 
 from __future__ import annotations
 
+import random
 from collections.abc import Callable
 
+from changeagent.raft.config import RaftConfig
+from changeagent.raft.core import RaftNode
+from changeagent.raft.entry import HardState
 from changeagent.sim.cluster import SimOptions
+from changeagent.sim.log import SimLog
+
+
+def _vote_without_up_to_date_check() -> SimOptions:
+    from changeagent.raft.log import RaftLog
+
+    class GullibleLog(RaftLog):
+        __slots__ = ()
+
+        def is_up_to_date(self, last_term: int, last_index: int) -> bool:
+            return True
+
+    def factory(
+        config: RaftConfig, log: SimLog, hard_state: HardState, rng: random.Random, applied: int
+    ) -> RaftNode:
+        node = RaftNode(config, log, hard_state, rng, applied=applied)
+        node._log.__class__ = GullibleLog
+        return node
+
+    return SimOptions(node_factory=factory)
+
+
+class _CountingCommitNode(RaftNode):
+    """Commits any entry stored on a quorum, whatever its term (wrong: Figure 8)."""
+
+    def _maybe_commit(self) -> bool:
+        voters = self._membership.voters
+        if not voters:
+            return False
+        log = self._log
+        matches = sorted(
+            (
+                log.durable_last_index() if voter == self._id else self._progress[voter].match
+                for voter in voters
+            ),
+            reverse=True,
+        )
+        candidate = matches[len(voters) // 2]
+        if candidate <= log.commit:
+            return False
+        log.commit_to(candidate)
+        self._after_commit()
+        return True
+
+
+def _commit_previous_term() -> SimOptions:
+    def factory(
+        config: RaftConfig, log: SimLog, hard_state: HardState, rng: random.Random, applied: int
+    ) -> RaftNode:
+        return _CountingCommitNode(config, log, hard_state, rng, applied=applied)
+
+    return SimOptions(node_factory=factory)
 
 
 def _ack_before_persist() -> SimOptions:
@@ -18,6 +88,8 @@ def _ack_before_persist() -> SimOptions:
 
 
 PLANTED_BUGS: dict[str, Callable[[], SimOptions]] = {
+    "vote-without-up-to-date-check": _vote_without_up_to_date_check,
+    "commit-previous-term": _commit_previous_term,
     "ack-before-persist": _ack_before_persist,
 }
 

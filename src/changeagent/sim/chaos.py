@@ -20,7 +20,6 @@ from typing import TYPE_CHECKING
 from changeagent.raft.confchange import ConfChange, ConfChangeKind
 from changeagent.raft.entry import Entry
 from changeagent.raft.errors import NotLeader, ProposalDropped
-from changeagent.raft.interfaces import Snapshot
 from changeagent.raft.ready import Role
 from changeagent.sim.client import PendingProposal
 from changeagent.sim.network import NetworkFaults
@@ -234,7 +233,11 @@ class ChaosDriver:
             return
         self.sim.note(f"membership {change.kind.name} {change.node_id} at {index}")
         if change.kind is ConfChangeKind.ADD_LEARNER:
-            self.sim.add_node(change.node_id, Snapshot())
+            # A joiner starts from the founders' bootstrap record (index 0 and the
+            # initial membership): the core never ships an index-0 snapshot, so a
+            # joiner that started empty would misread the membership entries it
+            # receives from index 1 (seen as a split brain with an empty start).
+            self.sim.add_node(change.node_id, self.sim.bootstrap)
         self.sim.observe(leader)
 
     def on_membership_applied(self, entry: Entry) -> None:

@@ -8,6 +8,7 @@ from it, so the whole run depends on the seed and nothing else.
 from __future__ import annotations
 
 import random
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -66,15 +67,25 @@ class SimOptions:
 class SimulationFailure(Exception):
     """A run broke an invariant (or the core raised): the seed, event number and trace."""
 
-    def __init__(self, seed: int, step: int, reason: str, trace: list[str]) -> None:
+    def __init__(
+        self, seed: int, step: int, reason: str, trace: list[str], state: list[str]
+    ) -> None:
         self.seed = seed
         self.step = step
         self.reason = reason
         self.trace = trace
+        self.state = state
         super().__init__(self.report())
+
+    @property
+    def category(self) -> str:
+        """The reason without its numbers, to group failures that share a cause."""
+        return re.sub(r"\d+", "N", self.reason.splitlines()[0])[:160]
 
     def report(self) -> str:
         lines = [f"seed {self.seed} failed at event {self.step}: {self.reason}"]
+        lines.append("cluster state:")
+        lines.extend("  " + line for line in self.state)
         lines.append(
             f"last {len(self.trace)} events (replay: python -m changeagent.sim "
             f"--replay {self.seed}):"
@@ -136,6 +147,7 @@ class Simulation:
         self.stats = Stats()
         self.record: TraceRecord | None = None
         self.faults_on = True
+        self.bootstrap = Snapshot()  # the founders' initial record, set by _setup
         self.chaos = ChaosDriver(self)
 
     # ---- the run ----
@@ -160,7 +172,31 @@ class Simulation:
         )
 
     def _failure(self, reason: str) -> SimulationFailure:
-        return SimulationFailure(self.seed, self.stats.events, reason, self.trace.lines())
+        return SimulationFailure(
+            self.seed, self.stats.events, reason, self.trace.lines(), self.describe_state()
+        )
+
+    def describe_state(self) -> list[str]:
+        """One line per node (and per peer the leader tracks), for failure reports."""
+        lines = [f"partition: {self.network.describe_partition()}"]
+        for node in self.sorted_nodes():
+            raft = node.raft
+            if raft is None:
+                lines.append(f"node {node.node_id}: down, durable {node.log.durable_hard_state()}")
+                continue
+            membership = raft.membership
+            lines.append(
+                f"node {node.node_id}: {raft.role.name} term {raft.term} leader {raft.leader_id} "
+                f"commit {raft.commit_index} applied {node.applied} "
+                f"log {node.log.first_index()}..{node.log.last_index()} "
+                f"voters {sorted(membership.voters)} learners {sorted(membership.learners)}"
+            )
+            for peer, progress in sorted(raft.progress.items()):
+                lines.append(
+                    f"  peer {peer}: match {progress.match} next {progress.next} "
+                    f"{progress.state.value} inflight {progress.inflight_messages}"
+                )
+        return lines
 
     def _setup(self) -> int:
         count = self.options.nodes
@@ -170,8 +206,9 @@ class Simulation:
             raise ValueError(f"a cluster has 1 to {NODES_MAX} nodes, not {count}")
         self.chaos.choose_profile()
         membership = Membership(voters=frozenset(range(1, count + 1)))
+        self.bootstrap = Snapshot(membership=membership)
         for node_id in range(1, count + 1):
-            self.add_node(node_id, Snapshot(membership=membership))
+            self.add_node(node_id, self.bootstrap)
         self.scheduler.push(self.random.randint(1, TICK_UNITS), Chaos())
         return count
 

@@ -17,6 +17,7 @@ class SeedOutcome:
     elections: int = 0
     acknowledged: int = 0
     failure: str | None = None  # the failure report, None when the seed passed
+    category: str = ""  # the failure's reason without numbers
 
 
 @dataclass(slots=True)
@@ -26,6 +27,13 @@ class Summary:
     elections: int = 0
     acknowledged: int = 0
     failures: list[SeedOutcome] = field(default_factory=list)
+
+    def categories(self) -> dict[str, list[int]]:
+        """Failing seeds grouped by failure category."""
+        groups: dict[str, list[int]] = {}
+        for outcome in self.failures:
+            groups.setdefault(outcome.category, []).append(outcome.seed)
+        return groups
 
     def add(self, outcome: SeedOutcome) -> None:
         self.seeds += 1
@@ -42,7 +50,9 @@ def run_seed(seed: int, options: SimOptions | None = None) -> SeedOutcome:
     try:
         result = simulation.run()
     except SimulationFailure as failure:
-        return SeedOutcome(seed, simulation.stats.events, failure=failure.report())
+        return SeedOutcome(
+            seed, simulation.stats.events, failure=failure.report(), category=failure.category
+        )
     return SeedOutcome(seed, result.events, result.elections, result.acknowledged)
 
 
