@@ -113,8 +113,12 @@ class Cluster:
         voters: int = 3,
         learners: Iterable[int] = (),
         seed: int = 0,
+        bootstrap_index: int = 0,
         **config: object,
     ) -> None:
+        """`bootstrap_index` 0 gives every node the membership in a snapshot at index
+        0 (a static cluster); 1 puts it in a snapshot at index 1, term 1, which the
+        leader can send to nodes that join later (the node layer's bootstrap)."""
         self.seed = seed
         self.config = config
         self.membership = Membership(frozenset(range(1, voters + 1)), frozenset(learners))
@@ -124,12 +128,14 @@ class Cluster:
         self.delivered: list[Message] = []
         self.on_deliver: Callable[[Message], None] | None = None
         for node_id in sorted(self.membership.voters | self.membership.learners):
-            self.add_node(node_id, Snapshot(0, 0, self.membership))
+            self.add_node(node_id, Snapshot(bootstrap_index, bootstrap_index, self.membership))
 
     def add_node(self, node_id: int, snapshot: Snapshot | None = None) -> Peer:
         """Start a node (a joining one has an empty log and no membership)."""
         log = MemoryLog(snapshot)
-        peer = Peer(self.make_node(node_id, log, HardState()), log)
+        hard_state = HardState(term=log.snap.term, commit=log.snap.index)
+        peer = Peer(self.make_node(node_id, log, hard_state), log, hard_state)
+        peer.applied_index = log.snap.index
         self.peers[node_id] = peer
         return peer
 

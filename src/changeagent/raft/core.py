@@ -8,8 +8,7 @@ is collected into `Ready`; nothing here does I/O or reads a clock.
 
 from __future__ import annotations
 
-from collections import deque
-from typing import TYPE_CHECKING, NamedTuple
+from typing import TYPE_CHECKING
 
 from changeagent.raft.confchange import ConfChange, ConfChangeKind
 from changeagent.raft.config import RaftConfig
@@ -24,8 +23,10 @@ from changeagent.raft.errors import (
 from changeagent.raft.interfaces import Compacted, LogReader, Membership, Snapshot
 from changeagent.raft.invariants import InvariantChecker
 from changeagent.raft.log import RaftLog
+from changeagent.raft.membership import MembershipLog
 from changeagent.raft.messages import TRANSFER_CONTEXT, Message, MessageType
 from changeagent.raft.progress import Progress
+from changeagent.raft.readindex import ReadIndexQueue
 from changeagent.raft.ready import PeerProgress, ProgressState, ReadState, Ready, Role, SoftState
 
 if TYPE_CHECKING:
@@ -38,13 +39,6 @@ _MT = MessageType
 _LEADER_MESSAGES = frozenset({_MT.APPEND, _MT.HEARTBEAT, _MT.SNAPSHOT})
 _VOTE_REQUESTS = frozenset({_MT.PRE_VOTE, _MT.VOTE})
 _RESERVED_TYPES = frozenset({ENTRY_TYPE_NOOP, ENTRY_TYPE_MEMBERSHIP})
-
-
-class _PendingRead(NamedTuple):
-    read_round: int  # heartbeat round that confirms it
-    commit_index: int  # commit index when the request arrived
-    context: bytes
-    requester: int  # node id to answer (the leader itself for local reads)
 
 
 class RaftNode:
@@ -86,10 +80,8 @@ class RaftNode:
         self._role = Role.FOLLOWER
         self._leader: int | None = None
         # Membership: the one at the compaction point, then one per membership entry.
-        self._base_membership = snapshot.membership
-        self._membership_log: list[tuple[int, Membership]] = []
-        self._membership = snapshot.membership
-        self._recover_membership()
+        self._memberships = MembershipLog(snapshot.membership, snapshot.index)
+        self._memberships.recover(log, config.max_message_bytes)
         # Elections and timers (in ticks).
         self._election_elapsed = 0
         self._heartbeat_elapsed = 0
@@ -102,9 +94,10 @@ class RaftNode:
         self._pending_conf_index = 0
         self._transferee: int | None = None
         self._uncommitted_bytes = 0
-        self._read_round = 0
-        self._pending_reads: deque[_PendingRead] = deque()
-        self._waiting_reads: list[tuple[bytes, int]] = []  # until the first commit of the term
+        self._reads = ReadIndexQueue(config.max_pending_reads)
+        # Removed members the leader still replicates to, so that they learn of
+        # their removal and stop campaigning: peer -> index of the removal.
+        self._departing: dict[int, int] = {}
         # Outputs collected for the next Ready.
         self._messages: list[Message] = []
         self._messages_after_persist: list[Message] = []
@@ -202,7 +195,7 @@ class RaftNode:
         entry = Entry(index, self._term, ENTRY_TYPE_MEMBERSHIP, change.encode())
         self._log.append([entry])
         self._pending_conf_index = index
-        self._record_membership_entries([entry])
+        self._on_entries_appended([entry])
         self._broadcast_append()
         self._checker.check()
         return index
@@ -274,8 +267,7 @@ class RaftNode:
         if index < current:
             raise ValueError(f"cannot compact to {index}: already compacted to {current}")
         snapshot = Snapshot(index, self._log.term(index), self.membership_at(index), data)
-        while self._membership_log and self._membership_log[0][0] <= index:
-            self._base_membership = self._membership_log.pop(0)[1]
+        self._memberships.compact(index)
         return snapshot
 
     # ----------------------------------------------------------------- outputs
@@ -375,7 +367,7 @@ class RaftNode:
 
     @property
     def membership(self) -> Membership:
-        return self._membership
+        return self._memberships.current
 
     @property
     def config(self) -> RaftConfig:
@@ -393,12 +385,7 @@ class RaftNode:
 
     def membership_at(self, index: int) -> Membership:
         """The membership in force at `index` (after the entries up to it)."""
-        membership = self._base_membership
-        for entry_index, entry_membership in self._membership_log:
-            if entry_index > index:
-                break
-            membership = entry_membership
-        return membership
+        return self._memberships.at(index)
 
     # ============================================================ term rules
 
@@ -448,8 +435,8 @@ class RaftNode:
         self._votes = {}
         self._progress = {}
         self._transferee = None
-        self._pending_reads.clear()
-        self._waiting_reads.clear()
+        self._reads.clear()
+        self._departing = {}
         self._committed_in_term = False
 
     def _reset_election_timer(self) -> None:
@@ -481,7 +468,7 @@ class RaftNode:
             if member != self._id:
                 self._add_progress(member, last + 1)
         # Any membership entry not yet committed counts as pending (one at a time).
-        self._pending_conf_index = self._membership_log[-1][0] if self._membership_log else 0
+        self._pending_conf_index = self._memberships.latest_index()
         self._uncommitted_bytes = 0
         # §8: a no-op entry at the start of the term lets the leader learn which
         # entries are committed (it may count replicas only for its own term).
@@ -613,10 +600,10 @@ class RaftNode:
 
     def _append_from_leader(self, entries: tuple[Entry, ...]) -> None:
         first = entries[0].index
-        if first <= self._log.last_index():
-            self._truncate_membership(first)
+        if first <= self._log.last_index() and self._memberships.truncate_from(first):
+            self._on_membership_changed()
         self._log.append(entries)
-        self._record_membership_entries(entries)
+        self._on_entries_appended(entries)
 
     def _respond_append(self, leader: int, index: int) -> None:
         self._send_after_persist(
@@ -671,9 +658,7 @@ class RaftNode:
             self._respond_append(message.source, snapshot.index)
             return
         log.restore(snapshot)
-        self._base_membership = snapshot.membership
-        self._membership_log = []
-        self._membership = snapshot.membership
+        self._memberships.reset(snapshot.membership, snapshot.index)
         self._respond_append(message.source, snapshot.index)
 
     def _on_timeout_now(self, message: Message) -> None:
@@ -691,7 +676,8 @@ class RaftNode:
         self._election_elapsed += 1
         if self._election_elapsed >= self._config.election_ticks:
             self._election_elapsed = 0
-            if self._config.check_quorum and not self._quorum_recently_active():
+            quorum_active = self._quorum_recently_active()
+            if self._config.check_quorum and not quorum_active:
                 # §6.2: a leader that cannot reach a quorum steps down.
                 self._become_follower(self._term, None)
                 return
@@ -701,6 +687,8 @@ class RaftNode:
             self._broadcast_heartbeat()
 
     def _quorum_recently_active(self) -> bool:
+        """Whether a quorum was heard from since the last sweep; starts a new one."""
+        self._forget_departed(sweep=True)
         voters = self._membership.voters
         active = 1 if self._id in voters else 0
         for peer, progress in self._progress.items():
@@ -732,6 +720,8 @@ class RaftNode:
                 pass
         if message.source == self._transferee and progress.match == self._log.last_index():
             self._send_timeout_now(message.source)
+        if self._departing:
+            self._forget_departed(sweep=False)
 
     def _on_append_rejected(self, message: Message, progress: Progress) -> None:
         hint = message.reject_hint
@@ -749,7 +739,11 @@ class RaftNode:
         progress.recent_active = True
         progress.probe_sent = False
         if progress.match < self._log.last_index():
-            self._maybe_send_append(message.source, progress, send_if_empty=False)
+            # An APPEND may have been lost: an empty one at `next` makes the
+            # follower say where it stands. A full window would block it forever.
+            if progress.inflight and len(progress.inflight) >= self._config.max_inflight_messages:
+                progress.inflight.popleft()
+            self._maybe_send_append(message.source, progress, send_if_empty=True)
         if message.index > progress.read_round:
             progress.read_round = message.index
             self._release_reads()
@@ -833,7 +827,7 @@ class RaftNode:
                     self._id,
                     peer,
                     self._term,
-                    index=self._read_round,
+                    index=self._reads.round,
                     commit=min(progress.match, commit),
                 )
             )
@@ -866,10 +860,9 @@ class RaftNode:
         log = self._log
         if not self._committed_in_term and log.commit >= self._term_start_index:
             self._committed_in_term = True
-            waiting, self._waiting_reads = self._waiting_reads, []
-            for context, requester in waiting:
+            for context, requester in self._reads.take_waiting():
                 self._leader_read(context, requester)
-        if not self._is_voter() and log.commit >= self._membership_index():
+        if not self._is_voter() and log.commit >= self._memberships.latest_index():
             # §4.2.2: a removed leader steps down once its removal is committed,
             # and hands over to the most up-to-date remaining voter at once.
             best = max(
@@ -898,21 +891,13 @@ class RaftNode:
 
     def _leader_read(self, context: bytes, requester: int) -> bool:
         """Queue a ReadIndex request; return False when over the limit."""
-        limit = self._config.max_pending_reads
         if not self._committed_in_term:
             # §6.4: the leader's commit index is current only once it has
             # committed an entry of its own term.
-            if len(self._waiting_reads) >= limit:
-                return False
-            self._waiting_reads.append((context, requester))
-            return True
-        if len(self._pending_reads) >= limit:
+            return self._reads.wait(context, requester)
+        if not self._reads.add(self._log.commit, context, requester):
             return False
-        self._read_round += 1
-        self._pending_reads.append(
-            _PendingRead(self._read_round, self._log.commit, context, requester)
-        )
-        if len(self._membership.voters - {self._id}) == 0:
+        if self._membership.voters <= {self._id}:
             self._release_reads()
         else:
             self._broadcast_heartbeat()
@@ -921,17 +906,12 @@ class RaftNode:
     def _release_reads(self) -> None:
         """Answer every read whose heartbeat round a quorum of voters has echoed."""
         voters = self._membership.voters
-        quorum = len(voters) // 2 + 1
-        pending = self._pending_reads
-        while pending:
-            read = pending[0]
-            acks = 1 if self._id in voters else 0
-            for peer, progress in self._progress.items():
-                if progress.read_round >= read.read_round and peer in voters:
-                    acks += 1
-            if acks < quorum:
-                return
-            pending.popleft()
+        echoed = [
+            progress.read_round for peer, progress in self._progress.items() if peer in voters
+        ]
+        if self._id in voters:
+            echoed.append(self._reads.round)
+        for read in self._reads.confirmed(echoed, len(voters) // 2 + 1):
             if read.requester == self._id:
                 self._read_states.append(ReadState(read.commit_index, read.context))
             else:
@@ -948,70 +928,50 @@ class RaftNode:
 
     # ============================================================ membership
 
-    def _recover_membership(self) -> None:
-        reader = self._log.reader
-        low, high = reader.first_index(), reader.last_index() + 1
-        while low < high:
-            batch = reader.entries(low, high, self._config.max_message_bytes)
-            self._record_membership_entries(batch)
-            low = batch[-1].index + 1
-
-    def _record_membership_entries(self, entries: list[Entry] | tuple[Entry, ...]) -> None:
-        # §4.1: a server uses the latest configuration in its log, committed or not.
-        changed = False
-        for entry in entries:
-            if entry.type == ENTRY_TYPE_MEMBERSHIP:
-                try:
-                    change = ConfChange.decode(entry.data)
-                except ValueError as error:
-                    raise InvariantViolation(
-                        f"bad membership entry {entry.index}: {error}"
-                    ) from None
-                self._membership = change.apply(self._membership)
-                self._membership_log.append((entry.index, self._membership))
-                changed = True
-        if changed:
+    def _on_entries_appended(self, entries: list[Entry] | tuple[Entry, ...]) -> None:
+        if self._memberships.record(entries):
             self._on_membership_changed()
-
-    def _truncate_membership(self, first_removed: int) -> None:
-        changed = False
-        while self._membership_log and self._membership_log[-1][0] >= first_removed:
-            self._membership_log.pop()
-            changed = True
-        if changed:
-            self._membership = (
-                self._membership_log[-1][1] if self._membership_log else self._base_membership
-            )
-            self._on_membership_changed()
-
-    def _membership_index(self) -> int:
-        if self._membership_log:
-            return self._membership_log[-1][0]
-        return self._log.first_index() - 1
 
     def _on_membership_changed(self) -> None:
         if self._role is not Role.LEADER:
             return
-        members = self._membership.voters | self._membership.learners
-        for peer in list(self._progress):
-            if peer not in members:
-                del self._progress[peer]
+        membership = self._membership
+        members = membership.voters | membership.learners
+        for peer in self._progress:
+            if peer not in members and peer not in self._departing:
+                self._departing[peer] = self._memberships.latest_index()
         next_index = self._log.last_index() + 1
         for member in members:
             if member == self._id:
                 continue
+            self._departing.pop(member, None)
             progress = self._progress.get(member)
             if progress is None:
                 self._add_progress(member, next_index)
             else:
-                progress.learner = member in self._membership.learners
-        if self._transferee is not None and self._transferee not in self._membership.voters:
+                progress.learner = member in membership.learners
+        if self._transferee is not None and self._transferee not in membership.voters:
             self._transferee = None
         # A membership change may lower the quorum: maybe something commits now.
         if self._maybe_commit():
             self._broadcast_append()
 
+    def _forget_departed(self, *, sweep: bool) -> None:
+        """Stop replicating to removed members that have their removal entry, or
+        (on the check-quorum sweep) that are silent after the removal committed."""
+        commit = self._log.commit
+        for peer, removal_index in list(self._departing.items()):
+            progress = self._progress[peer]
+            silent = sweep and not progress.recent_active and commit >= removal_index
+            if progress.match >= removal_index or silent:
+                del self._progress[peer]
+                del self._departing[peer]
+
     # ================================================================ helpers
+
+    @property
+    def _membership(self) -> Membership:
+        return self._memberships.current
 
     def _send(self, message: Message) -> None:
         self._messages.append(message)

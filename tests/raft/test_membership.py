@@ -1,0 +1,257 @@
+"""Membership changes (dissertation chapter 4): single-server changes, one at a
+time, in effect once appended; learners; promotion; removal, even of the leader."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from changeagent.raft import (
+    ConfChange,
+    ConfChangeKind,
+    HardState,
+    Membership,
+    MembershipChangeRejected,
+    Message,
+    MessageType,
+    ProgressState,
+    RaftNode,
+    Role,
+)
+
+from .harness import Cluster, default_config
+
+MT = MessageType
+ADD, PROMOTE, REMOVE = ConfChangeKind.ADD_LEARNER, ConfChangeKind.PROMOTE, ConfChangeKind.REMOVE
+
+
+def grown_cluster() -> Cluster:
+    """Three voters with a leader, plus an empty node 4 added as a learner (which
+    receives the bootstrap snapshot, then the log)."""
+    cluster = Cluster(3, bootstrap_index=1)
+    cluster.elect(1)
+    cluster.add_node(4)
+    cluster.change(1, ADD, 4)
+    cluster.deliver()
+    return cluster
+
+
+def test_conf_change_round_trips_and_rejects_garbage() -> None:
+    change = ConfChange(ADD, 7, b"http://10.0.0.7:8080")
+    assert ConfChange.decode(change.encode()) == change
+    for garbage in (b"", b"\x01\x01", b"\x09" + change.encode()[1:], b"\x01\x01" + bytes(8)):
+        with pytest.raises(ValueError):
+            ConfChange.decode(garbage)
+
+
+def test_4_1_a_change_takes_effect_on_the_leader_as_soon_as_it_is_appended() -> None:
+    """§4.1: a server always uses the latest configuration in its log, committed or not."""
+    cluster = Cluster(3)
+    cluster.elect(1)
+    cluster.isolate(2)
+    cluster.isolate(3)
+    cluster.change(1, ADD, 4)
+    assert cluster.node(1).membership.learners == {4}
+    assert cluster.node(1).commit_index == 1  # not committed, yet in force
+
+
+def test_4_1_a_change_takes_effect_on_followers_when_appended() -> None:
+    """§4.1: followers switch when the entry is appended to their log."""
+    cluster = grown_cluster()
+    for node_id in (1, 2, 3, 4):
+        assert cluster.node(node_id).membership == Membership(
+            frozenset({1, 2, 3}), frozenset({4})
+        )
+
+
+def test_4_1_a_truncated_change_is_undone() -> None:
+    """§4.1: if a configuration entry is removed by a conflicting leader, the
+    server falls back to the previous configuration in its log."""
+    cluster = Cluster(5)
+    cluster.elect(1)
+    for other in (3, 4, 5):
+        cluster.cut |= {(1, other), (other, 1)}
+    cluster.change(1, ADD, 6)
+    cluster.deliver()  # only node 2 has the change
+    assert cluster.node(2).membership.learners == {6}
+    cluster.isolate(1)
+    cluster.isolate(2)
+    for node_id in (3, 4, 5):
+        cluster.tick(node_id, 10)  # the old leader's lease expires
+    cluster.elect(3)
+    assert cluster.node(3).role is Role.LEADER
+    cluster.heal()
+    cluster.isolate(1)
+    cluster.propose(3, b"new")
+    cluster.tick_all(2)  # a heartbeat round resumes the probe of node 2
+    assert cluster.node(2).membership.learners == frozenset()
+    assert cluster.node(2).last_index == cluster.node(3).last_index
+
+
+def test_4_1_only_one_change_may_be_pending_at_a_time() -> None:
+    """§4.1: the leader does not start a new change until the previous one commits."""
+    cluster = Cluster(3)
+    cluster.elect(1)
+    cluster.isolate(2)
+    cluster.isolate(3)
+    cluster.change(1, ADD, 4)
+    with pytest.raises(MembershipChangeRejected):
+        cluster.change(1, ADD, 5)
+
+
+def test_4_1_a_new_leader_must_commit_an_entry_of_its_term_before_a_change() -> None:
+    """§4.1 (the single-server bug, raft-dev 2015): a leader may not append a
+    change until it has committed an entry of its current term."""
+    node = RaftNode(
+        default_config(1),
+        Cluster(3).peers[1].log,
+        HardState(),
+        random.Random(0),
+    )
+    node.campaign()
+    node.step(Message(MT.VOTE_RESPONSE, 2, 1, 1))
+    assert node.role is Role.LEADER
+    with pytest.raises(MembershipChangeRejected):
+        node.propose_membership(ConfChange(ADD, 4))
+
+
+def test_4_2_1_a_learner_receives_the_log_but_neither_votes_nor_counts() -> None:
+    """§4.2.1: new servers join as non-voting members until they have caught up."""
+    cluster = grown_cluster()
+    cluster.propose(1, b"a")
+    cluster.tick_all(1)
+    assert cluster.user_data(4) == [b"a"]
+    cluster.tick(4, 100)
+    assert cluster.node(4).role is Role.FOLLOWER and cluster.node(4).term == 2
+    # With two voters gone, the learner's copy does not make a majority.
+    cluster.isolate(2)
+    cluster.isolate(3)
+    commit = cluster.node(1).commit_index
+    cluster.propose(1, b"b")
+    cluster.deliver()
+    assert cluster.node(1).commit_index == commit
+
+
+def test_4_2_1_a_learner_that_is_not_caught_up_cannot_be_promoted() -> None:
+    """§4.2.1: promotion waits for the learner to catch up."""
+    cluster = Cluster(3)
+    cluster.elect(1)
+    cluster.change(1, ADD, 4)  # node 4 does not exist: it never answers
+    cluster.deliver()
+    with pytest.raises(MembershipChangeRejected):
+        cluster.change(1, PROMOTE, 4)
+
+
+def test_4_2_1_a_promoted_learner_votes_and_counts() -> None:
+    """§4.1: once promoted, the member counts toward majorities."""
+    cluster = grown_cluster()
+    cluster.change(1, PROMOTE, 4)
+    cluster.deliver()
+    assert cluster.node(1).membership.voters == {1, 2, 3, 4}
+    cluster.isolate(3)
+    cluster.isolate(2)
+    commit = cluster.node(1).commit_index
+    cluster.propose(1, b"a")
+    cluster.deliver()
+    assert cluster.node(1).commit_index == commit  # 2 of 4 is not a majority
+    cluster.heal()
+    cluster.isolate(3)
+    cluster.tick_all(2)
+    assert cluster.node(1).commit_index == commit + 1  # 1, 2, 4 of 4
+
+
+def test_4_1_removing_a_follower_shrinks_the_majority() -> None:
+    """§4.1: a removed server no longer counts; the majority is of the new set."""
+    cluster = Cluster(3)
+    cluster.elect(1)
+    cluster.change(1, REMOVE, 3)
+    cluster.deliver()
+    cluster.isolate(2)
+    cluster.propose(1, b"a")
+    cluster.deliver()
+    assert cluster.node(1).commit_index == 2  # still needs node 2 (2 voters)
+    cluster.heal()
+    cluster.change(1, REMOVE, 2)
+    cluster.deliver()
+    cluster.isolate(2)
+    cluster.propose(1, b"b")
+    cluster.deliver()
+    assert cluster.user_data(1)[-1] == b"b"  # a lone voter commits alone
+
+
+def test_4_2_2_a_removed_leader_steps_down_once_the_removal_commits() -> None:
+    """§4.2.2: the leader may be removed; it manages the cluster until the change
+    commits, then steps down (and here hands over with TimeoutNow)."""
+    cluster = Cluster(3)
+    cluster.elect(1)
+    index = cluster.change(1, REMOVE, 1)
+    assert cluster.node(1).role is Role.LEADER
+    cluster.deliver()
+    assert cluster.node(1).role is Role.FOLLOWER
+    assert len(cluster.leaders()) == 1 and cluster.leaders()[0] in (2, 3)
+    new_leader = cluster.leaders()[0]
+    assert cluster.node(new_leader).commit_index >= index
+    cluster.propose(new_leader, b"after")
+    cluster.tick_all(3)
+    assert cluster.user_data(new_leader) == [b"after"]
+
+
+def test_4_2_2_a_removed_node_stops_campaigning_and_keeps_its_log() -> None:
+    """§4.2.3: removed servers must not disrupt the cluster; here they never
+    campaign, and their log stays intact for the node layer to keep serving it."""
+    cluster = Cluster(3)
+    cluster.elect(1)
+    cluster.propose(1, b"a")
+    cluster.deliver()
+    cluster.change(1, REMOVE, 3)
+    cluster.tick_all(2)
+    cluster.isolate(3)
+    cluster.tick(3, 100)
+    removed = cluster.node(3)
+    assert removed.role is Role.FOLLOWER and removed.term == 1
+    assert 3 not in removed.membership.voters and cluster.user_data(3) == [b"a"]
+
+
+def test_4_1_membership_is_recovered_from_the_log_after_a_restart() -> None:
+    """§4.1: configuration entries are ordinary log entries; a restarted server
+    recovers the latest configuration from its snapshot and log."""
+    cluster = grown_cluster()
+    cluster.change(1, PROMOTE, 4)
+    cluster.deliver()
+    cluster.restart(2)
+    assert cluster.node(2).membership.voters == {1, 2, 3, 4}
+
+
+def test_the_leader_tracks_progress_of_new_members_and_forgets_removed_ones() -> None:
+    cluster = grown_cluster()
+    assert set(cluster.node(1).progress) == {2, 3, 4}
+    assert cluster.node(1).progress[4].learner
+    assert cluster.node(1).progress[4].state is ProgressState.REPLICATE
+    cluster.change(1, REMOVE, 4)
+    assert set(cluster.node(1).progress) == {2, 3, 4}  # 4 must learn of its removal
+    cluster.deliver()
+    assert set(cluster.node(1).progress) == {2, 3}
+    assert cluster.node(4).membership.learners == frozenset()
+
+
+@pytest.mark.parametrize(
+    ("change", "reason"),
+    [
+        (ConfChange(ADD, 2), "already a member"),
+        (ConfChange(PROMOTE, 2), "not a learner"),
+        (ConfChange(REMOVE, 9), "not a member"),
+    ],
+)
+def test_invalid_changes_are_rejected(change: ConfChange, reason: str) -> None:
+    cluster = Cluster(3)
+    cluster.elect(1)
+    with pytest.raises(MembershipChangeRejected, match=reason):
+        cluster.node(1).propose_membership(change)
+
+
+def test_the_last_voter_cannot_be_removed() -> None:
+    cluster = Cluster(1)
+    cluster.elect(1)
+    with pytest.raises(MembershipChangeRejected, match="last voter"):
+        cluster.change(1, REMOVE, 1)
