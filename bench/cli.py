@@ -1,0 +1,157 @@
+"""`python -m bench`: start changeagent and its peers on loopback, run the scenarios,
+print the table, write JSON (+ markdown and PNG charts) under bench/results/.
+
+    python -m bench --quick                       # < 60 s, what the test suite runs
+    python -m bench                               # full run (3 runs per figure)
+    python -m bench --only writes,notify --systems changeagent,etcd
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from bench import install, procs
+from bench.report import command_line, machine_info, summarize, write_results
+from bench.scenarios.cluster import run_failover, run_join
+from bench.scenarios.common import Recorder, Settings, guarded
+from bench.scenarios.memory import run_memory
+from bench.scenarios.reads import run_catchup, run_fanout, run_notify
+from bench.scenarios.writes import run_writes
+from bench.systems import SYSTEMS
+from bench.systems.base import System
+
+RESULTS_DIR = Path(__file__).resolve().parent / "results"
+
+Runner = Callable[[type[System], Settings, Recorder], None]
+
+
+def _writes_standalone(cls: type[System], settings: Settings, recorder: Recorder) -> None:
+    run_writes(cls, 1, settings, recorder)
+
+
+def _writes_cluster(cls: type[System], settings: Settings, recorder: Recorder) -> None:
+    if cls.name == "redis":
+        recorder.skip("a. durable writes, 3 members", "redis",
+                      "not applicable: single node (no Raft)")
+        return
+    run_writes(cls, 3, settings, recorder)
+
+
+# name -> (letter, runners); the order is the order in which scenarios run.
+SCENARIOS: dict[str, tuple[str, list[Runner]]] = {
+    "writes": ("a", [_writes_standalone, _writes_cluster]),
+    "catchup": ("b", [run_catchup]),
+    "notify": ("c", [run_notify]),
+    "fanout": ("d", [run_fanout]),
+    "failover": ("e", [run_failover]),
+    "join": ("f", [run_join]),
+    "memory": ("g", [run_memory]),
+}
+
+
+def parse_arguments(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m bench", description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true",
+                        help="small counts and 1 run per figure (under 60 s)")
+    parser.add_argument("--only", default="",
+                        help="comma-separated scenarios: " + ",".join(
+                            f"{name} ({letter})" for name, (letter, _) in SCENARIOS.items()))
+    parser.add_argument("--systems", default="changeagent,etcd,redis",
+                        help="comma-separated systems (default: all three)")
+    parser.add_argument("--runs", type=int, default=0,
+                        help="runs per figure (default: 3 full, 1 quick)")
+    parser.add_argument("--results-dir", type=Path, default=RESULTS_DIR)
+    parser.add_argument("--data-root", type=Path, default=None,
+                        help="where servers keep their temporary data (default: $TMPDIR)")
+    parser.add_argument("--no-install", action="store_true",
+                        help="do not apt-get install missing peers; skip them")
+    parser.add_argument("--no-charts", action="store_true")
+    arguments = parser.parse_args(argv)
+    arguments.scenarios = _pick_scenarios(parser, arguments.only)
+    arguments.system_names = [s.strip() for s in arguments.systems.split(",") if s.strip()]
+    unknown = [s for s in arguments.system_names if s not in SYSTEMS]
+    if unknown:
+        parser.error(f"unknown system(s) {', '.join(unknown)}; known: {', '.join(SYSTEMS)}")
+    return arguments
+
+
+def _pick_scenarios(parser: argparse.ArgumentParser, only: str) -> list[str]:
+    if not only:
+        return list(SCENARIOS)
+    by_letter = {letter: name for name, (letter, _) in SCENARIOS.items()}
+    chosen = []
+    for item in (s.strip() for s in only.split(",") if s.strip()):
+        name = by_letter.get(item, item)
+        if name not in SCENARIOS:
+            parser.error(f"unknown scenario {item!r}; known: {', '.join(SCENARIOS)}")
+        chosen.append(name)
+    return [name for name in SCENARIOS if name in chosen]
+
+
+def available_systems(names: list[str], no_install: bool,
+                      recorder: Recorder) -> list[type[System]]:
+    wanted = [n for n in names if n != "changeagent"] + ["wrk"]
+    missing = {} if no_install else install.ensure_installed(wanted, recorder.log)
+    if "wrk" in missing:
+        recorder.skip("wrk", "all", f"wrk unavailable ({missing['wrk']}); "
+                      "HTTP writes use the asyncio generator only")
+    systems = []
+    for name in names:
+        cls = SYSTEMS[name]
+        reason = cls.missing_reason() or missing.get(name)
+        if reason:
+            recorder.skip("all scenarios", name, f"skipped: {reason}")
+            continue
+        systems.append(cls)
+    return systems
+
+
+def main(argv: list[str] | None = None) -> int:
+    arguments = parse_arguments(argv)
+    settings = Settings.quick() if arguments.quick else Settings.full()
+    if arguments.runs:
+        settings.runs = arguments.runs
+        settings.failover_runs = arguments.runs
+    procs.install_cleanup_hooks()
+    procs.PROCESSES.data_root = arguments.data_root
+    open_files = procs.raise_open_file_limit()
+    recorder = Recorder(log=lambda message: print(message, flush=True))
+    started = time.strftime("%Y-%m-%d %H:%M:%S %Z")
+    began = time.monotonic()
+    recorder.log(f"bench {settings.mode} mode; open-file limit {open_files}")
+    systems = available_systems(arguments.system_names, arguments.no_install, recorder)
+    machine = machine_info(arguments.data_root or Path("/tmp"))
+    try:
+        for name in arguments.scenarios:
+            letter, runners = SCENARIOS[name]
+            recorder.log(f"== {letter}. {name}")
+            for runner in runners:
+                for cls in systems:
+                    guarded(recorder, f"{letter}. {name}", cls.name,
+                            lambda r=runner, c=cls: r(c, settings, recorder))  # type: ignore[misc]
+    finally:
+        procs.PROCESSES.cleanup()
+    results = {
+        "started": started, "mode": settings.mode, "command": command_line(),
+        "seconds": round(time.monotonic() - began, 1), "settings": vars(settings),
+        "systems": [cls.name for cls in systems], "machine": machine,
+        "rows": summarize(recorder), "skipped": recorder.skipped,
+    }
+    paths = write_results(results, recorder.samples, arguments.results_dir,
+                          not arguments.no_charts)
+    print()
+    print(paths["markdown"].read_text())
+    for kind, path in paths.items():
+        print(f"{kind}: {path}")
+    print(f"total {results['seconds']} s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,242 @@
+"""Processes, ports and temporary directories started by the bench.
+
+Every server the bench starts goes through `Processes.start`, which records its
+pid; `Processes.stop_all` stops them (SIGTERM, then SIGKILL after a grace period),
+and it is called from `finally` blocks, from an `atexit` hook and from the
+SIGTERM/SIGINT handlers, so a failing or interrupted run leaves nothing behind.
+Temporary directories are registered the same way and removed at the end.
+Only loopback addresses are ever used.
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import os
+import resource
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import psutil
+
+LOOPBACK = "127.0.0.1"
+STOP_GRACE_SECONDS = 10.0
+
+
+class BenchError(Exception):
+    """A scenario could not run (a server did not start, a peer misbehaved)."""
+
+
+class SkipScenario(Exception):
+    """A scenario does not apply to a system right now; the message says why."""
+
+
+@dataclass
+class Started:
+    """One server process started by the bench."""
+
+    name: str
+    popen: subprocess.Popen[bytes]
+    log_path: Path
+
+    @property
+    def pid(self) -> int:
+        return self.popen.pid
+
+    def alive(self) -> bool:
+        return self.popen.poll() is None
+
+    def log_tail(self, characters: int = 2000) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")[-characters:]
+        except OSError:
+            return ""
+
+
+@dataclass
+class Processes:
+    """Registry of everything this bench run started (processes and directories)."""
+
+    started: list[Started] = field(default_factory=list)
+    directories: list[Path] = field(default_factory=list)
+    data_root: Path | None = None
+
+    def make_dir(self, prefix: str) -> Path:
+        path = Path(tempfile.mkdtemp(prefix=f"cabench-{prefix}-", dir=self.data_root))
+        self.directories.append(path)
+        return path
+
+    def start(self, name: str, argv: Sequence[str], log_dir: Path,
+              env: dict[str, str] | None = None) -> Started:
+        log_path = log_dir / f"{name}.log"
+        with open(log_path, "ab") as log_file:
+            popen = subprocess.Popen(
+                list(argv), stdout=log_file, stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL, env=env, start_new_session=True,
+            )
+        started = Started(name, popen, log_path)
+        self.started.append(started)
+        return started
+
+    def kill9(self, started: Started) -> None:
+        """SIGKILL one process by pid (the failover scenario) and reap it."""
+        if started.alive():
+            os.kill(started.pid, signal.SIGKILL)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            started.popen.wait(timeout=STOP_GRACE_SECONDS)
+
+    def stop(self, started: Started) -> None:
+        """SIGTERM, wait, then SIGKILL: always by pid, never by name."""
+        if started.alive():
+            with contextlib.suppress(ProcessLookupError):
+                started.popen.terminate()
+            try:
+                started.popen.wait(timeout=STOP_GRACE_SECONDS)
+            except subprocess.TimeoutExpired:
+                with contextlib.suppress(ProcessLookupError):
+                    started.popen.kill()
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    started.popen.wait(timeout=STOP_GRACE_SECONDS)
+        if started in self.started:
+            self.started.remove(started)
+
+    def stop_all(self) -> None:
+        for started in list(reversed(self.started)):
+            self.stop(started)
+
+    def remove_dir(self, path: Path) -> None:
+        shutil.rmtree(path, ignore_errors=True)
+        if path in self.directories:
+            self.directories.remove(path)
+
+    def cleanup(self) -> None:
+        self.stop_all()
+        for path in list(self.directories):
+            self.remove_dir(path)
+
+
+PROCESSES = Processes()
+
+
+def _on_signal(signum: int, _frame: object) -> None:
+    # Raise so that `finally` blocks run; atexit then catches anything left.
+    raise SystemExit(128 + signum)
+
+
+def install_cleanup_hooks() -> None:
+    atexit.register(PROCESSES.cleanup)
+    signal.signal(signal.SIGTERM, _on_signal)
+    signal.signal(signal.SIGINT, _on_signal)
+
+
+def raise_open_file_limit() -> int:
+    """Raise RLIMIT_NOFILE to the hard limit (inherited by servers we start)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+
+
+_handed_out: set[int] = set()
+
+
+def free_port() -> int:
+    """A currently free loopback TCP port, never handed out twice in one run."""
+    for _ in range(100):
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            sock.bind((LOOPBACK, 0))
+            port = int(sock.getsockname()[1])
+        if port not in _handed_out:
+            _handed_out.add(port)
+            return port
+    raise BenchError("no free loopback port")
+
+
+# Loopback only: never route the bench's own requests through a proxy.
+_OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+
+
+def http_status(url: str, timeout: float = 1.0, data: bytes | None = None) -> int | None:
+    """Status code of one small HTTP request, or None when nothing answers."""
+    request = urllib.request.Request(url, data=data)
+    try:
+        with _OPENER.open(request, timeout=timeout) as response:
+            return int(response.status)
+    except urllib.error.HTTPError as error:
+        return int(error.code)
+    except (OSError, ValueError):
+        return None
+
+
+def wait_until(predicate: object, timeout: float, what: str, started: Started | None = None,
+               interval: float = 0.05) -> None:
+    """Poll `predicate` until it returns true; raise BenchError naming `what` otherwise."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if callable(predicate) and predicate():
+            return
+        if started is not None and not started.alive():
+            raise BenchError(f"{started.name} exited while waiting for {what}:\n"
+                             f"{started.log_tail()}")
+        time.sleep(interval)
+    tail = f":\n{started.log_tail()}" if started is not None else ""
+    raise BenchError(f"timed out after {timeout:.0f} s waiting for {what}{tail}")
+
+
+def rss_bytes(pids: Sequence[int]) -> int:
+    """Resident set size of the given processes and their children."""
+    total = 0
+    for pid in pids:
+        try:
+            process = psutil.Process(pid)
+            total += process.memory_info().rss
+            for child in process.children(recursive=True):
+                with contextlib.suppress(psutil.Error):
+                    total += child.memory_info().rss
+        except psutil.Error:
+            continue
+    return total
+
+
+def cpu_seconds(pids: Sequence[int]) -> float:
+    """User + system CPU seconds consumed so far by the given processes and children."""
+    total = 0.0
+    for pid in pids:
+        try:
+            process = psutil.Process(pid)
+            times = process.cpu_times()
+            total += times.user + times.system
+            for child in process.children(recursive=True):
+                with contextlib.suppress(psutil.Error):
+                    child_times = child.cpu_times()
+                    total += child_times.user + child_times.system
+        except psutil.Error:
+            continue
+    return total
+
+
+def self_cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def children_cpu_seconds() -> float:
+    """CPU of terminated, reaped children (used to charge wrk's CPU to the generator)."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def env_without_proxies() -> dict[str, str]:
+    env = dict(os.environ)
+    for key in ("http_proxy", "https_proxy", "HTTP_PROXY", "HTTPS_PROXY", "all_proxy"):
+        env.pop(key, None)
+    return env

@@ -1,0 +1,250 @@
+"""Machine info, the markdown table, the JSON results file and the PNG charts."""
+
+from __future__ import annotations
+
+import math
+import os
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import orjson
+import psutil
+
+from bench.scenarios.common import Recorder, median
+
+SYSTEM_ORDER = ["changeagent", "etcd", "redis"]
+
+
+def _first_line(argv: list[str]) -> str:
+    try:
+        result = subprocess.run(argv, capture_output=True, timeout=30)
+    except (OSError, subprocess.TimeoutExpired):
+        return "not installed"
+    text = (result.stdout or result.stderr).decode(errors="replace").strip()
+    return text.splitlines()[0] if text else "unknown"
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def _git_commit() -> str:
+    root = Path(__file__).resolve().parent.parent
+    return _first_line(["git", "-C", str(root), "log", "-1", "--format=%h %cs %s"])
+
+
+def machine_info(data_root: Path) -> dict[str, Any]:
+    from bench.systems.changeagent import changeagent_command
+
+    partition = max((p for p in psutil.disk_partitions(all=True)
+                     if str(data_root.resolve()).startswith(p.mountpoint)),
+                    key=lambda p: len(p.mountpoint), default=None)
+    return {
+        "nproc": os.cpu_count(),
+        "memory_gb": round(psutil.virtual_memory().total / 2**30, 1),
+        "cpu_model": _cpu_model(),
+        "kernel": platform.release(),
+        "load_average_at_start": [round(v, 2) for v in os.getloadavg()],
+        "python": platform.python_version(),
+        "changeagent": _first_line([*changeagent_command(), "--version"]),
+        "changeagent_commit": _git_commit(),
+        "etcd": _first_line(["etcd", "--version"]),
+        "redis": _first_line(["redis-server", "--version"]),
+        "wrk": _first_line(["wrk", "-v"]),
+        "data_filesystem": (f"{partition.fstype} on {partition.device}"
+                            if partition else "unknown"),
+    }
+
+
+def _fmt(value: float) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "n/a"
+    magnitude = abs(value)
+    if magnitude >= 1000:
+        return f"{value:,.0f}"
+    if magnitude >= 100:
+        return f"{value:.0f}"
+    if magnitude >= 10:
+        return f"{value:.1f}"
+    if magnitude >= 1:
+        return f"{value:.2f}"
+    return f"{value:.3f}"
+
+
+def _clean(values: list[float]) -> list[float]:
+    return [v for v in values if not math.isnan(v)]
+
+
+def summarize(recorder: Recorder) -> list[dict[str, Any]]:
+    """One row per (scenario, metric): per-system median/min/max and ratios."""
+    rows: dict[tuple[str, str], dict[str, Any]] = {}
+    for (scenario, label, system), metric in recorder.metrics.items():
+        row = rows.setdefault((scenario, label), {"scenario": scenario, "metric": label,
+                                                   "unit": metric.unit,
+                                                   "better": metric.better, "systems": {}})
+        values = _clean(metric.values)
+        row["systems"][system] = {
+            "values": metric.values, "extra": metric.extra,
+            "median": median(values) if values else float("nan"),
+            "min": min(values) if values else float("nan"),
+            "max": max(values) if values else float("nan"),
+        }
+    for row in rows.values():
+        ours = row["systems"].get("changeagent")
+        row["ratios"] = {}
+        for peer, stats in row["systems"].items():
+            if peer == "changeagent" or ours is None:
+                continue
+            if stats["median"] and not math.isnan(stats["median"]):
+                row["ratios"][peer] = ours["median"] / stats["median"]
+    return list(rows.values())
+
+
+def _cell(stats: dict[str, Any] | None) -> str:
+    if stats is None:
+        return "-"
+    if len(_clean(stats["values"])) > 1:
+        return f"{_fmt(stats['median'])} ({_fmt(stats['min'])}-{_fmt(stats['max'])})"
+    return _fmt(stats["median"])
+
+
+def markdown(results: dict[str, Any]) -> str:
+    systems = [s for s in SYSTEM_ORDER if s in results["systems"]]
+    peers = [s for s in systems if s != "changeagent"]
+    lines = [f"Run {results['started']} ({results['mode']} mode, "
+             f"{results['settings']['runs']} run(s) per figure: median (min-max)); "
+             f"command: `{results['command']}`", ""]
+    header = ["Scenario", "Metric", "Unit", "Better", *systems,
+              *[f"changeagent/{p}" for p in peers]]
+    lines.append("| " + " | ".join(header) + " |")
+    lines.append("|" + "---|" * len(header))
+    for row in results["rows"]:
+        cells = [row["scenario"], row["metric"], row["unit"], row["better"]]
+        cells += [_cell(row["systems"].get(s)) for s in systems]
+        cells += [f"{row['ratios'][p]:.2f}x" if p in row["ratios"] else "-" for p in peers]
+        lines.append("| " + " | ".join(cells) + " |")
+    lines += ["", "Generator and server CPU during the write loads "
+              "(percent of one core; the generator is the bottleneck near 100 % for "
+              "the asyncio generator, 200 % for wrk's two threads):", ""]
+    lines.append("| Metric | " + " | ".join(f"{s} gen / server" for s in systems) + " |")
+    lines.append("|---|" + "---|" * len(systems))
+    for row in results["rows"]:
+        if not row["metric"].startswith("writes/s"):
+            continue
+        cells = []
+        for system in systems:
+            stats = row["systems"].get(system)
+            if stats is None:
+                cells.append("-")
+                continue
+            generator = median([e.get("generator_cpu_percent", 0) for e in stats["extra"]])
+            server = median([e.get("server_cpu_percent", 0) for e in stats["extra"]])
+            cells.append(f"{generator:.0f} % / {server:.0f} %")
+        lines.append(f"| {row['metric']} | " + " | ".join(cells) + " |")
+    if results["skipped"]:
+        lines += ["", "Skipped or failed:", ""]
+        lines += [f"- {s['scenario']} / {s['system']}: {s['reason'].splitlines()[0]}"
+                  for s in results["skipped"]]
+    machine = results["machine"]
+    lines += ["", "Machine: " + ", ".join(f"{k} {v}" for k, v in machine.items())]
+    return "\n".join(lines) + "\n"
+
+
+def charts(results: dict[str, Any], samples: dict[str, dict[str, Any]],
+           directory: Path, stem: str) -> list[Path]:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return []
+    written: list[Path] = []
+    series: dict[str, dict[int, list[float]]] = {}
+    for key, per_system in samples.items():
+        if not key.startswith("write_throughput/"):
+            continue
+        _, topology, generator, clients, _run = key.split("/")
+        for system, value in per_system.items():
+            name = f"{system}, {topology} ({generator})"
+            series.setdefault(name, {}).setdefault(int(clients), []).append(value)
+    if series:
+        figure, axes = plt.subplots(figsize=(8, 5))
+        for name, points in sorted(series.items()):
+            xs = sorted(points)
+            axes.plot(xs, [median(points[x]) for x in xs], marker="o", label=name)
+        axes.set_xscale("log", base=2)
+        axes.set_xlabel("concurrent clients")
+        axes.set_ylabel("durable writes/s (median)")
+        axes.set_title("Durable write throughput against clients")
+        axes.grid(True, alpha=0.3)
+        axes.legend(fontsize=8)
+        path = directory / f"{stem}-throughput.png"
+        figure.savefig(path, dpi=110, bbox_inches="tight")
+        plt.close(figure)
+        written.append(path)
+    notify = samples.get("notify_latency_ms", {})
+    write_cdfs = {k: v for k, v in samples.items() if k.startswith("write_cdf/")}
+    if notify or write_cdfs:
+        figure, (left, right) = plt.subplots(1, 2, figsize=(12, 5))
+        for system, values in sorted(notify.items()):
+            ordered = sorted(values)
+            left.plot(ordered, [(i + 1) / len(ordered) for i in range(len(ordered))],
+                      label=system)
+        left.set_xscale("log")
+        left.set_xlabel("notification latency after the write's ack (ms)")
+        left.set_ylabel("fraction of changes")
+        left.set_title("Notification latency CDF")
+        left.grid(True, alpha=0.3)
+        left.legend(fontsize=8)
+        for key, per_system in sorted(write_cdfs.items()):
+            _, topology, clients, generator = key.split("/")
+            if clients not in ("1", "64"):
+                continue
+            for system, cdf in sorted(per_system.items()):
+                quantiles = sorted(cdf, key=float)
+                right.plot([cdf[q] for q in quantiles], [float(q) / 100 for q in quantiles],
+                           marker=".", label=f"{system}, {topology}, {clients} cl. ({generator})")
+        right.set_xscale("log")
+        right.set_xlabel("write latency (ms)")
+        right.set_title("Durable write latency CDF (last run)")
+        right.grid(True, alpha=0.3)
+        right.legend(fontsize=7)
+        path = directory / f"{stem}-latency-cdf.png"
+        figure.savefig(path, dpi=110, bbox_inches="tight")
+        plt.close(figure)
+        written.append(path)
+    return written
+
+
+def write_results(results: dict[str, Any], samples: dict[str, Any], directory: Path,
+                  make_charts: bool) -> dict[str, Path]:
+    directory.mkdir(parents=True, exist_ok=True)
+    stem = time.strftime("%Y%m%d-%H%M%S", time.localtime()) + f"-{results['mode']}"
+    json_path = directory / f"{stem}.json"
+    document = dict(results, samples=samples)
+    json_path.write_bytes(orjson.dumps(document, option=orjson.OPT_INDENT_2
+                                       | orjson.OPT_SERIALIZE_NUMPY))
+    markdown_path = directory / f"{stem}.md"
+    markdown_path.write_text(markdown(results))
+    paths = {"json": json_path, "markdown": markdown_path}
+    (directory / "latest.json").write_bytes(json_path.read_bytes())
+    (directory / "latest.md").write_text(markdown_path.read_text())
+    if make_charts:
+        for index, path in enumerate(charts(results, samples, directory, stem)):
+            paths[f"chart{index}"] = path
+    return paths
+
+
+def command_line() -> str:
+    return " ".join([Path(sys.executable).name, "-m", "bench", *sys.argv[1:]])

@@ -1,0 +1,93 @@
+"""Scenarios e and f: leader failover and a new member catching up.
+
+e. A 3-member cluster takes writes; the leader is killed with SIGKILL; a client then
+   retries one write on the surviving members (round robin, each attempt bounded by
+   1 s, the election timeout both systems run with) until one is acknowledged.
+   Figure: seconds from the kill to that acknowledgement.
+f. A 3-member cluster holds N changes; a 4th member is added; figure: N divided by
+   the seconds from the add request to the new member serving the last change.
+   For Redis (single node) the nearest thing is shown: a replica's full sync.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+from bench.aioclient import ConnectionClosed
+from bench.procs import PROCESSES, BenchError
+from bench.scenarios.common import Recorder, Settings, run_async, running
+from bench.systems.base import System, WriteFailed, concurrent_writes, retry_write
+
+FAILOVER = "e. failover"
+JOIN = "f. new member catch-up"
+ATTEMPT_SECONDS = 1.0
+FAILOVER_SECONDS_MAX = 60.0
+
+
+def run_failover(system_cls: type[System], settings: Settings, recorder: Recorder) -> None:
+    if system_cls.name == "redis":
+        recorder.skip(FAILOVER, "redis", "not applicable: single node (no Raft)")
+        return
+    for _ in range(settings.failover_runs):
+        system = system_cls(PROCESSES, 3)
+        with running(system, recorder, FAILOVER) as ok:
+            if not ok:
+                return
+            seconds, attempts = run_async(_failover(system), FAILOVER_SECONDS_MAX + 30)
+            recorder.add(FAILOVER, "seconds from kill -9 of the leader to the next "
+                         "acknowledged write", system.name, seconds, "s", "lower",
+                         attempts=attempts)
+
+
+async def _failover(system: System) -> tuple[float, int]:
+    await concurrent_writes(system, 100, 4, time.monotonic() + 20)
+    leader = system.wait_leader(10)
+    survivors = [m.index for m in system.members if m.index != leader]
+    killed_at = time.perf_counter()
+    system.kill_member(leader)
+    attempts = 0
+    while time.perf_counter() - killed_at < FAILOVER_SECONDS_MAX:
+        member = survivors[attempts % len(survivors)]
+        attempts += 1
+        try:
+            await retry_write(system, attempts, member, ATTEMPT_SECONDS)
+        except (TimeoutError, WriteFailed, ConnectionClosed, OSError):
+            await asyncio.sleep(0.01)
+            continue
+        return time.perf_counter() - killed_at, attempts
+    raise BenchError(f"no write acknowledged within {FAILOVER_SECONDS_MAX:.0f} s of the kill")
+
+
+def run_join(system_cls: type[System], settings: Settings, recorder: Recorder) -> None:
+    members = 1 if system_cls.name == "redis" else 3
+    for _ in range(settings.runs):
+        system = system_cls(PROCESSES, members)
+        with running(system, recorder, JOIN) as ok:
+            if not ok:
+                return
+            _join_once(system, settings, recorder)
+
+
+def _join_once(system: System, settings: Settings, recorder: Recorder) -> None:
+    deadline = time.monotonic() + settings.preload_seconds_max
+    stored = run_async(system.preload(settings.join_changes, deadline),
+                       settings.preload_seconds_max + 60)
+    if stored == 0:
+        raise BenchError("nothing could be preloaded")
+    last_cursor = system.last_cursor()
+    member = system.add_member()
+    began = member.joined_at
+    limit = time.monotonic() + settings.scenario_seconds_max
+    while not system.member_has(member, stored - 1, last_cursor):
+        if member.process is None or not member.process.alive():
+            tail = member.process.log_tail() if member.process else ""
+            raise BenchError(f"the new member exited:\n{tail}")
+        if time.monotonic() > limit:
+            raise BenchError("the new member did not catch up in time")
+        time.sleep(0.02)
+    seconds = time.perf_counter() - began
+    how = "redis replica full sync (not Raft)" if system.name == "redis" else "4th joins 3"
+    label = f"changes/s caught up by a new member, {settings.join_changes:,} changes"
+    recorder.add(JOIN, label, system.name, stored / seconds, "changes/s", "higher", changes=stored,
+                 seconds=round(seconds, 3), how=how)

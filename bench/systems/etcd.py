@@ -1,0 +1,289 @@
+"""etcd driver: Debian's etcd-server, 1 or 3 members on loopback, HTTP/JSON gateway.
+
+Durable defaults (etcd fsyncs its WAL before acknowledging), heartbeat 100 ms and
+election timeout 1000 ms (etcd's defaults, written out). Writes: `POST /v3/kv/put`
+with a new key per change; catch-up: `POST /v3/kv/range` of 100 keys at a time;
+notifications: a `POST /v3/watch` stream.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import shutil
+import time
+import urllib.error
+import urllib.request
+from typing import Any
+
+import orjson
+
+from bench.aioclient import HttpConnection, http_connect
+from bench.procs import LOOPBACK, BenchError, env_without_proxies, free_port, wait_until
+from bench.systems.base import PAGE_SIZE, PAYLOAD, Member, Subscription, System, WriteFailed
+
+HEARTBEAT_MS = 100
+ELECTION_MS = 1000
+PRELOAD_PREFIX = b"c/"
+TXN_SIZE = 100  # etcd's default --max-txn-ops is 128
+_OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+
+
+def b64(data: bytes) -> str:
+    return base64.b64encode(data).decode()
+
+
+def prefix_end(prefix: bytes) -> bytes:
+    return prefix[:-1] + bytes([prefix[-1] + 1])
+
+
+def _post_json(port: int, path: str, document: Any, timeout: float = 2.0) -> Any:
+    request = urllib.request.Request(f"http://{LOOPBACK}:{port}{path}",
+                                     data=orjson.dumps(document),
+                                     headers={"Content-Type": "application/json"})
+    with _OPENER.open(request, timeout=timeout) as response:
+        return orjson.loads(response.read())
+
+
+def preload_key(sequence: int) -> bytes:
+    return PRELOAD_PREFIX + b"%012d" % sequence
+
+
+class Watch(Subscription):
+    """One /v3/watch stream on its own connection; every event message is an arrival."""
+
+    def __init__(self, connection: HttpConnection, start_revision: int) -> None:
+        self.connection = connection
+        self.start_revision = start_revision
+        loop = asyncio.get_running_loop()
+        self.ready = loop.create_future()
+        self.future: asyncio.Future[Any] | None = None
+        self.pending: list[bytes] = []
+        self.messages: list[bytes] = []
+        connection.on_message = self._on_message
+        # key "\0" with range_end "\0" watches every key.
+        request = {"create_request": {"key": b64(b"\x00"), "range_end": b64(b"\x00"),
+                                      "start_revision": start_revision}}
+        self.stream = connection.send(connection.build("POST", "/v3/watch",
+                                                       orjson.dumps(request)))
+
+    def _on_message(self, message: bytes) -> None:
+        if b'"events"' not in message:
+            if b'"created"' in message and self.ready is not None and not self.ready.done():
+                self.ready.set_result(True)
+            return
+        self.pending.append(message)
+        if self.future is not None and not self.future.done():
+            self.arrived_at = time.perf_counter()
+            self.future.set_result(True)
+
+    def arm(self) -> asyncio.Future[Any]:
+        self.future = asyncio.get_running_loop().create_future()
+        if self.pending:
+            self.arrived_at = time.perf_counter()
+            self.future.set_result(True)
+        return self.future
+
+    def advance(self) -> int:
+        count = 0
+        for message in self.pending:
+            count += len(orjson.loads(message).get("result", {}).get("events", []))
+        self.pending.clear()
+        return count
+
+    def clone(self, connection: Any) -> Subscription:
+        return Watch(connection, self.start_revision)
+
+    def close(self) -> None:
+        self.connection.close()
+
+
+class Etcd(System):
+    name = "etcd"
+
+    def __init__(self, processes: Any, members: int = 1) -> None:
+        super().__init__(processes, members)
+        self.token = f"cabench-{time.time_ns()}"
+        self.put_count = 0
+
+    @classmethod
+    def missing_reason(cls) -> str | None:
+        return None if shutil.which("etcd") else "etcd is not installed (Debian: etcd-server)"
+
+    def _cluster_spec(self, members: list[Member]) -> str:
+        return ",".join(f"e{m.index}=http://{LOOPBACK}:{m.peer_port}" for m in members)
+
+    def _argv(self, member: Member, cluster: str, state: str) -> list[str]:
+        client = f"http://{LOOPBACK}:{member.port}"
+        peer = f"http://{LOOPBACK}:{member.peer_port}"
+        return ["etcd", "--name", f"e{member.index}", "--data-dir", str(member.data_dir),
+                "--listen-client-urls", client, "--advertise-client-urls", client,
+                "--listen-peer-urls", peer, "--initial-advertise-peer-urls", peer,
+                "--initial-cluster", cluster, "--initial-cluster-state", state,
+                "--initial-cluster-token", self.token,
+                "--heartbeat-interval", str(HEARTBEAT_MS),
+                "--election-timeout", str(ELECTION_MS)]
+
+    def start(self) -> None:
+        self.base_dir = self.processes.make_dir("etcd")
+        for index in range(self.member_count):
+            self.members.append(Member(index=index, port=free_port(),
+                                       data_dir=self.base_dir / f"e{index}",
+                                       peer_port=free_port()))
+        cluster = self._cluster_spec(self.members)
+        for member in self.members:
+            member.process = self.processes.start(
+                f"etcd-{member.index}", self._argv(member, cluster, "new"), self.base_dir,
+                env=env_without_proxies())
+        for member in self.members:
+            self._wait_healthy(member)
+        self.wait_leader(30)
+
+    def _wait_healthy(self, member: Member) -> None:
+        def healthy() -> bool:
+            try:
+                with _OPENER.open(f"http://{LOOPBACK}:{member.port}/health", timeout=1) as r:
+                    return b"true" in r.read()
+            except OSError:
+                return False
+
+        wait_until(healthy, 30, f"etcd member {member.index} to be healthy", member.process)
+
+    # Load
+
+    def wrk_write(self) -> tuple[str, str, dict[str, str]] | None:
+        port = self.members[self.leader_index()].port
+        return f"http://{LOOPBACK}:{port}/v3/kv/put", "etcd_put.lua", {}
+
+    async def connect(self, member: int | None = None) -> HttpConnection:
+        index = self.leader_index() if member is None else member
+        return await http_connect(self.members[index].port)
+
+    async def write(self, connection: HttpConnection, sequence: int) -> None:
+        self.put_count += 1
+        key = b"a/%d/%012d" % (id(connection) % 100000, self.put_count)
+        await self._put(connection, key)
+
+    async def _put(self, connection: HttpConnection, key: bytes) -> None:
+        body = b'{"key":"%s","value":"%s"}' % (b64(key).encode(), b64(PAYLOAD).encode())
+        status, answer = await connection.request("POST", "/v3/kv/put", body)
+        if status != 200:
+            raise WriteFailed(f"etcd put answered {status}: {answer[:200]!r}")
+
+    async def preload(self, count: int, deadline: float) -> int:
+        """Puts in transactions of 100 (setup only: 100 changes per request)."""
+        next_sequence = 0
+        done = 0
+        value = b64(PAYLOAD)
+
+        async def worker() -> None:
+            nonlocal next_sequence, done
+            connection = await self.connect()
+            try:
+                while next_sequence < count and time.monotonic() < deadline:
+                    first = next_sequence
+                    last = min(count, first + TXN_SIZE)
+                    next_sequence = last
+                    puts = [{"request_put": {"key": b64(preload_key(s)), "value": value}}
+                            for s in range(first, last)]
+                    status, answer = await connection.request(
+                        "POST", "/v3/kv/txn", orjson.dumps({"success": puts}))
+                    if status != 200:
+                        raise BenchError(f"etcd txn answered {status}: {answer[:200]!r}")
+                    done += last - first
+            finally:
+                connection.close()
+
+        await asyncio.gather(*(worker() for _ in range(8)))
+        self.last_preloaded = count - 1
+        return done
+
+    def start_cursor(self) -> Any:
+        return preload_key(0)
+
+    async def read_page(self, connection: HttpConnection, cursor: Any) -> tuple[int, Any]:
+        request = {"key": b64(cursor), "range_end": b64(prefix_end(PRELOAD_PREFIX)),
+                   "limit": PAGE_SIZE}
+        status, body = await connection.request("POST", "/v3/kv/range", orjson.dumps(request))
+        if status != 200:
+            raise BenchError(f"etcd range answered {status}: {body[:200]!r}")
+        kvs = orjson.loads(body).get("kvs", [])
+        if kvs:
+            cursor = base64.b64decode(kvs[-1]["key"]) + b"\x00"
+        return len(kvs), cursor
+
+    async def subscribe(self, connection: HttpConnection, from_end: bool = True) -> Subscription:
+        _status, body = await connection.request("POST", "/v3/kv/range",
+                                                orjson.dumps({"key": b64(b"\x00"),
+                                                              "limit": 1}))
+        revision = int(orjson.loads(body)["header"]["revision"])
+        return Watch(connection, revision + 1)
+
+    # Clusters
+
+    def leader_index(self) -> int:
+        if len(self.members) == 1:
+            return 0
+        for member in self.members:
+            if member.process is None:
+                continue
+            try:
+                status = _post_json(member.port, "/v3/maintenance/status", {}, timeout=1)
+            except OSError:
+                continue
+            leader = status.get("leader")
+            if leader and leader == status.get("header", {}).get("member_id"):
+                return member.index
+        raise LookupError("no leader")
+
+    def add_member(self) -> Member:
+        assert self.base_dir is not None
+        index = len(self.members)
+        member = Member(index=index, port=free_port(), data_dir=self.base_dir / f"e{index}",
+                        peer_port=free_port())
+        self._member_add(member)
+        member.joined_at = time.perf_counter()
+        cluster = self._cluster_spec([*self.members, member])
+        member.process = self.processes.start(f"etcd-{index}",
+                                              self._argv(member, cluster, "existing"),
+                                              self.base_dir, env=env_without_proxies())
+        self.members.append(member)
+        return member
+
+    def _member_add(self, member: Member) -> None:
+        """Add the member; etcd refuses (503) until every member has been up 5 s."""
+        deadline = time.monotonic() + 30
+        while True:
+            leader = self.members[self.leader_index()]
+            try:
+                _post_json(leader.port, "/v3/cluster/member/add",
+                           {"peerURLs": [f"http://{LOOPBACK}:{member.peer_port}"]}, timeout=10)
+                return
+            except urllib.error.HTTPError as error:
+                if error.code != 503 or time.monotonic() > deadline:
+                    raise BenchError(f"etcd member add answered {error.code}: "
+                                     f"{error.read()[:200]!r}") from error
+            time.sleep(0.2)
+
+    def member_has(self, member: Member, last_sequence: int, last_cursor: Any) -> bool:
+        try:
+            answer = _post_json(member.port, "/v3/kv/range",
+                                {"key": b64(preload_key(last_sequence)), "serializable": True},
+                                timeout=2)
+        except OSError:
+            return False
+        return bool(answer.get("kvs"))
+
+    def last_cursor(self) -> Any:
+        return preload_key(self.last_preloaded)
+
+    def restart_member(self, index: int) -> None:
+        member = self.members[index]
+        if member.process is not None:
+            self.processes.stop(member.process)
+        cluster = self._cluster_spec(self.members)
+        member.process = self.processes.start(f"etcd-{index}",
+                                              self._argv(member, cluster, "new"),
+                                              self.base_dir or member.data_dir,
+                                              env=env_without_proxies())
+        self._wait_healthy(member)
