@@ -41,7 +41,7 @@ def parse_change_body(body: bytes) -> NewChange:
     "tags" or "type" without "data", which is surely a mistake and is refused.
     """
     if not body.strip():
-        raise ChangeError("request body is empty; send a JSON change such as {\"data\": ...}")
+        raise ChangeError('request body is empty; send a JSON change such as {"data": ...}')
     try:
         document = orjson.loads(body)
     except orjson.JSONDecodeError as error:
@@ -78,7 +78,7 @@ def _parse_type(value: Any) -> int:
         raise ChangeError('"type" must be >= 0; negative types are reserved for internal entries')
     if value > TYPE_MAX:
         raise ChangeError(f'"type" must be at most {TYPE_MAX}')
-    return value
+    return int(value)
 
 
 def _parse_tags(value: Any) -> tuple[str, ...]:

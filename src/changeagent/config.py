@@ -93,13 +93,13 @@ def settings_from_mapping(document: Mapping[Any, Any], base: Settings) -> Settin
     settings = base
     if "minPurgeRecords" in document:
         settings = replace(settings, min_purge_records=_integer(document, "minPurgeRecords"))
-    for key, attribute in (
-        ("minPurgeDuration", "min_purge_duration_ns"),
-        ("electionTimeout", "election_timeout_ns"),
-        ("heartbeatTimeout", "heartbeat_timeout_ns"),
-    ):
-        if key in document:
-            settings = replace(settings, **{attribute: _duration(document, key)})
+    if "minPurgeDuration" in document:
+        duration_ns = _duration(document, "minPurgeDuration")
+        settings = replace(settings, min_purge_duration_ns=duration_ns)
+    if "electionTimeout" in document:
+        settings = replace(settings, election_timeout_ns=_duration(document, "electionTimeout"))
+    if "heartbeatTimeout" in document:
+        settings = replace(settings, heartbeat_timeout_ns=_duration(document, "heartbeatTimeout"))
     if "webHooks" in document:
         settings = replace(settings, web_hooks=_web_hooks(document["webHooks"]))
     return settings.validate()
@@ -152,7 +152,7 @@ def _integer(document: Mapping[Any, Any], key: str) -> int:
     value = document[key]
     if isinstance(value, bool) or not isinstance(value, int):
         raise ConfigError(f"{key} must be an integer")
-    return value
+    return int(value)
 
 
 def _duration(document: Mapping[Any, Any], key: str) -> int:

@@ -18,8 +18,14 @@ def test_structured_change() -> None:
 
 @pytest.mark.parametrize(
     ("body", "data"),
-    [(b'{"hello":"world"}', {"hello": "world"}), (b'"a string"', "a string"), (b"42", 42),
-     (b"null", None), (b"[1,2]", [1, 2]), (b"{}", {})],
+    [
+        (b'{"hello":"world"}', {"hello": "world"}),
+        (b'"a string"', "a string"),
+        (b"42", 42),
+        (b"null", None),
+        (b"[1,2]", [1, 2]),
+        (b"{}", {}),
+    ],
 )
 def test_any_other_value_is_stored_whole_as_data(body: bytes, data: object) -> None:
     change = parse_change_body(body)
@@ -73,7 +79,9 @@ json_values = st.recursive(
 
 
 @given(data=json_values, tags=st.lists(st.text(), max_size=5), change_type=st.integers(0, 1000))
-def test_encoded_change_is_the_json_it_claims(data: object, tags: list[str], change_type: int) -> None:
+def test_encoded_change_is_the_json_it_claims(
+    data: object, tags: list[str], change_type: int
+) -> None:
     body = orjson.dumps({"data": data, "tags": tags, "type": change_type})
     decoded = orjson.loads(encode_change(10, 20, parse_change_body(body)))
     assert decoded["_id"] == 10 and decoded["_ts"] == 20 and decoded["data"] == data

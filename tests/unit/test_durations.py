@@ -53,6 +53,8 @@ def test_format_like_go(nanoseconds: int, text: str) -> None:
     assert format_duration_ns(nanoseconds) == text
 
 
-@pytest.mark.parametrize("nanoseconds", [0, 1, 999, 1_500, 2 * MS, 59 * S, 61 * S, 3 * 3600 * S + 7])
+@pytest.mark.parametrize(
+    "nanoseconds", [0, 1, 999, 1_500, 2 * MS, 59 * S, 61 * S, 3 * 3600 * S + 7]
+)
 def test_round_trip(nanoseconds: int) -> None:
     assert parse_duration_ns(format_duration_ns(nanoseconds)) == nanoseconds

@@ -49,7 +49,9 @@ def build_app(node: Node, prefix: str = "") -> web.Application:
         ("GET", "/diagnostics/cpu", operations.cpu),
     ]
     for method, path, handler in routes:
-        app.router.add_route(method, prefix + path if path != "/" or not prefix else prefix, handler)
+        app.router.add_route(
+            method, prefix + path if path != "/" or not prefix else prefix, handler
+        )
 
     async def wake_long_polls(app: web.Application) -> None:
         # Runs after the listeners stop and before in-flight requests are awaited:

@@ -183,5 +183,9 @@ async def memory(request: web.Request) -> web.Response:
 async def cpu(request: web.Request) -> web.Response:
     times = psutil.Process().cpu_times()
     return json_response(
-        {"userSeconds": times.user, "systemSeconds": times.system, "threads": threading.active_count()}
+        {
+            "userSeconds": times.user,
+            "systemSeconds": times.system,
+            "threads": threading.active_count(),
+        }
     )

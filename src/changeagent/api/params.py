@@ -35,7 +35,9 @@ def seconds_parameter(request: web.Request, name: str, high: float) -> float:
     try:
         value = float(text)
     except ValueError:
-        raise ApiError(400, f"parameter {name!r} must be a number of seconds, got {text!r}") from None
+        raise ApiError(
+            400, f"parameter {name!r} must be a number of seconds, got {text!r}"
+        ) from None
     if not math.isfinite(value) or not 0 <= value <= high:
         raise ApiError(400, f"parameter {name!r} must be between 0 and {high:g} seconds")
     return value

@@ -20,6 +20,7 @@ from changeagent.node.node import NodeLimits
 from changeagent.server import ServerOptions, serve
 
 N = TypeVar("N", int, float)
+DEFAULT_LIMITS = NodeLimits()
 
 DESCRIPTION = """\
 Run a changeagent node: a durable, ordered change log served over HTTP.
@@ -28,33 +29,83 @@ With no options it serves on port 8080 and stores its data in ./data."""
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="changeagent", description=DESCRIPTION,
+        prog="changeagent",
+        description=DESCRIPTION,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("-p", "--port", type=int, default=8080,
-                        help="HTTP port to listen on (default 8080; 0 picks a free port)")
-    parser.add_argument("--host", default="0.0.0.0",
-                        help="address to listen on (default 0.0.0.0, every interface)")
-    parser.add_argument("-d", "--data-dir", type=Path, default=Path("data"),
-                        help="directory for the node's data (default ./data; created 0700)")
-    parser.add_argument("-f", "--config-file", type=Path, default=None,
-                        help="YAML settings file; written with defaults if missing")
-    parser.add_argument("-P", "--prefix", default="",
-                        help="serve every API path under this URI prefix, e.g. /changeagent")
-    parser.add_argument("-v", "--verbosity", type=int, default=0,
-                        help="log detail: 0 informational (default), 1 or more debug")
-    parser.add_argument("-logtostderr", "--log-to-stderr", action="store_true",
-                        help="accepted for ChangeAgent compatibility; logs always go to stderr")
-    parser.add_argument("--max-body-bytes", type=int, default=NodeLimits.body_bytes_max,
-                        help="largest accepted request body (default 1 MiB)")
-    parser.add_argument("--max-limit", type=int, default=NodeLimits.limit_max,
-                        help="largest `limit` a GET /changes may ask for (default 10000)")
-    parser.add_argument("--max-block", type=float, default=NodeLimits.block_max_s,
-                        help="longest `block` (seconds) a long-poll may ask for (default 600)")
-    parser.add_argument("--commit-timeout", type=float, default=NodeLimits.commit_timeout_s,
-                        help="seconds a write waits to commit before 503 (default 30)")
-    parser.add_argument("--purge-interval", type=float, default=NodeLimits.purge_interval_s,
-                        help="seconds between checks of the purge rule (default 1)")
+    parser.add_argument(
+        "-p",
+        "--port",
+        type=int,
+        default=8080,
+        help="HTTP port to listen on (default 8080; 0 picks a free port)",
+    )
+    parser.add_argument(
+        "--host", default="0.0.0.0", help="address to listen on (default 0.0.0.0, every interface)"
+    )
+    parser.add_argument(
+        "-d",
+        "--data-dir",
+        type=Path,
+        default=Path("data"),
+        help="directory for the node's data (default ./data; created 0700)",
+    )
+    parser.add_argument(
+        "-f",
+        "--config-file",
+        type=Path,
+        default=None,
+        help="YAML settings file; written with defaults if missing",
+    )
+    parser.add_argument(
+        "-P",
+        "--prefix",
+        default="",
+        help="serve every API path under this URI prefix, e.g. /changeagent",
+    )
+    parser.add_argument(
+        "-v",
+        "--verbosity",
+        type=int,
+        default=0,
+        help="log detail: 0 informational (default), 1 or more debug",
+    )
+    parser.add_argument(
+        "-logtostderr",
+        "--log-to-stderr",
+        action="store_true",
+        help="accepted for ChangeAgent compatibility; logs always go to stderr",
+    )
+    parser.add_argument(
+        "--max-body-bytes",
+        type=int,
+        default=DEFAULT_LIMITS.body_bytes_max,
+        help="largest accepted request body (default 1 MiB)",
+    )
+    parser.add_argument(
+        "--max-limit",
+        type=int,
+        default=DEFAULT_LIMITS.limit_max,
+        help="largest `limit` a GET /changes may ask for (default 10000)",
+    )
+    parser.add_argument(
+        "--max-block",
+        type=float,
+        default=DEFAULT_LIMITS.block_max_s,
+        help="longest `block` (seconds) a long-poll may ask for (default 600)",
+    )
+    parser.add_argument(
+        "--commit-timeout",
+        type=float,
+        default=DEFAULT_LIMITS.commit_timeout_s,
+        help="seconds a write waits to commit before 503 (default 30)",
+    )
+    parser.add_argument(
+        "--purge-interval",
+        type=float,
+        default=DEFAULT_LIMITS.purge_interval_s,
+        help="seconds between checks of the purge rule (default 1)",
+    )
     parser.add_argument("--version", action="version", version=f"changeagent {__version__}")
     return parser
 
@@ -69,14 +120,18 @@ def options_from_arguments(arguments: argparse.Namespace) -> ServerOptions:
     limits = NodeLimits(
         body_bytes_max=_positive("--max-body-bytes", arguments.max_body_bytes),
         limit_max=_positive("--max-limit", arguments.max_limit),
-        limit_default=min(NodeLimits.limit_default, arguments.max_limit),
+        limit_default=min(DEFAULT_LIMITS.limit_default, arguments.max_limit),
         block_max_s=_positive("--max-block", arguments.max_block),
         commit_timeout_s=_positive("--commit-timeout", arguments.commit_timeout),
         purge_interval_s=_positive("--purge-interval", arguments.purge_interval),
     )
     return ServerOptions(
-        data_dir=arguments.data_dir, port=arguments.port, host=arguments.host,
-        settings_path=arguments.config_file, prefix=prefix, limits=limits,
+        data_dir=arguments.data_dir,
+        port=arguments.port,
+        host=arguments.host,
+        settings_path=arguments.config_file,
+        prefix=prefix,
+        limits=limits,
     )
 
 

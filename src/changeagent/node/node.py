@@ -19,9 +19,9 @@ import logging
 import secrets
 import time
 from collections.abc import Callable
-from typing import TypeVar
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 from changeagent.change import NewChange, encode_change
 from changeagent.config import Settings, write_settings_file
@@ -158,10 +158,9 @@ class Node:
     async def _existing_for_key(self, key: str) -> bytes | None:
         inflight = self._inflight_keys.get(key)
         if inflight is not None:
-            index = await asyncio.shield(inflight)
-            return self.storage.get_change(index)
-        index = self.storage.idempotency_lookup(key)
-        return None if index is None else self.storage.get_change(index)
+            return self.storage.get_change(await asyncio.shield(inflight))
+        stored_index = self.storage.idempotency_lookup(key)
+        return None if stored_index is None else self.storage.get_change(stored_index)
 
     async def _propose(
         self, entry_type: int, data: bytes | Callable[[int], bytes], key: str = ""
@@ -252,7 +251,9 @@ class Node:
             return
         term = self.storage.term(index)
         compacted = Snapshot(
-            index=index, term=term, membership=snapshot.membership,
+            index=index,
+            term=term,
+            membership=snapshot.membership,
             data=encode_settings(self.settings),
         )
         try:
@@ -269,7 +270,9 @@ class Node:
             cutoff_ns = self._clock_ns() - settings.min_purge_duration_ns
             point = await asyncio.to_thread(
                 self.storage.purge_point,
-                settings.min_purge_records, cutoff_ns, self.commit_index,
+                settings.min_purge_records,
+                cutoff_ns,
+                self.commit_index,
             )
             if point > self.storage.snapshot().index:
                 with contextlib.suppress(NotAvailable, CommitTimeout, Overloaded):

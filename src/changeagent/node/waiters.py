@@ -38,7 +38,9 @@ class CommitWaiters:
     def __len__(self) -> int:
         return sum(group.waiting for group in self._groups.values())
 
-    async def wait(self, query: ChangeQuery, checked_upto: int, timeout_s: float) -> PageResult | None:
+    async def wait(
+        self, query: ChangeQuery, checked_upto: int, timeout_s: float
+    ) -> PageResult | None:
         """Wait until a change matching `query` commits; None on timeout or close."""
         if self._closed:
             return None

@@ -1,0 +1,185 @@
+"""Health, config, cluster, diagnostics, prefix and the command line."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.support.server import ServerProcess
+
+
+def test_health_mark_down_and_up(server: ServerProcess) -> None:
+    ok = server.request("GET", "/health")
+    assert (ok.status, ok.text) == (200, "ok")
+    assert ok.headers["Content-Type"].startswith("text/plain")
+    assert server.form("PUT", "/health", {"up": "false"}).status == 503
+    down = server.request("GET", "/health")
+    assert (down.status, down.text) == (503, "marked down")
+    assert server.form("POST", "/health", {"up": "true"}).status == 200
+    assert server.request("GET", "/health").status == 200
+
+
+def test_health_rejects_bad_form(server: ServerProcess) -> None:
+    response = server.form("PUT", "/health", {"up": "maybe"})
+    assert response.status == 400 and "up=true" in response.json()["error"]
+
+
+def test_root_links(server: ServerProcess) -> None:
+    links = server.request("GET", "/").json()
+    assert {"changes", "cluster", "config", "diagnostics", "health"} <= set(links)
+
+
+def test_config_get_put(tmp_path: Path, make_server) -> None:  # type: ignore[no-untyped-def]
+    path = tmp_path / "settings.yaml"
+    server = make_server("-f", str(path))
+    assert path.exists(), "defaults are written to a missing file"
+    current = yaml.safe_load(server.request("GET", "/config").text)
+    assert current["minPurgeRecords"] == 0 and current["electionTimeout"] == "1s"
+    put = server.request(
+        "PUT",
+        "/config",
+        "minPurgeRecords: 5\nelectionTimeout: 4s\n",
+        {"Content-Type": "application/yaml"},
+    )
+    assert put.status == 200, put.body
+    assert put.headers["Content-Type"].startswith("application/yaml")
+    updated = yaml.safe_load(server.request("GET", "/config").text)
+    assert updated["minPurgeRecords"] == 5 and updated["electionTimeout"] == "4s"
+    assert updated["heartbeatTimeout"] == "100ms", "durations missing from a PUT keep their value"
+    assert yaml.safe_load(path.read_text())["minPurgeRecords"] == 5
+
+
+def test_config_put_errors(server: ServerProcess) -> None:
+    wrong_type = server.request(
+        "PUT", "/config", "minPurgeRecords: 1", {"Content-Type": "text/plain"}
+    )
+    assert wrong_type.status == 415
+    invalid = server.request(
+        "PUT",
+        "/config",
+        "electionTimeout: 150ms\nheartbeatTimeout: 100ms",
+        {"Content-Type": "text/yaml"},
+    )
+    assert invalid.status == 400 and "twice" in invalid.json()["error"]
+    garbage = server.request("PUT", "/config", "a: [", {"Content-Type": "text/yaml"})
+    assert garbage.status == 400
+
+
+def test_standalone_cluster_and_diagnostics(server: ServerProcess) -> None:
+    cluster = server.request("GET", "/cluster").json()
+    assert cluster["clusterId"] == "0" and cluster["members"] == {}
+    assert server.request("GET", "/cluster/members").json() == {}
+    assert server.request("GET", "/diagnostics/raft/state").text == "Standalone"
+    node_id = server.request("GET", "/diagnostics/id").text
+    assert node_id.isalnum() and node_id != "0"
+    status = server.request("GET", "/diagnostics/raft").json()
+    assert status["id"] == node_id and status["state"] == "Standalone"
+    assert "Thread" in server.request("GET", "/diagnostics/stack").text
+    assert server.request("GET", "/diagnostics/memory").json()["rssBytes"] > 0
+    assert set(server.request("GET", "/diagnostics").json()) >= {"id", "raft", "stack", "memory"}
+
+
+def test_node_id_survives_restart(tmp_path: Path) -> None:
+    first = ServerProcess(tmp_path / "d").start()
+    node_id = first.request("GET", "/diagnostics/id").text
+    assert first.stop() == 0
+    second = ServerProcess(tmp_path / "d").start()
+    try:
+        assert second.request("GET", "/diagnostics/id").text == node_id
+    finally:
+        second.kill()
+
+
+def test_prefix_puts_every_path_under_it(make_server) -> None:  # type: ignore[no-untyped-def]
+    server = make_server("-P", "/ca")
+    assert server.request("GET", "/ca/health").status == 200
+    assert server.request("GET", "/health").status == 404
+    posted = server.request(
+        "POST", "/ca/changes", b'{"data":1}', {"Content-Type": "application/json"}
+    )
+    assert posted.status == 200
+    assert server.request("GET", "/ca/changes").json()["changes"][0]["data"] == 1
+    assert server.request("GET", "/ca").json()["changes"] == "/ca/changes"
+
+
+def test_openapi_document_served(server: ServerProcess) -> None:
+    document = server.request("GET", "/openapi.json").json()
+    assert document["openapi"].startswith("3.")
+    assert "/changes" in document["paths"]
+
+
+@pytest.mark.parametrize(
+    ("arguments", "message"),
+    [
+        (["-p", "70000"], "port"),
+        (["-P", "/trailing/"], "prefix"),
+        (["-P", "noslash"], "prefix"),
+        (["--max-limit", "0"], "--max-limit"),
+        (["-p", "abc"], "invalid int"),
+        (["--no-such-flag"], "unrecognized"),
+    ],
+)
+def test_bad_flags_exit_nonzero_with_reason(arguments: list[str], message: str) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "changeagent", *arguments],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 2
+    assert message in result.stderr
+
+
+def test_invalid_config_file_exits_nonzero(tmp_path: Path) -> None:
+    path = tmp_path / "bad.yaml"
+    path.write_text("heartbeatTimeout: 1ms\n")
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "changeagent",
+            "-p",
+            "0",
+            "-d",
+            str(tmp_path / "d"),
+            "-f",
+            str(path),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode != 0
+    assert "heartbeatTimeout" in result.stderr
+
+
+def test_help_lists_options() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "changeagent", "--help"], capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 0
+    for flag in ("-p", "-d", "-f", "-P", "-v", "-logtostderr", "--max-body-bytes"):
+        assert flag in result.stdout
+
+
+def test_serve_subcommand_with_long_options(tmp_path: Path) -> None:
+    process = ServerProcess(tmp_path / "d")
+    process.arguments = []
+    command_check = subprocess.run(
+        [sys.executable, "-m", "changeagent", "serve", "--help"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert command_check.returncode == 0 and "--data-dir" in command_check.stdout
+
+
+def test_data_directory_and_files_are_private(server: ServerProcess) -> None:
+    server.post_change({"data": 1})
+    assert server.data_dir.stat().st_mode & 0o777 == 0o700
+    for path in server.data_dir.iterdir():
+        assert path.stat().st_mode & 0o077 == 0, path
