@@ -76,9 +76,12 @@ class ChangePage:
 
 @dataclass(slots=True)
 class _Queued:
+    """A queued batch and whoever waits for it: a thread's future or a loop's."""
+
     batch: WriteBatch
-    future: concurrent.futures.Future[None]
-    live: bool = True  # False once the caller cancelled: still written, not resolved
+    future: concurrent.futures.Future[None] | None = None
+    loop: asyncio.AbstractEventLoop | None = None
+    waiter: asyncio.Future[None] | None = None
 
 
 class Storage:
@@ -383,6 +386,27 @@ class Storage:
         """
         batch.validate()
         future: concurrent.futures.Future[None] = concurrent.futures.Future()
+        self._enqueue(_Queued(batch, future=future), timeout_s)
+        return future
+
+    async def write(self, batch: WriteBatch) -> None:
+        """Persist `batch` durably (group-committed with concurrent writes).
+
+        All writers of one event loop that share a commit are woken by one
+        callback, not one cross-thread wake-up each. Cancelling the awaiting
+        task does not withdraw the batch.
+        """
+        batch.validate()
+        loop = asyncio.get_running_loop()
+        item = _Queued(batch, loop=loop, waiter=loop.create_future())
+        try:
+            self._enqueue(item, 0.0)
+        except StorageBusy:
+            await asyncio.to_thread(self._enqueue, item, None)
+        assert item.waiter is not None
+        await item.waiter
+
+    def _enqueue(self, item: _Queued, timeout_s: float | None) -> None:
         with self._queue_condition:
             while True:
                 self._check_writable()
@@ -392,17 +416,9 @@ class Storage:
                     raise StorageBusy(f"{len(self._queue)} write batches are queued")
                 if not self._queue_condition.wait(timeout_s) and timeout_s is not None:
                     raise StorageBusy(f"{len(self._queue)} write batches are queued")
-            self._queue.append(_Queued(batch, future))
-            self._queue_condition.notify_all()
-        return future
-
-    async def write(self, batch: WriteBatch) -> None:
-        """Persist `batch` durably (group-committed with concurrent writes)."""
-        try:
-            future = self.submit(batch)
-        except StorageBusy:
-            future = await asyncio.to_thread(self.submit, batch, timeout_s=None)
-        await asyncio.wrap_future(future)
+            self._queue.append(item)
+            if len(self._queue) == 1:
+                self._queue_condition.notify_all()
 
     # The writer thread ---------------------------------------------------------------
 
@@ -428,7 +444,9 @@ class Storage:
                     break
                 item = self._queue.popleft()
                 group_bytes += batch_bytes
-                item.live = item.future.set_running_or_notify_cancel()
+                if item.future is not None:
+                    # From here on a cancel() fails: the batch will be written.
+                    item.future.set_running_or_notify_cancel()
                 group.append(item)
             self._queue_condition.notify_all()  # room for blocked submitters
             return group
@@ -448,14 +466,14 @@ class Storage:
         except Exception as error:  # any disk, SQLite or injected failure: fail-stop
             if transaction is not None:
                 _rollback_quietly(transaction)
-            self._fail_writes(StorageFailed(f"write failed, nothing acknowledged: {error!r}"))
-            for item in group:
-                _resolve(item, self._failure)
+            failure = self._fail_writes(
+                StorageFailed(f"write failed, nothing acknowledged: {error!r}")
+            )
+            _settle([(item, failure) for item in group])
             return
         self.batches_written += len(group) - len(rejected)
-        failed = {id(item): error for item, error in rejected}
-        for item in group:
-            _resolve(item, failed.get(id(item)))
+        failed: dict[int, BaseException] = {id(item): error for item, error in rejected}
+        _settle([(item, failed.get(id(item))) for item in group])
 
     def _commit(self, transaction: GroupTransaction) -> None:
         fence = transaction.removed
@@ -488,17 +506,20 @@ class Storage:
                     f"tail ends at {self._tail.end - 1}, log at {state.last_index}"
                 )
 
-    def _fail_writes(self, error: StorageFailed) -> None:
+    def _fail_writes(self, error: StorageFailed) -> StorageFailed:
         """Fail-stop: record why, fail every queued batch; never retry."""
         with self._queue_condition:
             if self._failure is None:
                 self._failure = error
+            failure = self._failure
             queued = list(self._queue)
             self._queue.clear()
             self._queue_condition.notify_all()
         for item in queued:
-            item.live = item.future.set_running_or_notify_cancel()
-            _resolve(item, self._failure)
+            if item.future is not None:
+                item.future.set_running_or_notify_cancel()
+        _settle([(item, failure) for item in queued])
+        return failure
 
     def _check_writable(self) -> None:
         if self._failure is not None:
@@ -661,13 +682,35 @@ def _limit_bytes(entries: Iterable[Entry], max_bytes: int) -> list[Entry]:
     return result
 
 
-def _resolve(item: _Queued, error: BaseException | None) -> None:
-    if not item.live or item.future.done():
-        return
-    if error is None:
-        item.future.set_result(None)
-    else:
-        item.future.set_exception(_fresh(error))
+def _settle(outcomes: list[tuple[_Queued, BaseException | None]]) -> None:
+    """Resolve thread futures now, and each loop's waiters with one callback."""
+    by_loop: dict[asyncio.AbstractEventLoop, list[tuple[_Queued, BaseException | None]]] = {}
+    for item, error in outcomes:
+        if item.future is not None:
+            if item.future.cancelled() or item.future.done():
+                continue
+            if error is None:
+                item.future.set_result(None)
+            else:
+                item.future.set_exception(_fresh(error))
+        elif item.loop is not None:
+            by_loop.setdefault(item.loop, []).append((item, error))
+    for loop, waiting in by_loop.items():
+        # A closed loop has nobody left to tell.
+        with contextlib.suppress(RuntimeError):
+            loop.call_soon_threadsafe(_settle_waiters, waiting)
+
+
+def _settle_waiters(waiting: list[tuple[_Queued, BaseException | None]]) -> None:
+    """On the waiters' loop: resolve every asyncio waiter of one commit."""
+    for item, error in waiting:
+        waiter = item.waiter
+        if waiter is None or waiter.done():
+            continue
+        if error is None:
+            waiter.set_result(None)
+        else:
+            waiter.set_exception(_fresh(error))
 
 
 def _fresh(error: BaseException) -> BaseException:

@@ -10,8 +10,10 @@ still commit.
 
 from __future__ import annotations
 
+import functools
+import itertools
 import sqlite3
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 
 from changeagent.raft.entry import Entry, HardState
@@ -27,11 +29,14 @@ from changeagent.storage.records import (
 from changeagent.storage.schema import META_HARD_STATE, META_SNAPSHOT
 from changeagent.storage.tail import NO_TAGS
 
-_INSERT_ENTRY = (
-    "INSERT INTO entries (idx, term, type, ts, crc, key, body) VALUES (?, ?, ?, ?, ?, ?, ?)"
-)
-_INSERT_TAG = "INSERT OR IGNORE INTO tags (tag, idx) VALUES (?, ?)"
-_INSERT_KEY = "INSERT OR IGNORE INTO idempotency (key, idx) VALUES (?, ?)"
+_INSERT_ENTRIES = "INSERT INTO entries (idx, term, type, ts, crc, key, body) VALUES "
+_INSERT_TAGS = "INSERT OR IGNORE INTO tags (tag, idx) VALUES "
+_INSERT_KEYS = "INSERT OR IGNORE INTO idempotency (key, idx) VALUES "
+# Rows go in as multi-row INSERTs of power-of-two sizes (a handful of cached
+# statements). Each statement is one sqlite3_step, i.e. one release of the GIL:
+# with executemany, every row released and re-took the GIL, and re-taking it
+# from a busy event-loop thread can cost a whole switch interval (5 ms).
+_ROWS_PER_INSERT_MAX = 256
 _UPSERT_META = "INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)"
 _DELETE_FROM = (
     "DELETE FROM entries WHERE idx >= ?",
@@ -289,11 +294,36 @@ class GroupTransaction:
     def _flush_rows(self) -> None:
         rows = self._rows
         if rows.entries:
-            self._connection.executemany(_INSERT_ENTRY, rows.entries)
+            _insert_rows(self._connection, _INSERT_ENTRIES, 7, rows.entries)
             rows.entries.clear()
         if rows.tags:
-            self._connection.executemany(_INSERT_TAG, rows.tags)
+            _insert_rows(self._connection, _INSERT_TAGS, 2, rows.tags)
             rows.tags.clear()
         if rows.keys:
-            self._connection.executemany(_INSERT_KEY, rows.keys)
+            _insert_rows(self._connection, _INSERT_KEYS, 2, rows.keys)
             rows.keys.clear()
+
+
+def _insert_rows(
+    connection: sqlite3.Connection,
+    insert: str,
+    columns: int,
+    rows: Sequence[tuple[object, ...]],
+) -> None:
+    """Insert `rows` with as few statements as possible (see _ROWS_PER_INSERT_MAX)."""
+    position = 0
+    while position < len(rows):
+        remaining = len(rows) - position
+        count = min(_ROWS_PER_INSERT_MAX, 1 << (remaining.bit_length() - 1))
+        chunk = rows[position : position + count]
+        connection.execute(
+            _multi_row_statement(insert, columns, count),
+            tuple(itertools.chain.from_iterable(chunk)),
+        )
+        position += count
+
+
+@functools.cache
+def _multi_row_statement(insert: str, columns: int, count: int) -> str:
+    row = "(" + ",".join("?" * columns) + ")"
+    return insert + ",".join([row] * count)
