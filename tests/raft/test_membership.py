@@ -60,9 +60,7 @@ def test_4_1_a_change_takes_effect_on_followers_when_appended() -> None:
     """§4.1: followers switch when the entry is appended to their log."""
     cluster = grown_cluster()
     for node_id in (1, 2, 3, 4):
-        assert cluster.node(node_id).membership == Membership(
-            frozenset({1, 2, 3}), frozenset({4})
-        )
+        assert cluster.node(node_id).membership == Membership(frozenset({1, 2, 3}), frozenset({4}))
 
 
 def test_4_1_a_truncated_change_is_undone() -> None:

@@ -80,7 +80,7 @@ def test_5_2_a_candidate_with_votes_from_a_majority_becomes_leader() -> None:
     node.step(Message(MT.VOTE_RESPONSE, 2, 1, 1))
     assert node.role is Role.CANDIDATE  # 2 of 5 is not a majority
     node.step(Message(MT.VOTE_RESPONSE, 3, 1, 1))
-    assert node.role is Role.LEADER and node.leader_id == 1
+    assert node.role is Role.LEADER and node.leader_id == 1  # type: ignore[comparison-overlap]
 
 
 def test_5_2_a_candidate_refused_by_a_majority_returns_to_follower() -> None:
@@ -93,7 +93,8 @@ def test_5_2_a_candidate_refused_by_a_majority_returns_to_follower() -> None:
 
 
 def test_5_2_each_server_votes_for_at_most_one_candidate_per_term() -> None:
-    """§5.2: each server votes for at most one candidate in a given term, first come first served."""
+    """§5.2: each server votes for at most one candidate in a given term, on a
+    first-come-first-served basis."""
     node, _ = make_node()
     node.step(vote_request(2, 1))
     node.step(vote_request(3, 1))

@@ -19,7 +19,9 @@ from .harness import Cluster, drain, make_node
 MT = MessageType
 
 
-def append(term: int, log_term: int, index: int, entries: list[tuple[int, int]], commit: int = 0):
+def append(
+    term: int, log_term: int, index: int, entries: list[tuple[int, int]], commit: int = 0
+) -> Message:
     batch = tuple(Entry(i, t, 0, b"") for i, t in entries)
     return Message(MT.APPEND, 2, 1, term, log_term, index, batch, commit)
 
@@ -79,7 +81,7 @@ def test_5_3_a_rejection_carries_a_hint_for_fast_backoff() -> None:
 def test_5_3_a_follower_deletes_conflicting_entries_and_appends_new_ones() -> None:
     """§5.3: if an existing entry conflicts with a new one (same index, different
     term), delete it and all that follow it, then append the new entries."""
-    node, log = make_node(entries=[(1, 1), (2, 2), (3, 2)], hard_state=HardState(term=3))
+    node, _log = make_node(entries=[(1, 1), (2, 2), (3, 2)], hard_state=HardState(term=3))
     node.step(append(3, log_term=1, index=1, entries=[(2, 3)]))
     ready = node.ready()
     assert [(e.index, e.term) for e in ready.entries] == [(2, 3)]
@@ -89,7 +91,7 @@ def test_5_3_a_follower_deletes_conflicting_entries_and_appends_new_ones() -> No
 
 def test_5_3_appending_entries_already_present_changes_nothing() -> None:
     """§5.3: a retransmitted AppendEntries must not truncate matching entries."""
-    node, log = make_node(entries=[(1, 1), (2, 1), (3, 1)], hard_state=HardState(term=1))
+    node, _log = make_node(entries=[(1, 1), (2, 1), (3, 1)], hard_state=HardState(term=1))
     node.step(append(1, log_term=1, index=1, entries=[(2, 1)]))
     ready = node.ready()
     assert ready.entries == () and node.last_index == 3
@@ -99,7 +101,7 @@ def test_5_3_appending_entries_already_present_changes_nothing() -> None:
 def test_5_3_the_follower_commits_up_to_the_last_new_entry() -> None:
     """§5.3: if leaderCommit > commitIndex, set commitIndex = min(leaderCommit,
     index of the last new entry)."""
-    node, log = make_node(entries=[(1, 1)], hard_state=HardState(term=1))
+    node, _log = make_node(entries=[(1, 1)], hard_state=HardState(term=1))
     node.step(append(1, log_term=1, index=1, entries=[(2, 1)], commit=5))
     assert node.commit_index == 2
     ready = node.ready()
@@ -224,11 +226,11 @@ def test_replication_probes_one_message_at_a_time_until_the_follower_matches() -
     node.step(Message(MT.VOTE_RESPONSE, 2, 1, 2))
     first = [m for m in drain(node, log) if m.type is MT.APPEND and m.target == 2]
     assert [(m.index, len(m.entries)) for m in first] == [(2, 1)]
-    assert node.progress[2].state is ProgressState.PROBE
+    assert node.progress[2].state == ProgressState.PROBE
     node.propose([(0, b"x", "")])
     assert [m for m in drain(node, log) if m.target == 2] == []  # paused while probing
     node.step(Message(MT.APPEND_RESPONSE, 2, 1, 2, index=2, reject=True, reject_hint=1, log_term=1))
     [probe] = [m for m in drain(node, log) if m.target == 2]
     assert (probe.index, probe.log_term, len(probe.entries)) == (1, 1, 3)
     node.step(Message(MT.APPEND_RESPONSE, 2, 1, 2, index=4))
-    assert node.progress[2].state is ProgressState.REPLICATE and node.commit_index == 4
+    assert node.progress[2].state == ProgressState.REPLICATE and node.commit_index == 4

@@ -41,8 +41,8 @@ def _runtime_imports(tree: ast.Module) -> list[tuple[str, int]]:
     def visit(node: ast.AST) -> None:
         if _type_checking_block(node):
             assert isinstance(node, ast.If)
-            for child in node.orelse:  # only the `else:` branch runs
-                visit(child)
+            for statement in node.orelse:  # only the `else:` branch runs
+                visit(statement)
             return
         if isinstance(node, ast.Import):
             found.extend((alias.name, node.lineno) for alias in node.names)

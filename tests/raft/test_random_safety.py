@@ -37,13 +37,17 @@ class SafetyChecker:
                 assert other == node_id, f"two leaders in term {node.term}: {other}, {node_id}"
             for entry in peer.applied[-20:]:
                 known = self.committed.setdefault(entry.index, (entry.term, entry.data))
-                assert known == (entry.term, entry.data), f"node {node_id} applied a different {entry.index}"
+                assert known == (entry.term, entry.data), (
+                    f"node {node_id} applied a different {entry.index}"
+                )
         for node_id, peer in self.cluster.peers.items():
             node = peer.node
             if node.role is not Role.LEADER:
                 continue
             log = peer.log
-            for index in range(max(log.first_index(), 1), min(node.last_index, log.last_index()) + 1):
+            for index in range(
+                max(log.first_index(), 1), min(node.last_index, log.last_index()) + 1
+            ):
                 if index in self.committed:
                     assert log.term(index) == self.committed[index][0], (
                         f"leader {node_id} lacks committed entry {index}"
@@ -97,11 +101,10 @@ def random_run(seed: int, steps: int = 400) -> None:
                     node.transfer_leadership(rng.choice(sorted(node.membership.voters)))
             elif action < 0.62:
                 node.read_index(b"r%d" % step)
-            elif action < 0.64:
-                if node.applied_index > 0:
-                    peer = cluster.peers[target]
-                    index = rng.randint(peer.log.snap.index, node.applied_index)
-                    peer.log.purge(node.compact(index, b"s%d" % index))
+            elif action < 0.64 and node.applied_index > 0:
+                peer = cluster.peers[target]
+                index = rng.randint(peer.log.snap.index, node.applied_index)
+                peer.log.purge(node.compact(index, b"s%d" % index))
         except (NotLeader, ProposalDropped, MembershipChangeRejected, ValueError):
             pass
         cluster.process_all()
