@@ -11,12 +11,17 @@ from changeagent.raft import (
     MessageType,
     NotLeader,
     ProgressState,
+    RaftNode,
     Role,
 )
 
 from .harness import Cluster, drain, make_node
 
 MT = MessageType
+
+
+def state_of(node: RaftNode, peer: int) -> ProgressState:
+    return node.progress[peer].state
 
 
 def append(
@@ -226,11 +231,11 @@ def test_replication_probes_one_message_at_a_time_until_the_follower_matches() -
     node.step(Message(MT.VOTE_RESPONSE, 2, 1, 2))
     first = [m for m in drain(node, log) if m.type is MT.APPEND and m.target == 2]
     assert [(m.index, len(m.entries)) for m in first] == [(2, 1)]
-    assert node.progress[2].state == ProgressState.PROBE
+    assert state_of(node, 2) is ProgressState.PROBE
     node.propose([(0, b"x", "")])
     assert [m for m in drain(node, log) if m.target == 2] == []  # paused while probing
     node.step(Message(MT.APPEND_RESPONSE, 2, 1, 2, index=2, reject=True, reject_hint=1, log_term=1))
     [probe] = [m for m in drain(node, log) if m.target == 2]
     assert (probe.index, probe.log_term, len(probe.entries)) == (1, 1, 3)
     node.step(Message(MT.APPEND_RESPONSE, 2, 1, 2, index=4))
-    assert node.progress[2].state == ProgressState.REPLICATE and node.commit_index == 4
+    assert state_of(node, 2) is ProgressState.REPLICATE and node.commit_index == 4

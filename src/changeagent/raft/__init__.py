@@ -1,6 +1,33 @@
 """changeagent.raft: the Raft consensus algorithm as a pure, deterministic state machine.
 
-(Work in progress: the interface is stable, the algorithm is being written.)
+How it works. A `RaftNode` holds the volatile Raft state (role, term, vote,
+commit index, the leader's per-peer `Progress`) and reads its durable log
+through an injected `LogReader`. It never does I/O and never reads a clock:
+
+- inputs: `tick()` (logical time), `step(message)` (a peer's `Message`),
+  `propose(...)`, `propose_membership(ConfChange)`, `read_index(context)`,
+  `transfer_leadership(target)`, `campaign()`, `compact(index, data)`;
+- output: `ready()` returns a `Ready` — hard state, entries and snapshot to
+  persist, messages to send (some only after persisting), committed entries to
+  apply, confirmed `ReadState`s, and the new `SoftState` — and `advance(ready)`
+  acknowledges it. `Ready`'s docstring is the ordering contract.
+
+Entries accepted but not yet persisted live in memory (`RaftLog.unstable`); the
+leader counts its own copy toward the commit quorum only after `advance`.
+`step` first applies the term rules shared by all roles (§5.1, PreVote, leader
+stickiness), then dispatches to one small handler per (role, message type).
+After every input an `InvariantChecker` verifies the core's invariants and
+raises `InvariantViolation` if one fails. Randomness (election timeouts) comes
+from an injected `random.Random`, so a seed replays exactly.
+
+Bootstrap: give the first node a `LogReader` whose `snapshot()` is
+`Snapshot(index=1, term=1, membership=Membership(voters={node_id}))` and call
+`campaign()`; other nodes start with an empty log and are added with
+`ConfChange(ADD_LEARNER)` then `PROMOTE`. (They receive that snapshot from the
+leader; a snapshot at index 0 cannot be sent, so use it only for static
+clusters where every node starts with the same one.)
+
+See DESIGN.md in this directory for the decisions and trade-offs.
 """
 
 from changeagent.raft.confchange import ConfChange, ConfChangeKind
