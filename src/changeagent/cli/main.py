@@ -18,6 +18,7 @@ from changeagent import __version__
 from changeagent.config import ConfigError
 from changeagent.node.node import NodeLimits
 from changeagent.server import ServerOptions, serve
+from changeagent.storage import CorruptionError, StorageError
 
 N = TypeVar("N", int, float)
 DEFAULT_LIMITS = NodeLimits()
@@ -163,6 +164,18 @@ def main(argv: list[str] | None = None) -> int:
     _install_uvloop()
     try:
         asyncio.run(serve(options))
+    except CorruptionError as error:
+        print(
+            f"changeagent: refusing to serve corrupted data in {options.data_dir}: {error}; "
+            "restore this node's data from a backup or a peer",
+            file=sys.stderr,
+        )
+        return 1
+    except StorageError as error:
+        print(
+            f"changeagent: storage in {options.data_dir} cannot be used: {error}", file=sys.stderr
+        )
+        return 1
     except ConfigError as error:
         print(f"changeagent: {error}", file=sys.stderr)
         return 2
