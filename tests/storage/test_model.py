@@ -127,16 +127,20 @@ def _tags(entry: Entry) -> list[str]:
     operations=operations,
     queries=queries,
     tail_bytes=st.sampled_from([0, 1_500, 1 << 26]),
+    scan_max=st.sampled_from([1, 5, 1024]),
 )
 def test_storage_matches_model(
     operations: list[Append | Compact],
     queries: list[tuple[int, int, list[str], int | None, int]],
     tail_bytes: int,
+    scan_max: int,
 ) -> None:
     model = Model()
     with tempfile.TemporaryDirectory() as directory:
         data_dir = Path(directory) / "data"
-        with Storage.open(data_dir, tail_cache_bytes=tail_bytes) as storage:
+        with Storage.open(
+            data_dir, tail_cache_bytes=tail_bytes, tail_scan_entries_max=scan_max
+        ) as storage:
             futures = [
                 storage.submit(batch)
                 for batch in (model.batch(operation) for operation in operations)
@@ -146,7 +150,9 @@ def test_storage_matches_model(
                 future.result(timeout=30)
             _check(storage, model, queries)
         # And again from disk alone.
-        with Storage.open(data_dir, tail_cache_bytes=tail_bytes) as storage:
+        with Storage.open(
+            data_dir, tail_cache_bytes=tail_bytes, tail_scan_entries_max=scan_max
+        ) as storage:
             _check(storage, model, queries)
 
 

@@ -50,7 +50,7 @@ FaultInjector = Callable[[int], None]
 
 TAIL_CACHE_BYTES_DEFAULT = 64 * 1024 * 1024
 TAIL_WARM_BYTES_DEFAULT = 4 * 1024 * 1024
-TAIL_SCAN_ENTRIES_MAX = 4096
+TAIL_SCAN_ENTRIES_MAX = 1024
 QUEUE_BATCHES_MAX = 8192
 GROUP_BATCHES_MAX = 1024
 GROUP_BYTES_MAX = 32 * 1024 * 1024
@@ -72,6 +72,12 @@ class ChangePage:
     at_end: bool  # no matching committed change after the last one returned
     first_retained: int
     compacted_through: int
+
+
+@dataclass(frozen=True, slots=True)
+class _TailScan:
+    items: list[tuple[int, bytes]]
+    resume_after: int | None  # where SQLite must continue, or None if the scan is complete
 
 
 @dataclass(slots=True)
@@ -104,6 +110,7 @@ class Storage:
         group_bytes_max: int = GROUP_BYTES_MAX,
         fault_injector: FaultInjector | None = None,
         sqlite_pragmas: Mapping[str, int | str] | None = None,
+        tail_scan_entries_max: int = TAIL_SCAN_ENTRIES_MAX,
     ) -> Storage:
         """Open (creating if needed) the storage in `data_dir` and start its writer.
 
@@ -111,6 +118,8 @@ class Storage:
         raises, that commit fails as a disk error would (for tests).
         `sqlite_pragmas` are applied to the writing connection after the
         defaults (e.g. `max_page_count` to provoke a real SQLITE_FULL).
+        A filtered read scans at most `tail_scan_entries_max` tail entries
+        before SQLite's indexes take over.
         """
         for name, value in (
             ("tail_cache_bytes", tail_cache_bytes),
@@ -122,6 +131,7 @@ class Storage:
             ("queue_batches_max", queue_batches_max),
             ("group_batches_max", group_batches_max),
             ("group_bytes_max", group_bytes_max),
+            ("tail_scan_entries_max", tail_scan_entries_max),
         ):
             if value < 1:
                 raise ValueError(f"{name} must be >= 1, got {value}")
@@ -149,6 +159,7 @@ class Storage:
             tail=tail,
             limits=(queue_batches_max, group_batches_max, group_bytes_max),
             fault_injector=fault_injector,
+            tail_scan_entries_max=tail_scan_entries_max,
         )
 
     def __init__(
@@ -161,8 +172,10 @@ class Storage:
         tail: TailCache,
         limits: tuple[int, int, int],
         fault_injector: FaultInjector | None,
+        tail_scan_entries_max: int = TAIL_SCAN_ENTRIES_MAX,
     ) -> None:
         """Use `Storage.open`."""
+        self._tail_scan_entries_max = tail_scan_entries_max
         self.data_dir = data_dir
         self._connection = connection
         self._lock_fd = lock_fd
@@ -322,11 +335,20 @@ class Storage:
         with self._lock:
             state = self._state
             upto_index = state.last_index if upto is None else min(upto, state.last_index)
-            items = self._tail_changes(since, want, tag_filter, type, upto_index)
-        if items is None:
+            scan = self._tail_changes(since, want, tag_filter, type, upto_index)
+        if scan is None:
             items = self._stable(
                 lambda connection: reads.changes_after(
                     connection, since, want, tag_filter, type, upto_index
+                )
+            )
+        elif scan.resume_after is None:
+            items = scan.items
+        else:  # the tail scan hit its budget: the indexed SQLite read does the rest
+            resume_after, found = scan.resume_after, scan.items
+            items = self._stable(
+                lambda connection: self._resume_changes_after(
+                    connection, since, resume_after, found, want, tag_filter, type, upto_index
                 )
             )
         shown = items[:limit]
@@ -623,25 +645,48 @@ class Storage:
 
     def _tail_changes(
         self, since: int, want: int, tags: tuple[str, ...], entry_type: int | None, upto: int
-    ) -> list[tuple[int, bytes]] | None:
-        """The page from the tail (caller holds `_lock`), or None if SQLite must answer."""
+    ) -> _TailScan | None:
+        """The page from the tail (caller holds `_lock`), or None if SQLite must answer.
+
+        A sparse filter could scan the whole tail for a few matches, so the
+        scan stops after TAIL_SCAN_ENTRIES_MAX entries and says where SQLite,
+        with its tag and type indexes, should resume.
+        """
         low = max(since + 1, self._state.snapshot.index + 1)
         if low < self._tail.start:
             return None
-        scan_max = max(TAIL_SCAN_ENTRIES_MAX, 4 * want)
+        high = min(upto + 1, self._tail.end, low + max(self._tail_scan_entries_max, want))
+        entries, entry_tags = self._tail.window(low, high)
         tag_set = frozenset(tags)
         result: list[tuple[int, bytes]] = []
-        for scanned, (entry, entry_tags) in enumerate(self._tail.scan(low, upto + 1)):
-            if scanned >= scan_max:
-                return None
+        for entry, tags_of_entry in zip(entries, entry_tags, strict=True):
             if entry.type < 0 or (entry_type is not None and entry.type != entry_type):
                 continue
-            if tag_set and tag_set.isdisjoint(entry_tags):
+            if tag_set and tag_set.isdisjoint(tags_of_entry):
                 continue
             result.append((entry.index, entry.data))
             if len(result) >= want:
-                break
-        return result
+                return _TailScan(result, None)
+        return _TailScan(result, high - 1 if high <= upto else None)
+
+    def _resume_changes_after(
+        self,
+        connection: sqlite3.Connection,
+        since: int,
+        resume_after: int,
+        found: list[tuple[int, bytes]],
+        want: int,
+        tags: tuple[str, ...],
+        entry_type: int | None,
+        upto: int,
+    ) -> list[tuple[int, bytes]]:
+        """`found` (from the tail, up to `resume_after`) continued from SQLite."""
+        with self._lock:
+            compacted = self._state.snapshot.index > resume_after
+        if compacted:  # a compaction ran since the tail was read: start over
+            return reads.changes_after(connection, since, want, tags, entry_type, upto)
+        wanted = want - len(found)
+        return found + reads.changes_after(connection, resume_after, wanted, tags, entry_type, upto)
 
     def _at_start(
         self, state: LogState, since: int, tags: tuple[str, ...], entry_type: int | None

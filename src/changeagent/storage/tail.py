@@ -69,10 +69,14 @@ class TailCache:
     def tags_of(self, index: int) -> tuple[str, ...]:
         return self._tags[self._offset + index - self._start]
 
-    def slice(self, low: int, high: int) -> list[Entry]:
-        """Entries [low, high); the caller checks that the range is cached."""
+    def window(self, low: int, high: int) -> tuple[list[Entry], list[tuple[str, ...]]]:
+        """(entries, their tags) for cached indices in [low, high), as parallel lists."""
+        low = max(low, self._start)
+        high = min(high, self.end)
+        if high <= low:  # also keeps negative positions out of the slices below
+            return [], []
         base = self._offset - self._start
-        return self._entries[base + low : base + high]
+        return self._entries[base + low : base + high], self._tags[base + low : base + high]
 
     def scan(self, low: int, high: int) -> Iterator[tuple[Entry, tuple[str, ...]]]:
         """(entry, tags) for cached indices in [low, high), in order."""
