@@ -143,3 +143,21 @@ def test_stale_read_index() -> None:
         checker.observe_read_state(1, b"r2", 8)
     with pytest.raises(InvariantViolation, match="unknown read"):
         checker.observe_read_state(1, b"r3", 8)
+
+
+def test_committed_entry_held_by_no_quorum_member_that_outranks_a_candidate() -> None:
+    from changeagent.sim.checkers import Candidate, CommittedEntryElectability
+
+    checker = CommittedEntryElectability()
+    voters = frozenset({1, 2, 3})
+    # Figure 8: entry 2 (term 2) on nodes 1 and 3, whose logs end in term 2, while
+    # node 2's log ends in term 3: node 2 outranks them and can be elected.
+    durable = {1: (2, 2), 2: (3, 2), 3: (2, 2)}
+    safe = Candidate(1, 2, 2, True, voters)
+    at_risk = Candidate(2, 3, 2, False, voters)
+    checker.observe_candidates(2, 2, [safe], durable)
+    with pytest.raises(InvariantViolation, match="committed entry at risk"):
+        checker.observe_candidates(2, 2, [safe, at_risk], durable)
+    # Once the leader's term-4 entry is durable on a quorum, node 2 cannot win.
+    durable = {1: (4, 3), 2: (3, 2), 3: (4, 3)}
+    checker.observe_candidates(3, 4, [Candidate(2, 3, 2, False, voters)], durable)

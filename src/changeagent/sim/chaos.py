@@ -93,6 +93,8 @@ class ChaosDriver:
                 self._cumulative.append(total)
 
     def fsync_delay(self) -> int:
+        if not self.sim.faults_on:
+            return self.random.randint(0, 2)  # a healthy disk
         delay_max = self.profile.fsync_delay_max
         if delay_max and self.random.random() < 0.05:
             return self.random.randint(delay_max, 5 * delay_max)  # a stalled disk

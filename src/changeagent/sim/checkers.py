@@ -17,6 +17,10 @@ amortized per entry rather than a scan of every log:
   its durable commit index never decreases across restarts.
 - `NoLostCommits`: an entry that any node applied stays in every later leader's log
   (or in its compacted prefix).
+- `CommittedEntryElectability`: no node that lacks a committed entry could collect
+  a quorum of votes (Raft's up-to-date check) in its own configuration. This is the
+  heart of the Leader Completeness proof, checked at the moment of every commit, so
+  a premature commit (Figure 8) is caught even if no later election exploits it.
 - `ReadIndexFreshness`: a ReadIndex answer is at least the index of every proposal
   acknowledged before the read was requested.
 """
@@ -256,6 +260,56 @@ class NoLostCommits:
                 )
 
 
+@dataclass(frozen=True, slots=True)
+class Candidate:
+    """A live voter that could campaign: its log's last position and configuration."""
+
+    node: int
+    last_term: int
+    last_index: int
+    holds_entry: bool  # its log contains the committed entry being checked
+    voters: frozenset[int]
+
+
+def could_win(candidate: Candidate, durable_last: Mapping[int, tuple[int, int]]) -> bool:
+    """Whether enough voters' durable logs are no more up to date than the candidate's.
+
+    Durable logs are the least up to date a voter can be (a crash loses the rest),
+    so this is the most permissive reading of §5.4.1's vote restriction.
+    """
+    position = (candidate.last_term, candidate.last_index)
+    grants = sum(
+        1 for voter in candidate.voters if voter in durable_last and durable_last[voter] <= position
+    )
+    return grants > len(candidate.voters) // 2
+
+
+@dataclass(slots=True)
+class CommittedEntryElectability:
+    checked_watermark: int = 0
+
+    def observe_candidates(
+        self,
+        index: int,
+        term: int,
+        candidates: list[Candidate],
+        durable_last: Mapping[int, tuple[int, int]],
+    ) -> None:
+        """Entry (`index`, `term`) is committed: nobody lacking it may be electable."""
+        for candidate in candidates:
+            if candidate.holds_entry or candidate.node not in candidate.voters:
+                continue
+            if could_win(candidate, durable_last):
+                raise InvariantViolation(
+                    "committed entry at risk",
+                    f"entry {index} (term {term}) is committed, but node {candidate.node} "
+                    f"lacks it and could be elected: its log ends at term "
+                    f"{candidate.last_term} index {candidate.last_index}, voters' durable "
+                    f"logs end at {dict(sorted(durable_last.items()))}",
+                )
+        self.checked_watermark = max(self.checked_watermark, index)
+
+
 @dataclass(slots=True)
 class ReadIndexFreshness:
     acknowledged_max: int = 0
@@ -291,6 +345,7 @@ class Checkers:
     state_machine: StateMachineSafety = field(default_factory=StateMachineSafety)
     commits: CommitMonotonicity = field(default_factory=CommitMonotonicity)
     reads: ReadIndexFreshness = field(default_factory=ReadIndexFreshness)
+    electability: CommittedEntryElectability = field(default_factory=CommittedEntryElectability)
     completeness: LeaderCompleteness = field(init=False)
     lost: NoLostCommits = field(init=False)
 

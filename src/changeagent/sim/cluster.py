@@ -18,7 +18,7 @@ from changeagent.raft.entry import ENTRY_TYPE_MEMBERSHIP, Entry, HardState
 from changeagent.raft.interfaces import Membership, Snapshot
 from changeagent.raft.messages import Message
 from changeagent.raft.ready import Ready, Role
-from changeagent.sim.checkers import Checkers, InvariantViolation
+from changeagent.sim.checkers import Candidate, Checkers, InvariantViolation
 from changeagent.sim.client import Client
 from changeagent.sim.events import (
     Chaos,
@@ -54,7 +54,7 @@ class SimOptions:
     """What one run looks like. Limits keep every run short and bounded."""
 
     nodes: int | None = None  # initial voters; chosen by the seed when None
-    fault_events: int = 400  # events in the fault phase
+    fault_events: int = 1000  # events in the fault phase
     liveness_ticks_max: int = 120  # ticks the cluster gets to converge once faults stop
     trace_length: int = 60
     verbose: bool = False
@@ -246,6 +246,8 @@ class Simulation:
         try:
             self._handle(event)
             self.checkers.after_event()
+            if self.checkers.completeness.watermark > self.checkers.electability.checked_watermark:
+                self._check_electability()
         except InvariantViolation as violation:
             raise self._failure(str(violation)) from violation
         if self.options.verbose:
@@ -268,6 +270,30 @@ class Simulation:
         else:
             self.chaos.client_round()
             self.scheduler.push(TICK_UNITS, ClientRound())
+
+    def _check_electability(self) -> None:
+        index = self.checkers.completeness.watermark
+        term = self.checkers.completeness.committed_term[index]
+        candidates: list[Candidate] = []
+        durable_last: dict[int, tuple[int, int]] = {}
+        for node in self.sorted_nodes():
+            log = node.log
+            durable_last[node.node_id] = (log.term(log.last_index()), log.last_index())
+            if node.raft is None:
+                continue
+            last_index = log.view_last_index()
+            last_term = log.view_term(last_index)
+            holds = index <= log.view_snapshot().index or log.view_term(index) == term
+            candidates.append(
+                Candidate(
+                    node.node_id,
+                    last_term if last_term is not None else 0,
+                    last_index,
+                    holds,
+                    node.raft.membership.voters,
+                )
+            )
+        self.checkers.electability.observe_candidates(index, term, candidates, durable_last)
 
     # ---- nodes ----
 
