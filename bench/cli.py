@@ -41,15 +41,16 @@ def _writes_cluster(cls: type[System], settings: Settings, recorder: Recorder) -
     run_writes(cls, 3, settings, recorder)
 
 
-# name -> (letter, runners); the order is the order in which scenarios run.
-SCENARIOS: dict[str, tuple[str, list[Runner]]] = {
-    "writes": ("a", [_writes_standalone, _writes_cluster]),
-    "catchup": ("b", [run_catchup]),
-    "notify": ("c", [run_notify]),
-    "fanout": ("d", [run_fanout]),
-    "failover": ("e", [run_failover]),
-    "join": ("f", [run_join]),
-    "memory": ("g", [run_memory]),
+# name -> (letter, [(title, runner)]); the order is the order in which scenarios run.
+SCENARIOS: dict[str, tuple[str, list[tuple[str, Runner]]]] = {
+    "writes": ("a", [("a. durable writes, standalone", _writes_standalone),
+                     ("a. durable writes, 3 members", _writes_cluster)]),
+    "catchup": ("b", [("b. catch-up reads", run_catchup)]),
+    "notify": ("c", [("c. notification latency", run_notify)]),
+    "fanout": ("d", [("d. fan-out", run_fanout)]),
+    "failover": ("e", [("e. failover", run_failover)]),
+    "join": ("f", [("f. new member catch-up", run_join)]),
+    "memory": ("g", [("g. memory", run_memory)]),
 }
 
 
@@ -131,9 +132,9 @@ def main(argv: list[str] | None = None) -> int:
         for name in arguments.scenarios:
             letter, runners = SCENARIOS[name]
             recorder.log(f"== {letter}. {name}")
-            for runner in runners:
+            for title, runner in runners:
                 for cls in systems:
-                    guarded(recorder, f"{letter}. {name}", cls.name,
+                    guarded(recorder, title, cls.name,
                             lambda r=runner, c=cls: r(c, settings, recorder))  # type: ignore[misc]
     finally:
         procs.PROCESSES.cleanup()

@@ -24,6 +24,7 @@ CATCHUP = "b. catch-up reads"
 NOTIFY = "c. notification latency"
 FANOUT = "d. fan-out"
 CONNECT_BATCH = 200
+WAKE_SECONDS_MAX = 2.0
 
 
 def run_catchup(system_cls: type[System], settings: Settings, recorder: Recorder) -> None:
@@ -73,15 +74,14 @@ def run_notify(system_cls: type[System], settings: Settings, recorder: Recorder)
 async def _notify(system: System, settings: Settings, recorder: Recorder) -> None:
     for run in range(settings.runs):
         writer = await system.connect()
-        subscription = await system.subscribe(await system.connect())
         try:
-            if subscription.ready is not None:
-                await asyncio.wait_for(subscription.ready, 10)
-            after_ack, after_send = await _notify_loop(system, writer, subscription,
-                                                       settings.notify_changes)
+            after_ack, after_send, missed = await _notify_loop(system, writer,
+                                                               settings.notify_changes)
         finally:
             writer.close()
-            subscription.close()
+        recorder.add(NOTIFY, f"consumers not woken within {WAKE_SECONDS_MAX:g} s (missed "
+                     f"wake-ups), {settings.notify_changes:,} changes", system.name, missed,
+                     "count", "lower")
         for name, values in (("after the write's ack", after_ack),
                              ("after the write was sent", after_send)):
             for fraction in (0.50, 0.99):
@@ -94,23 +94,49 @@ async def _notify(system: System, settings: Settings, recorder: Recorder) -> Non
                             [round(v * 1000, 4) for v in after_ack])
 
 
-async def _notify_loop(system: System, writer: Any, subscription: Subscription,
-                       count: int) -> tuple[list[float], list[float]]:
+async def _subscribe(system: System) -> Subscription:
+    subscription = await system.subscribe(await system.connect())
+    if subscription.ready is not None:
+        await asyncio.wait_for(subscription.ready, 10)
+    return subscription
+
+
+async def _notify_loop(system: System, writer: Any,
+                       count: int) -> tuple[list[float], list[float], int]:
+    """Write `count` changes one at a time; return latencies and missed wake-ups.
+
+    A consumer that is not woken within WAKE_SECONDS_MAX of the write's ack is a
+    missed wake-up: it is counted, gets no latency sample, and is replaced by a new
+    consumer at the end of the log, so one lost wake-up does not stall the scenario.
+    """
     after_ack: list[float] = []
     after_send: list[float] = []
-    for sequence in range(count):
-        arrival = subscription.arm()
-        # Give the server a moment to register the wait before the write arrives.
-        await asyncio.sleep(0.002)
-        sent_at = time.perf_counter()
-        await system.write(writer, sequence)
-        acked_at = time.perf_counter()
-        await asyncio.wait_for(arrival, 10)
-        if subscription.advance() < 1:
-            raise BenchError(f"{system.name}: consumer woke up without a change")
-        after_ack.append(max(0.0, subscription.arrived_at - acked_at))
-        after_send.append(subscription.arrived_at - sent_at)
-    return after_ack, after_send
+    missed = 0
+    subscription = await _subscribe(system)
+    try:
+        for sequence in range(count):
+            arrival = subscription.arm()
+            # Give the server a moment to register the wait before the write arrives.
+            await asyncio.sleep(0.002)
+            sent_at = time.perf_counter()
+            await system.write(writer, sequence)
+            acked_at = time.perf_counter()
+            try:
+                await asyncio.wait_for(asyncio.shield(arrival), WAKE_SECONDS_MAX)
+            except TimeoutError:
+                missed += 1
+                subscription.close()
+                subscription = await _subscribe(system)
+                continue
+            if subscription.advance() < 1:
+                raise BenchError(f"{system.name}: consumer woke up without a change")
+            after_ack.append(max(0.0, subscription.arrived_at - acked_at))
+            after_send.append(subscription.arrived_at - sent_at)
+    finally:
+        subscription.close()
+    if not after_ack:
+        raise BenchError(f"{system.name}: no consumer was ever woken")
+    return after_ack, after_send, missed
 
 
 def run_fanout(system_cls: type[System], settings: Settings, recorder: Recorder) -> None:

@@ -104,6 +104,7 @@ class LongPoll(Subscription):
 
 class ChangeAgent(System):
     name = "changeagent"
+    help_text = ""
 
     def __init__(self, processes: Any, members: int = 1) -> None:
         super().__init__(processes, members)
@@ -122,6 +123,7 @@ class ChangeAgent(System):
             last = (result.stderr or result.stdout).decode(errors="replace").strip()
             last_line = last.splitlines()[-1] if last else "no output"
             return f"`{' '.join(command)} --help` exited {result.returncode}: {last_line}"
+        cls.help_text = result.stdout.decode(errors="replace")
         return None
 
     # Lifecycle
@@ -139,6 +141,8 @@ class ChangeAgent(System):
             data_dir = self.base_dir / f"node{index}"
             member = Member(index=index, port=free_port(), data_dir=data_dir)
         argv = [*changeagent_command(), "-p", str(member.port), "-d", str(member.data_dir)]
+        if "--host" in self.help_text:
+            argv += ["--host", LOOPBACK]  # loopback only
         if self.member_count > 1:
             config = self.base_dir / f"node{index}.yaml"
             if not config.exists():
