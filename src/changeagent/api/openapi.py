@@ -12,7 +12,35 @@ from changeagent import __version__
 
 ERROR = {"$ref": "#/components/schemas/Error"}
 TEXT = {"text/plain": {"schema": {"type": "string"}}}
-YAML = {"application/yaml": {"schema": {"type": "string"}}}
+DURATION = {
+    "type": "string",
+    "pattern": r"^[-+]?(0|([0-9]*\.?[0-9]+(ns|us|µs|μs|ms|s|m|h))+)$",
+    "description": "Go duration syntax, e.g. 300ms, 1.5h, 2h45m",
+}
+SETTINGS = {
+    "type": "object",
+    "properties": {
+        "minPurgeRecords": {"type": "integer", "minimum": 0},
+        "minPurgeDuration": DURATION,
+        "electionTimeout": DURATION,
+        "heartbeatTimeout": DURATION,
+        "webHooks": {
+            "type": "array",
+            "items": {
+                "type": "object",
+                "required": ["uri"],
+                "properties": {
+                    "uri": {"type": "string", "pattern": "^https?://"},
+                    "headers": {"type": "object", "additionalProperties": {"type": "string"}},
+                },
+                "additionalProperties": False,
+            },
+        },
+    },
+    "additionalProperties": False,
+}
+YAML = {"application/yaml": {"schema": SETTINGS}}
+INDEX_MAX = 2**63 - 1
 
 
 def _json(schema: dict[str, Any]) -> dict[str, Any]:
@@ -83,10 +111,22 @@ NEW_CHANGE = {
             "required": ["data"],
             "properties": {
                 "data": {},
-                "tags": {"type": "array", "items": {"type": "string"}, "maxItems": 64},
+                "tags": {
+                    "type": "array",
+                    "items": {"type": "string"},
+                    "maxItems": 64,
+                    "nullable": True,
+                },
                 "type": {"type": "integer", "minimum": 0, "maximum": 2**31 - 1},
+                "_id": {"description": "ignored: the server assigns it"},
+                "_ts": {"description": "ignored: the server assigns it"},
             },
             "additionalProperties": False,
+        },
+        {
+            "description": "any other object without data, tags or type is stored whole as data",
+            "type": "object",
+            "not": {"anyOf": [{"required": [name]} for name in ("data", "tags", "type")]},
         },
         {"not": {"type": "object"}, "description": "any other JSON value is stored as data"},
     ]
@@ -139,7 +179,12 @@ def _paths(limit_max: int, block_max_s: float) -> dict[str, Any]:
             "get": {
                 "summary": "One change",
                 "parameters": [
-                    {"name": "id", "in": "path", "required": True, "schema": {"type": "string"}}
+                    {
+                        "name": "id",
+                        "in": "path",
+                        "required": True,
+                        "schema": {"type": "integer", "minimum": 0, "maximum": INDEX_MAX},
+                    }
                 ],
                 "responses": {
                     "200": _ok_json("the change", {"$ref": "#/components/schemas/Change"}),
@@ -169,7 +214,7 @@ def _paths(limit_max: int, block_max_s: float) -> dict[str, Any]:
                 "summary": "Replace settings (missing durations keep their values)",
                 "requestBody": {
                     "required": True,
-                    "content": {**YAML, "text/yaml": {"schema": {"type": "string"}}},
+                    "content": {**YAML, "text/yaml": {"schema": SETTINGS}},
                 },
                 "responses": {
                     "200": {"description": "the new settings", "content": YAML},

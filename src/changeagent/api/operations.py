@@ -12,6 +12,7 @@ from typing import Any
 
 import orjson
 import psutil
+import yaml
 from aiohttp import web
 
 from changeagent.api.context import state_of
@@ -75,6 +76,13 @@ async def set_health(request: web.Request) -> web.Response:
 # Config --------------------------------------------------------------------
 
 
+def yaml_mapping_present(body: bytes) -> bool:
+    try:
+        return isinstance(yaml.safe_load(body), dict)
+    except yaml.YAMLError:
+        return True  # let the settings parser name the syntax error
+
+
 def yaml_response(text: str) -> web.Response:
     return web.Response(text=text, content_type="application/yaml")
 
@@ -87,7 +95,10 @@ async def put_config(request: web.Request) -> web.Response:
     if request.content_type not in YAML_TYPES:
         raise ApiError(415, "PUT /config needs Content-Type: application/yaml or text/yaml")
     node = state_of(request).node
-    settings = settings_from_yaml(await request.read(), base=node.settings)
+    body = await request.read()
+    if not yaml_mapping_present(body):
+        raise ApiError(400, "send the settings as a YAML mapping, e.g. minPurgeRecords: 10")
+    settings = settings_from_yaml(body, base=node.settings)
     applied = await node.update_settings(settings)
     return yaml_response(settings_to_yaml(applied))
 
@@ -149,6 +160,7 @@ async def raft_status(request: web.Request) -> web.Response:
             "appliedIndex": node.applied_index,
             "committedIndex": node.commit_index,
             "longPolls": node.long_poll_count,
+            "purgeChecks": node.purge_checks,
         }
     )
 

@@ -102,6 +102,7 @@ class Node:
         self._waiters = CommitWaiters(self._read_committed)
         self.failure: str | None = None
         self.closing = False
+        self.purge_checks = 0  # how many times the purge rule was evaluated (diagnostics)
 
     @property
     def state(self) -> str:
@@ -264,6 +265,7 @@ class Node:
     async def _purge_loop(self) -> None:
         while True:
             await asyncio.sleep(self.limits.purge_interval_s)
+            self.purge_checks += 1
             settings = self.settings
             if not settings.purge_enabled or self.failure or self.closing:
                 continue
