@@ -45,6 +45,8 @@ class ChaosDriver:
         self._actions: list[tuple[str, Callable[[], None]]] = []
         self._cumulative: list[int] = []
         self._next_read = 0
+        self.joiners: list[int] = []  # dynamic bootstrap: started, not yet voters
+        self._joiners_added: set[int] = set()  # membership tests only, never iterated
 
     # ---- profile ----
 
@@ -102,6 +104,9 @@ class ChaosDriver:
 
     def act(self) -> None:
         if not self.sim.faults_on:
+            return
+        if self.joiners and self.random.random() < 0.5:
+            self.grow()
             return
         pick = self.random.randrange(self._cumulative[-1])
         for (name, handler), bound in zip(self._actions, self._cumulative, strict=True):
@@ -240,6 +245,33 @@ class ChaosDriver:
             # joiner that started empty would misread the membership entries it
             # receives from index 1 (seen as a split brain with an empty start).
             self.sim.add_node(change.node_id, self.sim.bootstrap)
+            self.joiners = [j for j in self.joiners if j != change.node_id]
+        self.sim.observe(leader)
+
+    def grow(self) -> None:
+        """Dynamic bootstrap: add the next joiner as a learner, then promote it."""
+        leader = self.leader()
+        if leader is None or leader.raft is None:
+            return
+        membership = leader.raft.membership
+        joiner = self.joiners[0]
+        in_flight = joiner in self._joiners_added and joiner not in membership.learners
+        if joiner in membership.voters or in_flight:
+            # Joined, or its ADD_LEARNER was lost or undone: ids are never reused.
+            self.joiners.pop(0)
+            return
+        kind = (
+            ConfChangeKind.PROMOTE
+            if joiner in membership.learners
+            else (ConfChangeKind.ADD_LEARNER)
+        )
+        try:
+            index = leader.raft.propose_membership(ConfChange(kind, joiner))
+        except (NotLeader, ProposalDropped) as error:
+            self.sim.note(f"grow: {kind.name} {joiner} refused: {error}")
+            return
+        self._joiners_added.add(joiner)
+        self.sim.note(f"grow: {kind.name} {joiner} at {index}")
         self.sim.observe(leader)
 
     def on_membership_applied(self, entry: Entry) -> None:

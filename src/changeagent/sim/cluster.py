@@ -205,12 +205,29 @@ class Simulation:
         if not 1 <= count <= NODES_MAX:
             raise ValueError(f"a cluster has 1 to {NODES_MAX} nodes, not {count}")
         self.chaos.choose_profile()
-        membership = Membership(voters=frozenset(range(1, count + 1)))
-        self.bootstrap = Snapshot(membership=membership)
-        for node_id in range(1, count + 1):
-            self.add_node(node_id, self.bootstrap)
+        if count > 1 and self.random.random() < 0.3:
+            self._bootstrap_dynamic(count)
+        else:
+            membership = Membership(voters=frozenset(range(1, count + 1)))
+            self.bootstrap = Snapshot(membership=membership)
+            for node_id in range(1, count + 1):
+                self.add_node(node_id, self.bootstrap)
         self.scheduler.push(self.random.randint(1, TICK_UNITS), Chaos())
         return count
+
+    def _bootstrap_dynamic(self, count: int) -> None:
+        """The raft package's documented bootstrap: node 1 alone from an index-1
+        record, campaigning at once; the others start empty and join through
+        ADD_LEARNER then PROMOTE (the chaos driver grows the cluster first)."""
+        self.note(f"dynamic bootstrap of {count} nodes")
+        founder = Snapshot(index=1, term=1, membership=Membership(voters=frozenset({1})))
+        node = self.add_node(1, founder)
+        if node.raft is not None:
+            node.raft.campaign()
+            self.observe(node)
+        for node_id in range(2, count + 1):
+            self.add_node(node_id, Snapshot())
+        self.chaos.joiners = list(range(2, count + 1))
 
     def _fault_phase(self) -> None:
         while self.stats.events < self.options.fault_events:
