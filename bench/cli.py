@@ -73,6 +73,9 @@ def parse_arguments(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--no-install", action="store_true",
                         help="do not apt-get install missing peers; skip them")
     parser.add_argument("--no-charts", action="store_true")
+    parser.add_argument("--set", action="append", default=[], metavar="NAME=VALUE",
+                        help="override one setting, e.g. --set fanout_consumers=10000 or "
+                        "--set write_clients=1,64 (names: see bench/scenarios/common.py)")
     arguments = parser.parse_args(argv)
     arguments.scenarios = _pick_scenarios(parser, arguments.only)
     arguments.system_names = [s.strip() for s in arguments.systems.split(",") if s.strip()]
@@ -119,6 +122,8 @@ def main(argv: list[str] | None = None) -> int:
     if arguments.runs:
         settings.runs = arguments.runs
         settings.failover_runs = arguments.runs
+    for assignment in arguments.set:
+        settings.override(assignment)
     procs.install_cleanup_hooks()
     procs.PROCESSES.data_root = arguments.data_root
     open_files = procs.raise_open_file_limit()

@@ -34,6 +34,21 @@ class Settings:
     preload_seconds_max: float
     scenario_seconds_max: float
 
+    def override(self, assignment: str) -> None:
+        """Apply one NAME=VALUE from the command line (ints, floats, comma lists)."""
+        name, _, text = assignment.partition("=")
+        if not hasattr(self, name) or name == "mode":
+            raise SystemExit(f"--set: unknown setting {name!r}")
+        current = getattr(self, name)
+        try:
+            if isinstance(current, list):
+                value: Any = [int(item) for item in text.split(",") if item]
+            else:
+                value = type(current)(text)
+        except ValueError:
+            raise SystemExit(f"--set: bad value for {name}: {text!r}") from None
+        setattr(self, name, value)
+
     @classmethod
     def quick(cls) -> Settings:
         return cls(mode="quick", runs=1, write_clients=[1, 16, 64, 256], write_seconds=1,

@@ -46,15 +46,19 @@ async def _catchup(system: System, settings: Settings, recorder: Recorder) -> No
                      generator_cpu_percent=round(100 * cpu / seconds, 1), changes=read)
 
 
-async def read_everything(system: System, stored: int) -> tuple[int, float, float]:
-    """Read the log from the start until `stored` changes were seen: (read, s, cpu s)."""
+async def read_everything(system: System, stored: int,
+                          seconds_max: float = 600) -> tuple[int, float, float]:
+    """Read the log from the start until `stored` changes were seen: (read, s, cpu s).
+
+    Stops early after `seconds_max` (the caller sees fewer than `stored`).
+    """
     connection = await system.connect()
     cursor = system.start_cursor()
     read = 0
     cpu_before = self_cpu_seconds()
     began = time.perf_counter()
     try:
-        while read < stored:
+        while read < stored and time.perf_counter() - began < seconds_max:
             count, cursor = await system.read_page(connection, cursor)
             if count == 0:
                 break
