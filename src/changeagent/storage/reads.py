@@ -10,7 +10,7 @@ from __future__ import annotations
 import heapq
 import itertools
 import sqlite3
-from collections.abc import Iterator, Sequence
+from collections.abc import Generator, Iterator, Sequence
 
 from changeagent.raft.entry import Entry
 from changeagent.storage.errors import CorruptionError
@@ -236,7 +236,9 @@ def purge_point(
     return max(point, 0)
 
 
-def newest_entries(connection: sqlite3.Connection, first_index: int) -> Iterator[Entry]:
+def newest_entries(
+    connection: sqlite3.Connection, first_index: int
+) -> Generator[Entry, None, None]:
     """Verified entries from the newest back to `first_index`; the caller stops early."""
     cursor = connection.execute(_NEWEST_FIRST, (first_index,))
     try:

@@ -8,6 +8,7 @@ Metadata values carry a checksum prefix of their own.
 from __future__ import annotations
 
 import struct
+import sys
 import zlib
 from dataclasses import dataclass
 
@@ -57,8 +58,22 @@ def derive_fields(body: bytes) -> ChangeFields:
     raw_tags = document.get("tags", ())
     if not isinstance(raw_tags, list) or not raw_tags:
         return ChangeFields(ts=ts, tags=())
-    tags = tuple(dict.fromkeys(tag for tag in raw_tags if isinstance(tag, str)))
-    return ChangeFields(ts=ts, tags=tags)
+    tags = tuple(dict.fromkeys(sys.intern(tag) for tag in raw_tags if isinstance(tag, str)))
+    return ChangeFields(ts=ts, tags=_shared_tags(tags))
+
+
+_TAG_TUPLES: dict[tuple[str, ...], tuple[str, ...]] = {}
+_TAG_TUPLES_MAX = 4096
+
+
+def _shared_tags(tags: tuple[str, ...]) -> tuple[str, ...]:
+    """One tuple object per distinct tag list, so the tail holds each only once."""
+    shared = _TAG_TUPLES.get(tags)
+    if shared is None:
+        if len(_TAG_TUPLES) >= _TAG_TUPLES_MAX:
+            _TAG_TUPLES.clear()
+        _TAG_TUPLES[tags] = shared = tags
+    return shared
 
 
 def seal_meta(key: str, value: bytes) -> bytes:

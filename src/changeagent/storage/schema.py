@@ -64,12 +64,14 @@ _WRITER_PRAGMAS: dict[str, int | str] = {
     "journal_size_limit": 64 * 1024 * 1024,
     "wal_autocheckpoint": 1000,
     "foreign_keys": 0,
+    "busy_timeout": 10_000,  # ms; only another process's checkpoint could make us wait
 }
 _READER_PRAGMAS: dict[str, int | str] = {
     "cache_size": -4096,  # KiB, per reading thread
     "temp_store": "MEMORY",
     "mmap_size": 0,
     "query_only": 1,
+    "busy_timeout": 10_000,  # ms; WAL readers wait only during WAL recovery or reset
 }
 
 

@@ -445,13 +445,17 @@ class Storage:
     # The writer thread ---------------------------------------------------------------
 
     def _run_writer(self) -> None:
-        while True:
-            group = self._take_group()
-            if not group:
-                return
-            self._write_group(group)
-            if self._failure is not None:
-                return
+        try:
+            while True:
+                group = self._take_group()
+                if not group:
+                    return
+                self._write_group(group)
+                if self._failure is not None:
+                    return
+        except BaseException as error:  # a bug here must not leave writers waiting forever
+            self._fail_writes(StorageFailed(f"storage writer crashed: {error!r}"))
+            raise
 
     def _take_group(self) -> list[_Queued]:
         """Wait for work; take every queued batch, up to the group limits."""
@@ -831,14 +835,18 @@ def _warm_tail(
     newest: list[Entry] = []
     used_bytes = 0
     expected = state.last_index
-    for entry in reads.newest_entries(connection, state.snapshot.index + 1):
-        if entry.index != expected:
-            raise CorruptionError(f"entry {expected} is missing", index=expected)
-        used_bytes += entry_cost_bytes(entry)
-        if used_bytes > warm_bytes:
-            break
-        newest.append(entry)
-        expected -= 1
+    rows = reads.newest_entries(connection, state.snapshot.index + 1)
+    try:
+        for entry in rows:
+            if entry.index != expected:
+                raise CorruptionError(f"entry {expected} is missing", index=expected)
+            used_bytes += entry_cost_bytes(entry)
+            if used_bytes > warm_bytes:
+                break
+            newest.append(entry)
+            expected -= 1
+    finally:
+        rows.close()  # closes the cursor now, even when we stopped early
     newest.reverse()
     tags = [derive_fields(entry.data).tags if entry.type >= 0 else NO_TAGS for entry in newest]
     tail.append(newest, tags)

@@ -242,7 +242,8 @@ class GroupTransaction:
             if entry.key:
                 rows.keys.append((entry.key, entry.index))
             tags_per_entry.append(tags)
-        self.tail_ops.append(TailAppend(entries, tags_per_entry))
+        cached = [_compact_copy(entry) for entry in entries]
+        self.tail_ops.append(TailAppend(cached, tags_per_entry))
         self.state = replace(
             self.state, last_index=entries[-1].index, first_user_index=first_user_index
         )
@@ -302,6 +303,23 @@ class GroupTransaction:
         if rows.keys:
             _insert_rows(self._connection, _INSERT_KEYS, 2, rows.keys)
             rows.keys.clear()
+
+
+def _compact_copy(entry: Entry) -> Entry:
+    """The entry with its data in a right-sized bytes object, for the tail.
+
+    orjson (3.x) returns bytes that keep their whole output buffer (4 KiB for a
+    100-byte change), so holding the caller's objects would make the tail's
+    real size many times its accounted size. Copying through a memoryview
+    always allocates exactly len(data) bytes.
+    """
+    return Entry(
+        index=entry.index,
+        term=entry.term,
+        type=entry.type,
+        data=bytes(memoryview(entry.data)),
+        key=entry.key,
+    )
 
 
 def _insert_rows(
