@@ -263,20 +263,24 @@ def charts(results: dict[str, Any], samples: dict[str, dict[str, Any]],
     except ImportError:
         return []
     written: list[Path] = []
-    series: dict[str, dict[int, list[float]]] = {}
+    series: dict[tuple[str, str, str], dict[int, list[float]]] = {}
     for key, per_system in samples.items():
         if not key.startswith("write_throughput/"):
             continue
         _, topology, generator, clients, _run = key.split("/")
         for system, value in per_system.items():
-            name = f"{system}, {topology} ({generator})"
-            series.setdefault(name, {}).setdefault(int(clients), []).append(value)
+            points = series.setdefault((system, topology, generator), {})
+            points.setdefault(int(clients), []).append(value)
     if series:
         figure, axes = plt.subplots(figsize=(8, 5))
-        for name, points in sorted(series.items()):
+        for (system, topology, generator), points in sorted(series.items()):
             xs = sorted(points)
-            axes.plot(xs, [median(points[x]) for x in xs], marker="o", label=name)
+            axes.plot(xs, [median(points[x]) for x in xs], marker="o",
+                      color=COLORS.get(system), linestyle=_style(topology, generator),
+                      label=f"{system}, {topology} ({generator})")
         axes.set_xscale("log", base=2)
+        ticks = sorted({x for points in series.values() for x in points})
+        axes.set_xticks(ticks, [str(x) for x in ticks])
         axes.set_xlabel("concurrent clients")
         axes.set_ylabel("durable writes/s (median)")
         axes.set_title("Durable write throughput against clients")
@@ -291,11 +295,11 @@ def charts(results: dict[str, Any], samples: dict[str, dict[str, Any]],
     if notify or write_cdfs:
         figure, (left, right) = plt.subplots(1, 2, figsize=(12, 5))
         for system, values in sorted(notify.items()):
-            ordered = sorted(values)
+            ordered = sorted(v for v in values if v > 0)
             left.plot(ordered, [(i + 1) / len(ordered) for i in range(len(ordered))],
-                      label=system)
+                      color=COLORS.get(system), label=system)
         left.set_xscale("log")
-        left.set_xlabel("notification latency after the write's ack (ms)")
+        left.set_xlabel("write sent -> waiting consumer has the change (ms)")
         left.set_ylabel("fraction of changes")
         left.set_title("Notification latency CDF")
         left.grid(True, alpha=0.3)
@@ -307,7 +311,9 @@ def charts(results: dict[str, Any], samples: dict[str, dict[str, Any]],
             for system, cdf in sorted(per_system.items()):
                 quantiles = sorted(cdf, key=float)
                 right.plot([cdf[q] for q in quantiles], [float(q) / 100 for q in quantiles],
-                           marker=".", label=f"{system}, {topology}, {clients} cl. ({generator})")
+                           marker="." if clients == "1" else "x", color=COLORS.get(system),
+                           linestyle=_style(topology, generator),
+                           label=f"{system}, {topology}, {clients} cl. ({generator})")
         right.set_xscale("log")
         right.set_xlabel("write latency (ms)")
         right.set_title("Durable write latency CDF (last run)")
@@ -318,6 +324,15 @@ def charts(results: dict[str, Any], samples: dict[str, dict[str, Any]],
         plt.close(figure)
         written.append(path)
     return written
+
+
+COLORS = {"changeagent": "tab:blue", "etcd": "tab:orange", "redis": "tab:green"}
+
+
+def _style(topology: str, generator: str) -> str:
+    if topology == "standalone":
+        return "-" if generator == "wrk" else "--"
+    return "-." if generator == "wrk" else ":"
 
 
 def write_results(results: dict[str, Any], samples: dict[str, Any], directory: Path,

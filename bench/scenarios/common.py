@@ -33,6 +33,7 @@ class Settings:
     memory_changes: int
     preload_seconds_max: float
     scenario_seconds_max: float
+    settle_seconds: float = 1.0  # pause before an RSS sample
 
     def override(self, assignment: str) -> None:
         """Apply one NAME=VALUE from the command line (ints, floats, comma lists)."""
@@ -55,7 +56,7 @@ class Settings:
                    asyncio_write_clients=[16], catchup_changes=5_000, notify_changes=200,
                    fanout_consumers=[200], failover_runs=1, join_changes=2_000,
                    memory_changes=10_000, preload_seconds_max=15,
-                   scenario_seconds_max=60)
+                   scenario_seconds_max=60, settle_seconds=0.3)
 
     @classmethod
     def full(cls) -> Settings:

@@ -1,6 +1,6 @@
 """Scenario g: resident memory of one node holding 0 and N changes.
 
-Empty: a fresh node, 1 s after it answers. Loaded: the node right after N changes
+Empty: a fresh node, 1 s (quick: 0.3 s) after it answers. Loaded: the node right after N changes
 were written, then (each run) after a graceful restart on the same data, and after a
 consumer has read all N changes from the start (at most 60 s of reading), which is when
 caches would fill.
@@ -17,12 +17,11 @@ from bench.scenarios.reads import read_everything
 from bench.systems.base import System
 
 MEMORY = "g. memory"
-SETTLE_SECONDS = 1.0
 READ_SECONDS_MAX = 60.0  # etcd's paged range slows down with the keys left to read
 
 
-def _mb(system: System) -> float:
-    time.sleep(SETTLE_SECONDS)
+def _mb(system: System, settings: Settings) -> float:
+    time.sleep(settings.settle_seconds)
     return rss_bytes(system.pids()) / 2**20
 
 
@@ -32,7 +31,7 @@ def run_memory(system_cls: type[System], settings: Settings, recorder: Recorder)
         with running(system, recorder, MEMORY) as ok:
             if not ok:
                 return
-            recorder.add(MEMORY, "RSS of an empty node", system.name, _mb(system), "MB",
+            recorder.add(MEMORY, "RSS of an empty node", system.name, _mb(system, settings), "MB",
                          "lower")
     system = system_cls(PROCESSES, 1)
     with running(system, recorder, MEMORY) as ok:
@@ -44,14 +43,14 @@ def run_memory(system_cls: type[System], settings: Settings, recorder: Recorder)
                            settings.preload_seconds_max + 60)
         load_seconds = time.monotonic() - began
         label = f"{settings.memory_changes:,} changes"
-        recorder.add(MEMORY, f"RSS right after writing {label}", system.name, _mb(system),
+        recorder.add(MEMORY, f"RSS right after writing {label}", system.name, _mb(system, settings),
                      "MB", "lower", stored=stored, preload_seconds=round(load_seconds, 1))
         for _ in range(settings.runs):
             system.restart_member(0)
             recorder.add(MEMORY, f"RSS after a restart, holding {label}", system.name,
-                         _mb(system), "MB", "lower")
+                         _mb(system, settings), "MB", "lower")
             read, seconds, _ = run_async(read_everything(system, stored, READ_SECONDS_MAX),
                                          settings.scenario_seconds_max)
             recorder.add(MEMORY, f"RSS after reading {label} from the start (60 s at most)",
-                         system.name, _mb(system), "MB", "lower", read=read,
+                         system.name, _mb(system, settings), "MB", "lower", read=read,
                          read_seconds=round(seconds, 1))

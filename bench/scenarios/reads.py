@@ -95,7 +95,7 @@ async def _notify(system: System, settings: Settings, recorder: Recorder) -> Non
                              "ms", "lower", changes=len(values))
         if run == settings.runs - 1:
             recorder.sample("notify_latency_ms", system.name,
-                            [round(v * 1000, 4) for v in after_ack])
+                            [round(v * 1000, 4) for v in after_send])
 
 
 async def _subscribe(system: System) -> Subscription:
