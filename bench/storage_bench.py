@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import statistics
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -140,10 +141,18 @@ def main() -> None:
     parser.add_argument("--entries", type=int, default=20_000, help="appends per run")
     parser.add_argument("--stored", type=int, default=200_000, help="changes for read runs")
     parser.add_argument("--rss", action="store_true", help="also store 1M changes, report RSS")
+    parser.add_argument(
+        "--switch-interval-ms", type=float, default=None,
+        help="sys.setswitchinterval for the run (default: Python's 5 ms)",
+    )
+    parser.add_argument("--skip-reads", action="store_true", help="appends only")
     arguments = parser.parse_args()
+    if arguments.switch_interval_ms is not None:
+        sys.setswitchinterval(arguments.switch_interval_ms / 1000)
     with tempfile.TemporaryDirectory(dir=Path.cwd()) as directory:
         bench_appends(Path(directory), arguments.entries)
-        bench_reads(Path(directory), arguments.stored)
+        if not arguments.skip_reads:
+            bench_reads(Path(directory), arguments.stored)
         if arguments.rss:
             bench_rss(Path(directory))
 
