@@ -7,7 +7,7 @@ import argparse
 import sys
 import time
 
-from changeagent.sim.bugs import PLANTED_BUGS, options_for_bug
+from changeagent.sim.bugs import PLANTED_BUGS, RARELY_CAUGHT_BUGS, options_for_bug
 from changeagent.sim.cluster import SimOptions, Simulation, SimulationFailure
 from changeagent.sim.runner import Summary, run_seeds
 
@@ -24,8 +24,12 @@ def parse_arguments(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--verbose", action="store_true", help="print every event")
     parser.add_argument("--replay", type=int, default=None, help="rerun one seed, verbosely")
     parser.add_argument(
-        "--bug", choices=sorted(PLANTED_BUGS), default=None, help="plant a deliberate bug"
+        "--bug",
+        choices=sorted(PLANTED_BUGS) + sorted(RARELY_CAUGHT_BUGS),
+        default=None,
+        help="plant a deliberate bug",
     )
+    parser.add_argument("--hostile", action="store_true", help="harshest fault profile")
     parser.add_argument("--keep-going", action="store_true", help="do not stop at a failure")
     return parser.parse_args(argv)
 
@@ -45,6 +49,7 @@ def main(argv: list[str] | None = None) -> int:
     arguments = parse_arguments(argv)
     options = options_for_bug(arguments.bug)
     options.nodes = arguments.nodes
+    options.hostile = arguments.hostile
     if arguments.replay is not None:
         return replay(arguments.replay, options)
     options.verbose = arguments.verbose

@@ -74,6 +74,9 @@ class ChaosDriver:
             "compact": rnd.choice([0, 1, 3]),
             "campaign": rnd.choice([0, 0, 1]),
         }
+        if self.sim.options.hostile:
+            weights.update(crash=4, partition=4, membership=0, transfer=2, campaign=1)
+            faults.drop_probability = 0.1
         self.profile = Profile(rnd.choice([0, 2, 8, 30]), weights)
         handlers: dict[str, Callable[[], None]] = {
             "propose": self.propose,
@@ -168,7 +171,11 @@ class ChaosDriver:
         self.sim.observe(node)
 
     def read(self) -> None:
-        node = self._pick(self.alive())
+        # Clients often ask whoever they last knew as leader, which may be deposed.
+        leaders = [n for n in self.alive() if n.raft is not None and n.raft.role == Role.LEADER]
+        if not leaders or self.random.random() < 0.5:
+            leaders = self.alive()
+        node = self._pick(leaders)
         if node is None or node.raft is None:
             return
         self._next_read += 1

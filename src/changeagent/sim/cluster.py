@@ -61,6 +61,9 @@ class SimOptions:
     election_ticks: int = 5
     heartbeat_ticks: int = 1
     ack_before_persist: bool = False  # planted bug: send messages_after_persist at once
+    # Every seed gets the harshest profile: frequent crashes, partitions and elections,
+    # one entry per APPEND (so quorums acknowledge entries one at a time).
+    hostile: bool = False
     node_factory: NodeFactory = default_node_factory
 
 
@@ -331,7 +334,7 @@ class Simulation:
             node_id=node.node_id,
             election_ticks=self.options.election_ticks,
             heartbeat_ticks=self.options.heartbeat_ticks,
-            max_message_entries=self.random.choice([1, 4, 64]),
+            max_message_entries=1 if self.options.hostile else self.random.choice([1, 4, 64]),
             max_inflight_messages=self.random.choice([1, 4, 16]),
         )
         config.validate()

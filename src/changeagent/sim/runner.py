@@ -56,10 +56,11 @@ def run_seed(seed: int, options: SimOptions | None = None) -> SeedOutcome:
     return SeedOutcome(seed, result.events, result.elections, result.acknowledged)
 
 
-def _run_seed_in_worker(work: tuple[int, int | None, str | None]) -> SeedOutcome:
-    seed, nodes, bug = work
+def _run_seed_in_worker(work: tuple[int, int | None, str | None, bool]) -> SeedOutcome:
+    seed, nodes, bug, hostile = work
     options = options_for_bug(bug)
     options.nodes = nodes
+    options.hostile = hostile
     return run_seed(seed, options)
 
 
@@ -67,12 +68,13 @@ def run_seeds(
     seeds: range, options: SimOptions | None = None, *, jobs: int = 1, bug: str | None = None
 ) -> Iterator[SeedOutcome]:
     """Outcomes in seed order. With jobs > 1, seeds run in worker processes, which
-    rebuild their options from `bug` and `options.nodes` (functions do not pickle)."""
+    rebuild their options from `bug`, `options.nodes` and `options.hostile`
+    (functions do not pickle)."""
     base = options if options is not None else options_for_bug(bug)
     if jobs <= 1:
         for seed in seeds:
             yield run_seed(seed, replace(base))
         return
     with multiprocessing.Pool(jobs) as pool:
-        work = [(seed, base.nodes, bug) for seed in seeds]
+        work = [(seed, base.nodes, bug, base.hostile) for seed in seeds]
         yield from pool.imap(_run_seed_in_worker, work, chunksize=16)
