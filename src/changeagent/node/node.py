@@ -143,13 +143,10 @@ class Node:
             if existing is not None:
                 return existing
         timestamp_ns = self._next_timestamp_ns()
-        index = await self._propose(
+        entry = await self._propose(
             change.type, lambda index: encode_change(index, timestamp_ns, change), key
         )
-        data = self.storage.get_change(index)
-        if data is None:  # purged already: only possible with absurd purge settings
-            raise NotAvailable(f"change {index} was stored and purged before it could be read")
-        return data
+        return entry.data
 
     async def update_settings(self, settings: Settings) -> Settings:
         """Replicate new settings through the log; they apply when committed."""
@@ -165,7 +162,8 @@ class Node:
 
     async def _propose(
         self, entry_type: int, data: bytes | Callable[[int], bytes], key: str = ""
-    ) -> int:
+    ) -> Entry:
+        """Append one entry; return it once it is durable, committed and applied."""
         self._check_writable()
         if len(self._pending) >= self.limits.pending_proposals_max:
             raise Overloaded("too many writes are waiting to be stored; retry later")
@@ -182,9 +180,8 @@ class Node:
         if self._flush_task is None or self._flush_task.done():
             self._flush_task = asyncio.create_task(self._flush(), name="flush")
         try:
-            return await asyncio.wait_for(
-                asyncio.shield(proposal.future), self.limits.commit_timeout_s
-            )
+            await asyncio.wait_for(asyncio.shield(proposal.future), self.limits.commit_timeout_s)
+            return proposal.entry
         except TimeoutError:
             raise CommitTimeout(
                 "the change was not committed in time; it may still commit. "
