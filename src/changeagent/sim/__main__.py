@@ -30,6 +30,9 @@ def parse_arguments(argv: list[str] | None) -> argparse.Namespace:
         help="plant a deliberate bug",
     )
     parser.add_argument("--hostile", action="store_true", help="harshest fault profile")
+    parser.add_argument(
+        "--fault-events", type=int, default=None, help="events in the fault phase (1000)"
+    )
     parser.add_argument("--keep-going", action="store_true", help="do not stop at a failure")
     return parser.parse_args(argv)
 
@@ -50,6 +53,8 @@ def main(argv: list[str] | None = None) -> int:
     options = options_for_bug(arguments.bug)
     options.nodes = arguments.nodes
     options.hostile = arguments.hostile
+    if arguments.fault_events is not None:
+        options.fault_events = arguments.fault_events
     if arguments.replay is not None:
         return replay(arguments.replay, options)
     options.verbose = arguments.verbose

@@ -464,7 +464,10 @@ class Simulation:
         self.observe(node)
 
     def send(self, message: Message) -> None:
-        for delay in self.network.send(message.source, message.target):
+        delays = self.network.send(message.source, message.target)
+        if not delays and self.record is not None:
+            self.record.lost.append(message)
+        for delay in delays:
             self.scheduler.push(delay, Deliver(message))
 
 

@@ -83,6 +83,7 @@ class TraceRecord:
     time: int
     event: Event
     notes: list[str]
+    lost: list[Message] = field(default_factory=list)  # sent but dropped by the network
 
 
 @dataclass(slots=True)
@@ -108,4 +109,6 @@ def format_record(record: TraceRecord) -> str:
     text = f"#{record.step} @{record.time} {describe_event(record.event)}"
     if record.notes:
         text += " | " + "; ".join(record.notes)
+    for message in record.lost:
+        text += " | lost " + describe_message(message)
     return text

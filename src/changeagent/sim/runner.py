@@ -7,7 +7,12 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 
 from changeagent.sim.bugs import options_for_bug
-from changeagent.sim.cluster import SimOptions, Simulation, SimulationFailure
+from changeagent.sim.cluster import (
+    SimOptions,
+    Simulation,
+    SimulationFailure,
+    default_node_factory,
+)
 
 
 @dataclass(slots=True)
@@ -56,11 +61,12 @@ def run_seed(seed: int, options: SimOptions | None = None) -> SeedOutcome:
     return SeedOutcome(seed, result.events, result.elections, result.acknowledged)
 
 
-def _run_seed_in_worker(work: tuple[int, int | None, str | None, bool]) -> SeedOutcome:
-    seed, nodes, bug, hostile = work
+def _run_seed_in_worker(work: tuple[int, SimOptions, str | None]) -> SeedOutcome:
+    seed, base, bug = work
     options = options_for_bug(bug)
-    options.nodes = nodes
-    options.hostile = hostile
+    options.nodes = base.nodes
+    options.hostile = base.hostile
+    options.fault_events = base.fault_events
     return run_seed(seed, options)
 
 
@@ -68,13 +74,14 @@ def run_seeds(
     seeds: range, options: SimOptions | None = None, *, jobs: int = 1, bug: str | None = None
 ) -> Iterator[SeedOutcome]:
     """Outcomes in seed order. With jobs > 1, seeds run in worker processes, which
-    rebuild their options from `bug`, `options.nodes` and `options.hostile`
-    (functions do not pickle)."""
+    rebuild their options from `bug` plus `nodes`, `hostile` and `fault_events`
+    (the planted bugs' classes do not pickle)."""
     base = options if options is not None else options_for_bug(bug)
     if jobs <= 1:
         for seed in seeds:
             yield run_seed(seed, replace(base))
         return
     with multiprocessing.Pool(jobs) as pool:
-        work = [(seed, base.nodes, bug, base.hostile) for seed in seeds]
+        plain = replace(base, node_factory=default_node_factory)
+        work = [(seed, plain, bug) for seed in seeds]
         yield from pool.imap(_run_seed_in_worker, work, chunksize=16)
