@@ -34,6 +34,7 @@ from changeagent.node.settings_entry import (
     encode_settings,
 )
 from changeagent.node.waiters import CommitWaiters
+from changeagent.node.webhooks import WebHookCaller
 from changeagent.raft.entry import (
     ENTRY_TYPE_CONFIG,
     ENTRY_TYPE_NOOP,
@@ -100,6 +101,7 @@ class Node:
         self._flush_task: asyncio.Task[None] | None = None
         self._purge_task: asyncio.Task[None] | None = None
         self._waiters = CommitWaiters(self._read_committed)
+        self._web_hooks = WebHookCaller()
         self.failure: str | None = None
         self.closing = False
         self.purge_checks = 0  # how many times the purge rule was evaluated (diagnostics)
@@ -133,6 +135,7 @@ class Node:
         if self._flush_task is not None:
             with contextlib.suppress(Exception):
                 await self._flush_task
+        await self._web_hooks.close()
 
     # Writes ------------------------------------------------------------------
 
@@ -142,6 +145,8 @@ class Node:
             existing = await self._existing_for_key(key)
             if existing is not None:
                 return existing
+        self._check_writable()
+        await self._web_hooks.validate(self.settings.web_hooks, change)
         timestamp_ns = self._next_timestamp_ns()
         entry = await self._propose(
             change.type, lambda index: encode_change(index, timestamp_ns, change), key
