@@ -22,7 +22,7 @@ class HookServer:
         hook = self
 
         class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:  # noqa: N802 (http.server's naming)
+            def do_POST(self) -> None:
                 length = int(self.headers["Content-Length"])
                 body = orjson.loads(self.rfile.read(length))
                 hook.received.append((self.path, dict(self.headers), body))
