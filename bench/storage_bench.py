@@ -119,6 +119,26 @@ def bench_reads(directory: Path, count: int) -> None:
             print(f"  {label} term():    {lookups / (time.perf_counter() - started):10.0f} /s")
 
 
+def bench_purge_point(directory: Path, count: int) -> None:
+    """First call scans from scratch; later calls only what was appended since."""
+    data_dir = directory / "reads"
+    with Storage.open(data_dir, tail_cache_bytes=0) as storage:
+        keep = count // 2
+        cutoff = TS_BASE_NS + count  # every stored change is old enough
+        started = time.perf_counter()
+        point = storage.purge_point(keep, cutoff, count)
+        first_ms = (time.perf_counter() - started) * 1000
+        entries = [_change(index) for index in range(count + 1, count + 1001)]
+        storage.submit(WriteBatch(entries=entries)).result()
+        started = time.perf_counter()
+        storage.purge_point(keep, cutoff + 1000, count + 1000)
+        next_ms = (time.perf_counter() - started) * 1000
+        print(
+            f"purge_point keeping {keep} of {count}: first call {first_ms:.1f} ms "
+            f"(point {point}), after 1,000 more appends {next_ms:.2f} ms"
+        )
+
+
 def bench_rss(directory: Path) -> None:
     process = psutil.Process()
     data_dir = directory / "rss"
@@ -153,6 +173,7 @@ def main() -> None:
         bench_appends(Path(directory), arguments.entries)
         if not arguments.skip_reads:
             bench_reads(Path(directory), arguments.stored)
+            bench_purge_point(Path(directory), arguments.stored)
         if arguments.rss:
             bench_rss(Path(directory))
 

@@ -15,7 +15,7 @@ QUERIES: dict[str, tuple[str, tuple[object, ...], str]] = {
     "atStart by type": (reads._TYPE_AT_OR_BELOW, (1, 5), "entries_by_type"),
     "atStart by tag": (reads._TAG_AT_OR_BELOW, ("a", 5, 1), "PRIMARY KEY (tag=?"),
     "idempotency": (reads._KEY_INDEX, ("k",), "autoindex_idempotency"),
-    "purge: nth newest": (reads._NTH_NEWEST_USER, (5, 2), "INTEGER PRIMARY KEY"),
+    "purge: nth newest": (reads.NTH_NEWEST_USER, (5, 2), "INTEGER PRIMARY KEY"),
     "truncate tags": ("DELETE FROM tags WHERE idx >= ?", (5,), "tags_by_idx"),
     "compact keys": ("DELETE FROM idempotency WHERE idx <= ?", (5,), "idempotency_by_idx"),
     "rows by index": (

@@ -34,7 +34,7 @@ _TYPE_AT_OR_BELOW = "SELECT 1 FROM entries WHERE type = ? AND idx <= ? LIMIT 1"
 _TAG_AT_OR_BELOW = "SELECT idx FROM tags WHERE tag = ? AND idx <= ? ORDER BY idx LIMIT ?"
 _KEY_INDEX = "SELECT idx FROM idempotency WHERE key = ?"
 _COUNT_USER_AFTER = "SELECT count(*) FROM entries WHERE idx > ? AND +type >= 0"
-_NTH_NEWEST_USER = (
+NTH_NEWEST_USER = (
     "SELECT idx FROM entries WHERE idx <= ? AND +type >= 0 ORDER BY idx DESC LIMIT 1 OFFSET ?"
 )
 _FIRST_RECENT_USER = (
@@ -226,7 +226,7 @@ def purge_point(
     and at least `min_records` user changes lie in (P, upto]; 0 if there is none."""
     point = upto
     if min_records > 0:
-        row = connection.execute(_NTH_NEWEST_USER, (upto, min_records - 1)).fetchone()
+        row = connection.execute(NTH_NEWEST_USER, (upto, min_records - 1)).fetchone()
         if row is None:
             return 0
         point = min(point, int(row[0]) - 1)

@@ -26,6 +26,7 @@ from changeagent.storage.errors import (
     StorageError,
     StorageFailed,
 )
+from changeagent.storage.purge import PurgeScanner
 from changeagent.storage.reads import RowMissing
 from changeagent.storage.records import (
     decode_hard_state,
@@ -190,6 +191,8 @@ class Storage:
         # odd while a removing transaction commits and publishes.
         self._removal_lock = threading.Lock()
         self._removal_generation = 0
+        self._truncations = 0  # suffix deletions published so far (see PurgeScanner)
+        self._purge_scanner = PurgeScanner()
         self._local = threading.local()
         self._readers: list[sqlite3.Connection] = []
         # The write queue, shared by submitters and the writer thread.
@@ -389,9 +392,21 @@ class Storage:
         has `_ts` < older_than_ts_ns and at least `min_records` user changes lie
         above P (up to `upto`); 0 if none. Not above `snapshot().index`: nothing to do."""
         self._check_readable()
-        upto = min(upto, self._state.last_index)
         return self._stable(
-            lambda connection: reads.purge_point(connection, min_records, older_than_ts_ns, upto)
+            lambda connection: self._purge_point(connection, min_records, older_than_ts_ns, upto)
+        )
+
+    def _purge_point(
+        self, connection: sqlite3.Connection, min_records: int, older_than_ts_ns: int, upto: int
+    ) -> int:
+        with self._lock:
+            generation = self._removal_generation
+            truncations = self._truncations
+            snapshot_index = self._state.snapshot.index
+            upto = min(upto, self._state.last_index)
+        return self._purge_scanner.purge_point(
+            connection, min_records, older_than_ts_ns, upto, truncations, snapshot_index,
+            unchanged=lambda: self._removal_generation == generation and generation % 2 == 0,
         )
 
     # Writes ----------------------------------------------------------------------
@@ -511,14 +526,16 @@ class Storage:
                 self._fault_injector(self.commit_count + 1)
             transaction.commit()
             self.commit_count += 1
-            self._publish(transaction.state, transaction.tail_ops)
+            self._publish(transaction.state, transaction.tail_ops, transaction.truncated)
         finally:
             if fence:
                 self._removal_generation += 1
                 self._removal_lock.release()
 
-    def _publish(self, state: LogState, tail_ops: list[TailOp]) -> None:
+    def _publish(self, state: LogState, tail_ops: list[TailOp], truncated: bool) -> None:
         with self._lock:
+            if truncated:
+                self._truncations += 1
             for op in tail_ops:
                 if isinstance(op, TailAppend):
                     self._tail.append(op.entries, op.tags)

@@ -105,6 +105,7 @@ class GroupTransaction:
         self.state = state
         self.tail_ops: list[TailOp] = []
         self.removed = False  # whether any entry was deleted (readers must be fenced)
+        self.truncated = False  # whether a suffix was deleted (entries may be rewritten)
         self._rows = _Rows()
         connection.execute("BEGIN IMMEDIATE")
 
@@ -291,6 +292,7 @@ class GroupTransaction:
         for statement in statements:
             self._connection.execute(statement, (index,))
         self.removed = True
+        self.truncated = self.truncated or statements is _DELETE_FROM
 
     def _flush_rows(self) -> None:
         rows = self._rows
