@@ -159,6 +159,9 @@ def running(system: System, recorder: Recorder, scenario: str) -> Iterator[bool]
         system.stop()
         yield False
         return
+    except BaseException:
+        system.stop()
+        raise
     try:
         yield True
     finally:
