@@ -61,7 +61,7 @@ def test_reads_race_truncation_and_compaction(data_dir: Path, tail_bytes: int) -
             reader.start()
         last, term = 0, 1
         try:
-            for round_number in range(60):
+            for round_number in range(40):
                 term += 1
                 new = [_entry(index, term) for index in range(last + 1, last + 21)]
                 storage.submit(WriteBatch(entries=new)).result(timeout=30)

@@ -119,7 +119,7 @@ def _tags(entry: Entry) -> list[str]:
 
 
 @settings(
-    max_examples=150,
+    max_examples=120,
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow],
 )

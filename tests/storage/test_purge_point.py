@@ -29,7 +29,7 @@ steps = st.lists(
 )
 
 
-@settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(steps=steps, seed=st.integers(0, 1 << 20))
 def test_incremental_purge_point_matches_from_scratch(
     steps: list[tuple[str, int, int]], seed: int
