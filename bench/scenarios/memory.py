@@ -2,7 +2,7 @@
 
 Empty: a fresh node, 1 s (quick: 0.3 s) after it answers. Loaded: the node right after N changes
 were written, then (each run) after a graceful restart on the same data, and after a
-consumer has read all N changes from the start (at most 60 s of reading), which is when
+consumer has read all N changes from the start (at most 30 s of reading), which is when
 caches would fill.
 RSS includes the node's child processes, if any.
 """
@@ -17,7 +17,7 @@ from bench.scenarios.reads import read_everything
 from bench.systems.base import System
 
 MEMORY = "g. memory"
-READ_SECONDS_MAX = 60.0  # etcd's paged range slows down with the keys left to read
+READ_SECONDS_MAX = 30.0  # etcd's paged range slows down with the keys left to read
 
 
 def _mb(system: System, settings: Settings) -> float:
@@ -51,6 +51,6 @@ def run_memory(system_cls: type[System], settings: Settings, recorder: Recorder)
                          _mb(system, settings), "MB", "lower")
             read, seconds, _ = run_async(read_everything(system, stored, READ_SECONDS_MAX),
                                          settings.scenario_seconds_max)
-            recorder.add(MEMORY, f"RSS after reading {label} from the start (60 s at most)",
+            recorder.add(MEMORY, f"RSS after reading {label} from the start (30 s at most)",
                          system.name, _mb(system, settings), "MB", "lower", read=read,
                          read_seconds=round(seconds, 1))

@@ -105,6 +105,7 @@ class Etcd(System):
         super().__init__(processes, members)
         self.token = f"cabench-{time.time_ns()}"
         self.put_count = 0
+        self.last_preloaded = -1  # highest preloaded sequence acknowledged
 
     @classmethod
     def missing_reason(cls) -> str | None:
@@ -191,11 +192,11 @@ class Etcd(System):
                     if status != 200:
                         raise BenchError(f"etcd txn answered {status}: {answer[:200]!r}")
                     done += last - first
+                    self.last_preloaded = max(self.last_preloaded, last - 1)
             finally:
                 connection.close()
 
         await asyncio.gather(*(worker() for _ in range(8)))
-        self.last_preloaded = count - 1
         return done
 
     def start_cursor(self) -> Any:
@@ -298,7 +299,8 @@ class Etcd(System):
     def member_has(self, member: Member, last_sequence: int, last_cursor: Any) -> bool:
         try:
             answer = _post_json(member.port, "/v3/kv/range",
-                                {"key": b64(preload_key(last_sequence)), "serializable": True},
+                                {"key": b64(preload_key(self.last_preloaded)),
+                                 "serializable": True},
                                 timeout=2)
         except OSError:
             return False
