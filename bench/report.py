@@ -41,7 +41,13 @@ def _cpu_model() -> str:
 
 def _git_commit() -> str:
     root = Path(__file__).resolve().parent.parent
-    return _first_line(["git", "-C", str(root), "log", "-1", "--format=%h %cs %s"])
+    commit = _first_line(["git", "-C", str(root), "log", "-1", "--format=%h %cs"])
+    try:
+        dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--", "src"],
+                               capture_output=True, timeout=30).stdout.strip()
+    except (OSError, subprocess.TimeoutExpired):
+        return commit
+    return commit + (" + uncommitted changes in src/" if dirty else "")
 
 
 def machine_info(data_root: Path) -> dict[str, Any]:
