@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-import collections
 import concurrent.futures
 import contextlib
-import fcntl
 import os
 import sqlite3
 import threading
@@ -23,19 +21,13 @@ from changeagent.storage.errors import (
     CorruptionError,
     StorageBusy,
     StorageClosed,
-    StorageError,
     StorageFailed,
 )
+from changeagent.storage.opening import load_state, lock_directory, warm_tail
 from changeagent.storage.purge import PurgeScanner
 from changeagent.storage.reads import RowMissing
-from changeagent.storage.records import (
-    decode_hard_state,
-    decode_snapshot,
-    derive_fields,
-    open_meta,
-    seal_meta,
-)
-from changeagent.storage.tail import NO_TAGS, TailCache, entry_cost_bytes
+from changeagent.storage.tail import TailCache
+from changeagent.storage.write_queue import Queued, WriteQueue, fresh_error, settle
 from changeagent.storage.writer import (
     BatchRejected,
     GroupTransaction,
@@ -55,7 +47,6 @@ TAIL_SCAN_ENTRIES_MAX = 1024
 QUEUE_BATCHES_MAX = 8192
 GROUP_BATCHES_MAX = 1024
 GROUP_BYTES_MAX = 32 * 1024 * 1024
-LOCK_FILE = "LOCK"
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,16 +70,6 @@ class ChangePage:
 class _TailScan:
     items: list[tuple[int, bytes]]
     resume_after: int | None  # where SQLite must continue, or None if the scan is complete
-
-
-@dataclass(slots=True)
-class _Queued:
-    """A queued batch and whoever waits for it: a thread's future or a loop's."""
-
-    batch: WriteBatch
-    future: concurrent.futures.Future[None] | None = None
-    loop: asyncio.AbstractEventLoop | None = None
-    waiter: asyncio.Future[None] | None = None
 
 
 class Storage:
@@ -138,7 +119,7 @@ class Storage:
                 raise ValueError(f"{name} must be >= 1, got {value}")
         data_dir = Path(data_dir)
         schema.prepare_directory(data_dir)
-        lock_fd = _lock_directory(data_dir)
+        lock_fd = lock_directory(data_dir)
         try:
             connection = schema.connect_writer(data_dir, sqlite_pragmas)
         except BaseException:
@@ -146,8 +127,8 @@ class Storage:
             raise
         try:
             schema.restrict_file_modes(data_dir)
-            state = _load_state(connection)
-            tail = _warm_tail(connection, state, tail_cache_bytes, tail_warm_bytes)
+            state = load_state(connection)
+            tail = warm_tail(connection, state, tail_cache_bytes, tail_warm_bytes)
         except BaseException:
             connection.close()
             os.close(lock_fd)
@@ -180,7 +161,6 @@ class Storage:
         self.data_dir = data_dir
         self._connection = connection
         self._lock_fd = lock_fd
-        self._queue_batches_max, self._group_batches_max, self._group_bytes_max = limits
         self._fault_injector = fault_injector
         # Readers' view: `_state` and `_tail` change together, under `_lock`,
         # only after the transaction that made the change durable committed.
@@ -195,12 +175,8 @@ class Storage:
         self._purge_scanner = PurgeScanner()
         self._local = threading.local()
         self._readers: list[sqlite3.Connection] = []
-        # The write queue, shared by submitters and the writer thread.
-        self._queue: collections.deque[_Queued] = collections.deque()
-        self._queue_condition = threading.Condition()
-        self._closing = False
+        self._writes = WriteQueue(*limits)  # also holds the failure, once there is one
         self._closed = False
-        self._failure: StorageFailed | None = None
         self.commit_count = 0  # transactions committed (one fsync each)
         self.batches_written = 0
         self._writer = threading.Thread(
@@ -210,15 +186,9 @@ class Storage:
 
     def close(self) -> None:
         """Write every batch already submitted, stop the writer, close the files."""
-        with self._queue_condition:
-            if self._closing:
-                already = True
-            else:
-                already = False
-                self._closing = True
-                self._queue_condition.notify_all()
+        first_close = self._writes.close()
         self._writer.join()
-        if already:
+        if not first_close:
             return
         with self._lock:
             self._closed = True
@@ -237,7 +207,7 @@ class Storage:
     @property
     def failure(self) -> str | None:
         """Why the storage stopped (a failed write or corruption), or None."""
-        failure = self._failure
+        failure = self._writes.failure
         return None if failure is None else str(failure)
 
     # LogReader -------------------------------------------------------------------
@@ -310,7 +280,7 @@ class Storage:
         return {
             "commits": self.commit_count,
             "batches_written": self.batches_written,
-            "queued_batches": len(self._queue),
+            "queued_batches": len(self._writes),
             "tail_entries": tail_entries,
             "tail_bytes": tail_bytes,
             "first_index": self._state.snapshot.index + 1,
@@ -423,7 +393,7 @@ class Storage:
         """
         batch.validate()
         future: concurrent.futures.Future[None] = concurrent.futures.Future()
-        self._enqueue(_Queued(batch, future=future), timeout_s)
+        self._writes.put(Queued(batch, future=future), timeout_s)
         return future
 
     async def write(self, batch: WriteBatch) -> None:
@@ -435,66 +405,32 @@ class Storage:
         """
         batch.validate()
         loop = asyncio.get_running_loop()
-        item = _Queued(batch, loop=loop, waiter=loop.create_future())
+        item = Queued(batch, loop=loop, waiter=loop.create_future())
         try:
-            self._enqueue(item, 0.0)
+            self._writes.put(item, 0.0)
         except StorageBusy:
-            await asyncio.to_thread(self._enqueue, item, None)
+            await asyncio.to_thread(self._writes.put, item, None)
         assert item.waiter is not None
         await item.waiter
-
-    def _enqueue(self, item: _Queued, timeout_s: float | None) -> None:
-        with self._queue_condition:
-            while True:
-                self._check_writable()
-                if len(self._queue) < self._queue_batches_max:
-                    break
-                if timeout_s is not None and timeout_s <= 0:
-                    raise StorageBusy(f"{len(self._queue)} write batches are queued")
-                if not self._queue_condition.wait(timeout_s) and timeout_s is not None:
-                    raise StorageBusy(f"{len(self._queue)} write batches are queued")
-            self._queue.append(item)
-            if len(self._queue) == 1:
-                self._queue_condition.notify_all()
 
     # The writer thread ---------------------------------------------------------------
 
     def _run_writer(self) -> None:
         try:
             while True:
-                group = self._take_group()
+                group = self._writes.take_group()
                 if not group:
                     return
                 self._write_group(group)
-                if self._failure is not None:
+                if self._writes.failure is not None:
                     return
         except BaseException as error:  # a bug here must not leave writers waiting forever
-            self._fail_writes(StorageFailed(f"storage writer crashed: {error!r}"))
+            self._writes.fail(StorageFailed(f"storage writer crashed: {error!r}"))
             raise
 
-    def _take_group(self) -> list[_Queued]:
-        """Wait for work; take every queued batch, up to the group limits."""
-        with self._queue_condition:
-            while not self._queue and not self._closing:
-                self._queue_condition.wait()
-            group: list[_Queued] = []
-            group_bytes = 0
-            while self._queue and len(group) < self._group_batches_max:
-                batch_bytes = self._queue[0].batch.size_bytes()
-                if group and group_bytes + batch_bytes > self._group_bytes_max:
-                    break
-                item = self._queue.popleft()
-                group_bytes += batch_bytes
-                if item.future is not None:
-                    # From here on a cancel() fails: the batch will be written.
-                    item.future.set_running_or_notify_cancel()
-                group.append(item)
-            self._queue_condition.notify_all()  # room for blocked submitters
-            return group
-
-    def _write_group(self, group: list[_Queued]) -> None:
+    def _write_group(self, group: list[Queued]) -> None:
         transaction: GroupTransaction | None = None
-        rejected: list[tuple[_Queued, BatchRejected]] = []
+        rejected: list[tuple[Queued, BatchRejected]] = []
         try:
             transaction = GroupTransaction(self._connection, self._state)
             for item in group:
@@ -507,14 +443,14 @@ class Storage:
         except Exception as error:  # any disk, SQLite or injected failure: fail-stop
             if transaction is not None:
                 _rollback_quietly(transaction)
-            failure = self._fail_writes(
+            failure = self._writes.fail(
                 StorageFailed(f"write failed, nothing acknowledged: {error!r}")
             )
-            _settle([(item, failure) for item in group])
+            settle([(item, failure) for item in group])
             return
         self.batches_written += len(group) - len(rejected)
         failed: dict[int, BaseException] = {id(item): error for item, error in rejected}
-        _settle([(item, failed.get(id(item))) for item in group])
+        settle([(item, failed.get(id(item))) for item in group])
 
     def _commit(self, transaction: GroupTransaction) -> None:
         fence = transaction.removed
@@ -549,33 +485,12 @@ class Storage:
                     f"tail ends at {self._tail.end - 1}, log at {state.last_index}"
                 )
 
-    def _fail_writes(self, error: StorageFailed) -> StorageFailed:
-        """Fail-stop: record why, fail every queued batch; never retry."""
-        with self._queue_condition:
-            if self._failure is None:
-                self._failure = error
-            failure = self._failure
-            queued = list(self._queue)
-            self._queue.clear()
-            self._queue_condition.notify_all()
-        for item in queued:
-            if item.future is not None:
-                item.future.set_running_or_notify_cancel()
-        _settle([(item, failure) for item in queued])
-        return failure
-
-    def _check_writable(self) -> None:
-        if self._failure is not None:
-            raise _fresh(self._failure)
-        if self._closing:
-            raise StorageClosed("storage is closed")
-
     # Reading helpers -------------------------------------------------------------
 
     def _check_readable(self) -> None:
-        failure = self._failure
+        failure = self._writes.failure
         if isinstance(failure, CorruptionError):
-            raise _fresh(failure)
+            raise fresh_error(failure)
         if self._closed:
             raise StorageClosed("storage is closed")
 
@@ -624,10 +539,7 @@ class Storage:
                 return result
 
     def _corrupt(self, error: CorruptionError) -> CorruptionError:
-        with self._queue_condition:
-            if not isinstance(self._failure, CorruptionError):
-                self._failure = error
-            self._queue_condition.notify_all()
+        self._writes.fail(error)
         return error
 
     def _stored_term(self, connection: sqlite3.Connection, index: int) -> int:
@@ -748,123 +660,7 @@ def _limit_bytes(entries: Iterable[Entry], max_bytes: int) -> list[Entry]:
     return result
 
 
-def _settle(outcomes: list[tuple[_Queued, BaseException | None]]) -> None:
-    """Resolve thread futures now, and each loop's waiters with one callback."""
-    by_loop: dict[asyncio.AbstractEventLoop, list[tuple[_Queued, BaseException | None]]] = {}
-    for item, error in outcomes:
-        if item.future is not None:
-            if item.future.cancelled() or item.future.done():
-                continue
-            if error is None:
-                item.future.set_result(None)
-            else:
-                item.future.set_exception(_fresh(error))
-        elif item.loop is not None:
-            by_loop.setdefault(item.loop, []).append((item, error))
-    for loop, waiting in by_loop.items():
-        # A closed loop has nobody left to tell.
-        with contextlib.suppress(RuntimeError):
-            loop.call_soon_threadsafe(_settle_waiters, waiting)
-
-
-def _settle_waiters(waiting: list[tuple[_Queued, BaseException | None]]) -> None:
-    """On the waiters' loop: resolve every asyncio waiter of one commit."""
-    for item, error in waiting:
-        waiter = item.waiter
-        if waiter is None or waiter.done():
-            continue
-        if error is None:
-            waiter.set_result(None)
-        else:
-            waiter.set_exception(_fresh(error))
-
-
-def _fresh(error: BaseException) -> BaseException:
-    """A new instance of a stored failure, so tracebacks do not pile up on one object."""
-    if isinstance(error, CorruptionError):
-        return CorruptionError(str(error), index=error.index)
-    if isinstance(error, StorageFailed):
-        return StorageFailed(str(error))
-    return error
-
-
 def _rollback_quietly(transaction: GroupTransaction) -> None:
     # If even the rollback fails the connection is unusable; we are failing anyway.
     with contextlib.suppress(sqlite3.Error):
         transaction.rollback()
-
-
-def _lock_directory(data_dir: Path) -> int:
-    """Hold an exclusive lock on the data directory while open: one process per log."""
-    descriptor = os.open(data_dir / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o600)
-    try:
-        fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        os.close(descriptor)
-        raise StorageError(f"{data_dir} is in use by another storage") from None
-    return descriptor
-
-
-def _load_state(connection: sqlite3.Connection) -> LogState:
-    """Read the metadata and the log's bounds, checking both."""
-    meta: dict[str, bytes] = {}
-    for key, stored in connection.execute("SELECT key, value FROM meta").fetchall():
-        value = open_meta(key, stored)
-        if value is None:
-            raise CorruptionError(f"checksum mismatch in metadata {key!r}")
-        meta[key] = value
-    version = meta.pop(schema.META_SCHEMA_VERSION, None)
-    if version is None:
-        value = str(schema.SCHEMA_VERSION).encode()
-        connection.execute(
-            "INSERT INTO meta (key, value) VALUES (?, ?)",
-            (schema.META_SCHEMA_VERSION, seal_meta(schema.META_SCHEMA_VERSION, value)),
-        )
-    elif int(version) != schema.SCHEMA_VERSION:
-        raise StorageError(f"unsupported storage schema version {int(version)}")
-    hard_state_data = meta.pop(schema.META_HARD_STATE, None)
-    snapshot_data = meta.pop(schema.META_SNAPSHOT, None)
-    hard_state = HardState() if hard_state_data is None else decode_hard_state(hard_state_data)
-    snapshot = Snapshot() if snapshot_data is None else decode_snapshot(snapshot_data)
-    first, last = connection.execute("SELECT min(idx), max(idx) FROM entries").fetchone()
-    if first is not None and first != snapshot.index + 1:
-        raise CorruptionError(
-            f"log starts at {first} but the snapshot ends at {snapshot.index}", index=first
-        )
-    row = connection.execute(
-        "SELECT idx FROM entries WHERE +type >= 0 ORDER BY idx LIMIT 1"
-    ).fetchone()
-    return LogState(
-        snapshot=snapshot,
-        last_index=snapshot.index if last is None else int(last),
-        hard_state=hard_state,
-        first_user_index=0 if row is None else int(row[0]),
-        meta=meta,
-    )
-
-
-def _warm_tail(
-    connection: sqlite3.Connection, state: LogState, budget_bytes: int, warm_bytes: int
-) -> TailCache:
-    """A tail holding the newest entries, up to `warm_bytes`, each verified."""
-    tail = TailCache(budget_bytes, start=state.last_index + 1)
-    warm_bytes = min(warm_bytes, budget_bytes)
-    newest: list[Entry] = []
-    used_bytes = 0
-    expected = state.last_index
-    rows = reads.newest_entries(connection, state.snapshot.index + 1)
-    try:
-        for entry in rows:
-            if entry.index != expected:
-                raise CorruptionError(f"entry {expected} is missing", index=expected)
-            used_bytes += entry_cost_bytes(entry)
-            if used_bytes > warm_bytes:
-                break
-            newest.append(entry)
-            expected -= 1
-    finally:
-        rows.close()  # closes the cursor now, even when we stopped early
-    newest.reverse()
-    tags = [derive_fields(entry.data).tags if entry.type >= 0 else NO_TAGS for entry in newest]
-    tail.append(newest, tags)
-    return tail

@@ -1,0 +1,161 @@
+"""The bounded queue between submitters and the writer thread, and how waiters
+are told the outcome.
+
+A queued batch is awaited either by a `concurrent.futures.Future` (threads)
+or by an asyncio future on some loop. After a commit, thread futures are
+resolved directly, and each loop gets ONE `call_soon_threadsafe` for all of
+its waiters in that commit, not one cross-thread wake-up per write.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import concurrent.futures
+import contextlib
+import threading
+from dataclasses import dataclass
+
+from changeagent.storage.batch import WriteBatch
+from changeagent.storage.errors import CorruptionError, StorageBusy, StorageClosed, StorageFailed
+
+Outcome = BaseException | None  # None: durable
+
+
+@dataclass(slots=True)
+class Queued:
+    """A queued batch and whoever waits for it: a thread's future or a loop's."""
+
+    batch: WriteBatch
+    future: concurrent.futures.Future[None] | None = None
+    loop: asyncio.AbstractEventLoop | None = None
+    waiter: asyncio.Future[None] | None = None
+
+
+class WriteQueue:
+    """Batches waiting for the writer, at most `batches_max` of them.
+
+    Also holds the storage's failure: once set, nothing more is queued.
+    """
+
+    def __init__(self, batches_max: int, group_batches_max: int, group_bytes_max: int) -> None:
+        self._batches_max = batches_max
+        self._group_batches_max = group_batches_max
+        self._group_bytes_max = group_bytes_max
+        self._items: collections.deque[Queued] = collections.deque()
+        self._condition = threading.Condition()
+        self.closing = False
+        self.failure: StorageFailed | None = None
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def check_writable(self) -> None:
+        if self.failure is not None:
+            raise fresh_error(self.failure)
+        if self.closing:
+            raise StorageClosed("storage is closed")
+
+    def put(self, item: Queued, timeout_s: float | None) -> None:
+        """Queue `item`, waiting up to `timeout_s` for room (None: no limit)."""
+        with self._condition:
+            while True:
+                self.check_writable()
+                if len(self._items) < self._batches_max:
+                    break
+                if timeout_s is not None and timeout_s <= 0:
+                    raise StorageBusy(f"{len(self._items)} write batches are queued")
+                if not self._condition.wait(timeout_s) and timeout_s is not None:
+                    raise StorageBusy(f"{len(self._items)} write batches are queued")
+            self._items.append(item)
+            if len(self._items) == 1:  # the writer only ever waits on an empty queue
+                self._condition.notify_all()
+
+    def take_group(self) -> list[Queued]:
+        """Wait for work; take every queued batch, up to the group limits.
+        Returns [] once closing and empty."""
+        with self._condition:
+            while not self._items and not self.closing:
+                self._condition.wait()
+            group: list[Queued] = []
+            group_bytes = 0
+            while self._items and len(group) < self._group_batches_max:
+                batch_bytes = self._items[0].batch.size_bytes()
+                if group and group_bytes + batch_bytes > self._group_bytes_max:
+                    break
+                item = self._items.popleft()
+                group_bytes += batch_bytes
+                if item.future is not None:
+                    # From here on a cancel() fails: the batch will be written.
+                    item.future.set_running_or_notify_cancel()
+                group.append(item)
+            self._condition.notify_all()  # room for blocked submitters
+            return group
+
+    def close(self) -> bool:
+        """Stop taking batches (the writer drains what is queued). False if already closing."""
+        with self._condition:
+            if self.closing:
+                return False
+            self.closing = True
+            self._condition.notify_all()
+            return True
+
+    def fail(self, error: StorageFailed) -> StorageFailed:
+        """Record the failure (the first one wins, except that corruption wins
+        over a write failure), fail every queued batch, and return the failure."""
+        with self._condition:
+            if self.failure is None or (
+                isinstance(error, CorruptionError)
+                and not isinstance(self.failure, CorruptionError)
+            ):
+                self.failure = error
+            failure = self.failure
+            queued = list(self._items)
+            self._items.clear()
+            self._condition.notify_all()
+        for item in queued:
+            if item.future is not None:
+                item.future.set_running_or_notify_cancel()
+        settle([(item, failure) for item in queued])
+        return failure
+
+
+def settle(outcomes: list[tuple[Queued, Outcome]]) -> None:
+    """Resolve thread futures now, and each loop's waiters with one callback."""
+    by_loop: dict[asyncio.AbstractEventLoop, list[tuple[Queued, Outcome]]] = {}
+    for item, error in outcomes:
+        if item.future is not None:
+            if item.future.cancelled() or item.future.done():
+                continue
+            if error is None:
+                item.future.set_result(None)
+            else:
+                item.future.set_exception(fresh_error(error))
+        elif item.loop is not None:
+            by_loop.setdefault(item.loop, []).append((item, error))
+    for loop, waiting in by_loop.items():
+        # A closed loop has nobody left to tell.
+        with contextlib.suppress(RuntimeError):
+            loop.call_soon_threadsafe(_settle_waiters, waiting)
+
+
+def _settle_waiters(waiting: list[tuple[Queued, Outcome]]) -> None:
+    """On the waiters' loop: resolve every asyncio waiter of one commit."""
+    for item, error in waiting:
+        waiter = item.waiter
+        if waiter is None or waiter.done():
+            continue
+        if error is None:
+            waiter.set_result(None)
+        else:
+            waiter.set_exception(fresh_error(error))
+
+
+def fresh_error(error: BaseException) -> BaseException:
+    """A new instance of a stored failure, so tracebacks do not pile up on one object."""
+    if isinstance(error, CorruptionError):
+        return CorruptionError(str(error), index=error.index)
+    if isinstance(error, StorageFailed):
+        return StorageFailed(str(error))
+    return error
