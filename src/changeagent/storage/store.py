@@ -47,6 +47,7 @@ TAIL_SCAN_ENTRIES_MAX = 1024
 QUEUE_BATCHES_MAX = 8192
 GROUP_BATCHES_MAX = 1024
 GROUP_BYTES_MAX = 32 * 1024 * 1024
+_AT_START_TAIL_PROBE = 64  # tail entries at or below `since` checked before asking SQLite
 
 
 @dataclass(frozen=True, slots=True)
@@ -629,9 +630,29 @@ class Storage:
             return True  # no user change at all at or below `since`
         if not tags and entry_type is None:
             return False
+        if self._tail_has_match_near(since, tags, entry_type):
+            return False
         return not self._stable(
             lambda connection: reads.matching_at_or_below(connection, since, tags, entry_type)
         )
+
+    def _tail_has_match_near(
+        self, since: int, tags: tuple[str, ...], entry_type: int | None
+    ) -> bool:
+        """Whether a change just at or below `since` matches, from the tail alone.
+
+        A long-polling consumer's `since` is usually the last change it got,
+        which matches its own filter: this answers atStart without SQLite.
+        """
+        tag_set = frozenset(tags)
+        with self._lock:
+            entries, entry_tags = self._tail.window(since - _AT_START_TAIL_PROBE + 1, since + 1)
+        for entry, tags_of_entry in zip(reversed(entries), reversed(entry_tags), strict=True):
+            if entry.type < 0 or (entry_type is not None and entry.type != entry_type):
+                continue
+            if not tag_set or not tag_set.isdisjoint(tags_of_entry):
+                return True
+        return False
 
 
 # Module helpers --------------------------------------------------------------------
