@@ -7,7 +7,7 @@ import os
 import sqlite3
 from pathlib import Path
 
-from changeagent.raft.entry import Entry, HardState
+from changeagent.raft.entry import HardState
 from changeagent.raft.interfaces import Snapshot
 from changeagent.storage import reads, schema
 from changeagent.storage.errors import CorruptionError, StorageError
@@ -18,7 +18,7 @@ from changeagent.storage.records import (
     open_meta,
     seal_meta,
 )
-from changeagent.storage.tail import NO_TAGS, TailCache, entry_cost_bytes
+from changeagent.storage.tail import NO_TAGS, TailCache, TailRecord, make_record, record_cost_bytes
 from changeagent.storage.writer import LogState
 
 LOCK_FILE = "LOCK"
@@ -79,7 +79,7 @@ def warm_tail(
     """A tail holding the newest entries, up to `warm_bytes`, each verified."""
     tail = TailCache(budget_bytes, start=state.last_index + 1)
     warm_bytes = min(warm_bytes, budget_bytes)
-    newest: list[Entry] = []
+    newest: list[TailRecord] = []
     used_bytes = 0
     expected = state.last_index
     rows = reads.newest_entries(connection, state.snapshot.index + 1)
@@ -87,14 +87,15 @@ def warm_tail(
         for entry in rows:
             if entry.index != expected:
                 raise CorruptionError(f"entry {expected} is missing", index=expected)
-            used_bytes += entry_cost_bytes(entry)
+            tags = derive_fields(entry.data).tags if entry.type >= 0 else NO_TAGS
+            record = make_record(entry, tags)
+            used_bytes += record_cost_bytes(record)
             if used_bytes > warm_bytes:
                 break
-            newest.append(entry)
+            newest.append(record)
             expected -= 1
     finally:
         rows.close()  # closes the cursor now, even when we stopped early
     newest.reverse()
-    tags = [derive_fields(entry.data).tags if entry.type >= 0 else NO_TAGS for entry in newest]
-    tail.append(newest, tags)
+    tail.append(expected + 1, newest)
     return tail

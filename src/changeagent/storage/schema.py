@@ -58,7 +58,7 @@ _DDL = (
 _WRITER_PRAGMAS: dict[str, int | str] = {
     "journal_mode": "WAL",
     "synchronous": "FULL",
-    "cache_size": -16384,  # KiB
+    "cache_size": -8192,  # KiB
     "temp_store": "MEMORY",
     "mmap_size": 0,
     "journal_size_limit": 64 * 1024 * 1024,

@@ -26,7 +26,7 @@ from changeagent.storage.errors import (
 from changeagent.storage.opening import load_state, lock_directory, warm_tail
 from changeagent.storage.purge import PurgeScanner
 from changeagent.storage.reads import RowMissing
-from changeagent.storage.tail import TailCache
+from changeagent.storage.tail import DATA, TAGS, TERM, TYPE, TailCache, TailRecord, record_entry
 from changeagent.storage.write_queue import Queued, WriteQueue, fresh_error, settle
 from changeagent.storage.writer import (
     BatchRejected,
@@ -43,7 +43,7 @@ FaultInjector = Callable[[int], None]
 
 TAIL_CACHE_BYTES_DEFAULT = 64 * 1024 * 1024
 TAIL_WARM_BYTES_DEFAULT = 4 * 1024 * 1024
-TAIL_SCAN_ENTRIES_MAX = 1024
+TAIL_SCAN_ENTRIES_MAX = 256
 QUEUE_BATCHES_MAX = 8192
 GROUP_BATCHES_MAX = 1024
 GROUP_BYTES_MAX = 32 * 1024 * 1024
@@ -236,7 +236,7 @@ class Storage:
                 return snapshot.term
             cached = self._tail.get(index)
         if cached is not None:
-            return cached.term
+            return cached[TERM]
         return self._stable(lambda connection: self._stored_term(connection, index))
 
     def entries(self, low: int, high: int, max_bytes: int) -> list[Entry]:
@@ -250,7 +250,11 @@ class Storage:
             if low >= high:
                 return []
             if low >= self._tail.start:
-                return _limit_bytes((entry for entry, _ in self._tail.scan(low, high)), max_bytes)
+                first, records = self._tail.window(low, high)
+                return _limit_bytes(
+                    (record_entry(first + offset, record) for offset, record in enumerate(records)),
+                    max_bytes,
+                )
         return self._stable(
             lambda connection: self._stored_entries(connection, low, high, max_bytes)
         )
@@ -344,9 +348,10 @@ class Storage:
             last_index = state.last_index if upto is None else min(upto, state.last_index)
             if index <= state.snapshot.index or index > last_index:
                 return None
-            entry = self._tail.get(index)
-        if entry is None:
-            entry = self._stable(lambda connection: self._stored_change(connection, index, upto))
+            record = self._tail.get(index)
+        if record is not None:
+            return record[DATA] if record[TYPE] >= 0 else None
+        entry = self._stable(lambda connection: self._stored_change(connection, index, upto))
         return None if entry is None or entry.type < 0 else entry.data
 
     def idempotency_lookup(self, key: str) -> int | None:
@@ -475,7 +480,7 @@ class Storage:
                 self._truncations += 1
             for op in tail_ops:
                 if isinstance(op, TailAppend):
-                    self._tail.append(op.entries, op.tags)
+                    self._tail.append(op.first_index, op.records)
                 elif isinstance(op, TailTruncate):
                     self._tail.truncate_from(op.index)
                 elif isinstance(op, TailCompact):
@@ -590,17 +595,14 @@ class Storage:
         if low < self._tail.start:
             return None
         high = min(upto + 1, self._tail.end, low + max(self._tail_scan_entries_max, want))
-        entries, entry_tags = self._tail.window(low, high)
+        first, records = self._tail.window(low, high)
         tag_set = frozenset(tags)
         result: list[tuple[int, bytes]] = []
-        for entry, tags_of_entry in zip(entries, entry_tags, strict=True):
-            if entry.type < 0 or (entry_type is not None and entry.type != entry_type):
-                continue
-            if tag_set and tag_set.isdisjoint(tags_of_entry):
-                continue
-            result.append((entry.index, entry.data))
-            if len(result) >= want:
-                return _TailScan(result, None)
+        for index, record in enumerate(records, start=first):
+            if _matches(record, tag_set, entry_type):
+                result.append((index, record[DATA]))
+                if len(result) >= want:
+                    return _TailScan(result, None)
         return _TailScan(result, high - 1 if high <= upto else None)
 
     def _resume_changes_after(
@@ -646,16 +648,19 @@ class Storage:
         """
         tag_set = frozenset(tags)
         with self._lock:
-            entries, entry_tags = self._tail.window(since - _AT_START_TAIL_PROBE + 1, since + 1)
-        for entry, tags_of_entry in zip(reversed(entries), reversed(entry_tags), strict=True):
-            if entry.type < 0 or (entry_type is not None and entry.type != entry_type):
-                continue
-            if not tag_set or not tag_set.isdisjoint(tags_of_entry):
-                return True
-        return False
+            _, records = self._tail.window(since - _AT_START_TAIL_PROBE + 1, since + 1)
+        return any(_matches(record, tag_set, entry_type) for record in reversed(records))
 
 
 # Module helpers --------------------------------------------------------------------
+
+
+def _matches(record: TailRecord, tags: frozenset[str], entry_type: int | None) -> bool:
+    """Whether a cached entry is a user change that passes the filter."""
+    record_type = record[TYPE]
+    if record_type < 0 or (entry_type is not None and record_type != entry_type):
+        return False
+    return not tags or not tags.isdisjoint(record[TAGS])
 
 
 def _compacted(index: int, snapshot_index: int) -> Compacted:

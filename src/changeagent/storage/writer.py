@@ -27,7 +27,7 @@ from changeagent.storage.records import (
     seal_meta,
 )
 from changeagent.storage.schema import META_HARD_STATE, META_SNAPSHOT
-from changeagent.storage.tail import NO_TAGS
+from changeagent.storage.tail import NO_TAGS, TailRecord, make_record
 
 _INSERT_ENTRIES = "INSERT INTO entries (idx, term, type, ts, crc, key, body) VALUES "
 _INSERT_TAGS = "INSERT OR IGNORE INTO tags (tag, idx) VALUES "
@@ -67,8 +67,8 @@ class LogState:
 
 @dataclass(frozen=True, slots=True)
 class TailAppend:
-    entries: list[Entry]
-    tags: list[tuple[str, ...]]
+    first_index: int
+    records: list[TailRecord]
 
 
 @dataclass(frozen=True, slots=True)
@@ -226,7 +226,7 @@ class GroupTransaction:
             self._delete(_DELETE_FROM, first)
             self.tail_ops.append(TailTruncate(first))
         rows = self._rows
-        tags_per_entry: list[tuple[str, ...]] = []
+        records: list[TailRecord] = []
         first_user_index = self.state.first_user_index
         for entry in entries:
             ts, tags = 0, NO_TAGS
@@ -242,9 +242,8 @@ class GroupTransaction:
             )
             if entry.key:
                 rows.keys.append((entry.key, entry.index))
-            tags_per_entry.append(tags)
-        cached = [_compact_copy(entry) for entry in entries]
-        self.tail_ops.append(TailAppend(cached, tags_per_entry))
+            records.append(make_record(entry, tags))
+        self.tail_ops.append(TailAppend(first, records))
         self.state = replace(
             self.state, last_index=entries[-1].index, first_user_index=first_user_index
         )
@@ -305,23 +304,6 @@ class GroupTransaction:
         if rows.keys:
             _insert_rows(self._connection, _INSERT_KEYS, 2, rows.keys)
             rows.keys.clear()
-
-
-def _compact_copy(entry: Entry) -> Entry:
-    """The entry with its data in a right-sized bytes object, for the tail.
-
-    orjson (3.x) returns bytes that keep their whole output buffer (4 KiB for a
-    100-byte change), so holding the caller's objects would make the tail's
-    real size many times its accounted size. Copying through a memoryview
-    always allocates exactly len(data) bytes.
-    """
-    return Entry(
-        index=entry.index,
-        term=entry.term,
-        type=entry.type,
-        data=bytes(memoryview(entry.data)),
-        key=entry.key,
-    )
 
 
 def _insert_rows(
