@@ -23,6 +23,10 @@ from changeagent.storage import Storage
 log = logging.getLogger(__name__)
 
 SHUTDOWN_GRACE_S = 60.0
+# The hot tail of recent changes kept in memory. 16 MiB holds ~100,000 typical
+# changes (enough for every consumer near the tail) and keeps a node with a
+# million stored changes within ~30 MB of an empty one.
+TAIL_CACHE_BYTES_DEFAULT = 16 * 1024 * 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -33,11 +37,14 @@ class ServerOptions:
     settings_path: Path | None = None
     prefix: str = ""
     limits: NodeLimits = field(default_factory=NodeLimits)
+    tail_cache_bytes: int = TAIL_CACHE_BYTES_DEFAULT
     shutdown_grace_s: float = SHUTDOWN_GRACE_S
 
 
 async def open_node(options: ServerOptions) -> Node:
-    storage = await asyncio.to_thread(Storage.open, options.data_dir)
+    storage = await asyncio.to_thread(
+        Storage.open, options.data_dir, tail_cache_bytes=options.tail_cache_bytes
+    )
     settings = (
         await asyncio.to_thread(load_settings_file, options.settings_path)
         if options.settings_path is not None

@@ -17,7 +17,7 @@ from typing import TypeVar
 from changeagent import __version__
 from changeagent.config import ConfigError
 from changeagent.node.node import NodeLimits
-from changeagent.server import ServerOptions, serve
+from changeagent.server import TAIL_CACHE_BYTES_DEFAULT, ServerOptions, serve
 from changeagent.storage import CorruptionError, StorageError
 
 N = TypeVar("N", int, float)
@@ -107,6 +107,12 @@ def build_parser() -> argparse.ArgumentParser:
         default=DEFAULT_LIMITS.purge_interval_s,
         help="seconds between checks of the purge rule (default 1)",
     )
+    parser.add_argument(
+        "--tail-cache-bytes",
+        type=int,
+        default=TAIL_CACHE_BYTES_DEFAULT,
+        help="memory for the most recent changes (default 16 MiB)",
+    )
     parser.add_argument("--version", action="version", version=f"changeagent {__version__}")
     return parser
 
@@ -133,6 +139,7 @@ def options_from_arguments(arguments: argparse.Namespace) -> ServerOptions:
         settings_path=arguments.config_file,
         prefix=prefix,
         limits=limits,
+        tail_cache_bytes=_positive("--tail-cache-bytes", arguments.tail_cache_bytes),
     )
 
 
