@@ -43,7 +43,7 @@ from changeagent.raft.entry import (
     HardState,
 )
 from changeagent.raft.interfaces import Snapshot
-from changeagent.storage import CorruptionError, Storage, StorageFailed, WriteBatch
+from changeagent.storage import ChangePage, CorruptionError, Storage, StorageFailed, WriteBatch
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -285,8 +285,13 @@ class Node:
     # Reads -------------------------------------------------------------------
 
     async def read_changes(self, query: ChangeQuery) -> PageResult:
-        """Committed changes after `query.since`, read off the loop."""
-        return await asyncio.to_thread(self._read_committed, query, self.commit_index)
+        """Committed changes after `query.since`: from memory on the loop when the hot
+        tail can answer (consumers near the end), else from SQLite in a worker thread."""
+        upto = self.commit_index
+        page = self._read_in_memory(query, upto)
+        if page is not None:
+            return page
+        return await asyncio.to_thread(self._read_committed, query, upto)
 
     async def wait_changes(self, query: ChangeQuery, block_s: float) -> PageResult:
         """Like read_changes, but wait up to `block_s` for a matching change to commit."""
@@ -310,6 +315,17 @@ class Node:
                 since=query.since, limit=query.limit, tags=query.tags, type=query.type, upto=upto
             )
         )
+        return self._page_result(query, page)
+
+    def _read_in_memory(self, query: ChangeQuery, upto: int) -> PageResult | None:
+        page = self._guard(
+            lambda: self.storage.read_changes_in_memory(
+                since=query.since, limit=query.limit, tags=query.tags, type=query.type, upto=upto
+            )
+        )
+        return None if page is None else self._page_result(query, page)
+
+    def _page_result(self, query: ChangeQuery, page: ChangePage) -> PageResult:
         first_index = self.storage.first_index()
         return PageResult(
             bodies=page.bodies,

@@ -329,15 +329,62 @@ class Storage:
                     connection, since, resume_after, found, want, tag_filter, type, upto_index
                 )
             )
+        return self._page(state, since, limit, items, tag_filter, type)
+
+    def read_changes_in_memory(
+        self,
+        since: int,
+        limit: int,
+        tags: Sequence[str] = (),
+        type: int | None = None,
+        upto: int | None = None,
+    ) -> ChangePage | None:
+        """Like `read_changes`, but only when the hot tail alone can answer; else None.
+
+        Cheap enough to run on the event loop: consumers near the tail are answered
+        without a thread hop, and everyone else goes to `read_changes` in a worker.
+        """
+        self._check_readable()
+        tag_filter = tuple(dict.fromkeys(tags))
+        with self._lock:
+            state = self._state
+            upto_index = state.last_index if upto is None else min(upto, state.last_index)
+            scan = self._tail_changes(since, limit + 1, tag_filter, type, upto_index)
+        if scan is None or scan.resume_after is not None:
+            return None
+        if not self._at_start_in_memory(state, since, tag_filter, type):
+            return None
+        return self._page(state, since, limit, scan.items, tag_filter, type)
+
+    def _page(
+        self,
+        state: LogState,
+        since: int,
+        limit: int,
+        items: list[tuple[int, bytes]],
+        tags: tuple[str, ...],
+        entry_type: int | None,
+    ) -> ChangePage:
         shown = items[:limit]
         return ChangePage(
             bodies=[body for _, body in shown],
             last_index=shown[-1][0] if shown else since,
-            at_start=self._at_start(state, since, tag_filter, type),
+            at_start=self._at_start(state, since, tags, entry_type),
             at_end=len(items) <= limit,
             first_retained=state.first_user_index,
             compacted_through=state.snapshot.index,
         )
+
+    def _at_start_in_memory(
+        self, state: LogState, since: int, tags: tuple[str, ...], entry_type: int | None
+    ) -> bool:
+        """Whether `_at_start` can answer without SQLite."""
+        first_user_index = state.first_user_index
+        if first_user_index == 0 or first_user_index > since:
+            return True
+        if not tags and entry_type is None:
+            return True
+        return self._tail_has_match_near(since, tags, entry_type)
 
     def get_change(self, index: int, upto: int | None = None) -> bytes | None:
         """The stored bytes of user change `index`; None if unknown, purged,
@@ -381,7 +428,12 @@ class Storage:
             snapshot_index = self._state.snapshot.index
             upto = min(upto, self._state.last_index)
         return self._purge_scanner.purge_point(
-            connection, min_records, older_than_ts_ns, upto, truncations, snapshot_index,
+            connection,
+            min_records,
+            older_than_ts_ns,
+            upto,
+            truncations,
+            snapshot_index,
             unchanged=lambda: self._removal_generation == generation and generation % 2 == 0,
         )
 
@@ -487,9 +539,7 @@ class Storage:
                     self._tail.compact_through(op.index)
             self._state = state
             if self._tail.end != state.last_index + 1:  # a bug in this package: stop
-                raise RuntimeError(
-                    f"tail ends at {self._tail.end - 1}, log at {state.last_index}"
-                )
+                raise RuntimeError(f"tail ends at {self._tail.end - 1}, log at {state.last_index}")
 
     # Reading helpers -------------------------------------------------------------
 
