@@ -10,7 +10,7 @@ from __future__ import annotations
 import random
 import re
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from changeagent.raft.config import RaftConfig
 from changeagent.raft.core import RaftNode
@@ -469,12 +469,3 @@ class Simulation:
             self.record.lost.append(message)
         for delay in delays:
             self.scheduler.push(delay, Deliver(message))
-
-
-@dataclass(slots=True)
-class RunSummary:
-    seeds: int = 0
-    failures: list[SimulationFailure] = field(default_factory=list)
-    events: int = 0
-    elections: int = 0
-    acknowledged: int = 0
