@@ -108,6 +108,7 @@ def test_4_1_a_new_leader_must_commit_an_entry_of_its_term_before_a_change() -> 
         random.Random(0),
     )
     node.campaign()
+    node.advance(node.ready())  # its own vote is durable
     node.step(Message(MT.VOTE_RESPONSE, 2, 1, 1))
     assert node.role is Role.LEADER
     with pytest.raises(MembershipChangeRejected):

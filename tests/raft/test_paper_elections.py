@@ -75,8 +75,9 @@ def test_5_2_election_timeouts_are_randomized_within_one_to_two_timeouts() -> No
 
 def test_5_2_a_candidate_with_votes_from_a_majority_becomes_leader() -> None:
     """§5.2: a candidate wins once it receives votes from a majority of the servers."""
-    node, _ = make_node(voters=(1, 2, 3, 4, 5), pre_vote=False)
+    node, log = make_node(voters=(1, 2, 3, 4, 5), pre_vote=False)
     node.campaign()
+    drain(node, log)  # its own vote counts once it is durable
     node.step(Message(MT.VOTE_RESPONSE, 2, 1, 1))
     assert node.role is Role.CANDIDATE  # 2 of 5 is not a majority
     node.step(Message(MT.VOTE_RESPONSE, 3, 1, 1))
@@ -177,8 +178,63 @@ def test_5_4_1_the_vote_is_durable_before_the_response_is_sent() -> None:
     ]
 
 
-def test_5_2_a_single_voter_elects_itself_at_once() -> None:
-    """§5.2 (degenerate majority): one voter is its own majority."""
-    node, _ = make_node(voters=(1,))
+def test_5_2_a_single_voter_elects_itself_once_its_vote_is_durable() -> None:
+    """§5.2 (degenerate majority): one voter is its own majority, but its vote
+    counts only once HardState(term, vote) is persisted (Figure 2: persistent state
+    is updated on stable storage before responding, here to itself)."""
+    node, log = make_node(voters=(1,))
     node.campaign()
-    assert node.role is Role.LEADER and node.term == 1
+    assert node.role is Role.CANDIDATE and node.term == 1
+    ready = node.ready()
+    assert ready.hard_state == HardState(term=1, vote=1, commit=0)
+    node.advance(ready)
+    assert node.role is Role.LEADER and node.term == 1  # type: ignore[comparison-overlap]
+    drain(node, log)  # the no-op is persisted, so it commits
+    assert node.commit_index == 1
+
+
+def test_5_2_a_candidate_does_not_count_its_vote_before_it_is_durable() -> None:
+    """§5.2 + Figure 2 (simulator seed 45559): a lone voter that took its term in
+    memory but crashed before persisting it restarts in the old term and may vote
+    for another candidate in the new term. So it must not lead that term before its
+    own vote is durable, or two leaders would share a term (§5.2 election safety)."""
+    node, _ = make_node(voters=(1,), pre_vote=False)
+    node.campaign()
+    assert node.role is Role.CANDIDATE
+    ready = node.ready()  # the disk stalls: this Ready is never advanced
+    assert ready.hard_state == HardState(term=1, vote=1, commit=0)
+    assert ready.entries == () and ready.messages == ()
+    node.tick()
+    assert node.role is Role.CANDIDATE and not node.has_ready()
+    # Crash before the Ready is persisted: the restarted node is in term 0 and
+    # grants node 2's vote for term 1, which is safe because node 1 never led it.
+    restarted, _ = make_node(voters=(1,), pre_vote=False)
+    restarted.step(vote_request(2, 1))
+    [response] = restarted.ready().messages_after_persist
+    assert response.type is MT.VOTE_RESPONSE and not response.reject
+
+
+def test_5_2_the_own_vote_is_counted_only_in_the_term_it_was_cast() -> None:
+    """§5.2: a vote is for one term; if the candidate moved to a newer term before
+    the Ready was advanced, the durable vote of the old term does not count."""
+    node, log = make_node(voters=(1,), pre_vote=False)
+    node.campaign()
+    ready = node.ready()
+    node.step(Message(MT.HEARTBEAT, 2, 1, 5))  # a leader of term 5 exists
+    node.advance(ready)
+    assert node.role is Role.FOLLOWER and node.term == 5
+    drain(node, log)
+    assert node.role is Role.FOLLOWER
+
+
+def test_9_6_a_pre_candidate_counts_its_own_pre_vote_at_once() -> None:
+    """§9.6: a pre-vote changes neither term nor vote, so nothing needs to be
+    durable: the pre-candidate counts itself at once and asks with `messages`."""
+    node, _ = make_node(voters=(1, 2, 3))
+    while node.role is Role.FOLLOWER:
+        node.tick()
+    assert node.role is Role.PRE_CANDIDATE
+    ready = node.ready()
+    assert [m.type for m in ready.messages] == [MT.PRE_VOTE, MT.PRE_VOTE]
+    node.step(Message(MT.PRE_VOTE_RESPONSE, 2, 1, 1))  # with its own: 2 of 3
+    assert node.role is Role.CANDIDATE and node.term == 1  # type: ignore[comparison-overlap]

@@ -146,6 +146,7 @@ def test_5_4_2_entries_of_older_terms_are_not_committed_by_counting_replicas() -
     counting replicas; it commits it indirectly with an entry of its own term."""
     node, log = make_node(entries=[(1, 1), (2, 2)], hard_state=HardState(term=2), pre_vote=False)
     node.campaign()
+    drain(node, log)  # its own vote is durable
     node.step(Message(MT.VOTE_RESPONSE, 2, 1, 3))
     assert node.role is Role.LEADER and node.term == 3
     drain(node, log)  # the no-op (index 3, term 3) is now durable on the leader
@@ -161,6 +162,7 @@ def test_10_2_1_the_leader_counts_itself_only_once_its_entries_are_durable() -> 
     an entry counts toward its own majority only once it is durable there."""
     node, log = make_node(voters=(1, 2, 3), pre_vote=False)
     node.campaign()
+    drain(node, log)  # its own vote is durable
     node.step(Message(MT.VOTE_RESPONSE, 2, 1, 1))
     ready = node.ready()
     assert [e.type for e in ready.entries] == [ENTRY_TYPE_NOOP]

@@ -22,7 +22,8 @@ from an injected `random.Random`, so a seed replays exactly.
 
 Bootstrap: give the first node a `LogReader` whose `snapshot()` is
 `Snapshot(index=1, term=1, membership=Membership(voters={node_id}))` and call
-`campaign()`; other nodes start with an empty log and are added with
+`campaign()` (it becomes leader when that Ready is advanced, once its vote
+is durable); other nodes start with an empty log and are added with
 `ConfChange(ADD_LEARNER)` then `PROMOTE`. (They receive that snapshot from the
 leader; a snapshot at index 0 cannot be sent, so use it only for static
 clusters where every node starts with the same one.)

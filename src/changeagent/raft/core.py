@@ -102,6 +102,10 @@ class RaftNode:
         self._messages: list[Message] = []
         self._messages_after_persist: list[Message] = []
         self._read_states: list[ReadState] = []
+        # Messages to this node itself that promise durable state (a candidate's
+        # own vote): taken with the next Ready and stepped in its `advance()`.
+        self._self_after_persist: list[Message] = []
+        self._steps_on_advance: list[Message] = []
         self._prev_hard_state = HardState(self._term, self._vote, commit)
         self._prev_soft_state = SoftState(Role.FOLLOWER, None)
         self._outstanding: Ready | None = None
@@ -280,6 +284,7 @@ class RaftNode:
         return bool(
             self._messages
             or self._messages_after_persist
+            or self._self_after_persist
             or log.unstable
             or log.pending_snapshot is not None
             or self._read_states
@@ -310,6 +315,7 @@ class RaftNode:
         self._messages.clear()
         self._messages_after_persist.clear()
         self._read_states.clear()
+        self._steps_on_advance, self._self_after_persist = self._self_after_persist, []
         self._outstanding = ready
         return ready
 
@@ -329,6 +335,9 @@ class RaftNode:
             self._release_uncommitted(ready.committed_entries)
         if self._role is Role.LEADER and self._maybe_commit():
             self._broadcast_append()
+        steps, self._steps_on_advance = self._steps_on_advance, []
+        for message in steps:
+            self._on_own_vote(message)
         self._checker.check()
 
     # ------------------------------------------------------------------- state
@@ -495,15 +504,21 @@ class RaftNode:
         if not self._is_voter():
             return
         if pre_vote:
+            # A pre-vote changes no durable state, so it counts at once.
             self._become_pre_candidate()
             kind, term = _MT.PRE_VOTE, self._term + 1
+            self._votes[self._id] = True
+            if self._election_result() is True:
+                self._won_election()
+                return
         else:
+            # Our own vote counts only once HardState(term, vote=us) is durable
+            # (delivered to ourselves in `advance()`): a leader whose term is not
+            # on disk could restart in the old term and vote for someone else in
+            # this one, so two leaders would share a term.
             self._become_candidate()
             kind, term = _MT.VOTE, self._term
-        self._votes[self._id] = True
-        if self._election_result() is True:
-            self._won_election()
-            return
+            self._self_after_persist.append(Message(_MT.VOTE_RESPONSE, self._id, self._id, term))
         log = self._log
         last_index = log.last_index()
         last_term = log.term(last_index)
@@ -565,6 +580,13 @@ class RaftNode:
             self._won_election()
         elif result is False:
             self._become_follower(self._term, None)
+
+    def _on_own_vote(self, message: Message) -> None:
+        """Our vote in `message.term` is durable: count it if still campaigning there."""
+        if self._role is Role.CANDIDATE and self._term == message.term:
+            self._votes.setdefault(self._id, True)
+            if self._election_result() is True:
+                self._won_election()
 
     def _on_leader_message_as_candidate(self, message: Message) -> None:
         # §5.2: a candidate that hears from a leader of its term returns to follower.

@@ -83,7 +83,10 @@ class Ready:
        once), and serve the `read_states` once their index is applied.
     5. Call `advance(ready)`. It means "everything in this Ready is durable and
        applied". The leader counts its own entries toward the commit quorum only
-       now, so nothing commits before it is durable on the leader too.
+       now, so nothing commits before it is durable on the leader too; likewise a
+       candidate counts its own vote only now, once HardState(term, vote) is
+       durable (a lone voter therefore becomes leader in `advance`, not in
+       `campaign`).
 
     Only one Ready may be outstanding: call `advance` before the next `ready()`.
     `step`, `tick` and `propose` may be called in between; their effects go into
