@@ -127,6 +127,9 @@ class Cluster:
         self.cut: set[tuple[int, int]] = set()
         self.delivered: list[Message] = []
         self.on_deliver: Callable[[Message], None] | None = None
+        # Messages for which this returns True are lost (and kept in `dropped`).
+        self.drop_if: Callable[[Message], bool] | None = None
+        self.dropped: list[Message] = []
         for node_id in sorted(self.membership.voters | self.membership.learners):
             self.add_node(node_id, Snapshot(bootstrap_index, bootstrap_index, self.membership))
 
@@ -189,6 +192,9 @@ class Cluster:
 
     def deliver_one(self, message: Message) -> None:
         if (message.source, message.target) in self.cut or message.target not in self.peers:
+            return
+        if self.drop_if is not None and self.drop_if(message):
+            self.dropped.append(message)
             return
         self.delivered.append(message)
         if self.on_deliver is not None:

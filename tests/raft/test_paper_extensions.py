@@ -229,6 +229,62 @@ def test_compaction_a_lagging_follower_receives_a_snapshot_and_continues() -> No
     assert cluster.node(1).progress[3].state is ProgressState.REPLICATE
 
 
+def lagging_follower_needing_a_snapshot() -> Cluster:
+    """Node 3 missed entries 2-4, which nodes 1 and 2 have compacted away."""
+    cluster = Cluster(3)
+    cluster.elect(1)
+    cluster.isolate(3)
+    cluster.propose(1, b"a", b"b", b"c")
+    cluster.deliver()
+    cluster.tick_all(1)
+    for node_id in (1, 2):
+        snapshot = cluster.node(node_id).compact(4, b"state")
+        cluster.peers[node_id].log.purge(snapshot)
+    cluster.heal()
+    return cluster
+
+
+def snapshots_sent(cluster: Cluster) -> int:
+    return sum(1 for m in cluster.delivered + cluster.dropped if m.type is MT.SNAPSHOT)
+
+
+def test_compaction_a_lost_snapshot_is_sent_again_after_an_election_timeout() -> None:
+    """InstallSnapshot (simulator seed 13): the network may lose a SNAPSHOT. The
+    follower's heartbeat responses show that its commit index is still below the
+    snapshot, so the leader sends it again, but at most once per election timeout
+    (a slow install must not cause a snapshot storm)."""
+    cluster = lagging_follower_needing_a_snapshot()
+    cluster.drop_if = lambda m: m.type is MT.SNAPSHOT and not cluster.dropped
+    cluster.propose(1, b"d")
+    cluster.tick_all(2)
+    assert [m.type for m in cluster.dropped] == [MT.SNAPSHOT]
+    election_ticks = cluster.node(1).config.election_ticks
+    cluster.tick_all(election_ticks - 3)
+    assert snapshots_sent(cluster) == 1  # still waiting: heartbeats alone resend nothing
+    assert cluster.node(1).progress[3].state is ProgressState.SNAPSHOT
+    cluster.tick_all(3)
+    assert snapshots_sent(cluster) == 2
+    assert cluster.user_data(3) == [b"d"] and cluster.node(3).commit_index == 5
+    assert cluster.node(1).progress[3].state is ProgressState.REPLICATE
+
+
+def test_compaction_a_lost_answer_to_a_snapshot_is_recovered_by_a_heartbeat() -> None:
+    """InstallSnapshot (simulator seed 13): if the follower installs the snapshot
+    but its answer is lost, its next heartbeat response carries a commit index that
+    covers the snapshot: the leader probes from there instead of resending it."""
+    cluster = lagging_follower_needing_a_snapshot()
+    cluster.drop_if = lambda m: (
+        m.type is MT.APPEND_RESPONSE and m.source == 3 and m.index == 4 and not m.reject
+    )
+    cluster.propose(1, b"d")
+    cluster.tick_all(2)
+    assert len(cluster.dropped) == 1 and cluster.peers[3].log.snap.index == 4
+    cluster.tick_all(2)
+    assert snapshots_sent(cluster) == 1
+    assert cluster.user_data(3) == [b"d"] and cluster.node(3).commit_index == 5
+    assert cluster.node(1).progress[3].state is ProgressState.REPLICATE
+
+
 def test_compaction_is_refused_beyond_the_applied_index() -> None:
     """Compaction discards only what the state machine has applied."""
     cluster = Cluster(1)

@@ -85,6 +85,7 @@ class RaftNode:
         # Elections and timers (in ticks).
         self._election_elapsed = 0
         self._heartbeat_elapsed = 0
+        self._tick_count = 0  # ticks since start; never reset
         self._randomized_timeout = config.election_ticks
         self._votes: dict[int, bool] = {}
         # Leader state.
@@ -117,6 +118,7 @@ class RaftNode:
 
     def tick(self) -> None:
         """Advance logical time by one tick (elections, heartbeats, check-quorum)."""
+        self._tick_count += 1
         if self._role is Role.LEADER:
             self._tick_leader()
         else:
@@ -661,7 +663,12 @@ class RaftNode:
         self._log.commit_to(message.commit)
         self._send(
             Message(
-                _MT.HEARTBEAT_RESPONSE, self._id, message.source, self._term, index=message.index
+                _MT.HEARTBEAT_RESPONSE,
+                self._id,
+                message.source,
+                self._term,
+                index=message.index,
+                commit=self._log.commit,
             )
         )
 
@@ -759,6 +766,8 @@ class RaftNode:
         if progress is None:
             return
         progress.recent_active = True
+        if progress.state is ProgressState.SNAPSHOT:
+            self._maybe_retry_snapshot(message.source, progress, message.commit)
         progress.probe_sent = False
         if progress.match < self._log.last_index():
             # An APPEND may have been lost: an empty one at `next` makes the
@@ -769,6 +778,17 @@ class RaftNode:
         if message.index > progress.read_round:
             progress.read_round = message.index
             self._release_reads()
+
+    def _maybe_retry_snapshot(self, peer: int, progress: Progress, follower_commit: int) -> None:
+        """The node layer reports no lost snapshots, so heartbeat responses decide:
+        a follower whose commit index covers the snapshot has installed it (its
+        APPEND_RESPONSE was lost), so probe from there; one that still lacks it an
+        election timeout after the SNAPSHOT was sent gets it again. Resending at
+        most once per election timeout keeps a slow install from causing a storm."""
+        if follower_commit >= progress.pending_snapshot:
+            progress.become_probe()
+        elif self._tick_count - progress.snapshot_sent_tick >= self._config.election_ticks:
+            self._send_snapshot(peer, progress)
 
     def _on_read_index_request(self, message: Message) -> None:
         if not self._leader_read(message.context, message.source):
@@ -836,7 +856,7 @@ class RaftNode:
 
     def _send_snapshot(self, peer: int, progress: Progress) -> bool:
         snapshot = self._log.reader.snapshot()
-        progress.become_snapshot(snapshot.index)
+        progress.become_snapshot(snapshot.index, self._tick_count)
         self._send(Message(_MT.SNAPSHOT, self._id, peer, self._term, snapshot=snapshot))
         return False
 

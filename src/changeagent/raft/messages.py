@@ -15,7 +15,9 @@ type; the table below is the contract.
   `reject_hint`/`log_term` are the follower's hint for fast backoff: the largest
   index whose term is <= the APPEND's `log_term`, and that term.
 - HEARTBEAT: `commit` is min(follower's match, commit); `index` is the leader's
-  latest ReadIndex round. HEARTBEAT_RESPONSE echoes `index`.
+  latest ReadIndex round. HEARTBEAT_RESPONSE echoes `index`; its `commit` is the
+  follower's commit index (the leader learns from it that a follower it sent a
+  SNAPSHOT to has installed it, even if the APPEND_RESPONSE was lost).
 - SNAPSHOT: `snapshot` is the leader's compaction point. The follower answers
   with an APPEND_RESPONSE.
 - TIMEOUT_NOW: campaign at once (leadership transfer).

@@ -13,7 +13,8 @@ class Progress:
     In PROBE the leader sends one APPEND and waits (`probe_sent`) for an answer or
     a heartbeat response; in REPLICATE it streams optimistically, bounded by the
     in-flight window (`inflight` holds the last index of each unacknowledged
-    APPEND); in SNAPSHOT it waits until the follower reports `pending_snapshot`.
+    APPEND); in SNAPSHOT it waits until the follower reports `pending_snapshot`
+    (the SNAPSHOT was sent on the leader's tick `snapshot_sent_tick`).
     """
 
     __slots__ = (
@@ -25,6 +26,7 @@ class Progress:
         "probe_sent",
         "read_round",
         "recent_active",
+        "snapshot_sent_tick",
         "state",
     )
 
@@ -35,6 +37,7 @@ class Progress:
         self.probe_sent = False
         self.inflight: deque[int] = deque()
         self.pending_snapshot = 0
+        self.snapshot_sent_tick = 0
         # Set by any response; cleared by the leader's check-quorum sweep.
         self.recent_active = False
         # Highest ReadIndex round this peer has echoed in a heartbeat response.
@@ -59,9 +62,10 @@ class Progress:
         self.pending_snapshot = 0
         self.inflight.clear()
 
-    def become_snapshot(self, snapshot_index: int) -> None:
+    def become_snapshot(self, snapshot_index: int, tick: int) -> None:
         self.state = ProgressState.SNAPSHOT
         self.pending_snapshot = snapshot_index
+        self.snapshot_sent_tick = tick
         self.probe_sent = False
         self.inflight.clear()
 
