@@ -8,8 +8,10 @@ import random
 import pytest
 
 from changeagent.raft import (
+    ENTRY_TYPE_MEMBERSHIP,
     ConfChange,
     ConfChangeKind,
+    Entry,
     HardState,
     Membership,
     MembershipChangeRejected,
@@ -20,7 +22,7 @@ from changeagent.raft import (
     Role,
 )
 
-from .harness import Cluster, default_config
+from .harness import Cluster, default_config, make_node
 
 MT = MessageType
 ADD, PROMOTE, REMOVE = ConfChangeKind.ADD_LEARNER, ConfChangeKind.PROMOTE, ConfChangeKind.REMOVE
@@ -212,6 +214,46 @@ def test_4_2_2_a_removed_node_stops_campaigning_and_keeps_its_log() -> None:
     assert 3 not in removed.membership.voters and cluster.user_data(3) == [b"a"]
 
 
+def test_4_2_2_a_removed_leader_whose_removal_reached_no_one_can_still_lead() -> None:
+    """§4.2.2 (simulator seed 772): a leader appends its own removal, which reaches
+    no one else, and loses its quorum (§6.2 CheckQuorum steps it down). Its log is
+    now the longest, so the others cannot win without it; it must still campaign
+    while the removal is not known to be committed. It wins with a majority of its
+    latest configuration (not counting itself), commits the removal and hands over."""
+    cluster = Cluster(2)
+    cluster.elect(1)
+    cluster.isolate(1)
+    index = cluster.change(1, REMOVE, 1)
+    cluster.tick_all(2 * 10)
+    removed = cluster.node(1)
+    assert removed.role is not Role.LEADER and removed.membership.voters == {2}
+    assert removed.commit_index < index
+    cluster.heal()
+    cluster.tick_all(6 * 10)
+    assert cluster.leaders() == [2]
+    assert cluster.node(2).membership.voters == {2} and cluster.node(2).commit_index >= index
+    assert removed.role is Role.FOLLOWER and removed.commit_index >= index
+    cluster.propose(2, b"after")
+    cluster.tick_all(3)
+    assert cluster.user_data(2)[-1] == b"after"
+
+
+def test_4_2_2_a_node_removed_by_a_committed_change_never_campaigns() -> None:
+    """§4.2.3: once a removed server knows its removal is committed, it is not
+    needed any more and never campaigns, even if it hears from no leader."""
+    node, _ = make_node(node_id=3, voters=(1, 2, 3))
+    removal = Entry(1, 1, ENTRY_TYPE_MEMBERSHIP, ConfChange(REMOVE, 3).encode())
+    node.step(Message(MT.APPEND, 1, 3, 1, 0, 0, (removal,), commit=0))
+    assert node.membership.voters == {1, 2}
+    for _ in range(30):
+        node.tick()
+    assert node.role is Role.PRE_CANDIDATE  # removal not known committed: it may be needed
+    node.step(Message(MT.HEARTBEAT, 1, 3, 2, commit=1))
+    for _ in range(100):
+        node.tick()
+    assert node.role is Role.FOLLOWER and node.term == 2  # type: ignore[comparison-overlap]
+
+
 def test_4_1_membership_is_recovered_from_the_log_after_a_restart() -> None:
     """§4.1: configuration entries are ordinary log entries; a restarted server
     recovers the latest configuration from its snapshot and log."""
@@ -230,7 +272,10 @@ def test_the_leader_tracks_progress_of_new_members_and_forgets_removed_ones() ->
     cluster.change(1, REMOVE, 4)
     assert set(cluster.node(1).progress) == {2, 3, 4}  # 4 must learn of its removal
     cluster.deliver()
+    assert set(cluster.node(1).progress) == {2, 3, 4}  # ... and that it is committed
+    cluster.tick_all(1)  # a heartbeat response shows that it knows
     assert set(cluster.node(1).progress) == {2, 3}
+    assert cluster.node(4).commit_index >= cluster.node(1).commit_index
     assert cluster.node(4).membership.learners == frozenset()
 
 

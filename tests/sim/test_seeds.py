@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import functools
-import re
 
 import pytest
 
@@ -32,50 +31,12 @@ def test_no_safety_violation_in_2000_seeds() -> None:
     assert not failing, f"{len(failing)} seeds broke safety; first:\n{failing[0]}"
 
 
-# Liveness bugs found in the core (src/changeagent/raft) and reported to its author,
-# each recognized by its signature in the failure report's cluster state:
-# - "lost snapshot never resent": the leader stays in the SNAPSHOT progress state
-#   forever once the SNAPSHOT or the follower's answer to it is lost.
-#   Reproduce: python -m changeagent.sim --replay 13 --fault-events 100
-# - "uncommitted self-removal deadlock": a leader appends its own removal, loses
-#   its quorum before the entry commits and steps down; it never campaigns again
-#   (it is not in its latest configuration) and rejects the others' votes (their
-#   logs are shorter). Reproduce: python -m changeagent.sim --replay 772 --fault-events 150
-
-
-NODE_LINE = re.compile(r"node (\d+): \w+ term .* voters \[([\d, ]*)\]")
-
-
-def removed_but_needed(report: str) -> bool:
-    """Some node's latest configuration excludes it while another node's still needs it."""
-    voters = {
-        int(node): {int(v) for v in listed.split(",") if v.strip()}
-        for node, listed in NODE_LINE.findall(report)
-    }
-    return any(
-        node not in own and any(node in other for other in voters.values())
-        for node, own in voters.items()
-    )
-
-
-def known_bug(report: str) -> str | None:
-    if " snapshot inflight " in report:
-        return "lost snapshot never resent"
-    if "(no leader)" in report and removed_but_needed(report):
-        return "uncommitted self-removal deadlock"
-    return None
-
-
 def test_every_seed_converges_once_faults_stop() -> None:
+    """Liveness: the core's liveness bugs the simulator found (a lost snapshot never
+    resent, seed 13; an uncommitted self-removal deadlock, seed 772) are fixed, so
+    every seed must converge."""
     failing = reports("liveness")
-    unknown = [report for report in failing if known_bug(report) is None]
-    assert not unknown, f"{len(unknown)} seeds did not converge; first:\n{unknown[0]}"
-    if failing:
-        counts: dict[str, int] = {}
-        for report in failing:
-            name = known_bug(report) or ""
-            counts[name] = counts.get(name, 0) + 1
-        pytest.xfail(f"known core liveness bugs, not fixed yet: {counts}")
+    assert not failing, f"{len(failing)} seeds did not converge; first:\n{failing[0]}"
 
 
 def test_seeds_did_real_work() -> None:

@@ -498,12 +498,25 @@ class RaftNode:
 
     def _tick_election(self) -> None:
         self._election_elapsed += 1
-        if self._is_voter() and self._election_elapsed >= self._randomized_timeout:
+        if self._election_elapsed >= self._randomized_timeout and self._can_campaign():
             # §5.2: no word from a leader within the election timeout: campaign.
             self._campaign(pre_vote=self._config.pre_vote, transfer=False)
 
+    def _can_campaign(self) -> bool:
+        """A voter may campaign; so may a server that its latest configuration removes
+        while it does not know that removal to be committed (§4.2.2): the others may
+        still need it, as its log can be the only one holding the removal. It then
+        wins with a majority of that configuration, not counting itself, and steps
+        down once the removal commits (simulator seed 772: a removed leader whose
+        entry reached no one else deadlocked a two-voter cluster)."""
+        if self._is_voter():
+            return True
+        memberships = self._memberships
+        latest = memberships.latest_index()
+        return self._log.commit < latest and self._id in memberships.at(latest - 1).voters
+
     def _campaign(self, *, pre_vote: bool, transfer: bool) -> None:
-        if not self._is_voter():
+        if not self._can_campaign():
             return
         if pre_vote:
             # A pre-vote changes no durable state, so it counts at once.
@@ -717,7 +730,7 @@ class RaftNode:
 
     def _quorum_recently_active(self) -> bool:
         """Whether a quorum was heard from since the last sweep; starts a new one."""
-        self._forget_departed(sweep=True)
+        self._forget_silent_departed()
         voters = self._membership.voters
         active = 1 if self._id in voters else 0
         for peer, progress in self._progress.items():
@@ -749,8 +762,6 @@ class RaftNode:
                 pass
         if message.source == self._transferee and progress.match == self._log.last_index():
             self._send_timeout_now(message.source)
-        if self._departing:
-            self._forget_departed(sweep=False)
 
     def _on_append_rejected(self, message: Message, progress: Progress) -> None:
         hint = message.reject_hint
@@ -778,6 +789,12 @@ class RaftNode:
         if message.index > progress.read_round:
             progress.read_round = message.index
             self._release_reads()
+        removal_index = self._departing.get(message.source)
+        if removal_index is not None and message.commit >= removal_index:
+            # A removed member that knows its removal is committed no longer
+            # campaigns (see `_can_campaign`): stop replicating to it.
+            del self._progress[message.source]
+            del self._departing[message.source]
 
     def _maybe_retry_snapshot(self, peer: int, progress: Progress, follower_commit: int) -> None:
         """The node layer reports no lost snapshots, so heartbeat responses decide:
@@ -998,14 +1015,14 @@ class RaftNode:
         if self._maybe_commit():
             self._broadcast_append()
 
-    def _forget_departed(self, *, sweep: bool) -> None:
-        """Stop replicating to removed members that have their removal entry, or
-        (on the check-quorum sweep) that are silent after the removal committed."""
+    def _forget_silent_departed(self) -> None:
+        """On the check-quorum sweep, stop replicating to removed members that were
+        silent for an election timeout after their removal committed. (The others
+        are forgotten once a heartbeat response shows they know it committed.)"""
         commit = self._log.commit
         for peer, removal_index in list(self._departing.items()):
             progress = self._progress[peer]
-            silent = sweep and not progress.recent_active and commit >= removal_index
-            if progress.match >= removal_index or silent:
+            if not progress.recent_active and commit >= removal_index:
                 del self._progress[peer]
                 del self._departing[peer]
 

@@ -11,8 +11,10 @@ from changeagent.raft.messages import Message
 
 
 class Role(IntEnum):
-    """A core's role. A removed or not-yet-added node is a FOLLOWER that never
-    campaigns; the node layer reports it as standalone or joining."""
+    """A core's role. A not-yet-added node, or a removed one that knows its
+    removal is committed, is a FOLLOWER that never campaigns; the node layer
+    reports it as joining or standalone. (A removed node that does not know the
+    removal committed may still campaign: it may be needed to commit it.)"""
 
     FOLLOWER = 0
     PRE_CANDIDATE = 1
