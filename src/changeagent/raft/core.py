@@ -909,11 +909,17 @@ class RaftNode:
             reverse=True,
         )
         candidate = matches[len(voters) // 2]
-        if candidate <= log.commit or log.term(candidate) != self._term:
+        if candidate <= log.commit or not self._can_commit_by_counting(candidate):
             return False
         log.commit_to(candidate)
         self._after_commit()
         return True
+
+    def _can_commit_by_counting(self, index: int) -> bool:
+        """§5.4.2 (Figure 8): replicas on a quorum commit `index` only if its entry
+        is from the current term; older entries commit indirectly, with it.
+        (A patch point: the simulator's planted bug overrides it.)"""
+        return self._log.term(index) == self._term
 
     def _after_commit(self) -> None:
         log = self._log

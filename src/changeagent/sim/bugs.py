@@ -6,8 +6,8 @@ itself break the Ready contract:
 
 - `vote-without-up-to-date-check`: the node's `RaftLog` is switched to a subclass
   whose `is_up_to_date` always says yes, so votes ignore §5.4.1.
-- `commit-previous-term`: `_maybe_commit` counts replicas of any entry, not only
-  of current-term entries (the Figure 8 bug of the Raft paper, §5.4.2).
+- `commit-previous-term`: `_can_commit_by_counting` allows counting replicas of
+  any entry, not only of current-term entries (the Figure 8 bug of the Raft paper, §5.4.2).
 - `ack-before-persist`: the simulator sends `messages_after_persist` (votes and
   append responses) at once, before the fsync completes, so a crash can lose
   what a follower acknowledged or the vote it gave.
@@ -16,7 +16,7 @@ itself break the Ready contract:
   deposed leader answers ReadIndex from its stale commit index.
 
 The patch points are the core's private methods (`RaftLog.is_up_to_date`,
-`RaftNode._maybe_commit`, `RaftNode._leader_read`,
+`RaftNode._can_commit_by_counting`, `RaftNode._leader_read`,
 `ReadIndexQueue.confirmed`); if the core renames them, the
 planted-bug tests fail loudly rather than silently testing nothing.
 """
@@ -56,23 +56,7 @@ def _vote_without_up_to_date_check() -> SimOptions:
 class _CountingCommitNode(RaftNode):
     """Commits any entry stored on a quorum, whatever its term (wrong: Figure 8)."""
 
-    def _maybe_commit(self) -> bool:
-        voters = self._membership.voters
-        if not voters:
-            return False
-        log = self._log
-        matches = sorted(
-            (
-                log.durable_last_index() if voter == self._id else self._progress[voter].match
-                for voter in voters
-            ),
-            reverse=True,
-        )
-        candidate = matches[len(voters) // 2]
-        if candidate <= log.commit:
-            return False
-        log.commit_to(candidate)
-        self._after_commit()
+    def _can_commit_by_counting(self, index: int) -> bool:
         return True
 
 
