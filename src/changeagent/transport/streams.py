@@ -1,0 +1,203 @@
+"""Carriers: how frame bodies travel. Both look the same to the transport.
+
+- TCP (the cluster port `-cp`, optionally TLS): a byte stream of
+  length-prefixed bodies, parsed by `FrameDecoder`.
+- WebSocket (the API port, under `CLUSTER_PATH`): one binary message per body.
+
+A `FrameStream` is one open connection; a `Dialer` opens outbound ones.
+End of stream and socket errors surface as `ConnectionClosed`; bad input as
+`FrameError`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ssl
+from abc import ABC, abstractmethod
+from collections import deque
+from collections.abc import Sequence
+
+import aiohttp
+from aiohttp import web
+
+from changeagent.transport.codec import PREFIX, FrameDecoder, decode_frame, encode_frame
+from changeagent.transport.errors import FrameError
+from changeagent.transport.frames import Frame
+
+CLUSTER_PATH = "/_cluster/v1/stream"
+_READ_CHUNK_BYTES = 256 * 1024
+_CLOSE_TIMEOUT_S = 2.0
+
+
+class ConnectionClosed(ConnectionError):
+    """The other side went away (end of stream, reset, or a closed WebSocket)."""
+
+
+def split_address(address: str) -> tuple[str, int]:
+    """`host:port` or `[v6]:port` to (host, port); raise `ValueError` if malformed."""
+    host, separator, port = address.rpartition(":")
+    if not separator or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"not a host:port address: {address!r}")
+    return host.strip("[]"), int(port)
+
+
+class FrameStream(ABC):
+    """One open connection carrying frames."""
+
+    remote_address: str = ""
+
+    @abstractmethod
+    async def read_frame(self) -> Frame:
+        """The next frame; raises `FrameError` or `ConnectionClosed`."""
+
+    @abstractmethod
+    async def write_bodies(self, bodies: Sequence[bytes]) -> None:
+        """Send encoded frame bodies in order; raises `ConnectionClosed`."""
+
+    @abstractmethod
+    async def close(self) -> None:
+        """Close; idempotent, never raises."""
+
+    async def write_frames(self, frames: Sequence[Frame]) -> None:
+        await self.write_bodies([encode_frame(frame) for frame in frames])
+
+
+class TcpFrameStream(FrameStream):
+    def __init__(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, frame_bytes_max: int
+    ) -> None:
+        self._reader = reader
+        self._writer = writer
+        self._decoder = FrameDecoder(frame_bytes_max)
+        self._ready: deque[Frame] = deque()
+        peer = writer.get_extra_info("peername")
+        self.remote_address = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer)
+
+    async def read_frame(self) -> Frame:
+        while not self._ready:
+            try:
+                data = await self._reader.read(_READ_CHUNK_BYTES)
+            except (OSError, ssl.SSLError) as error:
+                raise ConnectionClosed(str(error) or type(error).__name__) from None
+            if not data:
+                raise ConnectionClosed("end of stream")
+            self._ready.extend(self._decoder.feed(data))
+        return self._ready.popleft()
+
+    async def write_bodies(self, bodies: Sequence[bytes]) -> None:
+        chunks: list[bytes] = []
+        for body in bodies:
+            chunks += (PREFIX.pack(len(body)), body)
+        try:
+            self._writer.writelines(chunks)
+            await self._writer.drain()
+        except (OSError, RuntimeError, ssl.SSLError) as error:
+            raise ConnectionClosed(str(error) or type(error).__name__) from None
+
+    async def close(self) -> None:
+        if self._writer.is_closing():
+            return
+        self._writer.close()
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(self._writer.wait_closed(), _CLOSE_TIMEOUT_S)
+
+
+WebSocket = web.WebSocketResponse | aiohttp.ClientWebSocketResponse
+
+
+class WebSocketFrameStream(FrameStream):
+    def __init__(self, socket: WebSocket, frame_bytes_max: int, remote_address: str) -> None:
+        self._socket = socket
+        self._frame_bytes_max = frame_bytes_max
+        self.remote_address = remote_address
+
+    async def read_frame(self) -> Frame:
+        message = await self._socket.receive()
+        if message.type == aiohttp.WSMsgType.BINARY:
+            return decode_frame(message.data, self._frame_bytes_max)
+        if message.type == aiohttp.WSMsgType.TEXT:
+            raise FrameError("text WebSocket message")
+        if message.type == aiohttp.WSMsgType.ERROR:
+            # aiohttp reports oversized and malformed WebSocket frames this way.
+            raise FrameError(f"WebSocket error: {message.data}")
+        raise ConnectionClosed(f"WebSocket {message.type.name.lower()}")
+
+    async def write_bodies(self, bodies: Sequence[bytes]) -> None:
+        try:
+            for body in bodies:
+                await self._socket.send_bytes(body)
+        except (OSError, RuntimeError, aiohttp.ClientError) as error:
+            raise ConnectionClosed(str(error) or type(error).__name__) from None
+
+    async def close(self) -> None:
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(self._socket.close(), _CLOSE_TIMEOUT_S)
+
+
+class Dialer(ABC):
+    """Opens outbound connections to `host:port` addresses."""
+
+    @abstractmethod
+    async def connect(self, address: str, frame_bytes_max: int) -> FrameStream:
+        """Raise `ConnectionClosed` (or `OSError`) when the peer cannot be reached."""
+
+    @abstractmethod
+    async def close(self) -> None:
+        """Release what the dialer holds (sessions); idempotent."""
+
+
+class TcpDialer(Dialer):
+    """Dials the cluster port; with `ssl_context` (client side) speaks TLS.
+
+    For mutual TLS give a context that holds our certificate and key and trusts
+    only the cluster CA (`ssl.create_default_context(cafile=...)` then
+    `load_cert_chain(...)`).
+    """
+
+    def __init__(self, ssl_context: ssl.SSLContext | None = None) -> None:
+        self._ssl_context = ssl_context
+
+    async def connect(self, address: str, frame_bytes_max: int) -> FrameStream:
+        host, port = split_address(address)
+        try:
+            reader, writer = await asyncio.open_connection(
+                host, port, ssl=self._ssl_context, limit=_READ_CHUNK_BYTES
+            )
+        except (OSError, ssl.SSLError) as error:
+            raise ConnectionClosed(f"{address}: {error}") from None
+        return TcpFrameStream(reader, writer, frame_bytes_max)
+
+    async def close(self) -> None:
+        pass  # nothing is shared between TCP connections
+
+
+class WebSocketDialer(Dialer):
+    """Dials `CLUSTER_PATH` on a peer's API port (https when `ssl_context` is given)."""
+
+    def __init__(self, ssl_context: ssl.SSLContext | None = None, path: str = CLUSTER_PATH):
+        self._ssl_context = ssl_context
+        self._path = path
+        self._session: aiohttp.ClientSession | None = None
+
+    async def connect(self, address: str, frame_bytes_max: int) -> FrameStream:
+        split_address(address)
+        scheme = "https" if self._ssl_context else "http"
+        if self._session is None or self._session.closed:
+            self._session = aiohttp.ClientSession()
+        try:
+            socket = await self._session.ws_connect(
+                f"{scheme}://{address}{self._path}",
+                max_msg_size=frame_bytes_max,
+                ssl=self._ssl_context if self._ssl_context else True,
+                autoping=True,
+                heartbeat=None,
+            )
+        except (OSError, aiohttp.ClientError, ssl.SSLError) as error:
+            raise ConnectionClosed(f"{address}: {error}") from None
+        return WebSocketFrameStream(socket, frame_bytes_max, address)
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None

@@ -1,0 +1,734 @@
+"""`Transport`: authenticated, persistent peer links with bounded send queues.
+
+One `_Link` per peer holds the send queue, the current connection and one task
+that dials (with backoff) while there is no connection and writes queued frames
+while there is one. Every connection, dialed or accepted, has a reader that
+validates frames and hands them on: Raft messages to `on_message`, requests to
+`on_request` (answered on the same connection), replies to the waiting caller.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import logging
+import random
+from collections.abc import Awaitable, Callable, Coroutine
+from dataclasses import dataclass, replace
+from typing import Any, TypeVar, cast
+
+from changeagent.raft.messages import Message
+from changeagent.transport.auth import (
+    Credentials,
+    PeerIdentity,
+    accept_handshake,
+    dial_handshake,
+)
+from changeagent.transport.codec import encode_frame
+from changeagent.transport.config import TransportConfig
+from changeagent.transport.errors import (
+    FrameError,
+    HandshakeError,
+    PeerUnavailable,
+    RequestFailed,
+    TransportError,
+)
+from changeagent.transport.frames import (
+    ERROR_DISCONNECTED,
+    ERROR_INTERNAL,
+    ERROR_QUEUE_FULL,
+    ERROR_TIMEOUT,
+    Frame,
+    Ping,
+    Proposal,
+    ProposalReply,
+    ReadIndexReply,
+    ReadIndexRequest,
+    RpcRequest,
+    RpcResponse,
+    RpcValue,
+)
+from changeagent.transport.link import Backoff, LinkCounters, Outgoing, PeerStats, SendQueue
+from changeagent.transport.streams import ConnectionClosed, Dialer, FrameStream, TcpFrameStream
+
+logger = logging.getLogger("changeagent.transport")
+
+Request = Proposal | ReadIndexRequest | RpcRequest
+Reply = ProposalReply | ReadIndexReply | RpcResponse
+ReplyT = TypeVar("ReplyT", ProposalReply, ReadIndexReply, RpcResponse)
+
+_PING_BODY = encode_frame(Ping())
+_DIAL_ERRORS = (ConnectionClosed, OSError, HandshakeError, FrameError, TimeoutError, ValueError)
+_READ_ERRORS = (FrameError, ConnectionClosed, TimeoutError)
+
+
+@dataclass(frozen=True, slots=True)
+class RequestContext:
+    """Who sent a request. `peer_id` is proven only when `member` is True."""
+
+    peer_id: int
+    member: bool
+    address: str
+
+
+OnMessage = Callable[[int, Message], None]
+OnRequest = Callable[[RequestContext, Request], Awaitable[Reply]]
+ResolveAddress = Callable[[int], "str | None"]
+
+
+@dataclass(frozen=True, slots=True)
+class TransportStats:
+    peers: dict[int, PeerStats]
+    connections: int  # open and authenticated, in both directions, links and calls
+    inbound_connections: int  # being served, including those still in the handshake
+    inbound_refused: int  # over `inbound_connections_max`
+    handshake_failures: int  # wrong cluster, wrong secret, replayed or garbage HELLO
+    frame_errors: int  # connections closed for a malformed, oversized or unexpected frame
+
+
+class Connection:
+    """One authenticated connection; writes are serialized by a lock."""
+
+    def __init__(self, stream: FrameStream, identity: PeerIdentity) -> None:
+        self.stream = stream
+        self.identity = identity
+        self.closed = False
+        self.requests_in_flight = 0
+        self._write_lock = asyncio.Lock()
+
+    async def send(self, bodies: list[bytes]) -> None:
+        async with self._write_lock:
+            await self.stream.write_bodies(bodies)
+
+    async def close(self) -> None:
+        self.closed = True
+        await self.stream.close()
+
+
+class _Link:
+    def __init__(self, peer_id: int, config: TransportConfig, rng: random.Random) -> None:
+        self.peer_id = peer_id
+        self.queue = SendQueue(config.queue_messages_max, config.queue_bytes_max)
+        self.backoff = Backoff(config.backoff_s_min, config.backoff_s_max, rng)
+        self.connection: Connection | None = None
+        self.wakeup = asyncio.Event()  # something to write, or the connection changed
+        self.reconnect = asyncio.Event()  # an inbound connection or a new address
+        self.counters = LinkCounters()
+        self.task: asyncio.Task[None] | None = None
+
+
+@dataclass(slots=True)
+class _Pending:
+    future: asyncio.Future[Reply]
+    reply_type: type[Reply]
+    peer_id: int
+    connection: Connection | None = None  # the connection the request went out on
+
+
+class Transport:
+    """Peer links of one node. Create it inside a running event loop.
+
+    `on_message(peer_id, message)` receives Raft messages from authenticated
+    members; it must not block. `on_request(context, request)` answers
+    proposals and read indexes from members, and RPCs from anyone who completed
+    the handshake (`context.member` tells which); raise `RequestFailed` to
+    answer with an error code. `resolve_address(peer_id)` gives a peer's
+    current `host:port` (None when unknown) and is asked before every dial.
+    """
+
+    def __init__(
+        self,
+        node_id: int,
+        *,
+        on_message: OnMessage,
+        on_request: OnRequest,
+        resolve_address: ResolveAddress,
+        dialer: Dialer,
+        config: TransportConfig | None = None,
+        cluster_id: int = 0,
+        secret: bytes = b"",
+        rng: random.Random | None = None,
+    ) -> None:
+        self._config = config or TransportConfig()
+        self._config.validate()
+        self._credentials = Credentials(node_id, cluster_id, secret)
+        self._on_message = on_message
+        self._on_request = on_request
+        self._resolve_address = resolve_address
+        self._dialer = dialer
+        self._rng = rng or random.Random()
+        self._links: dict[int, _Link] = {}
+        self._pending: dict[int, _Pending] = {}
+        self._request_ids = itertools.count(1)
+        self._connections: set[Connection] = set()
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._servers: list[asyncio.Server] = []
+        self._inbound = 0
+        self._inbound_refused = 0
+        self._handshake_failures = 0
+        self._frame_errors = 0
+        self._closing = False
+
+    # ------------------------------------------------------------ identity
+
+    @property
+    def node_id(self) -> int:
+        return self._credentials.node_id
+
+    @property
+    def cluster_id(self) -> int:
+        return self._credentials.cluster_id
+
+    @property
+    def config(self) -> TransportConfig:
+        return self._config
+
+    def set_cluster(self, cluster_id: int, secret: bytes) -> None:
+        """Join a cluster (after the join RPC) or leave it (0, b"").
+
+        Member connections made under the old credentials are closed; links
+        redial with the new ones.
+        """
+        old = self._credentials
+        self._credentials = Credentials(old.node_id, cluster_id, secret)
+        if (old.cluster_id, old.secret) != (cluster_id, secret):
+            for connection in list(self._connections):
+                if connection.identity.member:
+                    self._close_soon(connection)
+
+    # ------------------------------------------------------------ outbound
+
+    def send(self, peer_id: int, message: Message) -> None:
+        """Queue a Raft message; never blocks. When the queue is full the oldest
+        queued Raft messages are dropped (and counted): Raft resends."""
+        link = self._link(peer_id)
+        body = encode_frame(message)
+        if len(body) > self._config.frame_bytes_max:
+            link.counters.messages_dropped += 1
+            logger.warning(
+                "dropped a %d-byte message to node %d: over the limit", len(body), peer_id
+            )
+            return
+        queued, dropped = link.queue.push(Outgoing(body))
+        link.counters.messages_dropped += dropped
+        if queued:
+            link.wakeup.set()
+
+    async def propose(
+        self, peer_id: int, entry_type: int, data: bytes, key: str = "", timeout_s: float = 10.0
+    ) -> int:
+        """Forward a write to the leader `peer_id`; the entry's index, or `RequestFailed`.
+
+        `ERROR_QUEUE_FULL` means it was never sent; `ERROR_TIMEOUT` and
+        `ERROR_DISCONNECTED` mean it may or may not have been accepted
+        (retry with the same idempotency key).
+        """
+
+        def build(request_id: int) -> Proposal:
+            return Proposal(request_id, entry_type, data, key)
+
+        reply = await self._request(peer_id, build, ProposalReply, timeout_s)
+        return reply.index
+
+    async def read_index(self, peer_id: int, timeout_s: float = 10.0) -> int:
+        """Ask the leader `peer_id` for a linearizable read index."""
+        reply = await self._request(peer_id, ReadIndexRequest, ReadIndexReply, timeout_s)
+        return reply.index
+
+    async def call(
+        self, peer_id: int, method: str, payload: RpcValue = None, timeout_s: float = 10.0
+    ) -> RpcValue:
+        """An RPC to a member over its link; the answer's payload, or `RequestFailed`."""
+
+        def build(request_id: int) -> RpcRequest:
+            return RpcRequest(request_id, method, payload)
+
+        reply = await self._request(peer_id, build, RpcResponse, timeout_s)
+        return reply.payload
+
+    async def call_address(
+        self, address: str, method: str, payload: RpcValue = None, timeout_s: float = 10.0
+    ) -> tuple[int, int, RpcValue]:
+        """An RPC over a one-shot connection to `address`, member or not.
+
+        Returns (node id, cluster id, payload) of whoever answered. Used to
+        reach a node before it is a member: `describe`, then `join` carrying
+        the cluster id and secret. A node of another cluster (or with another
+        secret) refuses the handshake: `PeerUnavailable`.
+        """
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_s
+        try:
+            connection = await asyncio.wait_for(self._open(address, link=False), timeout_s)
+        except _DIAL_ERRORS as error:
+            raise PeerUnavailable(f"{address}: {error}") from None
+        self._spawn(self._serve(connection))
+        try:
+            request_id = next(self._request_ids)
+            identity = connection.identity
+            pending = _Pending(loop.create_future(), RpcResponse, identity.node_id, connection)
+            self._pending[request_id] = pending
+            with contextlib.suppress(ConnectionClosed):  # the reader fails the request
+                await connection.send([encode_frame(RpcRequest(request_id, method, payload))])
+            reply = await self._await_reply(request_id, pending, deadline - loop.time(), None)
+        finally:
+            self._close_soon(connection)
+        return identity.node_id, identity.cluster_id, cast(RpcResponse, reply).payload
+
+    def address_changed(self, peer_id: int) -> None:
+        """The peer's address changed: dial now instead of after the backoff."""
+        link = self._links.get(peer_id)
+        if link is not None:
+            link.backoff.reset()
+            link.reconnect.set()
+
+    def remove_peer(self, peer_id: int) -> None:
+        """Forget a peer: close its link and fail what was queued for it."""
+        link = self._links.pop(peer_id, None)
+        if link is None:
+            return
+        if link.task is not None:
+            link.task.cancel()
+        if link.connection is not None:
+            self._close_soon(link.connection)
+        for item in link.queue.drain():
+            self._fail(item.request_id, ERROR_DISCONNECTED, f"node {peer_id} was removed")
+
+    # ------------------------------------------------------------ inbound
+
+    async def serve_tcp(self, host: str, port: int, ssl_context: Any = None) -> asyncio.Server:
+        """Listen on the cluster port; `ssl_context` (server side) enables TLS, and
+        mutual TLS when it has `verify_mode = ssl.CERT_REQUIRED`."""
+        frame_bytes_max = self._config.frame_bytes_max
+
+        async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            await self.accept(TcpFrameStream(reader, writer, frame_bytes_max))
+
+        server = await asyncio.start_server(
+            handle,
+            host,
+            port,
+            ssl=ssl_context,
+            ssl_handshake_timeout=self._config.handshake_timeout_s if ssl_context else None,
+        )
+        self._servers.append(server)
+        return server
+
+    def accepting(self) -> bool:
+        """False when one more inbound connection would be refused."""
+        return not self._closing and self._inbound < self._config.inbound_connections_max
+
+    async def accept(self, stream: FrameStream) -> None:
+        """Serve one inbound connection until it closes (the carriers call this)."""
+        if not self.accepting():
+            self._inbound_refused += 1
+            logger.warning("refused a connection from %s: too many", stream.remote_address)
+            await stream.close()
+            return
+        self._inbound += 1
+        try:
+            connection = await self._accept_handshake(stream)
+            if connection is not None:
+                await self._serve(connection)
+        finally:
+            self._inbound -= 1
+
+    async def _accept_handshake(self, stream: FrameStream) -> Connection | None:
+        timeout_s = self._config.handshake_timeout_s
+        try:
+            identity = await accept_handshake(stream, self._credentials, timeout_s)
+        except (HandshakeError, FrameError, ConnectionClosed) as error:
+            self._handshake_failures += 1
+            logger.warning("refused a connection from %s: %s", stream.remote_address, error)
+            await stream.close()
+            return None
+        connection = Connection(stream, identity)
+        self._connections.add(connection)
+        if identity.member and identity.link:
+            link = self._link(identity.node_id)
+            if not self._adopt(link, connection):
+                logger.info("closed a duplicate link from node %d", identity.node_id)
+                await self._discard(connection)
+                return None
+        return connection
+
+    # ------------------------------------------------------------ diagnostics
+
+    def stats(self) -> TransportStats:
+        return TransportStats(
+            peers={peer_id: self._peer_stats(link) for peer_id, link in self._links.items()},
+            connections=len(self._connections),
+            inbound_connections=self._inbound,
+            inbound_refused=self._inbound_refused,
+            handshake_failures=self._handshake_failures,
+            frame_errors=self._frame_errors,
+        )
+
+    def _peer_stats(self, link: _Link) -> PeerStats:
+        counters, connection = link.counters, link.connection
+        return PeerStats(
+            peer_id=link.peer_id,
+            connected=connection is not None and not connection.closed,
+            address=connection.identity.address if connection is not None else "",
+            messages_sent=counters.messages_sent,
+            messages_received=counters.messages_received,
+            messages_dropped=counters.messages_dropped,
+            requests_failed=counters.requests_failed,
+            reconnects=max(0, counters.connections - 1),
+            queue_messages=len(link.queue),
+            queue_bytes=link.queue.bytes,
+            last_error=counters.last_error,
+        )
+
+    async def close(self) -> None:
+        """Stop listening, close every connection, fail every waiting request."""
+        self._closing = True
+        for server in self._servers:
+            server.close()
+        for peer_id in list(self._links):
+            self.remove_peer(peer_id)
+        await asyncio.gather(*(self._discard(c) for c in list(self._connections)))
+        for request_id in list(self._pending):
+            self._fail(request_id, ERROR_DISCONNECTED, "the transport is closed")
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self._dialer.close()
+        for server in self._servers:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(server.wait_closed(), 2.0)
+
+    # ------------------------------------------------------------ links
+
+    def _link(self, peer_id: int) -> _Link:
+        link = self._links.get(peer_id)
+        if link is None:
+            if peer_id <= 0 or peer_id == self.node_id:
+                raise ValueError(f"no link to node {peer_id}")
+            if self._closing:
+                raise TransportError("the transport is closed")
+            link = _Link(peer_id, self._config, self._rng)
+            self._links[peer_id] = link
+            link.task = self._spawn(self._run_link(link))
+        return link
+
+    async def _run_link(self, link: _Link) -> None:
+        while True:
+            connection = link.connection
+            if connection is None:
+                await self._dial(link)
+            elif connection.closed:
+                self._detach(connection)
+            else:
+                await self._write(link, connection)
+
+    async def _dial(self, link: _Link) -> None:
+        link.reconnect.clear()
+        address = self._resolve(link.peer_id)
+        if address is not None:
+            try:
+                connection = await self._open(address, link=True, peer_id=link.peer_id)
+            except _DIAL_ERRORS as error:
+                link.counters.last_error = f"dial {address}: {error}"
+                logger.debug("could not reach node %d at %s: %s", link.peer_id, address, error)
+            else:
+                if self._adopt(link, connection):
+                    self._spawn(self._serve(connection))
+                    return
+                await self._discard(connection)
+        if link.connection is None:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(link.reconnect.wait(), link.backoff.next_delay_s())
+
+    def _resolve(self, peer_id: int) -> str | None:
+        try:
+            return self._resolve_address(peer_id)
+        except Exception:
+            logger.exception("resolve_address(%d) failed", peer_id)
+            return None
+
+    async def _open(self, address: str, link: bool, peer_id: int = 0) -> Connection:
+        config = self._config
+        connect = self._dialer.connect(address, config.frame_bytes_max)
+        stream = await asyncio.wait_for(connect, config.connect_timeout_s)
+        try:
+            credentials, timeout_s = self._credentials, config.handshake_timeout_s
+            identity = await dial_handshake(stream, credentials, timeout_s, link, peer_id)
+            if link and not identity.member:
+                raise HandshakeError(f"node {identity.node_id} at {address} is in no cluster")
+        except BaseException:
+            await stream.close()
+            raise
+        connection = Connection(stream, identity)
+        self._connections.add(connection)
+        return connection
+
+    def _adopt(self, link: _Link, connection: Connection) -> bool:
+        """Make `connection` the link's, unless the current one is preferred.
+
+        When both nodes dial at once, both keep the connection dialed by the
+        smaller node id, so each pair ends up with one connection.
+        """
+        current = link.connection
+        if current is not None and not current.closed:
+            preferred = min(self.node_id, link.peer_id)
+            current_preferred = current.identity.dialer_id == preferred
+            if current_preferred and connection.identity.dialer_id != preferred:
+                return False
+            self._close_soon(current)
+        link.connection = connection
+        link.counters.connections += 1
+        link.backoff.reset()
+        link.reconnect.set()
+        link.wakeup.set()
+        return True
+
+    async def _write(self, link: _Link, connection: Connection) -> None:
+        """Write queued frames while `connection` is the link's; PING when idle."""
+        config = self._config
+        while link.connection is connection and not connection.closed:
+            if not link.queue:
+                link.wakeup.clear()
+                try:
+                    await asyncio.wait_for(link.wakeup.wait(), config.keepalive_s)
+                except TimeoutError:
+                    await self._send_batch(link, connection, [_PING_BODY], 0)
+                continue
+            bodies: list[bytes] = []
+            messages = 0
+            for item in link.queue.pop_batch(config.batch_bytes_max):
+                if item.request_id == 0:
+                    messages += 1
+                elif not self._claim(item.request_id, connection):
+                    continue  # its caller gave up already
+                bodies.append(item.body)
+            if bodies:
+                await self._send_batch(link, connection, bodies, messages)
+
+    def _claim(self, request_id: int, connection: Connection) -> bool:
+        pending = self._pending.get(request_id)
+        if pending is None or pending.future.done():
+            return False
+        pending.connection = connection
+        return True
+
+    async def _send_batch(
+        self, link: _Link, connection: Connection, bodies: list[bytes], messages: int
+    ) -> None:
+        try:
+            await connection.send(bodies)
+        except ConnectionClosed as error:
+            link.counters.messages_dropped += messages
+            link.counters.last_error = f"send: {error}"
+            self._close_soon(connection)
+        else:
+            link.counters.messages_sent += messages
+
+    # ------------------------------------------------------------ reading
+
+    async def _serve(self, connection: Connection) -> None:
+        """Read and dispatch frames until the connection fails; then clean up."""
+        identity = connection.identity
+        try:
+            while True:
+                read = connection.stream.read_frame()
+                frame = await asyncio.wait_for(read, self._config.read_timeout_s)
+                self._dispatch(connection, frame)
+        except _READ_ERRORS as error:
+            self._log_read_error(connection, error)
+        finally:
+            await self._discard(connection)
+            logger.debug("connection with node %d (%s) closed", identity.node_id, identity.address)
+
+    def _log_read_error(self, connection: Connection, error: Exception) -> None:
+        identity = connection.identity
+        if connection.closed:
+            return  # we closed it ourselves
+        if isinstance(error, FrameError):
+            self._frame_errors += 1
+            reason = f"bad frame: {error}"
+            logger.warning(
+                "closing the connection with node %d (%s): %s",
+                identity.node_id,
+                identity.address,
+                reason,
+            )
+        elif isinstance(error, TimeoutError):
+            reason = f"nothing received for {self._config.read_timeout_s}s"
+            logger.warning(
+                "closing the connection with node %d (%s): %s",
+                identity.node_id,
+                identity.address,
+                reason,
+            )
+        else:
+            reason = f"connection lost: {error}"
+            logger.info(
+                "connection with node %d (%s) lost: %s", identity.node_id, identity.address, error
+            )
+        link = self._links.get(identity.node_id)
+        if link is not None and link.connection is connection:
+            link.counters.last_error = reason
+
+    def _dispatch(self, connection: Connection, frame: Frame) -> None:
+        identity = connection.identity
+        if isinstance(frame, Message):
+            self._deliver(connection, frame)
+        elif isinstance(frame, RpcRequest) or (
+            isinstance(frame, Proposal | ReadIndexRequest) and identity.member
+        ):
+            self._start_request(connection, frame)
+        elif isinstance(frame, ProposalReply | ReadIndexReply | RpcResponse):
+            self._resolve_reply(connection, frame)
+        elif not isinstance(frame, Ping):
+            raise FrameError(f"unexpected {type(frame).__name__}")
+
+    def _deliver(self, connection: Connection, message: Message) -> None:
+        identity = connection.identity
+        if not (identity.member and identity.link):
+            raise FrameError("a Raft message outside a member link")
+        if message.source != identity.node_id or message.target != self.node_id:
+            raise FrameError(f"a message from {message.source} to {message.target} on this link")
+        link = self._links.get(identity.node_id)
+        if link is not None:
+            link.counters.messages_received += 1
+        try:
+            self._on_message(identity.node_id, message)
+        except Exception:
+            logger.exception("on_message failed for a message from node %d", identity.node_id)
+
+    def _start_request(self, connection: Connection, request: Request) -> None:
+        if connection.requests_in_flight >= self._config.requests_in_flight_max:
+            reply = _error_reply(request, ERROR_QUEUE_FULL, "too many requests in flight")
+            self._spawn(self._send_reply(connection, reply))
+            return
+        connection.requests_in_flight += 1
+        self._spawn(self._answer(connection, request))
+
+    async def _answer(self, connection: Connection, request: Request) -> None:
+        identity = connection.identity
+        context = RequestContext(identity.node_id, identity.member, identity.address)
+        try:
+            reply = await self._on_request(context, request)
+            if not isinstance(reply, _REPLY_TYPES[type(request)]):
+                raise TypeError(f"on_request answered a {type(request).__name__} with {reply!r}")
+            reply = replace(reply, request_id=request.request_id)
+        except RequestFailed as failure:
+            reply = _error_reply(request, failure.code, failure.message)
+        except Exception:
+            logger.exception("on_request failed for a request from node %d", identity.node_id)
+            reply = _error_reply(request, ERROR_INTERNAL, "the request failed on the receiver")
+        finally:
+            connection.requests_in_flight -= 1
+        await self._send_reply(connection, reply)
+
+    async def _send_reply(self, connection: Connection, reply: Reply) -> None:
+        if not connection.closed:
+            with contextlib.suppress(ConnectionClosed):
+                await connection.send([encode_frame(reply)])
+
+    def _resolve_reply(self, connection: Connection, reply: Reply) -> None:
+        pending = self._pending.get(reply.request_id)
+        if pending is None or pending.connection is not connection or pending.future.done():
+            return  # late (its caller timed out) or not ours
+        if not isinstance(reply, pending.reply_type):
+            raise FrameError(f"a {type(reply).__name__} answered request {reply.request_id}")
+        pending.future.set_result(reply)
+
+    # ------------------------------------------------------------ requests
+
+    async def _request(
+        self,
+        peer_id: int,
+        build: Callable[[int], Request],
+        reply_type: type[ReplyT],
+        timeout_s: float,
+    ) -> ReplyT:
+        link = self._link(peer_id)
+        request_id = next(self._request_ids)
+        future: asyncio.Future[Reply] = asyncio.get_running_loop().create_future()
+        queued, dropped = link.queue.push(Outgoing(encode_frame(build(request_id)), request_id))
+        link.counters.messages_dropped += dropped
+        if not queued:
+            link.counters.requests_failed += 1
+            raise RequestFailed(ERROR_QUEUE_FULL, f"the send queue to node {peer_id} is full")
+        pending = _Pending(future, reply_type, peer_id)
+        self._pending[request_id] = pending
+        link.wakeup.set()
+        reply = await self._await_reply(request_id, pending, timeout_s, link.counters)
+        return cast(ReplyT, reply)
+
+    async def _await_reply(
+        self, request_id: int, pending: _Pending, timeout_s: float, counters: LinkCounters | None
+    ) -> Reply:
+        try:
+            reply = await asyncio.wait_for(pending.future, max(timeout_s, 0.0))
+        except TimeoutError:
+            if counters is not None:
+                counters.requests_failed += 1
+            message = f"no answer from node {pending.peer_id} within {timeout_s:.3g}s"
+            raise RequestFailed(ERROR_TIMEOUT, message) from None
+        except RequestFailed:
+            if counters is not None:
+                counters.requests_failed += 1
+            raise
+        finally:
+            self._pending.pop(request_id, None)
+        if reply.error_code:
+            raise RequestFailed(reply.error_code, reply.error_message)
+        return reply
+
+    def _fail(self, request_id: int, code: str, message: str) -> None:
+        pending = self._pending.get(request_id)
+        if pending is not None and not pending.future.done():
+            pending.future.set_exception(RequestFailed(code, message))
+
+    # ------------------------------------------------------------ plumbing
+
+    def _detach(self, connection: Connection) -> None:
+        """Forget `connection`: the link redials, requests sent on it fail."""
+        connection.closed = True
+        link = self._links.get(connection.identity.node_id)
+        if link is not None and link.connection is connection:
+            link.connection = None
+            link.wakeup.set()
+        for request_id, pending in list(self._pending.items()):
+            if pending.connection is connection:
+                message = "the connection was lost; the request may or may not have taken effect"
+                self._fail(request_id, ERROR_DISCONNECTED, message)
+
+    async def _discard(self, connection: Connection) -> None:
+        self._detach(connection)
+        self._connections.discard(connection)
+        await connection.stream.close()
+
+    def _close_soon(self, connection: Connection) -> None:
+        self._detach(connection)
+        self._spawn(self._discard(connection))
+
+    def _spawn(self, coroutine: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
+        task = asyncio.get_running_loop().create_task(coroutine)
+        self._tasks.add(task)
+        task.add_done_callback(self._task_done)
+        return task
+
+    def _task_done(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            logger.error("transport task failed", exc_info=task.exception())
+
+
+_REPLY_TYPES: dict[type[Request], type[Reply]] = {
+    Proposal: ProposalReply,
+    ReadIndexRequest: ReadIndexReply,
+    RpcRequest: RpcResponse,
+}
+
+
+def _error_reply(request: Request, code: str, message: str) -> Reply:
+    if isinstance(request, Proposal):
+        return ProposalReply(request.request_id, error_code=code, error_message=message)
+    if isinstance(request, ReadIndexRequest):
+        return ReadIndexReply(request.request_id, error_code=code, error_message=message)
+    return RpcResponse(request.request_id, error_code=code, error_message=message)

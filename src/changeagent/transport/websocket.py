@@ -1,0 +1,30 @@
+"""The WebSocket carrier's server side: a route on the node's aiohttp application."""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from changeagent.transport.streams import CLUSTER_PATH, WebSocketFrameStream
+from changeagent.transport.transport import Transport
+
+
+def add_cluster_route(app: web.Application, transport: Transport, path: str = CLUSTER_PATH) -> None:
+    """Serve peer links at `path` (GET, WebSocket upgrade) on `app`.
+
+    The route authenticates peers with the HELLO handshake, so an HTTP
+    authentication middleware must let `path` through untouched.
+    """
+    frame_bytes_max = transport.config.frame_bytes_max
+
+    async def stream(request: web.Request) -> web.StreamResponse:
+        if not transport.accepting():
+            raise web.HTTPServiceUnavailable(
+                text='{"error":"too many cluster connections"}', content_type="application/json"
+            )
+        socket = web.WebSocketResponse(max_msg_size=frame_bytes_max, autoping=True)
+        await socket.prepare(request)
+        remote = f"{request.remote}" if request.remote else "?"
+        await transport.accept(WebSocketFrameStream(socket, frame_bytes_max, remote))
+        return socket
+
+    app.router.add_get(path, stream)
