@@ -1,0 +1,265 @@
+"""Two or three Transports in one process over real loopback sockets, both carriers."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+import pytest
+
+from changeagent.transport import ERROR_TIMEOUT, RequestFailed, TransportConfig
+from tests.transport.harness import Node, message, run, started, stop_all, wait_until
+
+CARRIERS = ["tcp", "ws"]
+
+
+@pytest.mark.parametrize("carrier", CARRIERS)
+def test_messages_flow_both_ways_over_one_connection(carrier: str) -> None:
+    async def scenario() -> None:
+        addresses: dict[int, str] = {}
+        a, b = await started(Node(1, carrier, addresses), Node(2, carrier, addresses))
+        try:
+            # Both send at once: both dial, and the pair settles on one connection.
+            a.transport.send(2, message(1, 2, index=11))
+            b.transport.send(1, message(2, 1, index=22))
+            assert await b.next_message() == (1, message(1, 2, index=11))
+            assert await a.next_message() == (2, message(2, 1, index=22))
+            for index in range(100):
+                a.transport.send(2, message(1, 2, index=index))
+            for index in range(100):
+                assert (await b.next_message())[1].index == index
+            await wait_until(
+                lambda: a.transport.stats().connections == 1 == b.transport.stats().connections,
+                what="a single connection per pair",
+            )
+            stats = a.transport.stats().peers[2]
+            assert stats.connected
+            assert stats.messages_sent == 101
+            assert stats.messages_received == 1
+            assert stats.messages_dropped == 0
+        finally:
+            await stop_all([a, b])
+
+    run(scenario())
+
+
+@pytest.mark.parametrize("carrier", CARRIERS)
+def test_requests_are_answered_on_the_link(carrier: str) -> None:
+    async def scenario() -> None:
+        addresses: dict[int, str] = {}
+        a, b = await started(Node(1, carrier, addresses), Node(2, carrier, addresses))
+        try:
+            assert await a.transport.propose(2, 0, b"12345", key="k") == 5
+            assert await b.transport.read_index(1) == 100
+            assert await a.transport.call(2, "describe", {"x": [1, b"2"]}) == {
+                "node": 2,
+                "echo": {"x": [1, b"2"]},
+            }
+            context, _ = b.requests[0]
+            assert (context.peer_id, context.member) == (1, True)
+            with pytest.raises(RequestFailed) as refused:
+                await a.transport.propose(2, 0, b"x", key="refuse")
+            assert (refused.value.code, refused.value.message) == ("not_leader", "ask someone else")
+            with pytest.raises(RequestFailed) as failed:
+                await a.transport.call(2, "fail")
+            assert failed.value.code == "internal"
+            # Many concurrent requests, answered out of order, each to its caller.
+            indexes = await asyncio.gather(
+                *(a.transport.propose(2, 0, b"x" * n) for n in range(50))
+            )
+            assert indexes == list(range(50))
+        finally:
+            await stop_all([a, b])
+
+    run(scenario())
+
+
+@pytest.mark.parametrize("carrier", CARRIERS)
+def test_reconnects_after_the_peer_restarts(carrier: str) -> None:
+    async def scenario() -> None:
+        addresses: dict[int, str] = {}
+        a, b = await started(Node(1, carrier, addresses), Node(2, carrier, addresses))
+        try:
+            a.transport.send(2, message(1, 2, index=1))
+            await b.next_message()
+            await b.stop()
+            await wait_until(lambda: not a.transport.stats().peers[2].connected, what="loss")
+            b = Node(2, carrier, addresses)
+            await b.start(port=int(addresses[2].rsplit(":", 1)[1]))
+            # Messages written just before the loss may be gone (Raft resends); keep
+            # sending until one arrives.
+            index = 100
+            while b.received.empty():
+                a.transport.send(2, message(1, 2, index=index))
+                index += 1
+                await asyncio.sleep(0.02)
+            stats = a.transport.stats().peers[2]
+            assert stats.connected and stats.reconnects >= 1
+            assert await b.transport.read_index(1) == 100
+        finally:
+            await stop_all([a, b])
+
+    run(scenario())
+
+
+def test_full_queue_drops_the_oldest_raft_messages_and_counts_them() -> None:
+    async def scenario() -> None:
+        addresses: dict[int, str] = {}
+        config = TransportConfig(queue_messages_max=4, backoff_s_min=0.01, backoff_s_max=0.05)
+        a = await Node(1, "tcp", addresses, config=config).start()
+        b = await Node(2, "tcp", addresses).start()
+        address_of_b = addresses.pop(2)  # a cannot reach b yet: its queue fills
+        try:
+            for index in range(10):
+                a.transport.send(2, message(1, 2, index=index))
+            stats = a.transport.stats().peers[2]
+            assert (stats.queue_messages, stats.messages_dropped) == (4, 6)
+            addresses[2] = address_of_b
+            a.transport.address_changed(2)
+            received = [(await b.next_message())[1].index for _ in range(4)]
+            assert received == [6, 7, 8, 9]
+            assert b.received.empty()
+        finally:
+            await stop_all([a, b])
+
+    run(scenario())
+
+
+def test_requests_are_never_dropped_for_room_but_refused_when_full() -> None:
+    async def scenario() -> None:
+        addresses: dict[int, str] = {}
+        config = TransportConfig(queue_messages_max=2)
+        a = await Node(1, "tcp", addresses, config=config).start()
+        try:
+            a.transport.send(2, message(1, 2))
+            first = asyncio.create_task(a.transport.propose(2, 0, b"1", timeout_s=0.3))
+            second = asyncio.create_task(a.transport.propose(2, 0, b"2", timeout_s=0.3))
+            await wait_until(lambda: a.transport.stats().peers[2].queue_messages == 2)
+            assert a.transport.stats().peers[2].messages_dropped == 1  # the Raft message
+            with pytest.raises(RequestFailed, match="queue_full"):
+                await a.transport.propose(2, 0, b"3")
+            a.transport.send(2, message(1, 2))  # no room and nothing droppable: dropped
+            assert a.transport.stats().peers[2].messages_dropped == 2
+            for task in (first, second):
+                with pytest.raises(RequestFailed) as failure:
+                    await task
+                assert failure.value.code == ERROR_TIMEOUT
+            assert a.transport.stats().peers[2].requests_failed == 3
+        finally:
+            await a.stop()
+
+    run(scenario())
+
+
+def test_requests_in_flight_fail_when_the_connection_is_lost() -> None:
+    async def scenario() -> None:
+        addresses: dict[int, str] = {}
+        answered = asyncio.Event()
+
+        async def never(context: object, request: object) -> object:
+            answered.set()
+            await asyncio.Event().wait()
+            raise AssertionError
+
+        a = await Node(1, "tcp", addresses).start()
+        b = await Node(2, "tcp", addresses, on_request=never).start()  # type: ignore[arg-type]
+        try:
+            waiting = asyncio.create_task(a.transport.propose(2, 0, b"x", timeout_s=20))
+            await asyncio.wait_for(answered.wait(), 10)
+            await b.stop()
+            with pytest.raises(RequestFailed, match="disconnected"):
+                await waiting
+        finally:
+            await stop_all([a, b])
+
+    run(scenario())
+
+
+@pytest.mark.parametrize("carrier", CARRIERS)
+@pytest.mark.parametrize(
+    ("cluster_id", "secret", "reason"),
+    [(7, b"another secret", "failed to prove"), (8, b"cluster secret", "belongs to cluster 8")],
+)
+def test_wrong_secret_or_cluster_is_refused_and_logged(
+    carrier: str, cluster_id: int, secret: bytes, reason: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    async def scenario() -> None:
+        addresses: dict[int, str] = {}
+        a, b, c = await started(
+            Node(1, carrier, addresses, cluster_id=cluster_id, secret=secret),
+            Node(2, carrier, addresses),
+            Node(3, carrier, addresses),
+        )
+        try:
+            a.transport.send(2, message(1, 2))
+            await wait_until(lambda: b.transport.stats().handshake_failures >= 1)
+            await wait_until(lambda: a.transport.stats().peers[2].last_error != "")
+            assert not a.transport.stats().peers[2].connected
+            assert b.received.empty()
+            # b keeps serving its real peers.
+            c.transport.send(2, message(3, 2))
+            assert await b.next_message() == (3, message(3, 2))
+        finally:
+            await stop_all([a, b, c])
+
+    with caplog.at_level(logging.WARNING, logger="changeagent.transport"):
+        run(scenario())
+    assert any(reason in record.getMessage() for record in caplog.records)
+
+
+def test_a_standalone_node_joins_through_an_rpc_carrying_the_secret() -> None:
+    async def scenario() -> None:
+        addresses: dict[int, str] = {}
+        joiner: list[Node] = []
+
+        async def standalone(context: object, request: object) -> object:
+            from changeagent.transport import RequestContext, RpcRequest, RpcResponse
+
+            assert isinstance(context, RequestContext) and isinstance(request, RpcRequest)
+            if request.method == "join" and not context.member:
+                payload = request.payload
+                assert isinstance(payload, dict)
+                cluster_id, secret = payload["cluster_id"], payload["secret"]
+                assert isinstance(cluster_id, int) and isinstance(secret, bytes)
+                joiner[0].transport.set_cluster(cluster_id, secret)
+                return RpcResponse(0, payload="joined")
+            return RpcResponse(0, payload={"node": 2, "cluster": joiner[0].transport.cluster_id})
+
+        leader = await Node(1, "tcp", addresses).start()
+        node = Node(2, "tcp", addresses, cluster_id=0, secret=b"", on_request=standalone)  # type: ignore[arg-type]
+        joiner.append(node)
+        await node.start()
+        stranger = await Node(3, "tcp", addresses, cluster_id=0, secret=b"").start()
+        try:
+            # A link to a standalone node never carries Raft messages.
+            leader.transport.send(2, message(1, 2))
+            await wait_until(
+                lambda: "in no cluster" in leader.transport.stats().peers[2].last_error
+            )
+            answer = await leader.transport.call_address(addresses[2], "describe")
+            assert answer == (2, 0, {"node": 2, "cluster": 0})
+            answer = await leader.transport.call_address(
+                addresses[2], "join", {"cluster_id": 7, "secret": b"cluster secret"}
+            )
+            assert answer == (2, 0, "joined")
+            leader.transport.address_changed(2)
+            leader.transport.send(2, message(1, 2, index=5))
+            while True:  # messages queued before the join were dropped or refused
+                peer, received = await node.next_message()
+                if received.index == 5:
+                    break
+            assert peer == 1
+            # A stranger outside the cluster cannot even call a member.
+            from changeagent.transport import PeerUnavailable
+
+            with pytest.raises(PeerUnavailable):
+                await stranger.transport.call_address(addresses[1], "describe", timeout_s=5)
+            assert await leader.transport.call_address(addresses[2], "describe") == (
+                2,
+                7,
+                {"node": 2, "cluster": 7},
+            )
+        finally:
+            await stop_all([leader, node, stranger])
+
+    run(scenario())
