@@ -287,7 +287,9 @@ class Node:
     async def read_changes(self, query: ChangeQuery) -> PageResult:
         """Committed changes after `query.since`: from memory on the loop when the hot
         tail can answer (consumers near the end), else from SQLite in a worker thread."""
-        upto = self.commit_index
+        return await self._read_upto(query, self.commit_index)
+
+    async def _read_upto(self, query: ChangeQuery, upto: int) -> PageResult:
         page = self._read_in_memory(query, upto)
         if page is not None:
             return page
@@ -295,11 +297,19 @@ class Node:
 
     async def wait_changes(self, query: ChangeQuery, block_s: float) -> PageResult:
         """Like read_changes, but wait up to `block_s` for a matching change to commit."""
+        deadline = asyncio.get_running_loop().time() + block_s
         upto = self.commit_index
-        page = await self.read_changes(query)
-        if page.bodies or block_s <= 0 or self.closing:
+        page = await self._read_upto(query, upto)
+        # A commit may land while a cold read runs in a thread, before this request is
+        # registered as a waiter: read again until the read covers the commit index,
+        # then register with no await in between, so no wake-up can be missed.
+        while not page.bodies and upto < self.commit_index:
+            upto = self.commit_index
+            page = await self._read_upto(query, upto)
+        remaining_s = deadline - asyncio.get_running_loop().time()
+        if page.bodies or remaining_s <= 0 or self.closing:
             return page
-        woken = await self._waiters.wait(query, upto, block_s)
+        woken = await self._waiters.wait(query, upto, remaining_s)
         if woken is not None:
             return woken
         return await self.read_changes(query)
