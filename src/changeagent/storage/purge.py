@@ -79,8 +79,14 @@ class PurgeScanner:
             first_recent = self._first_recent(connection, older_than_ts_ns, upto, last)
             if unchanged():
                 self._last = _Position(
-                    truncations, snapshot_index, upto, min_records, newest_kth, users_upto,
-                    older_than_ts_ns, first_recent,
+                    truncations,
+                    snapshot_index,
+                    upto,
+                    min_records,
+                    newest_kth,
+                    users_upto,
+                    older_than_ts_ns,
+                    first_recent,
                 )
             else:
                 self._last = None

@@ -23,8 +23,7 @@ _ENTRY_AT = f"SELECT {_COLUMNS} FROM entries WHERE idx = ?"
 _ENTRIES_FROM = f"SELECT {_COLUMNS} FROM entries WHERE idx >= ? AND idx < ? ORDER BY idx"
 # Unary plus on `type`: walk the primary key, never the type index, for these.
 _CHANGES_AFTER = (
-    f"SELECT {_COLUMNS} FROM entries WHERE idx > ? AND idx <= ? AND +type >= 0 "
-    "ORDER BY idx LIMIT ?"
+    f"SELECT {_COLUMNS} FROM entries WHERE idx > ? AND idx <= ? AND +type >= 0 ORDER BY idx LIMIT ?"
 )
 _CHANGES_OF_TYPE_AFTER = (
     f"SELECT {_COLUMNS} FROM entries WHERE type = ? AND idx > ? AND idx <= ? ORDER BY idx LIMIT ?"

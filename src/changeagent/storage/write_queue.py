@@ -106,8 +106,7 @@ class WriteQueue:
         over a write failure), fail every queued batch, and return the failure."""
         with self._condition:
             if self.failure is None or (
-                isinstance(error, CorruptionError)
-                and not isinstance(self.failure, CorruptionError)
+                isinstance(error, CorruptionError) and not isinstance(self.failure, CorruptionError)
             ):
                 self.failure = error
             failure = self.failure
