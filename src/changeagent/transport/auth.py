@@ -75,7 +75,8 @@ def proof(
 
 async def _read(stream: FrameStream, timeout_s: float) -> Frame:
     try:
-        return await asyncio.wait_for(stream.read_frame(), timeout_s)
+        async with asyncio.timeout(timeout_s):
+            return await stream.read_frame()
     except TimeoutError:
         raise HandshakeError("handshake timed out") from None
 

@@ -100,7 +100,8 @@ class TcpFrameStream(FrameStream):
             return
         self._writer.close()
         with contextlib.suppress(Exception):
-            await asyncio.wait_for(self._writer.wait_closed(), _CLOSE_TIMEOUT_S)
+            async with asyncio.timeout(_CLOSE_TIMEOUT_S):
+                await self._writer.wait_closed()
 
 
 WebSocket = web.WebSocketResponse | aiohttp.ClientWebSocketResponse
@@ -132,7 +133,8 @@ class WebSocketFrameStream(FrameStream):
 
     async def close(self) -> None:
         with contextlib.suppress(Exception):
-            await asyncio.wait_for(self._socket.close(), _CLOSE_TIMEOUT_S)
+            async with asyncio.timeout(_CLOSE_TIMEOUT_S):
+                await self._socket.close()
 
 
 class Dialer(ABC):

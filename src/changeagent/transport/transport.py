@@ -260,7 +260,8 @@ class Transport:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout_s
         try:
-            connection = await asyncio.wait_for(self._open(address, link=False), timeout_s)
+            async with asyncio.timeout(timeout_s):
+                connection = await self._open(address, link=False)
         except _DIAL_ERRORS as error:
             raise PeerUnavailable(f"{address}: {error}") from None
         self._spawn(self._serve(connection))
@@ -397,7 +398,8 @@ class Transport:
         await self._dialer.close()
         for server in self._servers:
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(server.wait_closed(), 2.0)
+                async with asyncio.timeout(2.0):
+                    await server.wait_closed()
 
     # ------------------------------------------------------------ links
 
@@ -414,7 +416,7 @@ class Transport:
         return link
 
     async def _run_link(self, link: _Link) -> None:
-        while True:
+        while not self._closing and self._links.get(link.peer_id) is link:
             connection = link.connection
             if connection is None:
                 await self._dial(link)
@@ -438,8 +440,7 @@ class Transport:
                     return
                 await self._discard(connection)
         if link.connection is None:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(link.reconnect.wait(), link.backoff.next_delay_s())
+            await _wait(link.reconnect, link.backoff.next_delay_s())
 
     def _resolve(self, peer_id: int) -> str | None:
         try:
@@ -451,7 +452,8 @@ class Transport:
     async def _open(self, address: str, link: bool, peer_id: int = 0) -> Connection:
         config = self._config
         connect = self._dialer.connect(address, config.frame_bytes_max)
-        stream = await asyncio.wait_for(connect, config.connect_timeout_s)
+        async with asyncio.timeout(config.connect_timeout_s):
+            stream = await connect
         try:
             credentials, timeout_s = self._credentials, config.handshake_timeout_s
             identity = await dial_handshake(stream, credentials, timeout_s, link, peer_id)
@@ -490,9 +492,7 @@ class Transport:
         while link.connection is connection and not connection.closed:
             if not link.queue:
                 link.wakeup.clear()
-                try:
-                    await asyncio.wait_for(link.wakeup.wait(), config.keepalive_s)
-                except TimeoutError:
+                if not await _wait(link.wakeup, config.keepalive_s):
                     await self._send_batch(link, connection, [_PING_BODY], 0)
                 continue
             bodies: list[bytes] = []
@@ -532,8 +532,8 @@ class Transport:
         identity = connection.identity
         try:
             while True:
-                read = connection.stream.read_frame()
-                frame = await asyncio.wait_for(read, self._config.read_timeout_s)
+                async with asyncio.timeout(self._config.read_timeout_s):
+                    frame = await connection.stream.read_frame()
                 self._dispatch(connection, frame)
         except _READ_ERRORS as error:
             self._log_read_error(connection, error)
@@ -663,7 +663,8 @@ class Transport:
         self, request_id: int, pending: _Pending, timeout_s: float, counters: LinkCounters | None
     ) -> Reply:
         try:
-            reply = await asyncio.wait_for(pending.future, max(timeout_s, 0.0))
+            async with asyncio.timeout(max(timeout_s, 0.0)):
+                reply = await pending.future
         except TimeoutError:
             if counters is not None:
                 counters.requests_failed += 1
@@ -717,6 +718,20 @@ class Transport:
         self._tasks.discard(task)
         if not task.cancelled() and task.exception() is not None:
             logger.error("transport task failed", exc_info=task.exception())
+
+
+async def _wait(event: asyncio.Event, timeout_s: float) -> bool:
+    """Wait for `event` at most `timeout_s`; True if it was set.
+
+    `asyncio.timeout`, not `wait_for`: on Python 3.11 `wait_for` can swallow a
+    cancellation that races with its timeout, and a link task would never stop.
+    """
+    try:
+        async with asyncio.timeout(timeout_s):
+            await event.wait()
+    except TimeoutError:
+        return False
+    return True
 
 
 _REPLY_TYPES: dict[type[Request], type[Reply]] = {
