@@ -15,54 +15,14 @@ import statistics
 import time
 
 from changeagent.raft import (
-    Compacted,
-    Entry,
     HardState,
     Membership,
     Message,
     RaftConfig,
     RaftNode,
     Snapshot,
-    Unavailable,
 )
-
-
-class MemoryLog:
-    """The smallest LogReader that keeps entries in a list."""
-
-    __slots__ = ("ents", "snap")
-
-    def __init__(self, snapshot: Snapshot) -> None:
-        self.snap = snapshot
-        self.ents: list[Entry] = []
-
-    def first_index(self) -> int:
-        return self.snap.index + 1
-
-    def last_index(self) -> int:
-        return self.snap.index + len(self.ents)
-
-    def term(self, index: int) -> int:
-        if index == self.snap.index:
-            return self.snap.term
-        if index < self.snap.index:
-            raise Compacted(index)
-        if index > self.last_index():
-            raise Unavailable(index)
-        return self.ents[index - self.snap.index - 1].term
-
-    def entries(self, low: int, high: int, max_bytes: int) -> list[Entry]:
-        offset = self.snap.index + 1
-        return self.ents[low - offset : high - offset]
-
-    def snapshot(self) -> Snapshot:
-        return self.snap
-
-    def append(self, entries: tuple[Entry, ...]) -> None:
-        first = entries[0].index - self.snap.index - 1
-        if first < len(self.ents):
-            del self.ents[first:]
-        self.ents.extend(entries)
+from changeagent.raft.memory_log import MemoryLog
 
 
 def build_cluster() -> tuple[dict[int, RaftNode], dict[int, MemoryLog]]:

@@ -13,7 +13,6 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
 
 from changeagent.raft import (
-    Compacted,
     ConfChange,
     ConfChangeKind,
     Entry,
@@ -25,65 +24,8 @@ from changeagent.raft import (
     ReadState,
     Ready,
     Snapshot,
-    Unavailable,
 )
-
-
-class MemoryLog:
-    """An in-memory LogReader with the writes the node layer would do."""
-
-    def __init__(self, snapshot: Snapshot | None = None, entries: Iterable[Entry] = ()) -> None:
-        self.snap = snapshot or Snapshot()
-        self.ents: list[Entry] = list(entries)
-
-    def first_index(self) -> int:
-        return self.snap.index + 1
-
-    def last_index(self) -> int:
-        return self.snap.index + len(self.ents)
-
-    def term(self, index: int) -> int:
-        if index == self.snap.index:
-            return self.snap.term
-        if index < self.snap.index:
-            raise Compacted(index)
-        if index > self.last_index():
-            raise Unavailable(index)
-        return self.ents[index - self.snap.index - 1].term
-
-    def entries(self, low: int, high: int, max_bytes: int) -> list[Entry]:
-        if low < self.first_index():
-            raise Compacted(low)
-        if high > self.last_index() + 1:
-            raise Unavailable(high)
-        chosen = self.ents[low - self.snap.index - 1 : high - self.snap.index - 1]
-        total = 0
-        for position, entry in enumerate(chosen):
-            total += len(entry.data)
-            if total > max_bytes and position > 0:
-                return chosen[:position]
-        return chosen
-
-    def snapshot(self) -> Snapshot:
-        return self.snap
-
-    # --- writes, as the node layer does them -------------------------------
-
-    def append(self, entries: tuple[Entry, ...]) -> None:
-        first = entries[0].index
-        if first <= self.snap.index:
-            raise AssertionError("append below the snapshot")
-        del self.ents[first - self.snap.index - 1 :]
-        self.ents.extend(entries)
-
-    def install(self, snapshot: Snapshot) -> None:
-        self.snap = snapshot
-        self.ents = []
-
-    def purge(self, snapshot: Snapshot) -> None:
-        keep_from = snapshot.index - self.snap.index
-        self.ents = self.ents[keep_from:]
-        self.snap = snapshot
+from changeagent.raft.memory_log import MemoryLog
 
 
 def default_config(node_id: int, **overrides: object) -> RaftConfig:
