@@ -1,4 +1,5 @@
-"""SSL contexts for mutual TLS on the cluster port (`-ccert`, `-ckey`, `-cca`).
+"""SSL contexts for mutual TLS on the cluster port (`-ccert`, `-ckey`, `-cca`), and
+for the API's TLS listener (`-sp` with `-cert`, `-key`, optionally `-cas`).
 
 Both sides present a certificate and accept only certificates signed by the
 cluster CA; TLS 1.2 or newer. Host names are not checked by default: a peer is
@@ -13,11 +14,20 @@ import ssl
 
 def server_context(cert_file: str, key_file: str, ca_file: str) -> ssl.SSLContext:
     """For `Transport.serve_tcp`: requires a client certificate signed by `ca_file`."""
+    return api_server_context(cert_file, key_file, ca_file)
+
+
+def api_server_context(
+    cert_file: str, key_file: str, client_ca_file: str | None = None
+) -> ssl.SSLContext:
+    """For a TLS listener; with `client_ca_file`, clients must present a certificate
+    signed by one of its CAs (expired or otherwise invalid ones are refused)."""
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     context.minimum_version = ssl.TLSVersion.TLSv1_2
     context.load_cert_chain(cert_file, key_file)
-    context.load_verify_locations(cafile=ca_file)
-    context.verify_mode = ssl.CERT_REQUIRED
+    if client_ca_file is not None:
+        context.load_verify_locations(cafile=client_ca_file)
+        context.verify_mode = ssl.CERT_REQUIRED
     return context
 
 
