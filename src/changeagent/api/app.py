@@ -4,18 +4,24 @@ from __future__ import annotations
 
 import orjson
 from aiohttp import web
+from aiohttp.typedefs import Middleware
 
 from changeagent.api import changes, operations
+from changeagent.api.auth import Authenticator, auth_middleware
 from changeagent.api.context import STATE_KEY, ApiState
 from changeagent.api.errors import Handler, error_middleware
 from changeagent.api.openapi import openapi_document
 from changeagent.node.node import Node
 
 
-def build_app(node: Node, prefix: str = "") -> web.Application:
-    app = web.Application(
-        middlewares=[error_middleware], client_max_size=node.limits.body_bytes_max
-    )
+def build_app(
+    node: Node, prefix: str = "", authenticator: Authenticator | None = None
+) -> web.Application:
+    # Authentication runs inside the error middleware, so a 401 is mapped like any error.
+    middlewares: list[Middleware] = [error_middleware]
+    if authenticator is not None:
+        middlewares.append(auth_middleware(authenticator, prefix))
+    app = web.Application(middlewares=middlewares, client_max_size=node.limits.body_bytes_max)
     app[STATE_KEY] = ApiState(node=node, prefix=prefix)
     document = orjson.dumps(
         openapi_document(prefix, node.limits.limit_max, node.limits.block_max_s)
