@@ -10,14 +10,18 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+import ssl
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from aiohttp import web
 
 from changeagent.api.app import build_app
+from changeagent.api.auth import Authenticator
 from changeagent.config import Settings, load_settings_file
 from changeagent.node.node import Node, NodeLimits
+from changeagent.security.permissions import warn_if_data_dir_exposed
+from changeagent.security.tls_files import ApiTls, ClusterTls
 from changeagent.storage import Storage
 
 log = logging.getLogger(__name__)
@@ -32,13 +36,20 @@ TAIL_CACHE_BYTES_DEFAULT = 16 * 1024 * 1024
 @dataclass(frozen=True, slots=True)
 class ServerOptions:
     data_dir: Path
-    port: int = 8080
+    port: int | None = 8080  # plain HTTP; None: no plain listener (TLS only)
     host: str = "0.0.0.0"
     settings_path: Path | None = None
     prefix: str = ""
     limits: NodeLimits = field(default_factory=NodeLimits)
     tail_cache_bytes: int = TAIL_CACHE_BYTES_DEFAULT
     shutdown_grace_s: float = SHUTDOWN_GRACE_S
+    # Security (-pw, -sp with -cert/-key/-cas). The CLI has checked they go together.
+    password_file: Path | None = None
+    secure_port: int | None = None  # the HTTPS listener, with api_tls
+    api_tls: ApiTls | None = None
+    # Cluster (-cp, -ccert/-ckey/-cca): parsed and validated; cluster_tls only with cluster_port.
+    cluster_port: int | None = None
+    cluster_tls: ClusterTls | None = None
 
 
 async def open_node(options: ServerOptions) -> Node:
@@ -55,17 +66,48 @@ async def open_node(options: ServerOptions) -> Node:
     return node
 
 
-async def start_listener(node: Node, options: ServerOptions) -> tuple[web.AppRunner, int]:
-    app = build_app(node, options.prefix)
+@dataclass(frozen=True, slots=True)
+class Listeners:
+    runner: web.AppRunner
+    http_port: int | None  # the bound ports (useful with port 0)
+    https_port: int | None
+
+
+async def start_listener(
+    node: Node,
+    options: ServerOptions,
+    authenticator: Authenticator | None = None,
+    api_tls: ssl.SSLContext | None = None,
+) -> Listeners:
+    """One application on up to two sites: plain HTTP (-p) and HTTPS (-sp)."""
+    app = build_app(node, options.prefix, authenticator)
     runner = web.AppRunner(app, shutdown_timeout=options.shutdown_grace_s, access_log=None)
     await runner.setup()
-    site = web.TCPSite(runner, options.host, options.port, backlog=1024)
+    http_port = https_port = None
+    if options.port is not None:
+        http_port = await _start_site(runner, options, options.port, None)
+    if options.secure_port is not None:
+        https_port = await _start_site(runner, options, options.secure_port, api_tls)
+    return Listeners(runner, http_port, https_port)
+
+
+async def _start_site(
+    runner: web.AppRunner, options: ServerOptions, port: int, tls: ssl.SSLContext | None
+) -> int:
+    before = set(runner.addresses)
+    site = web.TCPSite(runner, options.host, port, backlog=1024, ssl_context=tls)
     await site.start()
-    return runner, _bound_port(runner, options.port)
+    bound = _bound_port([a for a in runner.addresses if a not in before], port)
+    # Tests and scripts read this line to learn the port (useful with 0).
+    scheme = "https" if tls is not None else "http"
+    log.warning(
+        "changeagent listening on %s://%s:%d%s", scheme, options.host, bound, options.prefix
+    )
+    return bound
 
 
-def _bound_port(runner: web.AppRunner, requested: int) -> int:
-    for address in runner.addresses:
+def _bound_port(addresses: list[object], requested: int) -> int:
+    for address in addresses:
         if isinstance(address, tuple) and len(address) >= 2:
             return int(address[1])
     return requested
@@ -81,15 +123,34 @@ async def wait_for_stop_signal() -> None:
         loop.remove_signal_handler(number)
 
 
+async def open_authenticator(options: ServerOptions) -> Authenticator | None:
+    if options.password_file is None:
+        return None
+    return await Authenticator.open(options.password_file)
+
+
 async def serve(options: ServerOptions) -> None:
+    # Certificates and the password file are read first: a bad one stops the
+    # node (ConfigError, exit 2) before storage opens or anything listens.
+    api_tls = options.api_tls.server_context() if options.api_tls is not None else None
+    authenticator = await open_authenticator(options)
+    warn_if_data_dir_exposed(options.data_dir)
+    try:
+        await serve_node(options, authenticator, api_tls)
+    finally:
+        if authenticator is not None:
+            await authenticator.close()
+
+
+async def serve_node(
+    options: ServerOptions, authenticator: Authenticator | None, api_tls: ssl.SSLContext | None
+) -> None:
     node = await open_node(options)
     try:
-        runner, port = await start_listener(node, options)
-        # Tests and scripts read this line to learn the port (useful with -p 0).
-        log.warning("changeagent listening on http://%s:%d%s", options.host, port, options.prefix)
+        listeners = await start_listener(node, options, authenticator, api_tls)
         await wait_for_stop_signal()
         log.warning("shutting down: no new connections; finishing in-flight requests")
-        await runner.cleanup()
+        await listeners.runner.cleanup()
     finally:
         await node.close()
         await asyncio.to_thread(node.storage.close)
