@@ -17,6 +17,7 @@ from typing import TypeVar
 from changeagent import __version__
 from changeagent.config import ConfigError
 from changeagent.node.node import NodeLimits
+from changeagent.security.tls_files import ApiTls, ClusterTls
 from changeagent.server import TAIL_CACHE_BYTES_DEFAULT, ServerOptions, serve
 from changeagent.storage import CorruptionError, StorageError
 
@@ -26,6 +27,16 @@ DEFAULT_LIMITS = NodeLimits()
 DESCRIPTION = """\
 Run a changeagent node: a durable, ordered change log served over HTTP.
 With no options it serves on port 8080 and stores its data in ./data."""
+PORT_DEFAULT = 8080
+
+SECURITY_EPILOG = """\
+examples:
+  changeagent -p 9000 -d ./data -pw passwd   users from `htpasswd -cB passwd NAME`
+  changeagent -sp 8443 -cert c.pem -key k.pem              HTTPS only (TLS 1.2+)
+  changeagent -p 8080 -sp 8443 -cert c.pem -key k.pem      HTTP and HTTPS, same API
+  changeagent -sp 8443 -cert c.pem -key k.pem -cas cas.pem client certificates required
+  changeagent -p 8000 -cp 9443 -ccert n.pem -ckey n.key -cca ca.pem
+                                             mutual TLS between members on the cluster port"""
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -33,13 +44,14 @@ def build_parser() -> argparse.ArgumentParser:
         prog="changeagent",
         description=DESCRIPTION,
         formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=SECURITY_EPILOG,
     )
     parser.add_argument(
         "-p",
         "--port",
         type=int,
-        default=8080,
-        help="HTTP port to listen on (default 8080; 0 picks a free port)",
+        default=None,
+        help="HTTP port to listen on (default 8080 unless -sp is given; 0 picks a free port)",
     )
     parser.add_argument(
         "--host", default="0.0.0.0", help="address to listen on (default 0.0.0.0, every interface)"
@@ -113,14 +125,58 @@ def build_parser() -> argparse.ArgumentParser:
         default=TAIL_CACHE_BYTES_DEFAULT,
         help="memory for the most recent changes (default 16 MiB)",
     )
+    _add_security_arguments(parser)
+    _add_cluster_arguments(parser)
     parser.add_argument("--version", action="version", version=f"changeagent {__version__}")
     return parser
 
 
+def _add_security_arguments(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("security")
+    group.add_argument(
+        "-pw", "--password-file", type=Path, default=None,
+        help="htpasswd file (htpasswd -B); every request then needs HTTP Basic credentials",
+    )  # fmt: skip
+    group.add_argument(
+        "-sp", "--secure-port", type=int, default=None,
+        help="HTTPS port (needs -cert and -key; 0 picks a free port)",
+    )  # fmt: skip
+    group.add_argument(
+        "-cert", "--tls-cert", type=Path, default=None,
+        help="PEM certificate (chain) for the HTTPS port",
+    )  # fmt: skip
+    group.add_argument(
+        "-key", "--tls-key", type=Path, default=None, help="PEM private key of -cert"
+    )  # fmt: skip
+    group.add_argument(
+        "-cas", "--tls-client-cas", type=Path, default=None,
+        help="PEM CA certificates; HTTPS clients must present a certificate signed by one",
+    )  # fmt: skip
+
+
+def _add_cluster_arguments(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("cluster")
+    group.add_argument(
+        "-cp", "--cluster-port", type=int, default=None,
+        help="port for traffic between cluster members (default: the API port)",
+    )  # fmt: skip
+    group.add_argument(
+        "-ccert", "--cluster-cert", type=Path, default=None,
+        help="PEM certificate of this member for mutual TLS on -cp",
+    )  # fmt: skip
+    group.add_argument(
+        "-ckey", "--cluster-key", type=Path, default=None, help="PEM private key of -ccert"
+    )  # fmt: skip
+    group.add_argument(
+        "-cca", "--cluster-ca", type=Path, default=None,
+        help="PEM CA certificate(s) that sign every member's certificate",
+    )  # fmt: skip
+
+
 def options_from_arguments(arguments: argparse.Namespace) -> ServerOptions:
     """Check flags for consistency; raise ConfigError naming the first problem."""
-    if not 0 <= arguments.port <= 65535:
-        raise ConfigError(f"-p: port {arguments.port} is not between 0 and 65535")
+    port, secure_port = _api_ports(arguments)
+    cluster_port, cluster_tls = _cluster_options(arguments, (port, secure_port))
     prefix = arguments.prefix
     if prefix and (not prefix.startswith("/") or prefix.endswith("/")):
         raise ConfigError("-P: the prefix must start with '/' and must not end with '/'")
@@ -134,13 +190,66 @@ def options_from_arguments(arguments: argparse.Namespace) -> ServerOptions:
     )
     return ServerOptions(
         data_dir=arguments.data_dir,
-        port=arguments.port,
+        port=port,
         host=arguments.host,
         settings_path=arguments.config_file,
         prefix=prefix,
         limits=limits,
         tail_cache_bytes=_positive("--tail-cache-bytes", arguments.tail_cache_bytes),
+        password_file=arguments.password_file,
+        secure_port=secure_port,
+        api_tls=_api_tls(arguments),
+        cluster_port=cluster_port,
+        cluster_tls=cluster_tls,
     )
+
+
+def _api_ports(arguments: argparse.Namespace) -> tuple[int | None, int | None]:
+    """(-p, -sp). As in ChangeAgent, -sp alone serves HTTPS only; -p too serves both."""
+    port = _port("-p", arguments.port)
+    secure_port = _port("-sp", arguments.secure_port)
+    if port is None and secure_port is None:
+        port = PORT_DEFAULT
+    if port and port == secure_port:
+        raise ConfigError("-p and -sp must be different ports")
+    return port, secure_port
+
+
+def _api_tls(arguments: argparse.Namespace) -> ApiTls | None:
+    cert, key, client_cas = arguments.tls_cert, arguments.tls_key, arguments.tls_client_cas
+    if (cert is None) != (key is None):
+        raise ConfigError("-cert and -key must be given together")
+    if arguments.secure_port is None:
+        if cert is not None or client_cas is not None:
+            raise ConfigError("-cert, -key and -cas need -sp (the HTTPS port)")
+        return None
+    if cert is None:
+        raise ConfigError("-sp needs -cert and -key")
+    return ApiTls(cert, key, client_cas)
+
+
+def _cluster_options(
+    arguments: argparse.Namespace, api_ports: tuple[int | None, int | None]
+) -> tuple[int | None, ClusterTls | None]:
+    """(-cp, -ccert/-ckey/-cca): the three TLS files all together, and only with -cp."""
+    cluster_port = _port("-cp", arguments.cluster_port)
+    if cluster_port and cluster_port in api_ports:
+        raise ConfigError("-cp must differ from -p and -sp")
+    files = (arguments.cluster_cert, arguments.cluster_key, arguments.cluster_ca)
+    given = sum(path is not None for path in files)
+    if given == 0:
+        return cluster_port, None
+    if given < len(files):
+        raise ConfigError("-ccert, -ckey and -cca must be given together")
+    if cluster_port is None:
+        raise ConfigError("-ccert, -ckey and -cca need -cp (the cluster port)")
+    return cluster_port, ClusterTls(*files)
+
+
+def _port(flag: str, value: int | None) -> int | None:
+    if value is not None and not 0 <= value <= 65535:
+        raise ConfigError(f"{flag}: port {value} is not between 0 and 65535")
+    return value
 
 
 def _positive(flag: str, value: N) -> N:
