@@ -7,9 +7,9 @@ from aiohttp import web
 from changeagent.api.context import state_of
 from changeagent.api.errors import ApiError
 from changeagent.api.params import change_query, index_in_path, seconds_parameter
+from changeagent.api.wire import JSON, JsonResponse, LongPollDelivery, can_write_directly
 from changeagent.change import parse_change_body
-
-JSON = "application/json"
+from changeagent.node.waiters import deliver_on_wake
 
 
 def idempotency_key(request: web.Request, key_bytes_max: int) -> str:
@@ -27,15 +27,21 @@ async def post_change(request: web.Request) -> web.Response:
     change = parse_change_body(body)
     key = idempotency_key(request, node.limits.idempotency_key_bytes_max)
     stored = await node.append_change(change, key)
-    return web.Response(body=stored, content_type=JSON)
+    return JsonResponse(stored)
 
 
 async def get_changes(request: web.Request) -> web.Response:
     node = state_of(request).node
     query = change_query(request, node.limits)
     block_s = seconds_parameter(request, "block", node.limits.block_max_s)
+    if block_s > 0 and can_write_directly(request):
+        # A woken long-poll is answered from inside the commit notification.
+        delivery = LongPollDelivery(request)
+        with deliver_on_wake(delivery):
+            page = await node.wait_changes(query, block_s)
+        return JsonResponse(page.encode(), already_sent=delivery.sent)
     page = await node.wait_changes(query, block_s)
-    return web.Response(body=page.encode(), content_type=JSON)
+    return JsonResponse(page.encode())
 
 
 async def get_change(request: web.Request) -> web.Response:
@@ -44,4 +50,4 @@ async def get_change(request: web.Request) -> web.Response:
     stored = node.get_change(index)
     if stored is None:
         raise ApiError(404, "Not found")
-    return web.Response(body=stored, content_type=JSON)
+    return JsonResponse(stored)

@@ -1,0 +1,151 @@
+"""Lean `200 application/json` answers for the hot paths (POST /changes, GET /changes).
+
+aiohttp's general response path (a header multidict, `prepare`, header
+serialisation, a writer with flow control) costs tens of microseconds per
+response, which is most of a long-poll wake-up and a good share of a write. Here
+the whole answer — status line, headers, body — is one `bytes` object written to
+the transport in one call. The headers are exactly those aiohttp sends for
+`web.Response(body=..., content_type="application/json")` on a keep-alive
+HTTP/1.1 request: `Content-Type`, `Content-Length`, `Date`, `Server`.
+
+Anything else (HTTP/1.0, `Connection: close`, HEAD, a closing transport, an
+`on_response_prepare` signal, headers added by a middleware) takes aiohttp's
+normal path, so the shortcut never changes what a client sees.
+
+Long-polls go one step further: the API registers a delivery hook with the node's
+`CommitWaiters` (`deliver_on_wake`), which writes the group's shared response
+bytes to every woken consumer inside `notify`, before any task resumes. The
+woken handler then returns an already-sent `JsonResponse`, which only finishes
+aiohttp's bookkeeping.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import time
+
+from aiohttp import web
+from aiohttp.abc import AbstractStreamWriter
+from aiohttp.http import SERVER_SOFTWARE, HttpVersion11
+
+from changeagent.node.query import PageResult
+
+JSON = "application/json"
+_HEAD = (
+    b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: %d\r\n"
+    b"Date: %s\r\nServer: " + SERVER_SOFTWARE.encode() + b"\r\n\r\n"
+)
+
+
+class _DateCache:
+    """The `Date` header value, formatted once per second (as aiohttp does)."""
+
+    __slots__ = ("_second", "_value")
+
+    def __init__(self) -> None:
+        self._second = -1
+        self._value = b""
+
+    def value(self) -> bytes:
+        second = int(time.time())
+        if second != self._second:
+            self._value = email.utils.formatdate(second, usegmt=True).encode()
+            self._second = second
+        return self._value
+
+
+_DATE = _DateCache()
+
+
+def json_200(body: bytes) -> bytes:
+    """The complete HTTP/1.1 response carrying `body`."""
+    return _HEAD % (len(body), _DATE.value()) + body
+
+
+class _SharedWire:
+    """One-entry cache: every consumer woken by one commit with the same query gets
+    the same body object, so its response bytes are built once per wake-up."""
+
+    __slots__ = ("_body", "_date", "_wire")
+
+    def __init__(self) -> None:
+        self._body: bytes | None = None
+        self._date = b""
+        self._wire = b""
+
+    def wire(self, body: bytes) -> bytes:
+        date = _DATE.value()
+        if body is not self._body or date is not self._date:
+            self._wire = _HEAD % (len(body), date) + body
+            self._body, self._date = body, date
+        return self._wire
+
+
+_SHARED = _SharedWire()
+
+
+def can_write_directly(request: web.BaseRequest) -> bool:
+    """True when the prebuilt bytes are exactly what aiohttp would send."""
+    transport = request.transport
+    if (
+        transport is None
+        or transport.is_closing()
+        or request.version != HttpVersion11
+        or not request.keep_alive
+        or request.method == "HEAD"
+    ):
+        return False
+    match_info = getattr(request, "match_info", None)
+    if match_info is not None:
+        for app in match_info.apps:
+            if app.on_response_prepare:
+                return False
+    return True
+
+
+class JsonResponse(web.Response):
+    """`200 application/json` with `body`, written in one transport call when
+    `can_write_directly` allows; otherwise (or once a middleware has added a
+    header) exactly aiohttp's normal response."""
+
+    def __init__(self, body: bytes, *, already_sent: bool = False) -> None:
+        super().__init__(body=body, content_type=JSON)
+        self._json = body
+        self._already_sent = already_sent
+
+    async def prepare(self, request: web.BaseRequest) -> AbstractStreamWriter | None:
+        if self._eof_sent:
+            return None
+        if self._already_sent:
+            self._finish(len(self._json))
+        elif len(self.headers) == 1 and can_write_directly(request):
+            assert request.transport is not None  # checked by can_write_directly
+            request.transport.write(json_200(self._json))
+            self._finish(len(self._json))
+        else:
+            return await super().prepare(request)
+        await request.writer.drain()  # flow control, as aiohttp's own writes do
+        return None
+
+    def _finish(self, body_length: int) -> None:
+        self._eof_sent = True
+        self._keep_alive = True
+        self._body_length = body_length
+
+
+class LongPollDelivery:
+    """The delivery hook of one waiting GET /changes (see `deliver_on_wake`)."""
+
+    __slots__ = ("_request", "sent")
+
+    def __init__(self, request: web.BaseRequest) -> None:
+        self._request = request
+        self.sent = False
+
+    def __call__(self, page: PageResult) -> bool:
+        transport = self._request.transport
+        if transport is None or transport.is_closing():
+            return False  # the handler answers (or aiohttp notices the disconnect)
+        transport.write(_SHARED.wire(page.encode()))
+        self.sent = True
+        return True

@@ -1,0 +1,218 @@
+"""CommitWaiters on its own: grouping, one read per wake-up, timeouts, cancels,
+close, and delivery hooks called inside `notify` before any waiter resumes."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+
+import pytest
+
+from changeagent.node.query import ChangeQuery, PageResult
+from changeagent.node.waiters import CommitWaiters, deliver_on_wake
+
+LONG_S = 600.0  # far beyond any test: only a wake-up, a close or a cancel ends these waits
+
+
+class Log:
+    """A committed log of (index, tag) and a read function over it that counts reads."""
+
+    def __init__(self) -> None:
+        self.entries: list[tuple[int, str]] = []
+        self.reads = 0
+
+    def commit(self, tag: str = "") -> int:
+        index = len(self.entries) + 1
+        self.entries.append((index, tag))
+        return index
+
+    def read(self, query: ChangeQuery, upto: int) -> PageResult:
+        self.reads += 1
+        bodies = [
+            b'{"_id":%d}' % index
+            for index, tag in self.entries
+            if query.since < index <= upto and (not query.tags or tag in query.tags)
+        ][: query.limit]
+        return PageResult(bodies, at_start=False, at_end=True, first_retained=1, missed=False)
+
+
+def run(test: Callable[[], Awaitable[None]]) -> None:
+    asyncio.run(asyncio.wait_for(test(), 10))
+
+
+async def until(condition: Callable[[], bool]) -> None:
+    while not condition():
+        await asyncio.sleep(0)
+
+
+def test_one_read_answers_a_whole_group_with_one_shared_page() -> None:
+    async def scenario() -> None:
+        log = Log()
+        waiters = CommitWaiters(log.read)
+        query = ChangeQuery(since=0)
+        tasks = [asyncio.create_task(waiters.wait(query, 0, LONG_S)) for _ in range(5)]
+        await until(lambda: len(waiters) == 5)
+        waiters.notify(log.commit())
+        pages = await asyncio.gather(*tasks)
+        assert log.reads == 1
+        assert all(page is pages[0] for page in pages)
+        assert pages[0] is not None and pages[0].bodies == [b'{"_id":1}']
+        assert len(waiters) == 0
+
+    run(scenario)
+
+
+def test_non_matching_commits_keep_the_wait_and_are_not_scanned_again() -> None:
+    async def scenario() -> None:
+        log = Log()
+        waiters = CommitWaiters(log.read)
+        task = asyncio.create_task(waiters.wait(ChangeQuery(since=0, tags=("a",)), 0, LONG_S))
+        await until(lambda: len(waiters) == 1)
+        waiters.notify(log.commit("b"))  # first check of the group: a full read
+        waiters.notify(log.commit("b"))  # then a probe of the new entries only
+        assert not task.done() and len(waiters) == 1
+        waiters.notify(log.commit("a"))
+        page = await task
+        assert page is not None and page.bodies == [b'{"_id":3}']
+
+    run(scenario)
+
+
+def test_timeout_answers_none_and_forgets_the_waiter() -> None:
+    async def scenario() -> None:
+        log = Log()
+        waiters = CommitWaiters(log.read)
+        assert await waiters.wait(ChangeQuery(since=0), 0, 0.01) is None
+        assert len(waiters) == 0
+        waiters.notify(log.commit())
+        assert log.reads == 0  # no group left to read for
+
+    run(scenario)
+
+
+def test_cancelled_waiter_leaves_its_group_and_the_others_still_wake() -> None:
+    async def scenario() -> None:
+        log = Log()
+        waiters = CommitWaiters(log.read)
+        query = ChangeQuery(since=0)
+        stays = asyncio.create_task(waiters.wait(query, 0, LONG_S))
+        leaves = asyncio.create_task(waiters.wait(query, 0, LONG_S))
+        await until(lambda: len(waiters) == 2)
+        leaves.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await leaves
+        assert len(waiters) == 1
+        waiters.notify(log.commit())
+        page = await stays
+        assert page is not None and len(page.bodies) == 1
+
+    run(scenario)
+
+
+def test_close_answers_every_waiter_with_none_and_refuses_new_ones() -> None:
+    async def scenario() -> None:
+        waiters = CommitWaiters(Log().read)
+        tasks = [
+            asyncio.create_task(waiters.wait(ChangeQuery(since=n), 0, LONG_S)) for n in range(3)
+        ]
+        await until(lambda: len(waiters) == 3)
+        waiters.close()
+        assert await asyncio.gather(*tasks) == [None, None, None]
+        assert await waiters.wait(ChangeQuery(), 0, LONG_S) is None
+
+    run(scenario)
+
+
+def test_hooks_deliver_inside_notify_before_any_waiter_resumes() -> None:
+    async def scenario() -> None:
+        log = Log()
+        waiters = CommitWaiters(log.read)
+        delivered: list[tuple[int, PageResult]] = []
+        resumed: list[int] = []
+
+        async def consumer(number: int) -> None:
+            def hook(page: PageResult) -> bool:
+                delivered.append((number, page))
+                return True
+
+            with deliver_on_wake(hook):
+                page = await waiters.wait(ChangeQuery(since=0), 0, LONG_S)
+            assert page is not None
+            resumed.append(number)
+
+        tasks = [asyncio.create_task(consumer(n)) for n in range(3)]
+        await until(lambda: len(waiters) == 3)
+        waiters.notify(log.commit())
+        # Every hook ran inside notify, in arrival order, with the one shared page;
+        # no consumer task has resumed yet.
+        assert [number for number, _ in delivered] == [0, 1, 2]
+        assert len({id(page) for _, page in delivered}) == 1
+        assert resumed == [] and waiters.delivered == 3
+        await asyncio.gather(*tasks)
+        assert sorted(resumed) == [0, 1, 2]
+
+    run(scenario)
+
+
+def test_hook_is_not_called_for_a_timed_out_waiter_or_after_close() -> None:
+    async def scenario() -> None:
+        log = Log()
+        waiters = CommitWaiters(log.read)
+        calls: list[PageResult] = []
+
+        def hook(page: PageResult) -> bool:
+            calls.append(page)
+            return True
+
+        assert await waiters.wait(ChangeQuery(since=0), 0, 0.01, hook=hook) is None
+        task = asyncio.create_task(waiters.wait(ChangeQuery(since=0), 0, LONG_S, hook=hook))
+        await until(lambda: len(waiters) == 1)
+        waiters.close()
+        waiters.notify(log.commit())
+        assert await task is None
+        assert calls == []
+
+    run(scenario)
+
+
+def test_a_failing_or_declining_hook_still_wakes_its_waiter() -> None:
+    async def scenario() -> None:
+        log = Log()
+        waiters = CommitWaiters(log.read)
+
+        def broken(page: PageResult) -> bool:
+            raise RuntimeError("broken hook")
+
+        def declines(page: PageResult) -> bool:
+            return False
+
+        tasks = [
+            asyncio.create_task(waiters.wait(ChangeQuery(since=0), 0, LONG_S, hook=hook))
+            for hook in (broken, declines)
+        ]
+        await until(lambda: len(waiters) == 2)
+        waiters.notify(log.commit())
+        pages = await asyncio.gather(*tasks)
+        assert all(page is not None and len(page.bodies) == 1 for page in pages)
+        assert waiters.delivered == 0
+
+    run(scenario)
+
+
+def test_the_hook_context_ends_with_its_block() -> None:
+    async def scenario() -> None:
+        log = Log()
+        waiters = CommitWaiters(log.read)
+        calls: list[PageResult] = []
+        def hook(page: PageResult) -> bool:
+            calls.append(page)
+            return True
+
+        with deliver_on_wake(hook):
+            pass
+        task = asyncio.create_task(waiters.wait(ChangeQuery(since=0), 0, LONG_S))
+        await until(lambda: len(waiters) == 1)
+        waiters.notify(log.commit())
+        assert await task is not None and calls == []
+
+    run(scenario)
