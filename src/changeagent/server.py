@@ -19,10 +19,13 @@ from aiohttp import web
 from changeagent.api.app import build_app
 from changeagent.api.auth import Authenticator
 from changeagent.config import Settings, load_settings_file
+from changeagent.node.members import ClusterMembers
 from changeagent.node.node import Node, NodeLimits
+from changeagent.peers import build_transport, serve_cluster_port
 from changeagent.security.permissions import warn_if_data_dir_exposed
 from changeagent.security.tls_files import ApiTls, ClusterTls
 from changeagent.storage import Storage
+from changeagent.transport import Transport
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +56,7 @@ class ServerOptions:
 
 
 async def open_node(options: ServerOptions) -> Node:
+    """Open storage and build the node (not started yet)."""
     storage = await asyncio.to_thread(
         Storage.open, options.data_dir, tail_cache_bytes=options.tail_cache_bytes
     )
@@ -61,9 +65,7 @@ async def open_node(options: ServerOptions) -> Node:
         if options.settings_path is not None
         else Settings()
     )
-    node = Node(storage, settings, options.settings_path, options.limits)
-    await node.start()
-    return node
+    return Node(storage, settings, options.settings_path, options.limits)
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,9 +80,11 @@ async def start_listener(
     options: ServerOptions,
     authenticator: Authenticator | None = None,
     api_tls: ssl.SSLContext | None = None,
+    members: ClusterMembers | None = None,
+    transport: Transport | None = None,
 ) -> Listeners:
     """One application on up to two sites: plain HTTP (-p) and HTTPS (-sp)."""
-    app = build_app(node, options.prefix, authenticator)
+    app = build_app(node, options.prefix, authenticator, members, transport)
     runner = web.AppRunner(app, shutdown_timeout=options.shutdown_grace_s, access_log=None)
     await runner.setup()
     http_port = https_port = None
@@ -146,12 +150,25 @@ async def serve_node(
     options: ServerOptions, authenticator: Authenticator | None, api_tls: ssl.SSLContext | None
 ) -> None:
     node = await open_node(options)
+    members = ClusterMembers(node)
+    use_cluster_port = options.cluster_port is not None
+    transport = build_transport(node, members, options.cluster_tls, use_cluster_port)
     try:
-        listeners = await start_listener(node, options, authenticator, api_tls)
+        await node.start()
+        listeners = await start_listener(
+            node, options, authenticator, api_tls, members, None if use_cluster_port else transport
+        )
+        if options.cluster_port is not None:
+            members.advertised_port = await serve_cluster_port(
+                transport, options.host, options.cluster_port, options.cluster_tls
+            )
+        else:
+            members.advertised_port = listeners.http_port or 0
         await wait_for_stop_signal()
         log.warning("shutting down: no new connections; finishing in-flight requests")
         await listeners.runner.cleanup()
     finally:
         await node.close()
+        await transport.close()
         await asyncio.to_thread(node.storage.close)
     log.warning("changeagent stopped")

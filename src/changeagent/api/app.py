@@ -11,18 +11,26 @@ from changeagent.api.auth import Authenticator, auth_middleware
 from changeagent.api.context import STATE_KEY, ApiState
 from changeagent.api.errors import Handler, error_middleware
 from changeagent.api.openapi import openapi_document
+from changeagent.node.members import ClusterMembers
 from changeagent.node.node import Node
+from changeagent.transport import Transport, add_cluster_route
 
 
 def build_app(
-    node: Node, prefix: str = "", authenticator: Authenticator | None = None
+    node: Node,
+    prefix: str = "",
+    authenticator: Authenticator | None = None,
+    members: ClusterMembers | None = None,
+    transport: Transport | None = None,
 ) -> web.Application:
+    """The API under `prefix`; with a `transport`, peer links are served at
+    CLUSTER_PATH (never under the prefix: peers do not know each other's)."""
     # Authentication runs inside the error middleware, so a 401 is mapped like any error.
     middlewares: list[Middleware] = [error_middleware]
     if authenticator is not None:
         middlewares.append(auth_middleware(authenticator, prefix))
     app = web.Application(middlewares=middlewares, client_max_size=node.limits.body_bytes_max)
-    app[STATE_KEY] = ApiState(node=node, prefix=prefix)
+    app[STATE_KEY] = ApiState(node=node, prefix=prefix, members=members or ClusterMembers(node))
     document = orjson.dumps(
         openapi_document(prefix, node.limits.limit_max, node.limits.block_max_s)
     )
@@ -45,6 +53,7 @@ def build_app(
         ("GET", "/cluster/members", operations.get_members),
         ("POST", "/cluster/members", operations.add_member),
         ("GET", "/cluster/members/{id}", operations.get_member),
+        ("DELETE", "/cluster/members/{id}", operations.delete_member),
         ("GET", "/diagnostics", operations.diagnostics),
         ("GET", "/diagnostics/id", operations.node_id),
         ("GET", "/diagnostics/raft", operations.raft_status),
@@ -58,6 +67,9 @@ def build_app(
         app.router.add_route(
             method, prefix + path if path != "/" or not prefix else prefix, handler
         )
+
+    if transport is not None:
+        add_cluster_route(app, transport)
 
     async def wake_long_polls(app: web.Application) -> None:
         # Runs after the listeners stop and before in-flight requests are awaited:

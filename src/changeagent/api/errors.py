@@ -18,8 +18,10 @@ from changeagent.config import ConfigError
 from changeagent.node.errors import (
     BadRequest,
     CommitTimeout,
+    Conflict,
     DataCorrupted,
     NotAvailable,
+    NotFound,
     Overloaded,
 )
 
@@ -53,6 +55,10 @@ def _from_exception(error: Exception) -> web.Response | None:
         return json_error(error.status, error.message, error.headers)
     if isinstance(error, (ChangeError, ConfigError, BadRequest)):
         return json_error(400, str(error))
+    if isinstance(error, Conflict):
+        return json_error(409, str(error))
+    if isinstance(error, NotFound):
+        return json_error(404, str(error))
     if isinstance(error, NotAvailable):
         retry = error.retry_after_s or RETRY_AFTER_DEFAULT_S
         return json_error(503, str(error), {"Retry-After": str(retry)})

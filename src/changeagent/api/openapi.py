@@ -233,31 +233,44 @@ def _paths(limit_max: int, block_max_s: float) -> dict[str, Any]:
         "/cluster/members": {
             "get": {"summary": "Members by id", "responses": {"200": _ok_json("members", MEMBERS)}},
             "post": {
-                "summary": "Add a member by address",
+                "summary": "Create a cluster (own address on a standalone node) or add a node",
                 "requestBody": {
+                    "required": True,
                     "content": {
-                        "application/x-www-form-urlencoded": {
-                            "schema": {
-                                "type": "object",
-                                "properties": {"address": {"type": "string"}},
-                            }
-                        }
-                    }
+                        "application/x-www-form-urlencoded": {"schema": ADDRESS},
+                        "application/json": {"schema": ADDRESS},
+                    },
                 },
-                "responses": {"400": _error("bad address"), "501": _error("not available")},
+                "responses": {
+                    "200": _ok_json("the cluster with its members", CLUSTER),
+                    "400": _error("bad address, or a node that cannot join"),
+                    "409": _error("another membership change is in progress"),
+                    "415": _error("neither a form nor JSON"),
+                    "503": _error("no leader, or the new member is still catching up"),
+                },
             },
         },
         "/cluster/members/{id}": {
             "get": {
                 "summary": "A member's address",
-                "parameters": [
-                    {"name": "id", "in": "path", "required": True, "schema": {"type": "string"}}
-                ],
+                "parameters": [MEMBER_ID],
                 "responses": {
                     "200": {"description": "address", "content": TEXT},
+                    "400": _error("not a base-36 id"),
                     "404": _error("not a member"),
                 },
-            }
+            },
+            "delete": {
+                "summary": "Remove a member (it keeps its data and becomes standalone)",
+                "parameters": [MEMBER_ID],
+                "responses": {
+                    "200": _ok_json("the cluster with its remaining members", CLUSTER),
+                    "400": _error("not a base-36 id"),
+                    "404": _error("not a member"),
+                    "409": _error("another membership change is in progress"),
+                    "503": _error("no leader, or not committed in time"),
+                },
+            },
         },
         "/diagnostics": {"get": _diagnostic(_json({"type": "object"}))},
         "/diagnostics/id": {"get": _diagnostic(TEXT)},
@@ -278,7 +291,22 @@ CLUSTER = {
         "leader": {"type": "string"},
         "term": {"type": "integer"},
         "members": {"type": "object", "additionalProperties": {"type": "string"}},
+        "roles": {
+            "type": "object",
+            "additionalProperties": {"type": "string", "enum": ["voter", "learner"]},
+        },
     },
+}
+ADDRESS = {
+    "type": "object",
+    "required": ["address"],
+    "properties": {"address": {"type": "string", "description": "host:port"}},
+}
+MEMBER_ID = {
+    "name": "id",
+    "in": "path",
+    "required": True,
+    "schema": {"type": "string", "pattern": "^[0-9a-z]{1,13}$"},
 }
 MEMBERS = {"type": "object", "additionalProperties": {"type": "string"}}
 

@@ -103,26 +103,75 @@ async def put_config(request: web.Request) -> web.Response:
     return yaml_response(settings_to_yaml(applied))
 
 
-# Cluster (standalone for now) ----------------------------------------------
+# Cluster -------------------------------------------------------------------
+
+
+def _members_map(members: dict[int, str]) -> dict[str, str]:
+    return {base36(member): address for member, address in members.items()}
+
+
+def cluster_document(request: web.Request) -> dict[str, Any]:
+    state = state_of(request)
+    node, members = state.node, state.members
+    return {
+        "clusterId": base36(node.cluster_id),
+        "leader": base36(node.leader_id if node.cluster_id else 0),
+        "term": node.term,
+        "members": _members_map(members.members()),
+        "roles": {base36(member): role for member, role in members.roles().items()},
+    }
 
 
 async def get_cluster(request: web.Request) -> web.Response:
-    node = state_of(request).node
-    return json_response(
-        {"clusterId": base36(node.cluster_id), "leader": "0", "term": node.term, "members": {}}
-    )
+    return json_response(cluster_document(request))
 
 
 async def get_members(request: web.Request) -> web.Response:
-    return json_response({})
+    return json_response(_members_map(state_of(request).members.members()))
+
+
+def _member_id(request: web.Request) -> int:
+    text = request.match_info["id"]
+    try:
+        return int(text, 36)
+    except ValueError:
+        raise ApiError(400, f"member id must be a base-36 node id, not {text[:40]!r}") from None
 
 
 async def get_member(request: web.Request) -> web.Response:
-    raise ApiError(404, "not a member of this cluster")
+    address = state_of(request).members.members().get(_member_id(request))
+    if address is None:
+        raise ApiError(404, "not a member of this cluster")
+    return text_response(address)
+
+
+async def _address_from(request: web.Request) -> str:
+    if request.content_type not in ("application/json", "application/x-www-form-urlencoded"):
+        raise ApiError(
+            415, "send address=host:port as a form (application/x-www-form-urlencoded) or JSON"
+        )
+    if request.content_type == "application/json":
+        try:
+            document = orjson.loads(await request.read())
+        except orjson.JSONDecodeError as error:
+            raise ApiError(400, f"request body is not valid JSON: {error}") from None
+        address = document.get("address") if isinstance(document, dict) else None
+    else:
+        address = (await request.post()).get("address")
+    if not isinstance(address, str) or not address:
+        raise ApiError(400, "send the new member's address as address=host:port")
+    return address
 
 
 async def add_member(request: web.Request) -> web.Response:
-    raise ApiError(501, "clustering is not available in this version yet; this node is standalone")
+    address = await _address_from(request)
+    await state_of(request).members.add(address)
+    return json_response(cluster_document(request))
+
+
+async def delete_member(request: web.Request) -> web.Response:
+    await state_of(request).members.remove(_member_id(request))
+    return json_response(cluster_document(request))
 
 
 # Diagnostics ---------------------------------------------------------------
@@ -143,22 +192,39 @@ async def raft_state(request: web.Request) -> web.Response:
 
 
 async def raft_leader(request: web.Request) -> web.Response:
-    return text_response("0")
+    node = state_of(request).node
+    return text_response(base36(node.leader_id if node.cluster_id else 0))
 
 
 async def raft_status(request: web.Request) -> web.Response:
-    node = state_of(request).node
+    state = state_of(request)
+    node = state.node
     storage = node.storage
+    core = node.core_driver.core
+    membership = core.membership
     return json_response(
         {
             "id": base36(node.node_id),
+            "clusterId": base36(node.cluster_id),
             "state": node.state,
-            "leader": "0",
-            "term": node.term,
+            "leader": base36(node.leader_id if node.cluster_id else 0),
+            "term": core.term,
             "firstIndex": storage.first_index(),
             "lastIndex": storage.last_index(),
             "appliedIndex": node.applied_index,
-            "committedIndex": node.commit_index,
+            "committedIndex": core.commit_index,
+            "voters": sorted(base36(member) for member in membership.voters),
+            "learners": sorted(base36(member) for member in membership.learners),
+            "peers": {
+                base36(peer): {
+                    "match": progress.match,
+                    "next": progress.next,
+                    "state": progress.state.value,
+                    "recentActive": progress.recent_active,
+                    "learner": progress.learner,
+                }
+                for peer, progress in core.progress.items()
+            },
             "longPolls": node.long_poll_count,
             "purgeChecks": node.purge_checks,
         }

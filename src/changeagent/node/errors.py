@@ -29,3 +29,11 @@ class DataCorrupted(NodeError):
 
 class BadRequest(NodeError):
     """The request is well formed but cannot be done as asked: 400."""
+
+
+class Conflict(NodeError):
+    """Another operation of the same kind is in progress (a membership change): 409."""
+
+
+class NotFound(NodeError):
+    """The thing named does not exist here (e.g. a member id): 404."""

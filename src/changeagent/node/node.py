@@ -1,11 +1,16 @@
-"""The node runtime: turns proposals into durable, committed, applied log entries.
+"""The node: the change log, its replicated settings, its long-polls and its peers.
 
-Today a node is standalone: a one-member cluster whose commit point is its own
-durable log. The shape is the Raft runtime's (propose -> persist in one group
-commit -> commit -> apply -> wake waiters), so the clustering work swaps the
-commit rule, not the node. Like a Raft leader, every start begins a new term
-with a no-op entry, so the first change on a fresh node is `_id` 2, as in
-ChangeAgent.
+Every node runs the Raft core through a `RaftDriver`; a standalone node is a
+one-member cluster (cluster id 0) on the same code path. A fresh node
+bootstraps with the membership {itself} at index 0 and campaigns at once, so
+its no-op is entry 1 and the first change is `_id` 2, as in ChangeAgent; every
+restart of a lone voter begins a new term with another no-op.
+
+Writes: on the leader, a change is proposed to the core (after web hooks
+accept it) and answered once committed and applied. On a follower it is
+forwarded to the leader over the peer transport, and answered once this node
+has applied that index too. Reads serve this node's applied prefix; a
+linearizable read first asks the leader for a read index (§6.4).
 
 Everything here runs on one asyncio loop; disk work happens in storage's writer
 thread (writes) or a worker thread (cold reads), never on the loop.
@@ -15,41 +20,81 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import heapq
+import itertools
 import logging
+import random
 import secrets
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
-from changeagent.change import NewChange, encode_change
-from changeagent.config import Settings, write_settings_file
-from changeagent.node.errors import CommitTimeout, DataCorrupted, NotAvailable, Overloaded
+import orjson
+
+from changeagent.change import NewChange, encode_change, parse_change_body
+from changeagent.config import SECOND_NS, Settings, write_settings_file
+from changeagent.node.driver import DriverHooks, RaftDriver
+from changeagent.node.errors import (
+    BadRequest,
+    CommitTimeout,
+    Conflict,
+    DataCorrupted,
+    NodeError,
+    NotAvailable,
+    NotFound,
+    Overloaded,
+)
 from changeagent.node.query import ChangeQuery, PageResult
 from changeagent.node.settings_entry import (
+    ENTRY_TYPE_ADDRESS,
+    decode_address,
     decode_purge,
     decode_settings,
+    decode_snapshot_data,
     encode_purge,
     encode_settings,
+    encode_snapshot_data,
 )
 from changeagent.node.waiters import CommitWaiters
 from changeagent.node.webhooks import WebHookCaller
-from changeagent.raft.entry import (
+from changeagent.raft import (
     ENTRY_TYPE_CONFIG,
-    ENTRY_TYPE_NOOP,
+    ENTRY_TYPE_MEMBERSHIP,
     ENTRY_TYPE_PURGE,
+    ConfChange,
+    ConfChangeKind,
     Entry,
     HardState,
+    Membership,
+    Message,
+    RaftConfig,
+    Role,
+    Snapshot,
 )
-from changeagent.raft.interfaces import Snapshot
 from changeagent.storage import ChangePage, CorruptionError, Storage, StorageFailed, WriteBatch
+from changeagent.transport import RequestFailed
+
+if TYPE_CHECKING:
+    from changeagent.transport import RpcValue, Transport
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 META_NODE_ID = "node_id"
+META_CLUSTER_ID = "cluster_id"
+META_CLUSTER_SECRET = "cluster_secret"
 NODE_ID_MAX = 2**63 - 1
+# Forwarded-write error codes (the leader's NodeError class, by name).
+_ERROR_CODES: dict[str, type[NodeError]] = {
+    "bad_request": BadRequest,
+    "conflict": Conflict,
+    "not_found": NotFound,
+    "commit_timeout": CommitTimeout,
+    "overloaded": Overloaded,
+    "not_available": NotAvailable,
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,14 +111,8 @@ class NodeLimits:
     purge_interval_s: float = 1.0
 
 
-@dataclass(slots=True)
-class _Proposal:
-    entry: Entry
-    future: asyncio.Future[int]
-
-
 class Node:
-    """One changeagent node: the change log, its settings, and its long-polls."""
+    """One changeagent node. Create it, `attach_transport` (clusters), `start`."""
 
     def __init__(
         self,
@@ -82,62 +121,171 @@ class Node:
         settings_path: Path | None,
         limits: NodeLimits,
         clock_ns: Callable[[], int] = time.time_ns,
+        rng: random.Random | None = None,
     ) -> None:
         self.storage = storage
         self.settings = settings
         self.settings_path = settings_path
         self.limits = limits
         self._clock_ns = clock_ns
+        self._rng = rng or random.Random()
         self.node_id = _load_node_id(storage)
-        self.cluster_id = 0
-        hard_state = storage.hard_state()
-        self.term = hard_state.term
-        self.commit_index = storage.last_index()  # one member: durable means committed
-        self.applied_index = self.commit_index
-        self._last_index = self.commit_index
+        self.cluster_id = int(storage.meta_get(META_CLUSTER_ID) or b"0")
+        self.secret = storage.meta_get(META_CLUSTER_SECRET) or b""
+        self.addresses: dict[int, str] = {}  # replicated: member id -> host:port
+        self.pending_addresses: dict[int, str] = {}  # known before their entry applies
+        self.transport: Transport | None = None
+        self.driver: RaftDriver | None = None
+        self.commit_index = 0  # applied here: what reads see
         self._last_timestamp_ns = 0
-        self._pending: list[_Proposal] = []
-        self._inflight_keys: dict[str, asyncio.Future[int]] = {}
-        self._flush_task: asyncio.Task[None] | None = None
-        self._purge_task: asyncio.Task[None] | None = None
+        self._inflight_keys: dict[str, asyncio.Future[Entry]] = {}
+        self._apply_waiters: list[tuple[int, int, asyncio.Future[None]]] = []
+        self._apply_waiter_ids = itertools.count()
+        self._background: list[asyncio.Task[None]] = []
         self._waiters = CommitWaiters(self._read_committed)
         self._web_hooks = WebHookCaller()
+        self._on_leave: Callable[[], None] | None = None
         self.failure: str | None = None
         self.closing = False
         self.purge_checks = 0  # how many times the purge rule was evaluated (diagnostics)
 
+    # State -----------------------------------------------------------------------------
+
+    @property
+    def core_driver(self) -> RaftDriver:
+        assert self.driver is not None, "start() the node first"
+        return self.driver
+
+    @property
+    def role(self) -> Role:
+        return self.core_driver.core.role
+
+    @property
+    def is_leader(self) -> bool:
+        return self.driver is not None and self.driver.core.role is Role.LEADER
+
+    @property
+    def leader_id(self) -> int:
+        return (self.driver.core.leader_id or 0) if self.driver is not None else 0
+
+    @property
+    def term(self) -> int:
+        return self.core_driver.core.term
+
+    @property
+    def applied_index(self) -> int:
+        return self.commit_index
+
+    @property
+    def membership(self) -> Membership:
+        return self.core_driver.core.membership
+
     @property
     def state(self) -> str:
-        return "Standalone"
+        """ChangeAgent's state names, plus Learner."""
+        if self.closing:
+            return "Stopping"
+        if self.cluster_id == 0:
+            return "Standalone"
+        role = self.role
+        if role is Role.LEADER:
+            return "Leader"
+        if role is Role.CANDIDATE or role is Role.PRE_CANDIDATE:
+            return "Candidate"
+        if self.node_id in self.membership.learners:
+            return "Learner"
+        return "Follower"
 
     @property
     def long_poll_count(self) -> int:
         return len(self._waiters)
 
-    # Lifecycle ---------------------------------------------------------------
+    def address_of(self, node_id: int) -> str | None:
+        return self.addresses.get(node_id) or self.pending_addresses.get(node_id)
+
+    # Lifecycle -------------------------------------------------------------------------
+
+    def attach_transport(self, transport: Transport) -> None:
+        self.transport = transport
 
     async def start(self) -> None:
-        """Begin a new term with a no-op entry, like a newly elected leader."""
-        self.term += 1
+        """Recover the replicated state, start Raft; a lone voter leads before this returns."""
         meta = {META_NODE_ID: str(self.node_id).encode()}
-        await self.storage.write(WriteBatch(hard_state=self._hard_state(), meta=meta))
-        await self._propose(ENTRY_TYPE_NOOP, b"")
-        self._purge_task = asyncio.create_task(self._purge_loop(), name="purge")
+        bootstrap = None
+        if self._is_fresh():
+            bootstrap = Snapshot(membership=Membership(voters=frozenset({self.node_id})))
+        await self.storage.write(WriteBatch(meta=meta, snapshot=bootstrap))
+        commit, purge_to = await asyncio.to_thread(self._recover_state)
+        self._start_driver(applied=commit)
+        if purge_to > self.storage.snapshot().index:
+            await self._apply_purge(purge_to)  # committed before a crash, not yet done
+        self._background.append(asyncio.create_task(self._purge_loop(), name="purge"))
+        self._background.append(asyncio.create_task(self._promote_loop(), name="promote"))
+        if self.membership.voters == {self.node_id}:
+            self.core_driver.campaign()
+            await self._wait_leading(self.limits.commit_timeout_s)
+
+    def _is_fresh(self) -> bool:
+        storage = self.storage
+        return (
+            self.cluster_id == 0
+            and storage.last_index() == 0
+            and not storage.snapshot().membership.voters
+        )
+
+    def _start_driver(self, applied: int) -> None:
+        settings = self.settings
+        tick_s, election_ticks = _ticks(settings)
+        config = RaftConfig(node_id=self.node_id, election_ticks=election_ticks, heartbeat_ticks=1)
+        hooks = DriverHooks(
+            send=self._send,
+            apply=self._apply,
+            install_snapshot=self._install_snapshot,
+            on_role_change=self._on_role_change,
+            on_failure=self._fail,
+        )
+        self.driver = RaftDriver(
+            self.storage,
+            config,
+            tick_s,
+            hooks,
+            applied=applied,
+            pending_max=self.limits.pending_proposals_max,
+            rng=self._rng,
+        )
+        self.commit_index = applied
+        self.driver.start()
+
+    async def _wait_leading(self, timeout_s: float) -> None:
+        """Until this node leads and has applied its term's no-op (writes then work)."""
+        driver = self.core_driver
+        async with asyncio.timeout(timeout_s):
+            while not (
+                driver.core.role is Role.LEADER and self.commit_index >= driver.core.last_index
+            ):
+                await self.wait_applied(self.commit_index + 1, timeout_s)
+
+    async def restart_driver(self, applied: int) -> None:
+        """Replace the Raft core after the log was reset (join) or re-bootstrapped (leave)."""
+        if self.driver is not None:
+            await self.driver.stop()
+        self._start_driver(applied)
 
     async def close(self) -> None:
-        """Answer long-polls now, finish pending writes, stop background work."""
+        """Answer long-polls now, stop Raft and background work."""
         self.closing = True
         self._waiters.close()
-        if self._purge_task is not None:
-            self._purge_task.cancel()
+        for task in self._background:
+            task.cancel()
+        for task in self._background:
             with contextlib.suppress(asyncio.CancelledError):
-                await self._purge_task
-        if self._flush_task is not None:
-            with contextlib.suppress(Exception):
-                await self._flush_task
+                await task
+        if self.driver is not None:
+            await self.driver.stop()
+        self._fail_apply_waiters()
         await self._web_hooks.close()
 
-    # Writes ------------------------------------------------------------------
+    # Writes ----------------------------------------------------------------------------
 
     async def append_change(self, change: NewChange, key: str = "") -> bytes:
         """Store a change durably; return its stored bytes. Retries with `key` get the original."""
@@ -146,55 +294,101 @@ class Node:
             if existing is not None:
                 return existing
         self._check_writable()
+        if self.is_leader:
+            entry = await self.propose_change(change, key)
+            return entry.data
+        index = await self._forward_change(change, key)
+        await self.wait_applied(index, self.limits.commit_timeout_s)
+        stored = self.storage.get_change(index)
+        if stored is None:  # purged in the meantime: the leader's answer still stands
+            return orjson.dumps({"_id": index})
+        return stored
+
+    async def propose_change(self, change: NewChange, key: str = "") -> Entry:
+        """On the leader: run web hooks, propose, wait until committed and applied."""
+        if key:
+            inflight = self._inflight_keys.get(key)
+            if inflight is not None:
+                return await asyncio.shield(inflight)
+            stored = self.storage.idempotency_lookup(key)
+            if stored is not None:
+                return Entry(stored, 0, change.type, self.storage.get_change(stored) or b"", key)
         await self._web_hooks.validate(self.settings.web_hooks, change)
         timestamp_ns = self._next_timestamp_ns()
-        entry = await self._propose(
+        future = self.core_driver.propose(
             change.type, lambda index: encode_change(index, timestamp_ns, change), key
         )
-        return entry.data
-
-    async def update_settings(self, settings: Settings) -> Settings:
-        """Replicate new settings through the log; they apply when committed."""
-        await self._propose(ENTRY_TYPE_CONFIG, encode_settings(settings.validate()))
-        return self.settings
-
-    async def _existing_for_key(self, key: str) -> bytes | None:
-        inflight = self._inflight_keys.get(key)
-        if inflight is not None:
-            return self.storage.get_change(await asyncio.shield(inflight))
-        stored_index = self.storage.idempotency_lookup(key)
-        return None if stored_index is None else self.storage.get_change(stored_index)
-
-    async def _propose(
-        self, entry_type: int, data: bytes | Callable[[int], bytes], key: str = ""
-    ) -> Entry:
-        """Append one entry; return it once it is durable, committed and applied."""
-        self._check_writable()
-        if len(self._pending) >= self.limits.pending_proposals_max:
-            raise Overloaded("too many writes are waiting to be stored; retry later")
-        index = self._last_index + 1
-        payload = data(index) if callable(data) else data
-        self._last_index = index
-        proposal = _Proposal(
-            entry=Entry(index=index, term=self.term, type=entry_type, data=payload, key=key),
-            future=asyncio.get_running_loop().create_future(),
-        )
-        self._pending.append(proposal)
         if key:
-            self._inflight_keys[key] = proposal.future
-        if self._flush_task is None or self._flush_task.done():
-            self._flush_task = asyncio.create_task(self._flush(), name="flush")
+            self._inflight_keys[key] = future
+            future.add_done_callback(lambda _: self._inflight_keys.pop(key, None))
+        return await self._await_commit(future)
+
+    async def propose_internal(self, entry_type: int, data: bytes) -> Entry:
+        """On the leader: propose an internal entry (settings, purge, address)."""
+        self._check_writable()
+        return await self._await_commit(self.core_driver.propose(entry_type, lambda _: data))
+
+    async def _await_commit(self, future: asyncio.Future[Entry]) -> Entry:
         try:
-            await asyncio.wait_for(asyncio.shield(proposal.future), self.limits.commit_timeout_s)
-            return proposal.entry
+            async with asyncio.timeout(self.limits.commit_timeout_s):
+                return await asyncio.shield(future)
         except TimeoutError:
             raise CommitTimeout(
                 "the change was not committed in time; it may still commit. "
                 "Retry with the same Idempotency-Key to get it exactly once"
             ) from None
-        finally:
-            if key and proposal.future.done():
-                self._inflight_keys.pop(key, None)
+
+    async def _forward_change(self, change: NewChange, key: str) -> int:
+        body = orjson.dumps(
+            {"type": change.type, "tags": change.tags, "data": orjson.Fragment(change.data_json)}
+        )
+        leader, transport = self._leader_link()
+        try:
+            return await transport.propose(
+                leader, change.type, body, key, timeout_s=self.limits.commit_timeout_s
+            )
+        except RequestFailed as error:
+            raise _error_from_reply(error) from None
+
+    def _leader_link(self) -> tuple[int, Transport]:
+        leader = self.leader_id
+        if not leader or self.transport is None or self.cluster_id == 0:
+            raise NotAvailable("no leader is known; retry later", retry_after_s=1)
+        return leader, self.transport
+
+    async def call_leader(self, method: str, payload: RpcValue) -> RpcValue:
+        """Run an operation on the leader (membership, settings); its answer's payload."""
+        leader, transport = self._leader_link()
+        try:
+            return await transport.call(
+                leader,
+                method,
+                payload,
+                timeout_s=self.limits.commit_timeout_s * 4,
+            )
+        except RequestFailed as error:
+            raise _error_from_reply(error) from None
+
+    async def update_settings(self, settings: Settings) -> Settings:
+        """Replicate new settings through the log; they apply on every node when committed."""
+        data = encode_settings(settings.validate())
+        if self.is_leader:
+            await self.propose_internal(ENTRY_TYPE_CONFIG, data)
+        else:
+            answer = await self.call_leader("put_config", data.decode())
+            if not isinstance(answer, int):
+                raise NotAvailable("the leader gave no index for the new settings")
+            index = answer
+            await self.wait_applied(index, self.limits.commit_timeout_s)
+        return self.settings
+
+    async def _existing_for_key(self, key: str) -> bytes | None:
+        inflight = self._inflight_keys.get(key)
+        if inflight is not None:
+            entry = await asyncio.shield(inflight)
+            return self.storage.get_change(entry.index)
+        stored_index = self.storage.idempotency_lookup(key)
+        return None if stored_index is None else self.storage.get_change(stored_index)
 
     def _check_writable(self) -> None:
         if self.failure is not None:
@@ -202,46 +396,73 @@ class Node:
         if self.closing:
             raise NotAvailable("this node is shutting down", retry_after_s=1)
 
-    async def _flush(self) -> None:
-        """Group commit: everything proposed while a write runs rides the next one."""
-        while self._pending and self.failure is None:
-            batch, self._pending = self._pending, []
-            entries = [proposal.entry for proposal in batch]
-            commit_index = entries[-1].index
-            hard_state = HardState(term=self.term, vote=self.node_id, commit=commit_index)
-            try:
-                await self.storage.write(WriteBatch(hard_state=hard_state, entries=entries))
-            except (StorageFailed, OSError) as error:
-                self._fail(f"storage write failed: {error}")
-                _reject(batch, self.failure or "storage failed")
-                break
-            self.commit_index = commit_index
-            await self._apply(entries)
-            for proposal in batch:
-                if not proposal.future.done():
-                    proposal.future.set_result(proposal.entry.index)
-            self._waiters.notify(commit_index)
-        if self.failure is not None:
-            batch, self._pending = self._pending, []
-            _reject(batch, self.failure)
-
     def _fail(self, reason: str) -> None:
         if self.failure is None:
             self.failure = reason
-            log.error("node is failing stop for writes: %s", reason)
+            log.error("node is failing stop: %s", reason)
+        self._fail_apply_waiters()
 
-    # Applying committed internal entries --------------------------------------
+    # Raft hooks ------------------------------------------------------------------------
 
-    async def _apply(self, entries: list[Entry]) -> None:
+    def _send(self, message: Message) -> None:
+        if self.transport is not None:
+            self.transport.send(message.target, message)
+
+    def on_peer_message(self, peer_id: int, message: Message) -> None:
+        if self.driver is not None:
+            self.driver.step(message)
+
+    def _on_role_change(self, role: Role, leader_id: int | None) -> None:
+        log.info("raft: %s, term %d, leader %s", role.name, self.term, leader_id or "unknown")
+
+    async def _apply(self, entries: tuple[Entry, ...]) -> None:
         for entry in entries:
-            if entry.type == ENTRY_TYPE_CONFIG:
-                await self._apply_settings(decode_settings(entry.data))
-            elif entry.type == ENTRY_TYPE_PURGE:
-                await self._apply_purge(decode_purge(entry.data))
-            self.applied_index = entry.index
+            if entry.type < 0:
+                await self._apply_internal(entry)
+        self.commit_index = entries[-1].index
+        self._waiters.notify(self.commit_index)
+        self._wake_apply_waiters()
+
+    async def _apply_internal(self, entry: Entry) -> None:
+        if entry.type == ENTRY_TYPE_CONFIG:
+            await self._apply_settings(decode_settings(entry.data))
+        elif entry.type == ENTRY_TYPE_PURGE:
+            await self._apply_purge(decode_purge(entry.data))
+        elif entry.type == ENTRY_TYPE_ADDRESS:
+            node_id, address = decode_address(entry.data)
+            self._set_address(node_id, address)
+        elif entry.type == ENTRY_TYPE_MEMBERSHIP:
+            self._apply_membership(ConfChange.decode(entry.data))
+
+    def _apply_membership(self, change: ConfChange) -> None:
+        if change.kind is ConfChangeKind.ADD_LEARNER and change.context:
+            self._set_address(change.node_id, change.context.decode())
+        elif change.kind is ConfChangeKind.REMOVE:
+            self.addresses.pop(change.node_id, None)
+            self.pending_addresses.pop(change.node_id, None)
+            if self.transport is not None and change.node_id != self.node_id:
+                self.transport.remove_peer(change.node_id)
+            if change.node_id == self.node_id and self._on_leave is not None:
+                self._on_leave()
+
+    def set_leave_handler(self, handler: Callable[[], None]) -> None:
+        self._on_leave = handler
+
+    def _set_address(self, node_id: int, address: str) -> None:
+        changed = self.address_of(node_id) != address
+        self.addresses[node_id] = address
+        self.pending_addresses.pop(node_id, None)
+        if changed and self.transport is not None and node_id != self.node_id:
+            self.transport.address_changed(node_id)
 
     async def _apply_settings(self, settings: Settings) -> None:
-        self.settings = settings
+        previous, self.settings = self.settings, settings
+        if (previous.election_timeout_ns, previous.heartbeat_timeout_ns) != (
+            settings.election_timeout_ns,
+            settings.heartbeat_timeout_ns,
+        ) and self.driver is not None:
+            tick_s, election_ticks = _ticks(settings)
+            self.driver.set_timeouts(tick_s, election_ticks, 1)
         if self.settings_path is not None:
             try:
                 await asyncio.to_thread(write_settings_file, self.settings_path, settings)
@@ -249,27 +470,65 @@ class Node:
                 log.error("could not rewrite %s: %s", self.settings_path, error)
 
     async def _apply_purge(self, index: int) -> None:
-        snapshot = self.storage.snapshot()
-        if index <= snapshot.index:
+        if index <= self.storage.snapshot().index or self.driver is None:
             return
-        term = self.storage.term(index)
-        compacted = Snapshot(
-            index=index,
-            term=term,
-            membership=snapshot.membership,
-            data=encode_settings(self.settings),
-        )
+        snapshot = self.driver.core.compact(index, self._snapshot_data())
         try:
-            await self.storage.write(WriteBatch(snapshot=compacted, compact_to=index))
+            await self.storage.write(WriteBatch(snapshot=snapshot, compact_to=index))
         except (StorageFailed, OSError) as error:
             self._fail(f"purge failed: {error}")
 
+    async def _install_snapshot(self, snapshot: Snapshot) -> None:
+        """The leader replaced our log with a snapshot: adopt its replicated state."""
+        settings, addresses = decode_snapshot_data(snapshot.data)
+        if settings is not None:
+            await self._apply_settings(settings)
+        for node_id, address in addresses.items():
+            self._set_address(node_id, address)
+        self.commit_index = max(self.commit_index, snapshot.index)
+        self._waiters.notify(self.commit_index)
+        self._wake_apply_waiters()
+
+    def _snapshot_data(self) -> bytes:
+        return encode_snapshot_data(self.settings, self.addresses)
+
+    def _recover_state(self) -> tuple[int, int]:
+        """Rebuild settings and addresses from the snapshot and the committed log
+        (worker thread, before Raft starts). Returns the commit index (all of it is
+        applied now) and the highest committed purge point."""
+        storage = self.storage
+        snapshot = storage.snapshot()
+        settings, addresses = decode_snapshot_data(snapshot.data)
+        if settings is not None:
+            self.settings = settings
+        self.addresses = addresses
+        commit = max(storage.hard_state().commit, snapshot.index)
+        purge_to = 0
+        for entry in storage.internal_entries(snapshot.index + 1, commit + 1):
+            if entry.type == ENTRY_TYPE_CONFIG:
+                self.settings = decode_settings(entry.data)
+            elif entry.type == ENTRY_TYPE_ADDRESS:
+                node_id, address = decode_address(entry.data)
+                self.addresses[node_id] = address
+            elif entry.type == ENTRY_TYPE_MEMBERSHIP:
+                change = ConfChange.decode(entry.data)
+                if change.kind is ConfChangeKind.ADD_LEARNER and change.context:
+                    self.addresses[change.node_id] = change.context.decode()
+                elif change.kind is ConfChangeKind.REMOVE:
+                    self.addresses.pop(change.node_id, None)
+            elif entry.type == ENTRY_TYPE_PURGE:
+                purge_to = max(purge_to, decode_purge(entry.data))
+        return commit, purge_to
+
+    # Background work -------------------------------------------------------------------
+
     async def _purge_loop(self) -> None:
+        """The leader proposes purges per the settings; every node applies them."""
         while True:
             await asyncio.sleep(self.limits.purge_interval_s)
             self.purge_checks += 1
             settings = self.settings
-            if not settings.purge_enabled or self.failure or self.closing:
+            if not settings.purge_enabled or self.failure or self.closing or not self.is_leader:
                 continue
             cutoff_ns = self._clock_ns() - settings.min_purge_duration_ns
             point = await asyncio.to_thread(
@@ -279,10 +538,64 @@ class Node:
                 self.commit_index,
             )
             if point > self.storage.snapshot().index:
-                with contextlib.suppress(NotAvailable, CommitTimeout, Overloaded):
-                    await self._propose(ENTRY_TYPE_PURGE, encode_purge(point))
+                with contextlib.suppress(NodeError):
+                    await self.propose_internal(ENTRY_TYPE_PURGE, encode_purge(point))
 
-    # Reads -------------------------------------------------------------------
+    async def _promote_loop(self) -> None:
+        """The leader promotes every learner that has caught up (streaming the log)."""
+        while True:
+            await asyncio.sleep(self.settings.heartbeat_timeout_ns / SECOND_NS)
+            if not self.is_leader or self.failure or self.closing:
+                continue
+            driver = self.core_driver
+            for learner in driver.core.membership.learners:
+                progress = driver.core.progress.get(learner)
+                if progress is None or progress.state.value != "replicate":
+                    continue
+                with contextlib.suppress(Exception):
+                    driver.propose_membership(ConfChange(ConfChangeKind.PROMOTE, learner))
+                    log.info("promoting learner %d to voter", learner)
+
+    # Waiting for this node to apply an index -------------------------------------------
+
+    async def wait_applied(self, index: int, timeout_s: float) -> None:
+        """Until this node has applied `index` (or NotAvailable after `timeout_s`)."""
+        if self.commit_index >= index:
+            return
+        if self.failure is not None or self.closing:
+            raise NotAvailable("this node is not applying changes now", retry_after_s=1)
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        heapq.heappush(self._apply_waiters, (index, next(self._apply_waiter_ids), future))
+        try:
+            async with asyncio.timeout(timeout_s):
+                await future
+        except TimeoutError:
+            raise CommitTimeout(
+                f"this node has not applied entry {index} yet; it is committed on the leader"
+            ) from None
+
+    def _wake_apply_waiters(self) -> None:
+        waiters = self._apply_waiters
+        while waiters and waiters[0][0] <= self.commit_index:
+            future = heapq.heappop(waiters)[2]
+            if not future.done():
+                future.set_result(None)
+
+    def _fail_apply_waiters(self) -> None:
+        waiters, self._apply_waiters = self._apply_waiters, []
+        for _, _, future in waiters:
+            if not future.done():
+                future.set_exception(NotAvailable("this node stopped", retry_after_s=1))
+                future.exception()
+
+    # Reads -----------------------------------------------------------------------------
+
+    async def linearizable_barrier(self) -> None:
+        """Wait until this node has applied every write acknowledged before the call."""
+        if self.failure is not None:
+            raise NotAvailable(f"this node stopped serving: {self.failure}")
+        index = await self.core_driver.read_index(self.limits.commit_timeout_s)
+        await self.wait_applied(index, self.limits.commit_timeout_s)
 
     async def read_changes(self, query: ChangeQuery) -> PageResult:
         """Committed changes after `query.since`: from memory on the loop when the hot
@@ -355,10 +668,7 @@ class Node:
                 "read from another node"
             ) from None
 
-    # Helpers -----------------------------------------------------------------
-
-    def _hard_state(self) -> HardState:
-        return HardState(term=self.term, vote=self.node_id, commit=self.commit_index)
+    # Helpers ---------------------------------------------------------------------------
 
     def _next_timestamp_ns(self) -> int:
         # Never go backwards, even if the wall clock does: _ts is informational,
@@ -366,12 +676,45 @@ class Node:
         self._last_timestamp_ns = max(self._clock_ns(), self._last_timestamp_ns + 1)
         return self._last_timestamp_ns
 
+    def hard_state(self) -> HardState:
+        return self.storage.hard_state()
 
-def _reject(batch: list[_Proposal], reason: str) -> None:
-    for proposal in batch:
-        if not proposal.future.done():
-            proposal.future.set_exception(NotAvailable(f"the write was not stored: {reason}"))
-            proposal.future.exception()  # mark retrieved: a timed-out caller may be gone
+
+def parse_forwarded_change(data: bytes) -> NewChange:
+    """A change forwarded by a follower: the same body a client posts."""
+    return parse_change_body(data)
+
+
+def error_code(error: NodeError) -> str:
+    for code, kind in _ERROR_CODES.items():
+        if isinstance(error, kind):
+            return code
+    return "not_available"
+
+
+def _error_from_reply(error: RequestFailed) -> NodeError:
+    kind = _ERROR_CODES.get(error.code)
+    if kind is not None:
+        return kind(error.message)
+    if error.code == "timeout":
+        return CommitTimeout(
+            "the leader did not answer in time; the change may still commit. "
+            "Retry with the same Idempotency-Key to get it exactly once"
+        )
+    if error.code == "disconnected":
+        return NotAvailable(
+            "the connection to the leader broke; the change may have committed. "
+            "Retry with the same Idempotency-Key to get it exactly once",
+            retry_after_s=1,
+        )
+    return NotAvailable(f"the leader could not take the request: {error.message}", retry_after_s=1)
+
+
+def _ticks(settings: Settings) -> tuple[float, int]:
+    """Tick length (the heartbeat interval) and the election timeout in ticks."""
+    tick_s = settings.heartbeat_timeout_ns / SECOND_NS
+    election_ticks = max(2, round(settings.election_timeout_ns / settings.heartbeat_timeout_ns))
+    return tick_s, election_ticks
 
 
 def _load_node_id(storage: Storage) -> int:

@@ -22,6 +22,9 @@ class ConfChangeKind(IntEnum):
     ADD_LEARNER = 1  # a new member that receives the log but does not vote
     PROMOTE = 2  # a learner becomes a voter
     REMOVE = 3  # a voter or learner leaves (may be the leader itself)
+    # Written by a removed node into its own log, never proposed: it starts a
+    # one-member cluster of that node (it keeps its data, becomes standalone).
+    RESET = 4
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,6 +52,8 @@ class ConfChange:
 
     def check(self, membership: Membership) -> str | None:
         """Why this change cannot apply to `membership`, or None when it can."""
+        if self.kind is ConfChangeKind.RESET:
+            return "a reset is written by a removed node into its own log, never proposed"
         member = self.node_id in membership.voters or self.node_id in membership.learners
         if self.kind is ConfChangeKind.ADD_LEARNER and member:
             return f"node {self.node_id} is already a member"
@@ -63,6 +68,8 @@ class ConfChange:
 
     def apply(self, membership: Membership) -> Membership:
         """The membership after this change (call `check` first)."""
+        if self.kind is ConfChangeKind.RESET:
+            return Membership(frozenset({self.node_id}))
         voters, learners = set(membership.voters), set(membership.learners)
         if self.kind is ConfChangeKind.ADD_LEARNER:
             learners.add(self.node_id)

@@ -8,6 +8,7 @@ is collected into `Ready`; nothing here does I/O or reads a clock.
 
 from __future__ import annotations
 
+import dataclasses
 from typing import TYPE_CHECKING
 
 from changeagent.raft.confchange import ConfChange, ConfChangeKind
@@ -81,7 +82,7 @@ class RaftNode:
         self._leader: int | None = None
         # Membership: the one at the compaction point, then one per membership entry.
         self._memberships = MembershipLog(snapshot.membership, snapshot.index)
-        self._memberships.recover(log, config.max_message_bytes)
+        self._memberships.recover(log)
         # Elections and timers (in ticks).
         self._election_elapsed = 0
         self._heartbeat_elapsed = 0
@@ -247,6 +248,22 @@ class RaftNode:
             self._send_timeout_now(target)
         else:
             self._maybe_send_append(target, progress, send_if_empty=True)
+        self._checker.check()
+
+    def set_timeouts(self, election_ticks: int, heartbeat_ticks: int) -> None:
+        """Adopt new election and heartbeat timeouts (replicated /config changed).
+
+        Raises `ConfigError` if they are invalid; the timers restart from zero, so
+        a change never fires an election or a heartbeat at once.
+        """
+        config = dataclasses.replace(
+            self._config, election_ticks=election_ticks, heartbeat_ticks=heartbeat_ticks
+        )
+        config.validate()
+        self._config = config
+        self._election_elapsed = 0
+        self._heartbeat_elapsed = 0
+        self._reset_election_timer()
         self._checker.check()
 
     def campaign(self) -> None:

@@ -76,6 +76,14 @@ class LogReader(Protocol):
         """
         ...
 
+    def internal_entries(self, low: int, high: int) -> list[Entry]:
+        """The entries of negative (internal) type in [low, high), in order.
+
+        Lets the core find membership entries at start-up without reading every
+        change (storage answers from an index on the type).
+        """
+        ...
+
     def snapshot(self) -> Snapshot:
         """The latest compaction point."""
         ...

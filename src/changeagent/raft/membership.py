@@ -74,10 +74,6 @@ class MembershipLog:
             self._base = self._changes.pop(0)[1]
         self._base_index = max(self._base_index, index)
 
-    def recover(self, reader: LogReader, batch_bytes: int) -> None:
-        """Scan the durable log for membership entries (once, at start-up)."""
-        low, high = reader.first_index(), reader.last_index() + 1
-        while low < high:
-            batch = reader.entries(low, high, batch_bytes)
-            self.record(batch)
-            low = batch[-1].index + 1
+    def recover(self, reader: LogReader) -> None:
+        """Find the membership entries in the durable log (once, at start-up)."""
+        self.record(reader.internal_entries(reader.first_index(), reader.last_index() + 1))

@@ -52,6 +52,10 @@ class MemoryLog:
                 return chosen[:position]
         return chosen
 
+    def internal_entries(self, low: int, high: int) -> list[Entry]:
+        chosen = self.ents[max(0, low - self.snap.index - 1) : high - self.snap.index - 1]
+        return [entry for entry in chosen if entry.type < 0]
+
     def snapshot(self) -> Snapshot:
         return self.snap
 

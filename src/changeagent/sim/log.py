@@ -90,6 +90,11 @@ class SimLog:
                 return selected[:count]
         return selected
 
+    def internal_entries(self, low: int, high: int) -> list[Entry]:
+        offset = self._snapshot.index + 1
+        selected = self._entries[max(0, low - offset) : high - offset]
+        return [entry for entry in selected if entry.type < 0]
+
     def snapshot(self) -> Snapshot:
         return self._snapshot
 

@@ -15,6 +15,10 @@ from changeagent.storage.schema import RESERVED_META_PREFIX
 class WriteBatch:
     """What to persist atomically. Applied in this order within its transaction:
 
+    0. `discard_log`: delete every entry (with tags and idempotency keys) and
+       reset the snapshot record to `Snapshot()` (index 0, no membership): a
+       node that holds no user change does this before joining a cluster, so
+       that nothing of its own one-member history (terms, no-ops) remains.
     1. `snapshot` without `compact_to`: install a snapshot received from a
        leader. If the log holds `snapshot.index` with `snapshot.term`, the
        entries up to it are discarded and the rest kept; otherwise the whole
@@ -39,6 +43,7 @@ class WriteBatch:
     compact_to: int | None = None
     compact_membership: Membership | None = None
     compact_data: bytes | None = None
+    discard_log: bool = False
 
     def validate(self) -> None:
         """Checks that need no log state; raises ValueError."""

@@ -20,6 +20,9 @@ Row = tuple[int, int, int, str, bytes, int]  # idx, term, type, key, body, crc
 
 _COLUMNS = "idx, term, type, key, body, crc"
 _ENTRY_AT = f"SELECT {_COLUMNS} FROM entries WHERE idx = ?"
+_INTERNAL_BETWEEN = (
+    f"SELECT {_COLUMNS} FROM entries WHERE type < 0 AND idx >= ? AND idx < ? ORDER BY idx"
+)
 _ENTRIES_FROM = f"SELECT {_COLUMNS} FROM entries WHERE idx >= ? AND idx < ? ORDER BY idx"
 # Unary plus on `type`: walk the primary key, never the type index, for these.
 _CHANGES_AFTER = (
@@ -69,6 +72,12 @@ def row_entry(row: Row) -> Entry:
 def entry_at(connection: sqlite3.Connection, index: int) -> Entry | None:
     row = connection.execute(_ENTRY_AT, (index,)).fetchone()
     return None if row is None else row_entry(verify(row))
+
+
+def internal_between(connection: sqlite3.Connection, low: int, high: int) -> list[Entry]:
+    """Entries of negative type in [low, high), through the type index."""
+    rows = connection.execute(_INTERNAL_BETWEEN, (low, high)).fetchall()
+    return [row_entry(verify(row)) for row in rows]
 
 
 def entries_between(

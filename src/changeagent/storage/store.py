@@ -259,6 +259,10 @@ class Storage:
             lambda connection: self._stored_entries(connection, low, high, max_bytes)
         )
 
+    def internal_entries(self, low: int, high: int) -> list[Entry]:
+        self._check_readable()
+        return self._stable(lambda connection: reads.internal_between(connection, low, high))
+
     # Other state -----------------------------------------------------------------
 
     def hard_state(self) -> HardState:

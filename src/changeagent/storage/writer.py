@@ -114,6 +114,8 @@ class GroupTransaction:
     def apply(self, batch: WriteBatch) -> None:
         """Apply one batch, or raise ValueError having changed nothing."""
         self._check(batch)
+        if batch.discard_log:
+            self._discard_log()
         if batch.snapshot is not None and batch.compact_to is None:
             self._install_snapshot(batch.snapshot)
         if batch.entries:
@@ -144,6 +146,8 @@ class GroupTransaction:
     def _check(self, batch: WriteBatch) -> None:
         snapshot_index = self.state.snapshot.index
         last_index = self.state.last_index
+        if batch.discard_log:
+            snapshot_index = last_index = 0
         installing = batch.snapshot is not None and batch.compact_to is None
         if installing:
             assert batch.snapshot is not None
@@ -207,6 +211,11 @@ class GroupTransaction:
         return int(row[0])
 
     # Mutations -------------------------------------------------------------------
+
+    def _discard_log(self) -> None:
+        self._delete(_DELETE_FROM, 0)
+        self.tail_ops.append(TailTruncate(0))
+        self._write_snapshot(Snapshot(), 0)
 
     def _install_snapshot(self, snapshot: Snapshot) -> None:
         if self._keeps_suffix(snapshot):

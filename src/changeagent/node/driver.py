@@ -1,0 +1,316 @@
+"""RaftDriver: the one place where the pure Raft core meets I/O.
+
+It owns a `RaftNode` and runs two tasks on the event loop:
+
+- the ticker calls `core.tick()` every `tick_s` (the heartbeat interval), and
+- the Ready loop: propose what is queued (one batch, so every peer gets one
+  APPEND for all of it), then for each Ready: send `messages` (the leader
+  replicates while it writes its own disk), persist entries + hard state +
+  snapshot in one storage write (one fsync; whatever is proposed meanwhile
+  rides the next one: group commit), send `messages_after_persist`, apply the
+  committed entries, serve confirmed reads, `advance()`.
+
+Writes are proposed as (type, build, key): `build(index)` makes the entry's
+bytes once the index is known, because a change's stored JSON carries its
+own `_id`. A proposal's future resolves when its entry is applied here with
+the term it was proposed in; an entry of another term at that index means
+the proposal was lost to a leadership change.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import logging
+import random
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+from changeagent.node.errors import NotAvailable, Overloaded
+from changeagent.raft import (
+    ConfChange,
+    Entry,
+    MembershipChangeRejected,
+    Message,
+    NotLeader,
+    ProposalDropped,
+    RaftConfig,
+    RaftNode,
+    Ready,
+    Role,
+    Snapshot,
+)
+from changeagent.storage import Storage, StorageFailed, WriteBatch
+
+log = logging.getLogger(__name__)
+
+Build = Callable[[int], bytes]
+ApplyEntries = Callable[[tuple[Entry, ...]], Awaitable[None]]
+InstallSnapshot = Callable[[Snapshot], Awaitable[None]]
+SendMessage = Callable[[Message], None]
+
+
+@dataclass(slots=True)
+class _Proposal:
+    entry_type: int
+    build: Build
+    key: str
+    future: asyncio.Future[Entry]
+    index: int = 0
+    term: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class DriverHooks:
+    """What the driver calls back into the node for."""
+
+    send: SendMessage
+    apply: ApplyEntries  # committed entries, in order, after they are durable
+    install_snapshot: InstallSnapshot  # a snapshot from the leader replaced the log
+    on_role_change: Callable[[Role, int | None], None]
+    on_failure: Callable[[str], None]
+
+
+class RaftDriver:
+    """Drives one Raft core over `storage`; see the module docstring."""
+
+    def __init__(
+        self,
+        storage: Storage,
+        config: RaftConfig,
+        tick_s: float,
+        hooks: DriverHooks,
+        *,
+        applied: int,
+        pending_max: int,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.storage = storage
+        self.core = RaftNode(
+            config, storage, storage.hard_state(), rng or random.Random(), applied=applied
+        )
+        self.tick_s = tick_s
+        self._hooks = hooks
+        self._pending_max = pending_max
+        self._queued: list[_Proposal] = []
+        self._proposed: dict[int, _Proposal] = {}  # index -> proposal awaiting apply
+        self._reads: dict[bytes, asyncio.Future[int]] = {}
+        self._read_ids = itertools.count(1)
+        self._wakeup = asyncio.Event()
+        self._tasks: list[asyncio.Task[None]] = []
+        self.failure: str | None = None
+        self.stopped = False
+
+    # Lifecycle -------------------------------------------------------------------
+
+    def start(self) -> None:
+        self._tasks = [
+            asyncio.create_task(self._ready_loop(), name="raft-ready"),
+            asyncio.create_task(self._ticker(), name="raft-tick"),
+        ]
+
+    async def stop(self) -> None:
+        """Stop ticking and processing; fail whatever is still waiting."""
+        self.stopped = True
+        self._wakeup.set()
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        self._fail_waiting("this node is shutting down")
+
+    # Inputs ---------------------------------------------------------------------------
+
+    def step(self, message: Message) -> None:
+        if self.stopped:
+            return
+        self.core.step(message)
+        self._wakeup.set()
+
+    def propose(self, entry_type: int, build: Build, key: str = "") -> asyncio.Future[Entry]:
+        """Queue one entry; the future gives it back once committed and applied here."""
+        self._check_running()
+        if self.core.role is not Role.LEADER:
+            raise NotAvailable("this node is not the leader", retry_after_s=1)
+        if len(self._queued) + len(self._proposed) >= self._pending_max:
+            raise Overloaded("too many writes are waiting to commit; retry later")
+        future: asyncio.Future[Entry] = asyncio.get_running_loop().create_future()
+        self._queued.append(_Proposal(entry_type, build, key, future))
+        self._wakeup.set()
+        return future
+
+    def propose_membership(self, change: ConfChange) -> asyncio.Future[Entry]:
+        """Propose a membership change now; raises `MembershipChangeRejected`/`NotLeader`."""
+        self._check_running()
+        index = self.core.propose_membership(change)
+        future: asyncio.Future[Entry] = asyncio.get_running_loop().create_future()
+        self._proposed[index] = _Proposal(0, _no_build, "", future, index, self.core.term)
+        self._wakeup.set()
+        return future
+
+    async def read_index(self, timeout_s: float) -> int:
+        """A linearizable read index (§6.4), confirmed by a quorum through the leader."""
+        self._check_running()
+        context = next(self._read_ids).to_bytes(8, "big")
+        try:
+            self.core.read_index(context)
+        except NotLeader:
+            raise NotAvailable("no leader is known; retry later", retry_after_s=1) from None
+        except ProposalDropped:
+            raise Overloaded("too many linearizable reads are waiting; retry later") from None
+        future: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        self._reads[context] = future
+        self._wakeup.set()
+        try:
+            async with asyncio.timeout(timeout_s):
+                return await future
+        except TimeoutError:
+            raise NotAvailable(
+                "a linearizable read could not be confirmed by a quorum in time", retry_after_s=1
+            ) from None
+        finally:
+            self._reads.pop(context, None)
+
+    def transfer_leadership(self, target: int) -> None:
+        self.core.transfer_leadership(target)
+        self._wakeup.set()
+
+    def campaign(self) -> None:
+        self.core.campaign()
+        self._wakeup.set()
+
+    def set_timeouts(self, tick_s: float, election_ticks: int, heartbeat_ticks: int) -> None:
+        self.tick_s = tick_s
+        self.core.set_timeouts(election_ticks, heartbeat_ticks)
+
+    def wake(self) -> None:
+        self._wakeup.set()
+
+    def _check_running(self) -> None:
+        if self.failure is not None:
+            raise NotAvailable(f"this node stopped taking writes: {self.failure}")
+        if self.stopped:
+            raise NotAvailable("this node is shutting down", retry_after_s=1)
+
+    # The loops -------------------------------------------------------------------------
+
+    async def _ticker(self) -> None:
+        while not self.stopped:
+            await asyncio.sleep(self.tick_s)
+            self.core.tick()
+            self._wakeup.set()
+
+    async def _ready_loop(self) -> None:
+        try:
+            while not self.stopped:
+                await self._wakeup.wait()
+                self._wakeup.clear()
+                self._propose_queued()
+                while self.core.has_ready() and not self.stopped:
+                    await self._handle(self.core.ready())
+                    self._propose_queued()
+        except (StorageFailed, OSError) as error:
+            self._fail(f"storage write failed: {error}")
+        except Exception as error:  # a bug: stop rather than risk acknowledging wrongly
+            log.exception("the Raft loop stopped")
+            self._fail(f"internal error: {error!r}")
+
+    def _propose_queued(self) -> None:
+        if not self._queued:
+            return
+        batch, self._queued = self._queued, []
+        if self.core.role is not Role.LEADER:
+            _reject(batch, NotAvailable("leadership changed; retry", retry_after_s=1))
+            return
+        first = self.core.last_index + 1
+        term = self.core.term
+        try:
+            indices = self.core.propose(
+                [
+                    (proposal.entry_type, proposal.build(index), proposal.key)
+                    for index, proposal in enumerate(batch, first)
+                ]
+            )
+        except ProposalDropped as error:
+            _reject(batch, Overloaded(f"the write was refused: {error}"))
+            return
+        except NotLeader:
+            _reject(batch, NotAvailable("leadership changed; retry", retry_after_s=1))
+            return
+        for index, proposal in zip(indices, batch, strict=True):
+            proposal.index, proposal.term = index, term
+            self._proposed[index] = proposal
+
+    async def _handle(self, ready: Ready) -> None:
+        send = self._hooks.send
+        for message in ready.messages:
+            send(message)
+        if ready.entries or ready.hard_state is not None or ready.snapshot is not None:
+            await self.storage.write(
+                WriteBatch(
+                    hard_state=ready.hard_state, entries=ready.entries, snapshot=ready.snapshot
+                )
+            )
+        for message in ready.messages_after_persist:
+            send(message)
+        if ready.snapshot is not None:
+            await self._hooks.install_snapshot(ready.snapshot)
+        if ready.committed_entries:
+            await self._hooks.apply(ready.committed_entries)
+            self._resolve(ready.committed_entries)
+        for read_state in ready.read_states:
+            future = self._reads.get(read_state.context)
+            if future is not None and not future.done():
+                future.set_result(read_state.index)
+        if ready.soft_state is not None:
+            self._hooks.on_role_change(ready.soft_state.role, ready.soft_state.leader_id)
+        self.core.advance(ready)
+
+    def _resolve(self, entries: tuple[Entry, ...]) -> None:
+        proposed = self._proposed
+        if not proposed:
+            return
+        for entry in entries:
+            proposal = proposed.pop(entry.index, None)
+            if proposal is None or proposal.future.done():
+                continue
+            if proposal.term == entry.term:
+                proposal.future.set_result(entry)
+            else:
+                proposal.future.set_exception(
+                    NotAvailable("leadership changed before the write committed; retry")
+                )
+                proposal.future.exception()  # the waiter may have timed out
+
+    def _fail(self, reason: str) -> None:
+        if self.failure is None:
+            self.failure = reason
+            log.error("node is failing stop for writes: %s", reason)
+        self.stopped = True
+        self._fail_waiting(reason)
+        self._hooks.on_failure(reason)
+
+    def _fail_waiting(self, reason: str) -> None:
+        waiting = [*self._queued, *self._proposed.values()]
+        self._queued, self._proposed = [], {}
+        _reject(waiting, NotAvailable(f"the write was not stored: {reason}"))
+        for future in self._reads.values():
+            if not future.done():
+                future.set_exception(NotAvailable(f"the read was not served: {reason}"))
+                future.exception()
+
+
+def _no_build(index: int) -> bytes:
+    raise AssertionError("membership entries are built by the core")
+
+
+def _reject(batch: list[_Proposal], error: Exception) -> None:
+    for proposal in batch:
+        if not proposal.future.done():
+            proposal.future.set_exception(error)
+            proposal.future.exception()  # mark retrieved: a timed-out caller may be gone
+
+
+__all__ = ["DriverHooks", "MembershipChangeRejected", "RaftDriver"]
