@@ -1,0 +1,180 @@
+"""Clusters of real changeagent processes on loopback, for system tests.
+
+Every node gets a fixed port (chosen free up front), so that a restarted node
+is found at the address the others stored. Nodes are formed with ChangeAgent's
+walkthrough: POST /cluster/members to the first node with each address, its
+own first. Everything waits on conditions with deadlines.
+"""
+
+from __future__ import annotations
+
+import socket
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tests.support.server import Response, ServerProcess, wait_until
+
+LOOPBACK = "127.0.0.1"
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind((LOOPBACK, 0))
+        return int(probe.getsockname()[1])
+
+
+@dataclass
+class ClusterNode:
+    """One node: a ServerProcess pinned to its port (and cluster port with -cp)."""
+
+    name: str
+    data_dir: Path
+    port: int
+    extra_arguments: list[str] = field(default_factory=list)
+    cluster_port: int | None = None
+    server: ServerProcess | None = None
+
+    @property
+    def address(self) -> str:
+        """What POST /cluster/members is given: the cluster port if any, else the API."""
+        return f"{LOOPBACK}:{self.cluster_port or self.port}"
+
+    def start(self) -> ClusterNode:
+        arguments = ["-p", str(self.port), *self.extra_arguments]
+        if self.cluster_port is not None:
+            arguments += ["-cp", str(self.cluster_port)]
+        self.server = ServerProcess(self.data_dir, arguments).start()
+        return self
+
+    @property
+    def running(self) -> bool:
+        return (
+            self.server is not None
+            and self.server.process is not None
+            and self.server.process.poll() is None
+        )
+
+    @property
+    def pid(self) -> int:
+        assert self.server is not None and self.server.process is not None
+        return self.server.process.pid
+
+    def stop(self) -> int:
+        assert self.server is not None
+        return self.server.stop()
+
+    def kill(self) -> None:
+        if self.server is not None:
+            self.server.kill()
+
+    def request(self, *arguments: Any, **keywords: Any) -> Response:
+        assert self.server is not None
+        return self.server.request(*arguments, **keywords)
+
+    def post_change(self, document: Any, headers: dict[str, str] | None = None) -> Response:
+        assert self.server is not None
+        return self.server.post_change(document, headers)
+
+    def get_changes(self, **parameters: Any) -> Response:
+        assert self.server is not None
+        return self.server.get_changes(**parameters)
+
+    def form(self, method: str, path: str, fields: dict[str, str]) -> Response:
+        assert self.server is not None
+        return self.server.form(method, path, fields)
+
+    def raft(self) -> dict[str, Any]:
+        return dict(self.request("GET", "/diagnostics/raft", timeout_s=5).json())
+
+    def state(self) -> str:
+        return self.request("GET", "/diagnostics/raft/state", timeout_s=5).text
+
+    def node_id(self) -> str:
+        return self.request("GET", "/diagnostics/id", timeout_s=5).text
+
+
+@dataclass
+class Cluster:
+    """N nodes in `base_dir`; `form()` joins them all through the first node."""
+
+    base_dir: Path
+    size: int
+    extra_arguments: list[str] = field(default_factory=list)
+    use_cluster_port: bool = False
+    nodes: list[ClusterNode] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        for number in range(self.size):
+            self.add_node(f"n{number + 1}")
+
+    def add_node(self, name: str) -> ClusterNode:
+        node = ClusterNode(
+            name,
+            self.base_dir / name,
+            free_port(),
+            list(self.extra_arguments),
+            free_port() if self.use_cluster_port else None,
+        )
+        self.nodes.append(node)
+        return node
+
+    def start(self) -> Cluster:
+        for node in self.nodes:
+            node.start()
+        return self
+
+    def form(self) -> Cluster:
+        """The walkthrough: POST each address (the first node's own first) to node 1."""
+        first = self.nodes[0]
+        for node in self.nodes:
+            answer = first.form("POST", "/cluster/members", {"address": node.address})
+            assert answer.status == 200, (answer.status, answer.body)
+        self.wait_converged()
+        return self
+
+    def stop(self) -> None:
+        for node in self.nodes:
+            if node.running:
+                node.stop()
+
+    def kill(self) -> None:
+        for node in self.nodes:
+            node.kill()
+
+    def running(self) -> list[ClusterNode]:
+        return [node for node in self.nodes if node.running]
+
+    def leader(self, timeout_s: float = 15.0) -> ClusterNode:
+        """The running node that says it leads (waits for one)."""
+
+        def find() -> ClusterNode | None:
+            for node in self.running():
+                try:
+                    if node.state() == "Leader":
+                        return node
+                except OSError:
+                    continue
+            return None
+
+        found: ClusterNode = wait_until(find, timeout_s, 0.05)
+        return found
+
+    def followers(self) -> list[ClusterNode]:
+        leader = self.leader()
+        return [node for node in self.running() if node is not leader]
+
+    def wait_converged(self, timeout_s: float = 30.0) -> None:
+        """Until every running node has applied the leader's commit index."""
+
+        def converged() -> bool:
+            leader = self.leader()
+            commit = leader.raft()["committedIndex"]
+            return all(node.raft()["appliedIndex"] >= commit for node in self.running())
+
+        wait_until(converged, timeout_s, 0.05)
+
+    def lists(self, **parameters: Any) -> list[list[dict[str, Any]]]:
+        """Every running node's change list (one page, default limit 10000)."""
+        parameters.setdefault("limit", 10_000)
+        return [node.get_changes(**parameters).json()["changes"] for node in self.running()]
