@@ -41,7 +41,9 @@ class ClusterNode:
         return f"{LOOPBACK}:{self.cluster_port or self.port}"
 
     def start(self) -> ClusterNode:
-        arguments = ["-p", str(self.port), *self.extra_arguments]
+        """Start the process; "{data_dir}" in extra arguments becomes this node's."""
+        extra = [item.replace("{data_dir}", str(self.data_dir)) for item in self.extra_arguments]
+        arguments = ["-p", str(self.port), *extra]
         if self.cluster_port is not None:
             arguments += ["-cp", str(self.cluster_port)]
         self.server = ServerProcess(self.data_dir, arguments).start()

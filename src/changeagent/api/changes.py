@@ -30,10 +30,25 @@ async def post_change(request: web.Request) -> web.Response:
     return JsonResponse(stored)
 
 
+CONSISTENCY_VALUES = ("local", "linearizable")
+
+
+async def read_barrier(request: web.Request) -> None:
+    """`consistency=linearizable`: first catch up with every write acknowledged
+    before this request began (ReadIndex through the leader); the default,
+    `local`, serves this node's applied prefix at once."""
+    value = request.query.get("consistency", "local")
+    if value not in CONSISTENCY_VALUES:
+        raise ApiError(400, "consistency must be local or linearizable")
+    if value == "linearizable":
+        await state_of(request).node.linearizable_barrier()
+
+
 async def get_changes(request: web.Request) -> web.Response:
     node = state_of(request).node
     query = change_query(request, node.limits)
     block_s = seconds_parameter(request, "block", node.limits.block_max_s)
+    await read_barrier(request)
     if block_s > 0 and can_write_directly(request):
         # A woken long-poll is answered from inside the commit notification.
         delivery = LongPollDelivery(request)
@@ -47,6 +62,7 @@ async def get_changes(request: web.Request) -> web.Response:
 async def get_change(request: web.Request) -> web.Response:
     node = state_of(request).node
     index = index_in_path(request)
+    await read_barrier(request)
     stored = node.get_change(index)
     if stored is None:
         raise ApiError(404, "Not found")

@@ -86,6 +86,16 @@ CHANGE_LIST = {
 }
 
 
+CONSISTENCY = {
+    "name": "consistency",
+    "in": "query",
+    "required": False,
+    "description": "local (default): this node's committed changes; linearizable: "
+    "every write acknowledged before the read began (503 without a quorum)",
+    "schema": {"type": "string", "enum": ["local", "linearizable"]},
+}
+
+
 def _get_changes_parameters(limit_max: int, block_max_s: float) -> list[dict[str, Any]]:
     return [
         _query("since", {"type": "integer", "minimum": 0}, "exclusive lower bound on _id"),
@@ -101,6 +111,7 @@ def _get_changes_parameters(limit_max: int, block_max_s: float) -> list[dict[str
         _query(
             "block", {"type": "number", "minimum": 0, "maximum": block_max_s}, "long-poll seconds"
         ),
+        CONSISTENCY,
     ]
 
 
@@ -184,7 +195,8 @@ def _paths(limit_max: int, block_max_s: float) -> dict[str, Any]:
                         "in": "path",
                         "required": True,
                         "schema": {"type": "integer", "minimum": 0, "maximum": INDEX_MAX},
-                    }
+                    },
+                    CONSISTENCY,
                 ],
                 "responses": {
                     "200": _ok_json("the change", {"$ref": "#/components/schemas/Change"}),
