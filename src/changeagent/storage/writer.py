@@ -215,6 +215,7 @@ class GroupTransaction:
     def _discard_log(self) -> None:
         self._delete(_DELETE_FROM, 0)
         self.tail_ops.append(TailTruncate(0))
+        self.tail_ops.append(TailCompact(0))  # the tail's next entry is 1
         self._write_snapshot(Snapshot(), 0)
 
     def _install_snapshot(self, snapshot: Snapshot) -> None:
