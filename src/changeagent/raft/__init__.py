@@ -25,8 +25,11 @@ Bootstrap: give the first node a `LogReader` whose `snapshot()` is
 `campaign()` (it becomes leader when that Ready is advanced, once its vote
 is durable); other nodes start with an empty log and are added with
 `ConfChange(ADD_LEARNER)` then `PROMOTE`. (They receive that snapshot from the
-leader; a snapshot at index 0 cannot be sent, so use it only for static
-clusters where every node starts with the same one.)
+leader; a snapshot at index 0 cannot be sent, so with one — what the node layer
+uses, so that a fresh node's first entry is index 1 — every joining node must be
+given the same base membership out of band: the node layer sends it in its
+`join` request.) A removed node that continues alone writes a `RESET`
+membership entry into its own log (never proposed): membership {itself}.
 
 See DESIGN.md in this directory for the decisions and trade-offs.
 """
