@@ -159,3 +159,13 @@ def test_missing_file_at_start_is_a_config_error(tmp_path: Path) -> None:
 )
 def test_parse_basic(value: str, expected: tuple[bytes, bytes] | None) -> None:
     assert parse_basic(value) == expected
+
+
+@pytest.mark.parametrize("key_bytes", [0, 1, 32, 64])
+def test_keyed_sha256_is_hmac_sha256(key_bytes: int) -> None:
+    import hashlib
+    import hmac
+
+    key = bytes(range(key_bytes))
+    for message in (b"", b"alice\0" + PASSWORD.encode(), b"x" * 1000):
+        assert auth.KeyedSha256(key)(message) == hmac.digest(key, message, hashlib.sha256)

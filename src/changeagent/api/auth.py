@@ -22,7 +22,6 @@ import asyncio
 import base64
 import binascii
 import hashlib
-import hmac
 import logging
 import secrets
 from concurrent.futures import ThreadPoolExecutor
@@ -59,7 +58,7 @@ class Authenticator:
         self._file = password_file
         self._users = users
         self._poll_interval_s = poll_interval_s
-        self._key = secrets.token_bytes(32)
+        self._credential_digest = KeyedSha256(secrets.token_bytes(32))
         self._cache: dict[bytes, None] = {}  # insertion-ordered: the oldest goes first
         self._generation = 0  # bumped on every change of users
         self._pending = 0
@@ -71,17 +70,21 @@ class Authenticator:
 
     @classmethod
     async def open(cls, path: Path, poll_interval_s: float = POLL_INTERVAL_S) -> Authenticator:
-        """Load the file; a missing or broken file at start is a ConfigError (exit 2)."""
+        """Load the file and start polling it (stop with `close()`).
+
+        A missing or broken file at start is a ConfigError (exit 2).
+        """
         password_file = PasswordFile(path)
         try:
             users = await asyncio.to_thread(password_file.load)
         except PasswordFileError as error:
             raise ConfigError(f"-pw {path}: {error}") from None
         log.info("password file %s: %d users can log in", path, len(users.hashes))
-        return cls(password_file, users, poll_interval_s)
-
-    def start(self) -> None:
-        self._poller = asyncio.create_task(self._poll(), name="password-file-poller")
+        authenticator = cls(password_file, users, poll_interval_s)
+        authenticator._poller = asyncio.create_task(
+            authenticator._poll(), name="password-file-poller"
+        )
+        return authenticator
 
     async def close(self) -> None:
         if self._poller is not None:
@@ -125,19 +128,15 @@ class Authenticator:
         credentials = parse_basic(authorization)
         if credentials is None:
             raise ApiError(401, "authentication required (HTTP Basic)", CHALLENGE)
-        if not await self._valid(*credentials):
-            raise ApiError(401, "wrong user name or password", CHALLENGE)
-
-    async def _valid(self, user: bytes, password: bytes) -> bool:
-        digest = hmac.digest(self._key, user + b"\0" + password, hashlib.sha256)
+        user, password = credentials
+        digest = self._credential_digest(user + b"\0" + password)
         if digest in self._cache:
-            return True
+            return  # the common case, kept short: it runs on every request
         generation = self._generation
         if not await self._bcrypt_matches(user, password):
-            return False
+            raise ApiError(401, "wrong user name or password", CHALLENGE)
         if generation == self._generation:  # not from a file that has changed since
             self._remember(digest)
-        return True
 
     async def _bcrypt_matches(self, user: bytes, password: bytes) -> bool:
         if self._pending >= BCRYPT_PENDING_MAX:
@@ -163,6 +162,29 @@ class Authenticator:
         if len(self._cache) >= CACHE_ENTRIES_MAX:
             del self._cache[next(iter(self._cache))]
         self._cache[digest] = None
+
+
+class KeyedSha256:
+    """HMAC-SHA256 under one key (RFC 2104), with the padded key hashed once.
+
+    `hmac.digest` sets up an OpenSSL HMAC context on every call, which measured
+    ~10 µs per request inside the node (a tenth of a whole read); copying two
+    prepared SHA-256 states gives the same digest for ~1 µs.
+    """
+
+    def __init__(self, key: bytes) -> None:
+        block = key.ljust(64, b"\0")  # keys of at most one block (64 bytes) are padded
+        if len(block) > 64:
+            raise ValueError("the key must be at most 64 bytes")
+        self._inner = hashlib.sha256(bytes(byte ^ 0x36 for byte in block))
+        self._outer = hashlib.sha256(bytes(byte ^ 0x5C for byte in block))
+
+    def __call__(self, message: bytes) -> bytes:
+        inner = self._inner.copy()
+        inner.update(message)
+        outer = self._outer.copy()
+        outer.update(inner.digest())
+        return outer.digest()
 
 
 def _bcrypt_check(password: bytes, password_hash: bytes) -> bool:
@@ -198,10 +220,8 @@ def auth_middleware(authenticator: Authenticator, prefix: str) -> Middleware:
 
     @web.middleware
     async def authenticate(request: web.Request, handler: Handler) -> web.StreamResponse:
-        exempt = (request.method == "GET" and request.path == health) or (
-            request.path in peer_paths
-        )
-        if not exempt:
+        path = request.path
+        if path not in peer_paths and (path != health or request.method != "GET"):
             await authenticator.check(request.headers.get("Authorization"))
         return await handler(request)
 
