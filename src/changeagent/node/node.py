@@ -145,6 +145,7 @@ class Node:
         self._waiters = CommitWaiters(self._read_committed)
         self._web_hooks = WebHookCaller()
         self._on_leave: Callable[[], None] | None = None
+        self._leader_changed: asyncio.Future[None] | None = None  # set on any soft-state change
         self.failure: str | None = None
         self.closing = False
         self.purge_checks = 0  # how many times the purge rule was evaluated (diagnostics)
@@ -343,12 +344,34 @@ class Node:
             {"type": change.type, "tags": change.tags, "data": orjson.Fragment(change.data_json)}
         )
         leader, transport = self._leader_link()
+        timeout_s = self.limits.commit_timeout_s
+        request = asyncio.ensure_future(
+            transport.propose(leader, change.type, body, key, timeout_s=timeout_s)
+        )
         try:
-            return await transport.propose(
-                leader, change.type, body, key, timeout_s=self.limits.commit_timeout_s
-            )
+            # A leader that died or was deposed never answers: stop waiting as soon
+            # as this node sees another leader (or none), not at the commit timeout.
+            while not request.done():
+                changed = self._leader_change()
+                await asyncio.wait((request, changed), return_when=asyncio.FIRST_COMPLETED)
+                if not request.done() and self.leader_id != leader:
+                    raise NotAvailable(
+                        "the leader changed while the write was forwarded; it may have "
+                        "committed. Retry with the same Idempotency-Key to get it exactly once",
+                        retry_after_s=1,
+                    )
+            return request.result()
         except RequestFailed as error:
             raise _error_from_reply(error) from None
+        finally:
+            if not request.done():
+                request.cancel()
+
+    def _leader_change(self) -> asyncio.Future[None]:
+        """A future resolved at the next change of role or leader."""
+        if self._leader_changed is None or self._leader_changed.done():
+            self._leader_changed = asyncio.get_running_loop().create_future()
+        return self._leader_changed
 
     def _leader_link(self) -> tuple[int, Transport]:
         leader = self.leader_id
@@ -413,6 +436,8 @@ class Node:
             self.driver.step(message)
 
     def _on_role_change(self, role: Role, leader_id: int | None) -> None:
+        if self._leader_changed is not None and not self._leader_changed.done():
+            self._leader_changed.set_result(None)
         log.info("raft: %s, term %d, leader %s", role.name, self.term, leader_id or "unknown")
 
     async def _apply(self, entries: tuple[Entry, ...]) -> None:
