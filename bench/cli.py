@@ -21,6 +21,7 @@ from bench.scenarios.common import Recorder, Settings, guarded
 from bench.scenarios.memory import run_memory
 from bench.scenarios.reads import run_catchup, run_fanout, run_notify
 from bench.scenarios.writes import run_writes
+from bench.security import run_security
 from bench.systems import SYSTEMS
 from bench.systems.base import System
 
@@ -51,6 +52,7 @@ SCENARIOS: dict[str, tuple[str, list[tuple[str, Runner]]]] = {
     "failover": ("e", [("e. failover", run_failover)]),
     "join": ("f", [("f. new member catch-up", run_join)]),
     "memory": ("g", [("g. memory", run_memory)]),
+    "security": ("h", [("h. security overhead", run_security)]),
 }
 
 
