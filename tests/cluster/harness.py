@@ -265,13 +265,19 @@ class Writer:
     retrying each with the same Idempotency-Key until acknowledged or stopped."""
 
     def __init__(
-        self, cluster: ProxiedCluster, name: str, targets: Callable[[], list[ClusterNode]]
+        self,
+        cluster: ProxiedCluster,
+        name: str,
+        targets: Callable[[], list[ClusterNode]],
+        timeout_s: float = COMMIT_TIMEOUT_S + 3,
     ) -> None:
+        self.timeout_s = timeout_s
         self.cluster = cluster
         self.name = name
         self.targets = targets
         self.acknowledged: dict[str, dict[str, Any]] = {}  # key -> stored change
-        self.ack_times: list[float] = []
+        # (first attempt of the key, answer) per acknowledged write
+        self.ack_times: list[tuple[float, float]] = []
         self.attempts = 0
         self.failures = 0
         self._stop = threading.Event()
@@ -292,6 +298,7 @@ class Writer:
         while not self._stop.is_set():
             key = f"{self.name}-{number}"
             document = {"data": {"writer": self.name, "n": number}, "tags": [self.name]}
+            first_attempt = time.monotonic()
             while not self._stop.is_set():
                 targets = self.targets()
                 if not targets:
@@ -300,10 +307,10 @@ class Writer:
                 node = targets[turn % len(targets)]
                 turn += 1
                 self.attempts += 1
-                outcome = post(node, document, key)
+                outcome = post(node, document, key, self.timeout_s)
                 if outcome.ok:
                     self.acknowledged[key] = outcome.body
-                    self.ack_times.append(time.monotonic())
+                    self.ack_times.append((first_attempt, time.monotonic()))
                     break
                 self.failures += 1
                 self._stop.wait(0.05)
@@ -314,3 +321,30 @@ def free_loopback_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         return int(probe.getsockname()[1])
+
+
+def check_acknowledged(
+    lists: dict[str, list[dict[str, Any]]], writers: list[Writer]
+) -> dict[str, int]:
+    """Every acknowledged write is on every node, unchanged under its _id, and no
+    writer's key appears twice. Returns counts for the report."""
+    acknowledged = {key: change for w in writers for key, change in w.acknowledged.items()}
+    for name, changes in lists.items():
+        by_id = {change["_id"]: change for change in changes}
+        assert len(by_id) == len(changes), f"{name}: an _id appears twice"
+        for key, change in acknowledged.items():
+            assert by_id.get(change["_id"]) == change, (
+                f"{name}: acknowledged write {key} (_id {change['_id']}) lost or replaced: "
+                f"{by_id.get(change['_id'])}"
+            )
+        seen: dict[tuple[str, int], int] = {}
+        for change in changes:
+            data = change.get("data")
+            if isinstance(data, dict) and "writer" in data:
+                identity = (data["writer"], data["n"])
+                assert identity not in seen, (
+                    f"{name}: write {identity} stored twice (_id {seen[identity]} and "
+                    f"{change['_id']})"
+                )
+                seen[identity] = change["_id"]
+    return {"acknowledged": len(acknowledged)}
