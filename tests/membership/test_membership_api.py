@@ -226,3 +226,15 @@ def test_purge_removes_the_same_prefix_everywhere(trio: Cluster) -> None:
     assert lists[0] == lists[1] == lists[2]
     first_retained = {node.raft()["firstIndex"] for node in trio.nodes}
     assert len(first_retained) == 1
+
+
+def test_a_leader_shut_down_gracefully_hands_over_leadership(trio: Cluster) -> None:
+    leader = trio.leader()
+    term = leader.raft()["term"]
+    leader.post_change({"data": "before"})
+    assert leader.stop() == 0
+    assert any("leadership handed to node" in line for line in leader.server.log)  # type: ignore[union-attr]
+    successor = trio.leader()
+    assert successor is not leader
+    assert successor.raft()["term"] == term + 1  # one election, by TimeoutNow: no split vote
+    assert successor.post_change({"data": "after"}).status == 200

@@ -73,8 +73,9 @@ def build_app(
 
     async def wake_long_polls(app: web.Application) -> None:
         # Runs after the listeners stop and before in-flight requests are awaited:
-        # long-polls answer at once with what they have, so shutdown is quick.
-        await node.close()
+        # long-polls answer at once with what they have, so shutdown is quick. A
+        # leader hands over leadership; Raft runs on until the node is closed.
+        await node.begin_shutdown()
 
     app.on_shutdown.append(wake_long_polls)
     return app

@@ -272,10 +272,36 @@ class Node:
             await self.driver.stop()
         self._start_driver(applied)
 
-    async def close(self) -> None:
-        """Answer long-polls now, stop Raft and background work."""
+    async def begin_shutdown(self) -> None:
+        """Refuse new writes, answer long-polls now, and hand leadership to the most
+        up-to-date voter (rolling restarts without a write outage). Raft keeps
+        running, so writes already in flight can still commit."""
         self.closing = True
         self._waiters.close()
+        driver = self.driver
+        if driver is None or driver.core.role is not Role.LEADER:
+            return
+        progress = driver.core.progress
+        voters = [peer for peer in driver.core.membership.voters if peer in progress]
+        if not voters:
+            return
+        target = max(voters, key=lambda peer: progress[peer].match)
+        with contextlib.suppress(Exception):
+            driver.transfer_leadership(target)
+            timeout_s = 2 * self.settings.election_timeout_ns / SECOND_NS
+            async with asyncio.timeout(timeout_s):
+                while driver.core.role is Role.LEADER:
+                    await asyncio.sleep(driver.tick_s / 4)  # the transfer takes a few ticks
+        log.warning(
+            "leadership %s to node %d before shutting down",
+            "handed" if driver.core.role is not Role.LEADER else "could not be handed",
+            target,
+        )
+
+    async def close(self) -> None:
+        """Answer long-polls now, stop Raft and background work."""
+        if not self.closing:
+            await self.begin_shutdown()
         for task in self._background:
             task.cancel()
         for task in self._background:
