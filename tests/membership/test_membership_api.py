@@ -5,8 +5,10 @@
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -238,3 +240,18 @@ def test_a_leader_shut_down_gracefully_hands_over_leadership(trio: Cluster) -> N
     assert successor is not leader
     assert successor.raft()["term"] == term + 1  # one election, by TimeoutNow: no split vote
     assert successor.post_change({"data": "after"}).status == 200
+
+
+def test_a_long_poll_on_a_follower_wakes_on_its_own_commit(trio: Cluster) -> None:
+    leader, follower = trio.leader(), trio.followers()[0]
+    last = leader.post_change({"data": "first"}).json()["_id"]
+    trio.wait_converged()
+    answers: list[Any] = []
+    poll = threading.Thread(
+        target=lambda: answers.append(follower.get_changes(since=last, block=20).json())
+    )
+    poll.start()
+    wait_until(lambda: follower.raft()["longPolls"] == 1, 10)
+    written = leader.post_change({"data": "wakes"}).json()
+    poll.join(15)
+    assert answers and answers[0]["changes"] == [written]
