@@ -255,3 +255,34 @@ def test_a_long_poll_on_a_follower_wakes_on_its_own_commit(trio: Cluster) -> Non
     written = leader.post_change({"data": "wakes"}).json()
     poll.join(15)
     assert answers and answers[0]["changes"] == [written]
+
+
+def test_a_new_member_after_a_purge_starts_from_the_snapshot(tmp_path: Path, trio: Cluster) -> None:
+    leader = trio.leader()
+    # Settings first, so that the purge removes their CONFIG entry: the newcomer can
+    # only learn them from the snapshot's data.
+    settings_yaml = "minPurgeRecords: 10\nminPurgeDuration: 1ms\n"
+    assert leader.request("PUT", "/config", settings_yaml, YAML).status == 200
+    config_index = leader.raft()["appliedIndex"]
+    for number in range(30):
+        leader.post_change({"data": number})
+    wait_until(lambda: leader.raft()["firstIndex"] > config_index + 10, 20, 0.1)
+    newcomer = trio.add_node("n4")
+    newcomer.extra_arguments = ["-f", "{data_dir}.yaml"]
+    newcomer.start()
+    answer = leader.form("POST", "/cluster/members", {"address": newcomer.address})
+    assert answer.status == 200, answer.body
+
+    def settings_arrived() -> bool:
+        settings = yaml.safe_load(newcomer.request("GET", "/config").text)
+        return bool(settings["minPurgeRecords"] == 10)
+
+    wait_until(settings_arrived, 10)
+    assert leader.post_change({"data": "after join"}).status == 200
+    # Stop purging, so that every node holds the same prefix when compared.
+    assert leader.request("PUT", "/config", "minPurgeRecords: 0\n", YAML).status == 200
+    trio.wait_converged()
+    lists = trio.lists()
+    assert all(listed == lists[0] for listed in lists)
+    assert lists[0][-1]["data"] == "after join"
+    assert newcomer.raft()["firstIndex"] == leader.raft()["firstIndex"]
