@@ -182,7 +182,9 @@ GOALS = [
      "p50 write latency, standalone, 1 client (wrk)", "<=", 1.0),
     ("readers: >= 100,000 changes/s (catch-up in pages of 100)", "2, 6",
      "changes/s reading", ">=", 100_000.0),
-    ("wake latency p99 <= 10 ms with 1,000 waiters (last of 1,000 served)", "2",
+    ("wake latency p99 <= 10 ms with 1,000 waiters (p99 of the 1,000 consumers)", "2",
+     "p99 consumer latency, 1,000 consumers", "<=", 10.0),
+    ("(stricter) last of 1,000 waiters served within 10 ms", "2",
      "time until all have the change, 1,000 consumers", "<=", 10.0),
 ]
 

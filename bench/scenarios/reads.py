@@ -203,5 +203,7 @@ async def _fanout(system: System, consumers: int, recorder: Recorder) -> None:
                  generator_cpu_ms=round(cpu * 1000, 1))
     recorder.add(FANOUT, f"median consumer latency, {label}", system.name,
                  median(delivered) * 1000, "ms", "lower")
+    recorder.add(FANOUT, f"p99 consumer latency, {label}", system.name,
+                 percentile(delivered, 0.99) * 1000, "ms", "lower")
     recorder.add(FANOUT, f"server RSS while {label} wait", system.name,
                  rss_waiting / 2**20, "MB", "lower")
