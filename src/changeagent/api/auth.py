@@ -97,7 +97,10 @@ class Authenticator:
     async def _poll(self) -> None:
         while True:
             await asyncio.sleep(self._poll_interval_s)
-            await self.reload()
+            try:
+                await self.reload()
+            except Exception:  # a surprise must not end reloading for the node's life
+                log.exception("password file %s: reload failed", self._file.path)
 
     async def reload(self) -> bool:
         """Read the file again if it changed; True when the users changed."""
