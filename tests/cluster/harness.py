@@ -9,6 +9,7 @@ address first" check of the walkthrough. Clients talk to the API directly.
 from __future__ import annotations
 
 import contextlib
+import http.client
 import os
 import signal
 import socket
@@ -348,3 +349,34 @@ def check_acknowledged(
                 )
                 seen[identity] = change["_id"]
     return {"acknowledged": len(acknowledged)}
+
+
+def preload(node: ClusterNode, count: int, threads: int = 16, tag: str = "preload") -> float:
+    """POST `count` small changes to `node` over `threads` keep-alive connections;
+    returns the seconds it took."""
+    started = time.monotonic()
+    errors: list[str] = []
+
+    def load(first: int) -> None:
+        connection = http.client.HTTPConnection("127.0.0.1", node.port, timeout=60)
+        try:
+            for number in range(first, count, threads):
+                body = orjson.dumps({"data": {"n": number}, "tags": [tag]})
+                connection.request("POST", "/changes", body, {"Content-Type": "application/json"})
+                answer = connection.getresponse()
+                answer.read()
+                if answer.status != 200:
+                    errors.append(f"{answer.status}")
+                    return
+        except (OSError, http.client.HTTPException) as error:
+            errors.append(repr(error))
+        finally:
+            connection.close()
+
+    workers = [threading.Thread(target=load, args=(first,)) for first in range(threads)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join(300)
+    assert not errors, errors[:5]
+    return time.monotonic() - started
