@@ -1,9 +1,12 @@
 """Scenarios e and f: leader failover and a new member catching up.
 
-e. A 3-member cluster takes writes; the leader is killed with SIGKILL; a client then
-   retries one write on the surviving members (round robin, each attempt bounded by
-   1 s, the election timeout both systems run with) until one is acknowledged.
-   Figure: seconds from the kill to that acknowledgement.
+e. A 3-member cluster takes writes; the leader is killed with SIGKILL; from then on a
+   client starts one write attempt every 0.1 s on the surviving members (round robin, a
+   fresh connection each, each attempt bounded by 1 s, the election timeout both systems
+   run with) until one is acknowledged. Figure: seconds from the kill to the first
+   acknowledgement. Attempts overlap so that the figure is not rounded up to whole
+   attempt timeouts (one attempt at a time measured 2.0x s whenever the new leader came
+   between 1 and 2 s: two attempts had timed out, the third succeeded at once).
 f. A 3-member cluster holds N changes; a 4th member is added; figure: N divided by
    the seconds from the add request to the new member serving the last change.
    For Redis (single node) the nearest thing is shown: a replica's full sync.
@@ -22,6 +25,7 @@ from bench.systems.base import System, WriteFailed, concurrent_writes, retry_wri
 FAILOVER = "e. failover"
 JOIN = "f. new member catch-up"
 ATTEMPT_SECONDS = 1.0
+ATTEMPT_INTERVAL_SECONDS = 0.1
 FAILOVER_SECONDS_MAX = 60.0
 
 
@@ -44,18 +48,32 @@ async def _failover(system: System) -> tuple[float, int]:
     await concurrent_writes(system, 100, 4, time.monotonic() + 20)
     leader = system.wait_leader(10)
     survivors = [m.index for m in system.members if m.index != leader]
+    acknowledged: asyncio.Future[float] = asyncio.get_running_loop().create_future()
+    tasks: set[asyncio.Task[None]] = set()
+
+    async def attempt(sequence: int, member: int) -> None:
+        try:
+            await retry_write(system, sequence, member, ATTEMPT_SECONDS)
+        except (TimeoutError, WriteFailed, ConnectionClosed, OSError):
+            return
+        if not acknowledged.done():
+            acknowledged.set_result(time.perf_counter())
+
     killed_at = time.perf_counter()
     system.kill_member(leader)
     attempts = 0
-    while time.perf_counter() - killed_at < FAILOVER_SECONDS_MAX:
-        member = survivors[attempts % len(survivors)]
-        attempts += 1
-        try:
-            await retry_write(system, attempts, member, ATTEMPT_SECONDS)
-        except (TimeoutError, WriteFailed, ConnectionClosed, OSError):
-            await asyncio.sleep(0.01)
-            continue
-        return time.perf_counter() - killed_at, attempts
+    try:
+        while time.perf_counter() - killed_at < FAILOVER_SECONDS_MAX:
+            member = survivors[attempts % len(survivors)]
+            attempts += 1
+            tasks.add(asyncio.create_task(attempt(attempts, member)))
+            done, _ = await asyncio.wait([acknowledged], timeout=ATTEMPT_INTERVAL_SECONDS)
+            if done:
+                return acknowledged.result() - killed_at, attempts
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
     raise BenchError(f"no write acknowledged within {FAILOVER_SECONDS_MAX:.0f} s of the kill")
 
 

@@ -34,6 +34,9 @@ class Settings:
     preload_seconds_max: float
     scenario_seconds_max: float
     settle_seconds: float = 1.0  # pause before an RSS sample
+    # 3 members, writes sent to a follower (forwarded to the leader): these levels, with
+    # wrk when it is available (else the asyncio generator).
+    follower_write_clients: list[int] = field(default_factory=lambda: [1, 16, 64, 256])
 
     def override(self, assignment: str) -> None:
         """Apply one NAME=VALUE from the command line (ints, floats, comma lists)."""
@@ -56,7 +59,7 @@ class Settings:
                    asyncio_write_clients=[16], catchup_changes=5_000, notify_changes=200,
                    fanout_consumers=[200], failover_runs=1, join_changes=2_000,
                    memory_changes=10_000, preload_seconds_max=15,
-                   scenario_seconds_max=60, settle_seconds=0.3)
+                   scenario_seconds_max=60, settle_seconds=0.3, follower_write_clients=[16])
 
     @classmethod
     def full(cls) -> Settings:

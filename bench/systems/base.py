@@ -92,10 +92,10 @@ class System(ABC):
     def start(self) -> None: ...
 
     def stop(self) -> None:
+        # All members at once: SIGTERM each, then one shared grace period.
+        self.processes.stop_many([m.process for m in self.members if m.process is not None])
         for member in self.members:
-            if member.process is not None:
-                self.processes.stop(member.process)
-                member.process = None
+            member.process = None
         if self.base_dir is not None:
             self.processes.remove_dir(self.base_dir)
             self.base_dir = None
@@ -117,8 +117,11 @@ class System(ABC):
 
     # Load
 
-    def wrk_write(self) -> tuple[str, str, dict[str, str]] | None:
-        """(url, Lua script name, extra environment) to drive writes with wrk, or None."""
+    def wrk_write(self, member: int | None = None) -> tuple[str, str, dict[str, str]] | None:
+        """(url, Lua script name, extra environment) to drive writes with wrk, or None.
+
+        `member` is the index of the member written to (default: the leader).
+        """
         return None
 
     @abstractmethod
@@ -149,6 +152,22 @@ class System(ABC):
     def leader_index(self) -> int:
         """Index (into self.members) of the current leader; 0 for single-node systems."""
         return 0
+
+    def follower_index(self) -> int:
+        """Index of a live member that is not the leader (clusters only)."""
+        leader = self.leader_index()
+        for member in self.members:
+            if member.index != leader and member.process is not None and member.process.alive():
+                return member.index
+        raise LookupError("no follower")
+
+    def raft_terms(self) -> dict[int, int] | None:
+        """Current Raft term of every live member, by index; None when not applicable.
+
+        Compared before and after a write load: a term that grew means an election
+        happened under load (spurious, since no member was stopped).
+        """
+        return None
 
     def wait_leader(self, timeout: float) -> int:
         deadline = time.monotonic() + timeout

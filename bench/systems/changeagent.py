@@ -1,11 +1,15 @@
 """changeagent driver: `changeagent -p PORT -d DIR` per member, HTTP API on loopback.
 
 Writes are `POST /changes` with `{"data": PAYLOAD}`; reads are `GET /changes?since=N&limit=100`;
-consumers long-poll with `block`. A 3-member cluster is formed by POSTing each member's
-address (the first node's own address first) to `/cluster/members` on the first node;
-when that is not available yet the cluster scenarios are skipped with that reason.
-The cluster members get `electionTimeout: 1s` and `heartbeatTimeout: 100ms`, the same
-timeouts etcd runs with by default, so failover times are comparable.
+consumers long-poll with `block`. A 3-member cluster is formed as in the README's
+walkthrough: every member is started on its own fixed loopback port (a restarted node is
+found again by its stored address), then each member's address is POSTed to
+`/cluster/members` on the first node, the first node's own address first; each POST
+answers once that node is a voter. A 4th member (join scenario) is POSTed to the leader
+the same way. The leader is found with `/diagnostics/raft/state`, terms are read from
+`/diagnostics/raft`. The cluster members get `electionTimeout: 1s` and
+`heartbeatTimeout: 100ms`, the same timeouts etcd runs with by default, so failover
+times are comparable.
 """
 
 from __future__ import annotations
@@ -16,7 +20,9 @@ import shutil
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.parse
+import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +32,6 @@ from bench.aioclient import HttpConnection, http_connect
 from bench.procs import (
     LOOPBACK,
     BenchError,
-    SkipScenario,
     env_without_proxies,
     free_port,
     http_status,
@@ -43,8 +48,9 @@ from bench.systems.base import (
 )
 
 CLUSTER_CONFIG = "electionTimeout: 1s\nheartbeatTimeout: 100ms\n"
-CLUSTERING_MISSING = "skipped: changeagent clustering not available yet"
 START_TIMEOUT_SECONDS = 30.0
+# POST /cluster/members answers once the new node is a voter, i.e. after it has caught up.
+ADD_MEMBER_TIMEOUT_SECONDS = 600.0
 
 
 def changeagent_command() -> list[str]:
@@ -59,12 +65,13 @@ def changeagent_command() -> list[str]:
     return [found] if found else ["changeagent"]
 
 
-def _http(port: int, path: str, timeout: float = 2.0, data: bytes | None = None) -> bytes:
-    import urllib.request
+# Loopback only: never route the bench's own requests through a proxy.
+_OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
+
+def _http(port: int, path: str, timeout: float = 2.0, data: bytes | None = None) -> bytes:
     request = urllib.request.Request(f"http://{LOOPBACK}:{port}{path}", data=data)
-    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
-    with opener.open(request, timeout=timeout) as response:
+    with _OPENER.open(request, timeout=timeout) as response:
         return bytes(response.read())
 
 
@@ -162,12 +169,20 @@ class ChangeAgent(System):
         self._start_member(index, member)
 
     def _add_to_cluster(self, target_port: int, member: Member) -> None:
+        """POST /cluster/members (form `address=127.0.0.1:PORT`); 200 once it is a voter."""
         form = urllib.parse.urlencode({"address": f"{LOOPBACK}:{member.port}"}).encode()
-        status = http_status(f"http://{LOOPBACK}:{target_port}/cluster/members", timeout=30,
-                             data=form)
-        if status not in (200, 201, 204):
-            raise SkipScenario(f"{CLUSTERING_MISSING} (POST /cluster/members answered "
-                               f"{status if status is not None else 'nothing'})")
+        request = urllib.request.Request(f"http://{LOOPBACK}:{target_port}/cluster/members",
+                                         data=form)
+        try:
+            with _OPENER.open(request, timeout=ADD_MEMBER_TIMEOUT_SECONDS) as response:
+                response.read()
+                return
+        except urllib.error.HTTPError as error:
+            answer = f"{error.code}: {error.read()[:300]!r}"
+        except OSError as error:
+            answer = f"nothing ({error})"
+        raise BenchError(f"POST /cluster/members address={LOOPBACK}:{member.port} on port "
+                         f"{target_port} answered {answer}")
 
     def _form_cluster(self) -> None:
         first = self.members[0]
@@ -179,25 +194,22 @@ class ChangeAgent(System):
             if self._post_ok(self.members[self.leader_index()].port):
                 return
             time.sleep(0.1)
-        raise SkipScenario(f"{CLUSTERING_MISSING} (no write succeeded after forming it)")
+        raise BenchError("the cluster was formed but no write succeeded within 30 s")
 
     def _post_ok(self, port: int) -> bool:
-        import urllib.request
-
         request = urllib.request.Request(
             f"http://{LOOPBACK}:{port}/changes", data=b'{"data":"warm-up"}',
             headers={"Content-Type": "application/json"})
-        opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
         try:
-            with opener.open(request, timeout=5) as response:
+            with _OPENER.open(request, timeout=5) as response:
                 return int(response.status) == 200
         except OSError:
             return False
 
     # Load
 
-    def wrk_write(self) -> tuple[str, str, dict[str, str]] | None:
-        port = self.members[self.leader_index()].port
+    def wrk_write(self, member: int | None = None) -> tuple[str, str, dict[str, str]] | None:
+        port = self.members[self.leader_index() if member is None else member].port
         return f"http://{LOOPBACK}:{port}/changes", "changeagent_post.lua", {}
 
     async def connect(self, member: int | None = None) -> HttpConnection:
@@ -257,6 +269,14 @@ class ChangeAgent(System):
             if state == b"Leader":
                 return member.index
         raise LookupError("no leader")
+
+    def raft_terms(self) -> dict[int, int] | None:
+        terms = {}
+        for member in self.members:
+            if member.process is None:
+                continue
+            terms[member.index] = int(orjson.loads(_http(member.port, "/diagnostics/raft"))["term"])
+        return terms
 
     def add_member(self) -> Member:
         index = len(self.members)

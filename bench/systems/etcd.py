@@ -152,8 +152,8 @@ class Etcd(System):
 
     # Load
 
-    def wrk_write(self) -> tuple[str, str, dict[str, str]] | None:
-        port = self.members[self.leader_index()].port
+    def wrk_write(self, member: int | None = None) -> tuple[str, str, dict[str, str]] | None:
+        port = self.members[self.leader_index() if member is None else member].port
         return f"http://{LOOPBACK}:{port}/v3/kv/put", "etcd_put.lua", {}
 
     async def connect(self, member: int | None = None) -> HttpConnection:
@@ -266,6 +266,15 @@ class Etcd(System):
             if leader and leader == status.get("header", {}).get("member_id"):
                 return member.index
         raise LookupError("no leader")
+
+    def raft_terms(self) -> dict[int, int] | None:
+        terms = {}
+        for member in self.members:
+            if member.process is None:
+                continue
+            status = _post_json(member.port, "/v3/maintenance/status", {}, timeout=2)
+            terms[member.index] = int(status["raftTerm"])
+        return terms
 
     def add_member(self) -> Member:
         assert self.base_dir is not None

@@ -110,7 +110,7 @@ class Redis(System):
 
         def answers() -> bool:
             try:
-                return redis_command(member.port, "PING", timeout=1) == b"PONG"
+                return bool(redis_command(member.port, "PING", timeout=1) == b"PONG")
             except OSError:
                 return False
 
