@@ -47,7 +47,7 @@ class Outcome:
 def call(function: Callable[[], Response]) -> Outcome:
     try:
         answer = function()
-    except (OSError, TimeoutError) as error:  # socket.timeout is TimeoutError
+    except (OSError, http.client.HTTPException) as error:  # timeouts are OSErrors
         return Outcome(None, error=type(error).__name__)
     try:
         body = answer.json()
