@@ -288,9 +288,9 @@ class Writer:
         self._thread.start()
         return self
 
-    def stop(self, timeout_s: float = 30.0) -> None:
+    def stop(self) -> None:
         self._stop.set()
-        self._thread.join(timeout_s)
+        self._thread.join(self.timeout_s + 10)
         assert not self._thread.is_alive(), f"writer {self.name} did not stop"
 
     def _run(self) -> None:
