@@ -50,3 +50,39 @@ def test_internal_entries_skips_changes(storage: Storage) -> None:
     assert storage.internal_entries(1, 7) == [noop(1), config, noop(6, 2)]
     assert storage.internal_entries(2, 6) == [config]
     assert storage.internal_entries(5, 6) == []
+
+
+def test_a_noted_commit_index_survives_a_reopen(data_dir: Path) -> None:
+    storage = Storage.open(data_dir)
+    append(storage, noop(1), change(2), change(3))
+    write(storage, WriteBatch(hard_state=HardState(1, 1, 1)))
+    storage.note_commit(3)
+    storage.note_commit(2)  # never lowers it
+    storage.close()
+    reopened = Storage.open(data_dir)
+    try:
+        assert reopened.hard_state() == HardState(1, 1, 3)
+        # A new history (joining a cluster) forgets it.
+        write(reopened, WriteBatch(discard_log=True, hard_state=HardState()))
+        append(reopened, noop(1), change(2), change(3), change(4))
+    finally:
+        reopened.close()
+    again = Storage.open(data_dir)
+    try:
+        assert again.hard_state().commit == 0
+    finally:
+        again.close()
+
+
+def test_a_torn_commit_note_is_ignored(data_dir: Path) -> None:
+    storage = Storage.open(data_dir)
+    append(storage, noop(1), change(2))
+    storage.note_commit(2)
+    storage.close()
+    hint = data_dir / "commit-index"
+    hint.write_bytes(hint.read_bytes()[:8] + b"\x00\x00\x00\x00")
+    reopened = Storage.open(data_dir)
+    try:
+        assert reopened.hard_state().commit == 0
+    finally:
+        reopened.close()

@@ -269,13 +269,12 @@ class RaftDriver:
     async def _persist(self, ready: Ready) -> None:
         """Entries, snapshot and hard state in one write (one fsync).
 
-        On a lone voter, a hard state whose only change is the commit index is not
-        written on its own: that saves a second fsync per write, whose commit
-        advances in the Ready after its append, and a restarted lone voter commits
-        its whole log again before it serves anything. A member of a larger
-        cluster writes it before applying: reads show what is applied, and after a
-        crash the node must show at least that again, even before it hears from a
-        leader (tests/cluster: a restarted follower showed one change fewer).
+        A hard state whose only change is the commit index is not written on its
+        own (that would be a second fsync per write: the commit advances in the
+        Ready after the append). The commit index is volatile in Raft (§5.3); it
+        is noted without an fsync (`Storage.note_commit`, etcd's rule) so that a
+        restarted process never shows fewer changes than it served (a restarted
+        follower did, in tests/cluster), and rides the next durable write.
         """
         hard_state = ready.hard_state
         if hard_state is not None:
@@ -284,8 +283,9 @@ class RaftDriver:
         vote_changed = hard_state is not None and (
             (hard_state.term, hard_state.vote) != (durable.term, durable.vote)
         )
-        commit_to_keep = hard_state is not None and self.core.membership.voters != {self.core.id}
-        if not (ready.entries or ready.snapshot is not None or vote_changed or commit_to_keep):
+        if not (ready.entries or ready.snapshot is not None or vote_changed):
+            if hard_state is not None:
+                self.storage.note_commit(hard_state.commit)
             return
         hard_state = self._unsynced_hard_state
         await self.storage.write(

@@ -9,7 +9,7 @@ import os
 import sqlite3
 import threading
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TypeVar
 
@@ -17,6 +17,7 @@ from changeagent.raft.entry import Entry, HardState
 from changeagent.raft.interfaces import Compacted, Snapshot, Unavailable
 from changeagent.storage import reads, schema
 from changeagent.storage.batch import WriteBatch
+from changeagent.storage.commit_hint import CommitHint
 from changeagent.storage.errors import (
     CorruptionError,
     StorageBusy,
@@ -130,10 +131,14 @@ class Storage:
             schema.restrict_file_modes(data_dir)
             state = load_state(connection)
             tail = warm_tail(connection, state, tail_cache_bytes, tail_warm_bytes)
+            commit_hint = CommitHint(data_dir)
         except BaseException:
             connection.close()
             os.close(lock_fd)
             raise
+        noted = min(commit_hint.noted, state.last_index)
+        if noted > state.hard_state.commit:
+            state = replace(state, hard_state=replace(state.hard_state, commit=noted))
         return cls(
             data_dir=data_dir,
             connection=connection,
@@ -143,6 +148,7 @@ class Storage:
             limits=(queue_batches_max, group_batches_max, group_bytes_max),
             fault_injector=fault_injector,
             tail_scan_entries_max=tail_scan_entries_max,
+            commit_hint=commit_hint,
         )
 
     def __init__(
@@ -156,8 +162,10 @@ class Storage:
         limits: tuple[int, int, int],
         fault_injector: FaultInjector | None,
         tail_scan_entries_max: int = TAIL_SCAN_ENTRIES_MAX,
+        commit_hint: CommitHint,
     ) -> None:
         """Use `Storage.open`."""
+        self._commit_hint = commit_hint
         self._tail_scan_entries_max = tail_scan_entries_max
         self.data_dir = data_dir
         self._connection = connection
@@ -197,6 +205,7 @@ class Storage:
         for connection in readers:
             connection.close()
         self._connection.close()
+        self._commit_hint.close()
         os.close(self._lock_fd)
 
     def __enter__(self) -> Storage:
@@ -264,6 +273,13 @@ class Storage:
         return self._stable(lambda connection: reads.internal_between(connection, low, high))
 
     # Other state -----------------------------------------------------------------
+
+    def note_commit(self, index: int) -> None:
+        """Remember a higher commit index without an fsync (see `commit_hint`);
+        `hard_state().commit` after a reopen is at least this (at most the last
+        index). Call only with indices known to be committed and durable here."""
+        if index > self._commit_hint.noted:
+            self._commit_hint.note(index)
 
     def hard_state(self) -> HardState:
         self._check_readable()
@@ -525,6 +541,8 @@ class Storage:
             transaction.commit()
             self.commit_count += 1
             self._publish(transaction.state, transaction.tail_ops, transaction.truncated)
+            if transaction.discarded:  # a new history: the old commit index means nothing
+                self._commit_hint.note(0)
         finally:
             if fence:
                 self._removal_generation += 1

@@ -106,6 +106,7 @@ class GroupTransaction:
         self.tail_ops: list[TailOp] = []
         self.removed = False  # whether any entry was deleted (readers must be fenced)
         self.truncated = False  # whether a suffix was deleted (entries may be rewritten)
+        self.discarded = False  # whether the whole log was discarded
         self._rows = _Rows()
         connection.execute("BEGIN IMMEDIATE")
 
@@ -213,6 +214,7 @@ class GroupTransaction:
     # Mutations -------------------------------------------------------------------
 
     def _discard_log(self) -> None:
+        self.discarded = True
         self._delete(_DELETE_FROM, 0)
         self.tail_ops.append(TailTruncate(0))
         self.tail_ops.append(TailCompact(0))  # the tail's next entry is 1
