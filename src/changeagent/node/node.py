@@ -26,10 +26,10 @@ import logging
 import random
 import secrets
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import orjson
 
@@ -371,19 +371,23 @@ class Node:
         )
         leader, transport = self._leader_link()
         timeout_s = self.limits.commit_timeout_s
-        request = asyncio.ensure_future(
-            transport.propose(leader, change.type, body, key, timeout_s=timeout_s)
+        return await self._while_leader(
+            leader, transport.propose(leader, change.type, body, key, timeout_s=timeout_s)
         )
+
+    async def _while_leader(self, leader: int, call: Coroutine[Any, Any, T]) -> T:
+        """Await a request to `leader`, but give up as soon as this node sees
+        another leader (or none): a leader that died or was deposed never answers,
+        and waiting for the request's own timeout would stall the client."""
+        request = asyncio.ensure_future(call)
         try:
-            # A leader that died or was deposed never answers: stop waiting as soon
-            # as this node sees another leader (or none), not at the commit timeout.
             while not request.done():
                 changed = self._leader_change()
                 await asyncio.wait((request, changed), return_when=asyncio.FIRST_COMPLETED)
                 if not request.done() and self.leader_id != leader:
                     raise NotAvailable(
-                        "the leader changed while the write was forwarded; it may have "
-                        "committed. Retry with the same Idempotency-Key to get it exactly once",
+                        "the leader changed while the request was forwarded; it may have "
+                        "taken effect. Retry (with the same Idempotency-Key for a write)",
                         retry_after_s=1,
                     )
             return request.result()
@@ -408,15 +412,10 @@ class Node:
     async def call_leader(self, method: str, payload: RpcValue) -> RpcValue:
         """Run an operation on the leader (membership, settings); its answer's payload."""
         leader, transport = self._leader_link()
-        try:
-            return await transport.call(
-                leader,
-                method,
-                payload,
-                timeout_s=self.limits.commit_timeout_s * 4,
-            )
-        except RequestFailed as error:
-            raise _error_from_reply(error) from None
+        timeout_s = self.limits.commit_timeout_s * 4
+        return await self._while_leader(
+            leader, transport.call(leader, method, payload, timeout_s=timeout_s)
+        )
 
     async def update_settings(self, settings: Settings) -> Settings:
         """Replicate new settings through the log; they apply on every node when committed."""
