@@ -50,7 +50,9 @@ class ServerOptions:
     password_file: Path | None = None
     secure_port: int | None = None  # the HTTPS listener, with api_tls
     api_tls: ApiTls | None = None
-    # Cluster (-cp, -ccert/-ckey/-cca): parsed and validated; cluster_tls only with cluster_port.
+    # Cluster (-cp, -ccert/-ckey/-cca): with cluster_port, peers talk framed TCP on it
+    # (mutual TLS with cluster_tls, which the CLI allows only with cluster_port) and
+    # members are added by host:cluster_port; without it, a WebSocket on the API port.
     cluster_port: int | None = None
     cluster_tls: ClusterTls | None = None
 
