@@ -250,14 +250,22 @@ class RaftDriver:
         send = self._hooks.send
         for message in ready.messages:
             send(message)
+        committed = ready.committed_entries
+        if ready.entries and ready.snapshot is None:
+            # Under load a Ready carries the previous batch, now committed and
+            # already durable, with the next batch to append: answer the first
+            # before the fsync of the second, not after it.
+            durable = self._durable_prefix(committed, ready.entries[0].index)
+            if durable:
+                await self._apply(durable)
+                committed = committed[len(durable) :]
         await self._persist(ready)
         for message in ready.messages_after_persist:
             send(message)
         if ready.snapshot is not None:
             await self._hooks.install_snapshot(ready.snapshot)
-        if ready.committed_entries:
-            await self._hooks.apply(ready.committed_entries)
-            self._resolve(ready.committed_entries)
+        if committed:
+            await self._apply(committed)
         for read_state in ready.read_states:
             future = self._reads.get(read_state.context)
             if future is not None and not future.done():
@@ -265,6 +273,26 @@ class RaftDriver:
         if ready.soft_state is not None:
             self._hooks.on_role_change(ready.soft_state.role, ready.soft_state.leader_id)
         self.core.advance(ready)
+
+    def _durable_prefix(
+        self, committed: tuple[Entry, ...], first_appended: int
+    ) -> tuple[Entry, ...]:
+        """The committed entries already on disk here and not rewritten by this
+        Ready's append (a follower's commit index may cover entries that arrive in
+        the same Ready, possibly replacing a stale suffix on disk)."""
+        last_durable = min(self.storage.last_index(), first_appended - 1)
+        count = 0
+        for entry in committed:
+            if entry.index > last_durable:
+                break
+            count += 1
+        return committed[:count]
+
+    async def _apply(self, entries: tuple[Entry, ...]) -> None:
+        # Served from here on, so a restarted process must show them again.
+        self.storage.note_commit(entries[-1].index)
+        await self._hooks.apply(entries)
+        self._resolve(entries)
 
     async def _persist(self, ready: Ready) -> None:
         """Entries, snapshot and hard state in one write (one fsync).
