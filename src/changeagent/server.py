@@ -157,14 +157,16 @@ async def serve_node(
     transport = build_transport(node, members, options.cluster_tls, use_cluster_port)
     try:
         await node.start()
-        listeners = await start_listener(
-            node, options, authenticator, api_tls, members, None if use_cluster_port else transport
-        )
         if options.cluster_port is not None:
+            # Before the API says "listening on": from then on the node can be POSTed
+            # to, and forming a cluster needs the cluster port up and advertised.
             members.advertised_port = await serve_cluster_port(
                 transport, options.host, options.cluster_port, options.cluster_tls
             )
-        else:
+        listeners = await start_listener(
+            node, options, authenticator, api_tls, members, None if use_cluster_port else transport
+        )
+        if options.cluster_port is None:
             members.advertised_port = listeners.http_port or 0
         await wait_for_stop_signal()
         log.warning("shutting down: no new connections; finishing in-flight requests")
