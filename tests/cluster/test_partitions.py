@@ -13,6 +13,7 @@ from tests.cluster.harness import (
     COMMIT_TIMEOUT_S,
     Outcome,
     ProxiedCluster,
+    all_changes,
     post,
     proxied_cluster,
 )
@@ -124,3 +125,31 @@ def test_delayed_links_slow_writes_but_lose_nothing(tmp_path: Path) -> None:
         stored = {change["_id"]: change for change in reference}
         assert all(stored[change["_id"]] == change for change in acknowledged)
         print(f"\n150 ms links: median write {sorted(latencies)[7]:.2f} s")
+
+
+def test_a_retry_never_acknowledges_an_uncommitted_entry(tmp_path: Path) -> None:
+    """An isolated leader appends a keyed write it cannot commit and restarts; a
+    retry with the same key on that node must not be answered from its log (the
+    nemesis once saw such a write acknowledged, then lost when the suffix was
+    replaced)."""
+    with proxied_cluster(tmp_path, 3) as cluster:
+        leader = cluster.leader()
+        assert post(leader, {"data": "committed"}).ok
+        cluster.proxy.isolate(leader.name, cluster.names)
+        first = post(leader, {"data": "stranded"}, key="stranded-key")
+        assert not first.ok  # cannot commit: 503 after the commit timeout
+        # A restart forgets the in-flight proposal; the entry stays in its log.
+        leader.kill()
+        cluster.start_node(leader)
+        retry = post(leader, {"data": "stranded"}, key="stranded-key")
+        assert not retry.ok, retry
+        rest = [node for node in cluster.nodes if node is not leader]
+        new_leader = cluster.leader(among=rest)
+        assert post(new_leader, {"data": "majority"}).ok
+        cluster.proxy.heal()
+        cluster.wait_converged()
+        listed = [change["data"] for change in all_changes(leader)]
+        assert "stranded" not in listed
+        assert post(leader, {"data": "stranded"}, key="stranded-key").ok  # now it commits once
+        cluster.wait_converged()
+        assert [change["data"] for change in all_changes(new_leader)].count("stranded") == 1

@@ -337,7 +337,7 @@ class Node:
             inflight = self._inflight_keys.get(key)
             if inflight is not None:
                 return await asyncio.shield(inflight)
-            stored = self.storage.idempotency_lookup(key)
+            stored = await self._committed_on_leader(key)
             if stored is not None:
                 return Entry(stored, 0, change.type, self.storage.get_change(stored) or b"", key)
         await self._web_hooks.validate(self.settings.web_hooks, change)
@@ -431,12 +431,33 @@ class Node:
         return self.settings
 
     async def _existing_for_key(self, key: str) -> bytes | None:
+        """The change stored under `key`, if it is committed and applied here.
+
+        A key found on an entry this node holds but has not applied is no answer:
+        that entry may never commit (a deposed leader's suffix), so acknowledging
+        it could acknowledge a write that is then lost (the nemesis found this).
+        Such retries go on to the leader, which knows.
+        """
         inflight = self._inflight_keys.get(key)
         if inflight is not None:
             entry = await asyncio.shield(inflight)
             return self.storage.get_change(entry.index)
         stored_index = self.storage.idempotency_lookup(key)
-        return None if stored_index is None else self.storage.get_change(stored_index)
+        if stored_index is None or stored_index > self.commit_index:
+            return None
+        return self.storage.get_change(stored_index)
+
+    async def _committed_on_leader(self, key: str) -> int | None:
+        """On the leader: the index of the entry holding `key`, once committed.
+
+        An entry in the leader's own log commits as long as it leads (with the
+        first entry of its term), so an uncommitted one is waited for, not
+        proposed again (which would duplicate it)."""
+        stored = self.storage.idempotency_lookup(key)
+        if stored is None or stored <= self.commit_index:
+            return stored
+        await self.wait_applied(stored, self.limits.commit_timeout_s)
+        return stored if self.storage.idempotency_lookup(key) == stored else None
 
     def _check_writable(self) -> None:
         if self.failure is not None:
