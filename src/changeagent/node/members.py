@@ -27,6 +27,7 @@ import secrets
 import socket
 from typing import TYPE_CHECKING, Any
 
+from changeagent.change import parse_change_body
 from changeagent.node.errors import BadRequest, Conflict, NodeError, NotAvailable, NotFound
 from changeagent.node.node import (
     META_CLUSTER_ID,
@@ -34,7 +35,6 @@ from changeagent.node.node import (
     NODE_ID_MAX,
     Node,
     error_code,
-    parse_forwarded_change,
 )
 from changeagent.node.settings_entry import ENTRY_TYPE_ADDRESS, encode_address, encode_settings
 from changeagent.raft import (
@@ -321,9 +321,7 @@ class ClusterMembers:
             raise RequestFailed("bad_request", "only members may send this request")
         try:
             if isinstance(request, Proposal):
-                entry = await self.node.propose_change(
-                    parse_forwarded_change(request.data), request.key
-                )
+                entry = await self.node.propose_change(parse_change_body(request.data), request.key)
                 return ProposalReply(0, index=entry.index)
             if isinstance(request, ReadIndexRequest):
                 return ReadIndexReply(

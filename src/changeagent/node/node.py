@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import orjson
 
-from changeagent.change import NewChange, encode_change, parse_change_body
+from changeagent.change import NewChange, encode_change
 from changeagent.config import SECOND_NS, Settings, write_settings_file
 from changeagent.node.driver import DriverHooks, RaftDriver
 from changeagent.node.errors import (
@@ -66,7 +66,6 @@ from changeagent.raft import (
     ConfChange,
     ConfChangeKind,
     Entry,
-    HardState,
     Membership,
     Message,
     RaftConfig,
@@ -746,14 +745,6 @@ class Node:
         # but consumers find a monotonic timestamp less surprising.
         self._last_timestamp_ns = max(self._clock_ns(), self._last_timestamp_ns + 1)
         return self._last_timestamp_ns
-
-    def hard_state(self) -> HardState:
-        return self.storage.hard_state()
-
-
-def parse_forwarded_change(data: bytes) -> NewChange:
-    """A change forwarded by a follower: the same body a client posts."""
-    return parse_change_body(data)
 
 
 def error_code(error: NodeError) -> str:
