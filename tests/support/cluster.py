@@ -8,10 +8,14 @@ own first. Everything waits on conditions with deadlines.
 
 from __future__ import annotations
 
+import asyncio
 import socket
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+import orjson
 
 from tests.support.server import Response, ServerProcess, wait_until
 
@@ -189,3 +193,65 @@ class Cluster:
         """Every running node's change list (one page, default limit 10000)."""
         parameters.setdefault("limit", 10_000)
         return [node.get_changes(**parameters).json()["changes"] for node in self.running()]
+
+
+async def _post_many(
+    port: int, numbers: range, tag: str, timeout_s: float, errors: list[str]
+) -> None:
+    """POST one small change per number over one keep-alive connection, one at a time."""
+    reader, writer = await asyncio.wait_for(asyncio.open_connection(LOOPBACK, port), timeout_s)
+    try:
+        for number in numbers:
+            body = orjson.dumps({"data": {"n": number}, "tags": [tag]})
+            writer.write(
+                b"POST /changes HTTP/1.1\r\nHost: %s\r\nContent-Type: application/json\r\n"
+                b"Content-Length: %d\r\n\r\n%s" % (LOOPBACK.encode(), len(body), body)
+            )
+            head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), timeout_s)
+            status_line, *header_lines = head.decode("latin-1").split("\r\n")
+            headers = dict(
+                (name.strip().lower(), value.strip())
+                for name, _, value in (line.partition(":") for line in header_lines if line)
+            )
+            if "content-length" not in headers:
+                errors.append(f"answer without Content-Length: {head!r}")
+                return
+            answer = await asyncio.wait_for(
+                reader.readexactly(int(headers["content-length"])), timeout_s
+            )
+            status = int(status_line.split()[1])
+            if status != 200:
+                errors.append(f"{status} {answer[:200]!r}")
+                return
+    except (OSError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, TimeoutError) as e:
+        errors.append(repr(e))
+    finally:
+        writer.close()
+
+
+def load_changes(
+    port: int,
+    count: int,
+    connections: int = 64,
+    tag: str = "preload",
+    timeout_s: float = 30.0,
+) -> float:
+    """POST `count` small changes (`{"data": {"n": i}, "tags": [tag]}`, i = 0..count-1)
+    through the real API on 127.0.0.1:`port` over `connections` keep-alive
+    connections driven by one asyncio loop (cheap on the client side, so the server
+    is what is measured); every answer must be 200. Returns the seconds it took."""
+    errors: list[str] = []
+
+    async def run() -> None:
+        await asyncio.gather(
+            *(
+                _post_many(port, range(first, count, connections), tag, timeout_s, errors)
+                for first in range(connections)
+            )
+        )
+
+    started = time.monotonic()
+    asyncio.run(run())
+    elapsed = time.monotonic() - started
+    assert not errors, errors[:5]
+    return elapsed
