@@ -247,6 +247,21 @@ class RaftDriver:
             self._proposed[index] = proposal
 
     async def _handle(self, ready: Ready) -> None:
+        if self._must_write(ready):
+            await self._handle_write(ready)
+        else:
+            await self._handle_commit(ready)
+        for read_state in ready.read_states:
+            future = self._reads.get(read_state.context)
+            if future is not None and not future.done():
+                future.set_result(read_state.index)
+        if ready.soft_state is not None:
+            self._hooks.on_role_change(ready.soft_state.role, ready.soft_state.leader_id)
+        self.core.advance(ready)
+
+    async def _handle_write(self, ready: Ready) -> None:
+        """Send (the leader replicates while it writes), persist, send what needed
+        the write, install a snapshot, apply."""
         send = self._hooks.send
         for message in ready.messages:
             send(message)
@@ -266,13 +281,34 @@ class RaftDriver:
             await self._hooks.install_snapshot(ready.snapshot)
         if committed:
             await self._apply(committed)
-        for read_state in ready.read_states:
-            future = self._reads.get(read_state.context)
-            if future is not None and not future.done():
-                future.set_result(read_state.index)
-        if ready.soft_state is not None:
-            self._hooks.on_role_change(ready.soft_state.role, ready.soft_state.leader_id)
-        self.core.advance(ready)
+
+    async def _handle_commit(self, ready: Ready) -> None:
+        """Nothing to write: apply first, then send. On a leader this Ready is
+        the commit of a write; its waiting client is answered before the commit
+        index goes out to the followers (which costs a send per follower, and
+        delaying a message is always safe)."""
+        if ready.hard_state is not None:
+            self.storage.note_commit(ready.hard_state.commit)
+            self._unsynced_hard_state = ready.hard_state
+        if ready.committed_entries:
+            await self._apply(ready.committed_entries)
+        send = self._hooks.send
+        for message in ready.messages:
+            send(message)
+        for message in ready.messages_after_persist:
+            send(message)
+
+    def _must_write(self, ready: Ready) -> bool:
+        """Whether `ready` needs a storage write: entries, a snapshot, or a new
+        term or vote. A hard state whose only change is the commit index is not
+        written on its own (see `_persist`)."""
+        if ready.entries or ready.snapshot is not None:
+            return True
+        hard_state = ready.hard_state
+        durable = self._durable_hard_state
+        return hard_state is not None and (
+            (hard_state.term, hard_state.vote) != (durable.term, durable.vote)
+        )
 
     def _durable_prefix(
         self, committed: tuple[Entry, ...], first_appended: int
@@ -304,17 +340,8 @@ class RaftDriver:
         restarted process never shows fewer changes than it served (a restarted
         follower did, in tests/cluster), and rides the next durable write.
         """
-        hard_state = ready.hard_state
-        if hard_state is not None:
-            self._unsynced_hard_state = hard_state
-        durable = self._durable_hard_state
-        vote_changed = hard_state is not None and (
-            (hard_state.term, hard_state.vote) != (durable.term, durable.vote)
-        )
-        if not (ready.entries or ready.snapshot is not None or vote_changed):
-            if hard_state is not None:
-                self.storage.note_commit(hard_state.commit)
-            return
+        if ready.hard_state is not None:
+            self._unsynced_hard_state = ready.hard_state
         hard_state = self._unsynced_hard_state
         await self.storage.write(
             WriteBatch(hard_state=hard_state, entries=ready.entries, snapshot=ready.snapshot)
