@@ -142,9 +142,12 @@ def test_a_node_of_another_cluster_cannot_join(tmp_path: Path, standalone: Clust
 
 def test_unreachable_addresses_are_refused(standalone: ClusterNode) -> None:
     standalone.form("POST", "/cluster/members", {"address": standalone.address})
-    answer = standalone.form("POST", "/cluster/members", {"address": f"{LOOPBACK}:{free_port()}"})
+    address = f"{LOOPBACK}:{free_port()}"
+    answer = standalone.form("POST", "/cluster/members", {"address": address})
     assert answer.status == 400
-    assert "cannot reach" in answer.json()["error"]
+    error = answer.json()["error"]
+    assert "cannot reach" in error
+    assert error.count(address) == 1, error  # named once, then the reason
 
 
 def test_the_walkthrough_forms_three_voters(trio: Cluster) -> None:

@@ -167,7 +167,7 @@ class TcpDialer(Dialer):
                 host, port, ssl=self._ssl_context, limit=_READ_CHUNK_BYTES
             )
         except (OSError, ssl.SSLError) as error:
-            raise ConnectionClosed(f"{address}: {error}") from None
+            raise ConnectionClosed(str(error) or type(error).__name__) from None
         return TcpFrameStream(reader, writer, frame_bytes_max)
 
     async def close(self) -> None:
@@ -195,8 +195,11 @@ class WebSocketDialer(Dialer):
                 autoping=True,
                 heartbeat=None,
             )
+        except aiohttp.ClientConnectorError as error:
+            # Its message repeats the address; the caller names it already.
+            raise ConnectionClosed(str(error.os_error) or type(error).__name__) from None
         except (OSError, aiohttp.ClientError, ssl.SSLError) as error:
-            raise ConnectionClosed(f"{address}: {error}") from None
+            raise ConnectionClosed(str(error) or type(error).__name__) from None
         return WebSocketFrameStream(socket, frame_bytes_max, address)
 
     async def close(self) -> None:

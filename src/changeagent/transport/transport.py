@@ -263,7 +263,8 @@ class Transport:
             async with asyncio.timeout(timeout_s):
                 connection = await self._open(address, link=False)
         except _DIAL_ERRORS as error:
-            raise PeerUnavailable(f"{address}: {error}") from None
+            # The caller names the address; the reason alone follows it.
+            raise PeerUnavailable(str(error) or type(error).__name__) from None
         self._spawn(self._serve(connection))
         try:
             request_id = next(self._request_ids)
