@@ -76,8 +76,15 @@ def test_one_membership_change_at_a_time_and_the_newcomer_shows_learner(tmp_path
         roles = joined[0].body["roles"]
         assert roles.get(fourth_id) == "voter" and len(roles) == 4, roles
         wait_until(lambda: cluster.state(fourth) == "Follower", 15, 0.05)
-        # The change that was refused goes through now.
-        cluster.join(fifth, via=follower)
+        # The change that was refused goes through now (JSON this time, via a follower).
+        added = follower.request(
+            "POST",
+            "/cluster/members",
+            orjson.dumps({"address": cluster.addresses["n5"]}),
+            {"Content-Type": "application/json"},
+            timeout_s=60,
+        )
+        assert added.status == 200, (added.status, added.body)
         fifth_id = fifth.node_id()
         cluster.wait_converged()
         for node in cluster.nodes:
