@@ -19,13 +19,13 @@ from changeagent.raft.errors import (
     MembershipChangeRejected,
     NotLeader,
     ProposalDropped,
-    RaftError,
 )
 from changeagent.raft.interfaces import Compacted, LogReader, Membership, Snapshot
 from changeagent.raft.invariants import InvariantChecker
 from changeagent.raft.log import RaftLog
 from changeagent.raft.membership import MembershipLog
 from changeagent.raft.messages import TRANSFER_CONTEXT, Message, MessageType
+from changeagent.raft.outbox import Outbox
 from changeagent.raft.progress import Progress
 from changeagent.raft.readindex import ReadIndexQueue
 from changeagent.raft.ready import PeerProgress, ProgressState, ReadState, Ready, Role, SoftState
@@ -34,7 +34,7 @@ if TYPE_CHECKING:
     import random
     from collections.abc import Callable
 
-    Handler = Callable[[Message], None]
+    Handler = Callable[["RaftNode", Message], None]
 
 _MT = MessageType
 _LEADER_MESSAGES = frozenset({_MT.APPEND, _MT.HEARTBEAT, _MT.SNAPSHOT})
@@ -100,19 +100,10 @@ class RaftNode:
         # Removed members the leader still replicates to, so that they learn of
         # their removal and stop campaigning: peer -> index of the removal.
         self._departing: dict[int, int] = {}
-        # Outputs collected for the next Ready.
-        self._messages: list[Message] = []
-        self._messages_after_persist: list[Message] = []
-        self._read_states: list[ReadState] = []
-        # Messages to this node itself that promise durable state (a candidate's
-        # own vote): taken with the next Ready and stepped in its `advance()`.
-        self._self_after_persist: list[Message] = []
-        self._steps_on_advance: list[Message] = []
-        self._prev_hard_state = HardState(self._term, self._vote, commit)
-        self._prev_soft_state = SoftState(Role.FOLLOWER, None)
-        self._outstanding: Ready | None = None
+        self._outbox = Outbox(
+            HardState(self._term, self._vote, commit), SoftState(Role.FOLLOWER, None)
+        )
         self._reset_election_timer()
-        self._handlers = self._build_handlers()
         self._checker = InvariantChecker(self)
 
     # ------------------------------------------------------------------ inputs
@@ -137,9 +128,7 @@ class RaftNode:
         elif message.term < self._term:
             self._on_lower_term(message)
             return
-        handler = self._handlers[self._role].get(message.type)
-        if handler is not None:
-            handler(message)
+        self._dispatch(message)
         self._checker.check()
 
     def propose(self, entries_data: list[tuple[int, bytes, str]]) -> range:
@@ -220,7 +209,9 @@ class RaftNode:
             if not self._leader_read(context, self._id):
                 raise ProposalDropped("too many pending reads")
         elif self._leader is not None:
-            self._send(Message(_MT.READ_INDEX, self._id, self._leader, self._term, context=context))
+            self._outbox.send(
+                Message(_MT.READ_INDEX, self._id, self._leader, self._term, context=context)
+            )
         else:
             raise NotLeader(None)
         self._checker.check()
@@ -297,52 +288,17 @@ class RaftNode:
 
     def has_ready(self) -> bool:
         """Whether `ready()` would return something to do (False while one is outstanding)."""
-        if self._outstanding is not None:
-            return False
-        log = self._log
-        return bool(
-            self._messages
-            or self._messages_after_persist
-            or self._self_after_persist
-            or log.unstable
-            or log.pending_snapshot is not None
-            or self._read_states
-            or log.has_next_committed()
-            or self._hard_state() != self._prev_hard_state
-            or self._soft_state() != self._prev_soft_state
-        )
+        return self._outbox.has_ready(self._log, self._hard_state(), self._soft_state())
 
     def ready(self) -> Ready:
         """Collect what to persist, send and apply (see `Ready` for the ordering)."""
-        if self._outstanding is not None:
-            raise RaftError("call advance() on the previous Ready first")
-        log = self._log
-        hard_state = self._hard_state()
-        soft_state = self._soft_state()
-        ready = Ready(
-            hard_state=hard_state if hard_state != self._prev_hard_state else None,
-            entries=tuple(log.unstable),
-            snapshot=log.pending_snapshot,
-            messages=tuple(self._messages),
-            messages_after_persist=tuple(self._messages_after_persist),
-            committed_entries=tuple(log.next_committed(self._config.max_apply_bytes)),
-            read_states=tuple(self._read_states),
-            soft_state=soft_state if soft_state != self._prev_soft_state else None,
+        return self._outbox.take_ready(
+            self._log, self._hard_state(), self._soft_state(), self._config.max_apply_bytes
         )
-        self._prev_hard_state = hard_state
-        self._prev_soft_state = soft_state
-        self._messages.clear()
-        self._messages_after_persist.clear()
-        self._read_states.clear()
-        self._steps_on_advance, self._self_after_persist = self._self_after_persist, []
-        self._outstanding = ready
-        return ready
 
     def advance(self, ready: Ready) -> None:
         """Acknowledge that everything in `ready` is durable and applied."""
-        if ready is not self._outstanding:
-            raise RaftError("advance() must be given the outstanding Ready")
-        self._outstanding = None
+        self._outbox.acknowledge(ready)
         log = self._log
         if ready.snapshot is not None:
             log.stable_snapshot_to(ready.snapshot.index)
@@ -354,8 +310,7 @@ class RaftNode:
             self._release_uncommitted(ready.committed_entries)
         if self._role is Role.LEADER and self._maybe_commit():
             self._broadcast_append()
-        steps, self._steps_on_advance = self._steps_on_advance, []
-        for message in steps:
+        for message in self._outbox.take_steps_on_advance():
             self._on_own_vote(message)
         self._checker.check()
 
@@ -441,9 +396,9 @@ class RaftNode:
         if kind is _MT.APPEND or kind is _MT.HEARTBEAT:
             # Tell a stale leader about the newer term, so it steps down (it may have
             # been partitioned away while the rest of the cluster moved on).
-            self._send(Message(_MT.APPEND_RESPONSE, self._id, message.source, self._term))
+            self._outbox.send(Message(_MT.APPEND_RESPONSE, self._id, message.source, self._term))
         elif kind is _MT.PRE_VOTE:
-            self._send_after_persist(
+            self._outbox.send_after_persist(
                 Message(_MT.PRE_VOTE_RESPONSE, self._id, message.source, self._term, reject=True)
             )
 
@@ -550,7 +505,9 @@ class RaftNode:
             # this one, so two leaders would share a term.
             self._become_candidate()
             kind, term = _MT.VOTE, self._term
-            self._self_after_persist.append(Message(_MT.VOTE_RESPONSE, self._id, self._id, term))
+            self._outbox.send_self_after_persist(
+                Message(_MT.VOTE_RESPONSE, self._id, self._id, term)
+            )
         log = self._log
         last_index = log.last_index()
         last_term = log.term(last_index)
@@ -562,9 +519,9 @@ class RaftNode:
                 )
                 # A candidate's term and self-vote must be durable before it asks.
                 if pre_vote:
-                    self._send(request)
+                    self._outbox.send(request)
                 else:
-                    self._send_after_persist(request)
+                    self._outbox.send_after_persist(request)
 
     def _election_result(self) -> bool | None:
         """True when a quorum of voters granted, False when a quorum refused."""
@@ -600,7 +557,7 @@ class RaftNode:
             response = Message(response_type, self._id, message.source, message.term)
         else:
             response = Message(response_type, self._id, message.source, self._term, reject=True)
-        self._send_after_persist(response)
+        self._outbox.send_after_persist(response)
 
     def _on_vote_response(self, message: Message) -> None:
         expected = _MT.PRE_VOTE_RESPONSE if self._role is Role.PRE_CANDIDATE else _MT.VOTE_RESPONSE
@@ -623,7 +580,7 @@ class RaftNode:
     def _on_leader_message_as_candidate(self, message: Message) -> None:
         # §5.2: a candidate that hears from a leader of its term returns to follower.
         self._become_follower(self._term, message.source)
-        self._handlers[Role.FOLLOWER][message.type](message)
+        self._dispatch(message)
 
     # ==================================================== follower handlers
 
@@ -660,7 +617,7 @@ class RaftNode:
         self._on_entries_appended(entries)
 
     def _respond_append(self, leader: int, index: int) -> None:
-        self._send_after_persist(
+        self._outbox.send_after_persist(
             Message(_MT.APPEND_RESPONSE, self._id, leader, self._term, index=index)
         )
 
@@ -674,7 +631,7 @@ class RaftNode:
             hint_term = log.term(hint_index)
         except Compacted:
             hint_term = 0
-        self._send_after_persist(
+        self._outbox.send_after_persist(
             Message(
                 _MT.APPEND_RESPONSE,
                 self._id,
@@ -691,7 +648,7 @@ class RaftNode:
         self._election_elapsed = 0
         self._leader = message.source
         self._log.commit_to(message.commit)
-        self._send(
+        self._outbox.send(
             Message(
                 _MT.HEARTBEAT_RESPONSE,
                 self._id,
@@ -726,7 +683,7 @@ class RaftNode:
 
     def _on_read_index_response(self, message: Message) -> None:
         if not message.reject:
-            self._read_states.append(ReadState(message.index, message.context))
+            self._outbox.add_read_state(ReadState(message.index, message.context))
 
     # ======================================================= leader handlers
 
@@ -826,7 +783,7 @@ class RaftNode:
 
     def _on_read_index_request(self, message: Message) -> None:
         if not self._leader_read(message.context, message.source):
-            self._send(
+            self._outbox.send(
                 Message(
                     _MT.READ_INDEX_RESPONSE,
                     self._id,
@@ -874,7 +831,7 @@ class RaftNode:
             progress.sent_entries(entries[-1].index)
         elif progress.state is ProgressState.PROBE:
             progress.probe_sent = True
-        self._send(
+        self._outbox.send(
             Message(
                 _MT.APPEND,
                 self._id,
@@ -891,13 +848,13 @@ class RaftNode:
     def _send_snapshot(self, peer: int, progress: Progress) -> bool:
         snapshot = self._log.reader.snapshot()
         progress.become_snapshot(snapshot.index, self._tick_count)
-        self._send(Message(_MT.SNAPSHOT, self._id, peer, self._term, snapshot=snapshot))
+        self._outbox.send(Message(_MT.SNAPSHOT, self._id, peer, self._term, snapshot=snapshot))
         return False
 
     def _broadcast_heartbeat(self) -> None:
         commit = self._log.commit
         for peer, progress in self._progress.items():
-            self._send(
+            self._outbox.send(
                 Message(
                     _MT.HEARTBEAT,
                     self._id,
@@ -909,7 +866,7 @@ class RaftNode:
             )
 
     def _send_timeout_now(self, peer: int) -> None:
-        self._send(Message(_MT.TIMEOUT_NOW, self._id, peer, self._term))
+        self._outbox.send(Message(_MT.TIMEOUT_NOW, self._id, peer, self._term))
 
     def _maybe_commit(self) -> bool:
         """§5.3, §5.4.2: commit the highest index stored on a quorum of voters, but
@@ -995,9 +952,9 @@ class RaftNode:
             echoed.append(self._reads.round)
         for read in self._reads.confirmed(echoed, len(voters) // 2 + 1):
             if read.requester == self._id:
-                self._read_states.append(ReadState(read.commit_index, read.context))
+                self._outbox.add_read_state(ReadState(read.commit_index, read.context))
             else:
-                self._send(
+                self._outbox.send(
                     Message(
                         _MT.READ_INDEX_RESPONSE,
                         self._id,
@@ -1055,11 +1012,10 @@ class RaftNode:
     def _membership(self) -> Membership:
         return self._memberships.current
 
-    def _send(self, message: Message) -> None:
-        self._messages.append(message)
-
-    def _send_after_persist(self, message: Message) -> None:
-        self._messages_after_persist.append(message)
+    def _dispatch(self, message: Message) -> None:
+        handler = _HANDLERS[self._role].get(message.type)
+        if handler is not None:
+            handler(self, message)
 
     def _hard_state(self) -> HardState:
         return HardState(self._term, self._vote, self._log.commit)
@@ -1067,41 +1023,47 @@ class RaftNode:
     def _soft_state(self) -> SoftState:
         return SoftState(self._role, self._leader)
 
-    def _build_handlers(self) -> dict[Role, dict[MessageType, Handler]]:
-        vote = self._on_vote_request
-        follower: dict[MessageType, Handler] = {
-            _MT.PRE_VOTE: vote,
-            _MT.VOTE: vote,
-            _MT.APPEND: self._on_append,
-            _MT.HEARTBEAT: self._on_heartbeat,
-            _MT.SNAPSHOT: self._on_snapshot,
-            _MT.TIMEOUT_NOW: self._on_timeout_now,
-            _MT.READ_INDEX_RESPONSE: self._on_read_index_response,
-        }
-        to_follower = self._on_leader_message_as_candidate
-        candidate: dict[MessageType, Handler] = {
-            _MT.PRE_VOTE: vote,
-            _MT.VOTE: vote,
-            _MT.PRE_VOTE_RESPONSE: self._on_vote_response,
-            _MT.VOTE_RESPONSE: self._on_vote_response,
-            _MT.APPEND: to_follower,
-            _MT.HEARTBEAT: to_follower,
-            _MT.SNAPSHOT: to_follower,
-        }
-        other_leader = self._on_append_from_other_leader
-        leader: dict[MessageType, Handler] = {
-            _MT.PRE_VOTE: vote,
-            _MT.VOTE: vote,
-            _MT.APPEND: other_leader,
-            _MT.HEARTBEAT: other_leader,
-            _MT.SNAPSHOT: other_leader,
-            _MT.APPEND_RESPONSE: self._on_append_response,
-            _MT.HEARTBEAT_RESPONSE: self._on_heartbeat_response,
-            _MT.READ_INDEX: self._on_read_index_request,
-        }
-        return {
-            Role.FOLLOWER: follower,
-            Role.PRE_CANDIDATE: candidate,
-            Role.CANDIDATE: candidate,
-            Role.LEADER: leader,
-        }
+
+def _handlers() -> dict[Role, dict[MessageType, Handler]]:
+    """One handler per (role, message type); a type missing from a role is ignored."""
+    node = RaftNode
+    vote = node._on_vote_request
+    follower: dict[MessageType, Handler] = {
+        _MT.PRE_VOTE: vote,
+        _MT.VOTE: vote,
+        _MT.APPEND: node._on_append,
+        _MT.HEARTBEAT: node._on_heartbeat,
+        _MT.SNAPSHOT: node._on_snapshot,
+        _MT.TIMEOUT_NOW: node._on_timeout_now,
+        _MT.READ_INDEX_RESPONSE: node._on_read_index_response,
+    }
+    to_follower = node._on_leader_message_as_candidate
+    candidate: dict[MessageType, Handler] = {
+        _MT.PRE_VOTE: vote,
+        _MT.VOTE: vote,
+        _MT.PRE_VOTE_RESPONSE: node._on_vote_response,
+        _MT.VOTE_RESPONSE: node._on_vote_response,
+        _MT.APPEND: to_follower,
+        _MT.HEARTBEAT: to_follower,
+        _MT.SNAPSHOT: to_follower,
+    }
+    other_leader = node._on_append_from_other_leader
+    leader: dict[MessageType, Handler] = {
+        _MT.PRE_VOTE: vote,
+        _MT.VOTE: vote,
+        _MT.APPEND: other_leader,
+        _MT.HEARTBEAT: other_leader,
+        _MT.SNAPSHOT: other_leader,
+        _MT.APPEND_RESPONSE: node._on_append_response,
+        _MT.HEARTBEAT_RESPONSE: node._on_heartbeat_response,
+        _MT.READ_INDEX: node._on_read_index_request,
+    }
+    return {
+        Role.FOLLOWER: follower,
+        Role.PRE_CANDIDATE: candidate,
+        Role.CANDIDATE: candidate,
+        Role.LEADER: leader,
+    }
+
+
+_HANDLERS = _handlers()
