@@ -124,6 +124,7 @@ def main(argv: list[str] | None = None) -> int:
     if arguments.runs:
         settings.runs = arguments.runs
         settings.failover_runs = arguments.runs
+        settings.join_runs = arguments.runs
     for assignment in arguments.set:
         settings.override(assignment)
     procs.install_cleanup_hooks()

@@ -135,7 +135,7 @@ def _short_counts(rows: list[dict[str, Any]]) -> list[str]:
         for system, stats in row["systems"].items():
             short = sorted({f"{key} {extra[key]:,}" for extra in stats["extra"]
                             for key in ("stored", "read", "changes")
-                            if key in extra and extra[key] != target})
+                            if key in extra and extra[key] < target})
             if short:
                 notes.append(f"- {row['metric']} / {system}: {', '.join(short)}")
     return notes

@@ -4,7 +4,9 @@ Four changeagent nodes run side by side on loopback: plain HTTP without auth (th
 baseline), Basic auth (`-pw`, a bcrypt htpasswd file), HTTPS (`-sp` with a
 self-signed certificate) and both. Each round measures every node in turn with wrk
 (writes: `POST /changes`; reads: `GET /changes?since=N&limit=100` of a full page near
-the end, the in-memory path), so slow drifts of a shared machine hit every configuration alike.
+the end, the in-memory path; N is fixed after the node's first write measurement,
+which stores thousands of changes), so slow drifts of a shared machine hit every
+configuration alike.
 Each figure is the median over rounds of (configuration / plain in the same round).
 
 Credentials are the same on every request, so after the first one per connection
@@ -28,6 +30,7 @@ import orjson
 from bench.procs import (
     LOOPBACK,
     PROCESSES,
+    TEARDOWN_GRACE_SECONDS,
     BenchError,
     SkipScenario,
     Started,
@@ -73,7 +76,6 @@ def run_security(system_cls: type[System], settings: Settings, recorder: Recorde
         return  # it compares changeagent's own configurations: nothing to skip elsewhere
     if not wrk_available():
         raise SkipScenario("wrk is not installed")
-    # Quick mode only keeps the scenario from rotting; figures come from full runs.
     # Quick mode only proves the scenario still runs (the suite's bench test).
     quick = settings.mode == "quick"
     rounds = 1 if quick else max(5, settings.runs)
@@ -81,19 +83,23 @@ def run_security(system_cls: type[System], settings: Settings, recorder: Recorde
     directory = PROCESSES.make_dir("security")
     configurations = [Configuration(*c) for c in CONFIGURATIONS]
     try:
-        for configuration in configurations:
+        for configuration in configurations:  # side by side, then wait for each
             _start(configuration, directory)
         for configuration in configurations:
-            _preload(configuration)
+            _wait_answering(configuration)
         for round_number in range(rounds):
             for configuration in _rotated(configurations, round_number):
                 for operation in ("write", "read"):
+                    if operation == "read" and not configuration.read_since:
+                        _set_read_point(configuration)
                     _measure(configuration, operation, seconds, round_number)
         _record(configurations, recorder)
     finally:
-        for configuration in configurations:
-            if configuration.process is not None:
-                PROCESSES.stop(configuration.process)
+        killed = PROCESSES.stop_many([c.process for c in configurations
+                                      if c.process is not None], TEARDOWN_GRACE_SECONDS)
+        if killed:
+            recorder.log(f"  changeagent SIGKILL at teardown: {', '.join(killed)}")
+        PROCESSES.remove_dir(directory)
 
 
 def _rotated(configurations: list[Configuration], shift: int) -> list[Configuration]:
@@ -118,8 +124,12 @@ def _start(configuration: Configuration, directory: Path) -> None:
         argv += ["-pw", str(_password_file(directory))]
     configuration.process = PROCESSES.start(f"changeagent-{configuration.name}", argv,
                                             directory, env=env_without_proxies())
+
+
+def _wait_answering(configuration: Configuration) -> None:
     wait_until(lambda: _get(configuration, "/health") == 200, 30,
-               f"changeagent ({configuration.name}) to answer", configuration.process)
+               f"changeagent ({configuration.name}) to answer", configuration.process,
+               interval=0.02)
 
 
 def _password_file(directory: Path) -> Path:
@@ -171,10 +181,10 @@ def _get(configuration: Configuration, path: str) -> int | None:
         return None
 
 
-def _preload(configuration: Configuration) -> None:
-    # A second of writes, then reads of a full page just before the newest change:
-    # what consumers near the end ask for, served from the in-memory tail.
-    _wrk(configuration, "write", 1, "preload")
+def _set_read_point(configuration: Configuration) -> None:
+    # After the node's first write measurement (thousands of changes): reads of a full
+    # page just before the newest change, what consumers near the end ask for, served
+    # from the in-memory tail.
     last = _post_one(configuration)
     if last <= 2 * READ_PAGE:
         raise BenchError(f"changeagent ({configuration.name}) stored only {last} changes")

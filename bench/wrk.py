@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import subprocess
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -56,4 +58,56 @@ def run_wrk(url: str, script: str, connections: int, duration_seconds: int,
                     "throughput": ok / seconds if seconds > 0 else 0.0,
                     "generator_cpu_percent": 100.0 * cpu_used / seconds if seconds else 0.0,
                     "generator": "wrk", "connections": connections, "threads": threads})
+    return summary
+
+
+def run_wrk_preload(url: str, script: str, count: int, connections: int,
+                    seconds_max: float, extra_env: dict[str, str] | None = None
+                    ) -> dict[str, Any]:
+    """Setup only: wrk until `count` requests were acknowledged, or `seconds_max`.
+
+    The script stops each wrk thread at its share and prints BENCHDONE; wrk itself only
+    ends at its -d, so once every thread is done it is interrupted (SIGINT, by pid), which
+    makes it print its summary at once. Requests in flight when a thread stops are
+    abandoned: the server may still store up to `connections` more than acknowledged.
+    """
+    threads = max(1, min(2, connections))
+    env = env_without_proxies()
+    env.update({"BENCH_LUA_DIR": str(LUA_DIR), "BENCH_PAYLOAD": PAYLOAD.decode(),
+                "BENCH_RUN": "preload", "BENCH_PRELOAD_PER_THREAD": str(-(-count // threads))})
+    env.update(extra_env or {})
+    seconds = max(1, int(seconds_max))
+    argv = ["wrk", "-t", str(threads), "-c", str(connections), "-d", f"{seconds}s",
+            "--timeout", "10s", "-s", str(LUA_DIR / script), url]
+    popen = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                             stdin=subprocess.DEVNULL, env=env)
+    # wrk ends by itself at -d; this only guards against a wrk that hangs after that.
+    watchdog = threading.Timer(seconds + 30, popen.kill)
+    watchdog.start()
+    lines = []
+    done = 0
+    try:
+        assert popen.stdout is not None
+        for raw in popen.stdout:
+            line = raw.decode(errors="replace").rstrip("\n")
+            lines.append(line)
+            if line == "BENCHDONE":
+                done += 1
+                if done == threads and popen.poll() is None:
+                    popen.send_signal(signal.SIGINT)
+        popen.wait(timeout=30)
+    finally:
+        watchdog.cancel()
+        if popen.poll() is None:
+            popen.kill()
+            popen.wait()
+    for line in lines:
+        if line.startswith("BENCHJSON "):
+            summary: dict[str, Any] = orjson.loads(line[len("BENCHJSON "):])
+            break
+    else:
+        raise BenchError(f"wrk gave no summary (exit {popen.returncode}):\n"
+                         + "\n".join(lines[-20:]))
+    summary["ok"] = max(0, summary["requests"] - summary["errors_status"])
+    summary["seconds"] = summary["duration_us"] / 1e6
     return summary

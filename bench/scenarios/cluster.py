@@ -8,7 +8,9 @@ e. A 3-member cluster takes writes; the leader is killed with SIGKILL; from then
    attempt timeouts (one attempt at a time measured 2.0x s whenever the new leader came
    between 1 and 2 s: two attempts had timed out, the third succeeded at once).
 f. A 3-member cluster holds N changes; a 4th member is added; figure: N divided by
-   the seconds from the add request to the new member serving the last change.
+   the seconds from the add request to the new member serving the last change. The
+   cluster is preloaded once: before each further run the previous new member is removed
+   (and its data dropped), then a fresh one is added.
    For Redis (single node) the nearest thing is shown: a replica's full sync.
 """
 
@@ -16,11 +18,12 @@ from __future__ import annotations
 
 import asyncio
 import time
+from typing import Any
 
 from bench.aioclient import ConnectionClosed
 from bench.procs import PROCESSES, BenchError
 from bench.scenarios.common import Recorder, Settings, run_async, running
-from bench.systems.base import System, WriteFailed, concurrent_writes, retry_write
+from bench.systems.base import Member, System, WriteFailed, concurrent_writes, retry_write
 
 FAILOVER = "e. failover"
 JOIN = "f. new member catch-up"
@@ -78,22 +81,33 @@ async def _failover(system: System) -> tuple[float, int]:
 
 
 def run_join(system_cls: type[System], settings: Settings, recorder: Recorder) -> None:
+    """One cluster, preloaded once; each run adds a fresh member and, before the next
+    run, removes it again (so N changes are written once, not once per run)."""
     members = 1 if system_cls.name == "redis" else 3
-    for _ in range(settings.runs):
-        system = system_cls(PROCESSES, members)
-        with running(system, recorder, JOIN) as ok:
-            if not ok:
-                return
-            _join_once(system, settings, recorder)
+    system = system_cls(PROCESSES, members)
+    with running(system, recorder, JOIN) as ok:
+        if not ok:
+            return
+        began = time.monotonic()
+        deadline = began + settings.preload_seconds_max
+        stored = run_async(system.preload(settings.join_changes, deadline),
+                           settings.preload_seconds_max + 60)
+        preload_seconds = time.monotonic() - began
+        if stored == 0:
+            raise BenchError("nothing could be preloaded")
+        recorder.log(f"  {system.name:11s} preloaded {stored:,} changes in "
+                     f"{preload_seconds:.1f} s ({stored / preload_seconds:,.0f} changes/s)")
+        last_cursor = system.last_cursor()
+        member: Member | None = None
+        for _ in range(settings.join_runs):
+            if member is not None:
+                system.remove_member(member)
+            member = _join_once(system, settings, recorder, stored, last_cursor,
+                                preload_seconds)
 
 
-def _join_once(system: System, settings: Settings, recorder: Recorder) -> None:
-    deadline = time.monotonic() + settings.preload_seconds_max
-    stored = run_async(system.preload(settings.join_changes, deadline),
-                       settings.preload_seconds_max + 60)
-    if stored == 0:
-        raise BenchError("nothing could be preloaded")
-    last_cursor = system.last_cursor()
+def _join_once(system: System, settings: Settings, recorder: Recorder, stored: int,
+               last_cursor: Any, preload_seconds: float) -> Member:
     member = system.add_member()
     began = member.joined_at
     limit = time.monotonic() + settings.scenario_seconds_max
@@ -108,4 +122,5 @@ def _join_once(system: System, settings: Settings, recorder: Recorder) -> None:
     how = "redis replica full sync (not Raft)" if system.name == "redis" else "4th joins 3"
     label = f"changes/s caught up by a new member, {settings.join_changes:,} changes"
     recorder.add(JOIN, label, system.name, stored / seconds, "changes/s", "higher", changes=stored,
-                 seconds=round(seconds, 3), how=how)
+                 seconds=round(seconds, 3), how=how, preload_seconds=round(preload_seconds, 1))
+    return member

@@ -12,7 +12,7 @@ from collections.abc import Callable, Coroutine, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from bench.procs import BenchError, SkipScenario
+from bench.procs import TEARDOWN_GRACE_SECONDS, BenchError, SkipScenario
 from bench.systems.base import System
 
 
@@ -30,6 +30,7 @@ class Settings:
     fanout_consumers: list[int]
     failover_runs: int
     join_changes: int
+    join_runs: int
     memory_changes: int
     preload_seconds_max: float
     scenario_seconds_max: float
@@ -57,7 +58,7 @@ class Settings:
     def quick(cls) -> Settings:
         return cls(mode="quick", runs=1, write_clients=[1, 16, 64, 256], write_seconds=1,
                    asyncio_write_clients=[16], catchup_changes=5_000, notify_changes=200,
-                   fanout_consumers=[200], failover_runs=1, join_changes=2_000,
+                   fanout_consumers=[200], failover_runs=1, join_changes=2_000, join_runs=2,
                    memory_changes=10_000, preload_seconds_max=15,
                    scenario_seconds_max=60, settle_seconds=0.3, follower_write_clients=[16])
 
@@ -66,7 +67,8 @@ class Settings:
         return cls(mode="full", runs=3, write_clients=[1, 16, 64, 256], write_seconds=5,
                    asyncio_write_clients=[1, 16, 64, 256], catchup_changes=100_000,
                    notify_changes=1_000, fanout_consumers=[1_000, 10_000], failover_runs=3,
-                   join_changes=100_000, memory_changes=1_000_000, preload_seconds_max=600,
+                   join_changes=1_000_000, join_runs=3, memory_changes=1_000_000,
+                   preload_seconds_max=600,
                    scenario_seconds_max=1800)
 
 
@@ -169,6 +171,10 @@ def running(system: System, recorder: Recorder, scenario: str) -> Iterator[bool]
         yield True
     finally:
         system.stop()
+        if system.killed_at_stop:
+            recorder.log(f"  {system.name:11s} SIGKILL at teardown (not stopped "
+                         f"{TEARDOWN_GRACE_SECONDS:g} s after SIGTERM): "
+                         f"{', '.join(system.killed_at_stop)}")
 
 
 def guarded(recorder: Recorder, scenario: str, system_name: str,

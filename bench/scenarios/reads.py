@@ -25,6 +25,7 @@ NOTIFY = "c. notification latency"
 FANOUT = "d. fan-out"
 CONNECT_BATCH = 200
 WAKE_SECONDS_MAX = 2.0
+WAITS_TAKEN_SECONDS_MAX = 60.0
 
 
 def run_catchup(system_cls: type[System], settings: Settings, recorder: Recorder) -> None:
@@ -150,6 +151,24 @@ async def _notify_loop(system: System, writer: Any,
     return after_ack, after_send, missed
 
 
+async def _waits_taken(system: System, expected: int) -> None:
+    """Long-polls and XREADs are not confirmed one by one: wait until the server says it
+    holds them all (changeagent's `longPolls`, Redis's `blocked_clients`); a server that
+    cannot tell gets a fixed pause instead."""
+    deadline = time.monotonic() + WAITS_TAKEN_SECONDS_MAX
+    while True:
+        waiting = await asyncio.to_thread(system.waiting_consumers)
+        if waiting is None:
+            await asyncio.sleep(0.5 + expected / 4000)
+            return
+        if waiting >= expected:
+            return
+        if time.monotonic() > deadline:
+            raise BenchError(f"{system.name} holds {waiting} of {expected} waits after "
+                             f"{WAITS_TAKEN_SECONDS_MAX:.0f} s")
+        await asyncio.sleep(0.01)
+
+
 def run_fanout(system_cls: type[System], settings: Settings, recorder: Recorder) -> None:
     system = system_cls(PROCESSES, 1)
     with running(system, recorder, FANOUT) as ok:
@@ -162,6 +181,7 @@ def run_fanout(system_cls: type[System], settings: Settings, recorder: Recorder)
 
 async def _fanout(system: System, consumers: int, recorder: Recorder) -> None:
     control = await system.connect()
+    already_waiting = await asyncio.to_thread(system.waiting_consumers)
     template = await system.subscribe(await system.connect())
     subscriptions: list[Subscription] = [template]
     try:
@@ -174,8 +194,7 @@ async def _fanout(system: System, consumers: int, recorder: Recorder) -> None:
         if readies:
             await asyncio.wait_for(asyncio.gather(*readies), 60)
         else:
-            # Long-polls and XREADs are not confirmed: give the server time to take them.
-            await asyncio.sleep(0.5 + consumers / 4000)
+            await _waits_taken(system, (already_waiting or 0) + consumers)
         rss_waiting = rss_bytes(system.pids())
         cpu_before = self_cpu_seconds()
         sent_at = time.perf_counter()
@@ -193,7 +212,6 @@ async def _fanout(system: System, consumers: int, recorder: Recorder) -> None:
         control.close()
         for subscription in subscriptions:
             subscription.close()
-    await asyncio.sleep(0.5)
     label = f"{consumers:,} consumers"
     all_seconds = max(delivered) if len(delivered) == consumers else float("nan")
     recorder.add(FANOUT, f"time until all have the change, {label}", system.name,

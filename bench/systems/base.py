@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from bench.procs import Processes, SkipScenario, Started
+from bench.procs import TEARDOWN_GRACE_SECONDS, Processes, SkipScenario, Started
 
 # The same ~100-byte JSON document is stored by every system for every change.
 PAYLOAD = (b'{"user":"u-0001234","action":"update","field":"email",'
@@ -80,6 +80,7 @@ class System(ABC):
         self.member_count = members
         self.members: list[Member] = []
         self.base_dir: Path | None = None
+        self.killed_at_stop: list[str] = []
 
     # Lifecycle
 
@@ -92,14 +93,32 @@ class System(ABC):
     def start(self) -> None: ...
 
     def stop(self) -> None:
-        # All members at once: SIGTERM each, then one shared grace period.
-        self.processes.stop_many([m.process for m in self.members if m.process is not None])
+        """Stop every member and remove the data: SIGTERM, a short grace, then SIGKILL.
+
+        The data goes right after, so a member slow to stop is not waited for (see
+        TEARDOWN_GRACE_SECONDS); those that needed SIGKILL are listed in `killed_at_stop`.
+        """
+        self.killed_at_stop = []
+        try:
+            groups = self.stop_groups()
+        except (LookupError, OSError):
+            groups = [[m for m in self.members if m.process is not None]]
+        for group in groups:
+            self.killed_at_stop += self.processes.stop_many(
+                [m.process for m in group if m.process is not None], TEARDOWN_GRACE_SECONDS)
         for member in self.members:
+            if member.process is not None:  # not in any group: stopped here
+                self.processes.stop_many([member.process], TEARDOWN_GRACE_SECONDS)
             member.process = None
         if self.base_dir is not None:
             self.processes.remove_dir(self.base_dir)
             self.base_dir = None
         self.members = []
+
+    def stop_groups(self) -> list[list[Member]]:
+        """The running members in the order in which they are stopped, group by group
+        (the members of a group stop together): by default all at once."""
+        return [[m for m in self.members if m.process is not None]]
 
     def pids(self) -> list[int]:
         return [m.process.pid for m in self.members if m.process is not None and m.process.alive()]
@@ -147,6 +166,11 @@ class System(ABC):
     async def subscribe(self, connection: Any, from_end: bool = True) -> Subscription:
         """A subscription that waits for changes after the current end of the log."""
 
+    def waiting_consumers(self, member: int = 0) -> int | None:
+        """How many consumers the server says are waiting (fan-out: the waits are taken),
+        or None when it cannot tell."""
+        return None
+
     # Clusters
 
     def leader_index(self) -> int:
@@ -187,6 +211,21 @@ class System(ABC):
     def add_member(self) -> Member:
         """Start a new member and add it to the running cluster."""
         raise SkipScenario(f"{self.name}: adding a member is not supported")
+
+    def remove_member(self, member: Member) -> None:
+        """Take an added member out of the cluster again, stop it and drop its data (the
+        join scenario's next run adds a fresh one to the same preloaded cluster)."""
+        raise SkipScenario(f"{self.name}: removing a member is not supported")
+
+    def _drop(self, member: Member) -> None:
+        """Stop one member (its data goes: short grace), forget it, remove its data."""
+        if member.process is not None:
+            self.killed_at_stop += self.processes.stop_many([member.process],
+                                                            TEARDOWN_GRACE_SECONDS)
+            member.process = None
+        if member in self.members:
+            self.members.remove(member)
+        self.processes.remove_dir(member.data_dir)
 
     def member_has(self, member: Member, last_sequence: int, last_cursor: Any) -> bool:
         """True once `member` serves the last preloaded change (join scenario)."""

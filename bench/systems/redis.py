@@ -96,7 +96,9 @@ class Redis(System):
                 "--appendfsync", "always", "--save", "", "--daemonize", "no",
                 "--protected-mode", "yes", "--maxclients", "20000",
                 # A replica (join scenario) gets its full sync at once, not after 5 s.
-                "--repl-diskless-sync-delay", "0"]
+                "--repl-diskless-sync-delay", "0",
+                # A primary stopped with its replica waits for it 10 s otherwise.
+                "--shutdown-timeout", "0"]
         if replica_of is not None:
             argv += ["--replicaof", LOOPBACK, str(replica_of)]
         return argv
@@ -182,6 +184,21 @@ class Redis(System):
         self._start_member(member, replica_of=self.members[0].port)
         self.members.append(member)
         return member
+
+    def remove_member(self, member: Member) -> None:
+        """A replica leaves by stopping: nothing to tell the primary."""
+        self._drop(member)
+
+    def waiting_consumers(self, member: int = 0) -> int | None:
+        """`blocked_clients` of INFO clients: the XREAD BLOCKs Redis holds."""
+        try:
+            info = redis_command(self.members[member].port, "INFO", "clients")
+        except (OSError, RespError):
+            return None
+        for line in bytes(info).decode(errors="replace").splitlines():
+            if line.startswith("blocked_clients:"):
+                return int(line.split(":", 1)[1])
+        return None
 
     def member_has(self, member: Member, last_sequence: int, last_cursor: Any) -> bool:
         try:
