@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 from typing import TYPE_CHECKING
 
+from changeagent.raft import elections
 from changeagent.raft.confchange import ConfChange, ConfChangeKind
 from changeagent.raft.config import RaftConfig
 from changeagent.raft.entry import ENTRY_TYPE_MEMBERSHIP, ENTRY_TYPE_NOOP, Entry, HardState
@@ -24,7 +25,7 @@ from changeagent.raft.interfaces import Compacted, LogReader, Membership, Snapsh
 from changeagent.raft.invariants import InvariantChecker
 from changeagent.raft.log import RaftLog
 from changeagent.raft.membership import MembershipLog
-from changeagent.raft.messages import TRANSFER_CONTEXT, Message, MessageType
+from changeagent.raft.messages import Message, MessageType
 from changeagent.raft.outbox import Outbox
 from changeagent.raft.progress import Progress
 from changeagent.raft.readindex import ReadIndexQueue
@@ -37,8 +38,6 @@ if TYPE_CHECKING:
     Handler = Callable[["RaftNode", Message], None]
 
 _MT = MessageType
-_LEADER_MESSAGES = frozenset({_MT.APPEND, _MT.HEARTBEAT, _MT.SNAPSHOT})
-_VOTE_REQUESTS = frozenset({_MT.PRE_VOTE, _MT.VOTE})
 _RESERVED_TYPES = frozenset({ENTRY_TYPE_NOOP, ENTRY_TYPE_MEMBERSHIP})
 
 
@@ -114,7 +113,7 @@ class RaftNode:
         if self._role is Role.LEADER:
             self._tick_leader()
         else:
-            self._tick_election()
+            elections.tick_election(self)
         self._checker.check()
 
     def step(self, message: Message) -> None:
@@ -123,10 +122,10 @@ class RaftNode:
         if message.target != self._id or message.source <= 0 or message.source == self._id:
             return
         if message.term > self._term:
-            if not self._on_higher_term(message):
+            if not elections.on_higher_term(self, message):
                 return
         elif message.term < self._term:
-            self._on_lower_term(message)
+            elections.on_lower_term(self, message)
             return
         self._dispatch(message)
         self._checker.check()
@@ -263,7 +262,7 @@ class RaftNode:
         Does nothing on a leader or on a node that is not a voter.
         """
         if self._role is not Role.LEADER:
-            self._campaign(pre_vote=False, transfer=False)
+            elections.campaign(self, pre_vote=False, transfer=False)
         self._checker.check()
 
     def compact(self, index: int, data: bytes) -> Snapshot:
@@ -311,7 +310,7 @@ class RaftNode:
         if self._role is Role.LEADER and self._maybe_commit():
             self._broadcast_append()
         for message in self._outbox.take_steps_on_advance():
-            self._on_own_vote(message)
+            elections.on_own_vote(self, message)
         self._checker.check()
 
     # ------------------------------------------------------------------- state
@@ -369,41 +368,6 @@ class RaftNode:
     def membership_at(self, index: int) -> Membership:
         """The membership in force at `index` (after the entries up to it)."""
         return self._memberships.at(index)
-
-    # ============================================================ term rules
-
-    def _on_higher_term(self, message: Message) -> bool:
-        """§5.1: adopt a higher term, except where PreVote and stickiness say not to.
-
-        Returns whether the message should still be handled."""
-        kind = message.type
-        if kind in _VOTE_REQUESTS:
-            forced = kind is _MT.VOTE and message.context == TRANSFER_CONTEXT
-            if not forced and self._in_leader_lease():
-                # §4.2.3: a node that heard from a leader within the minimum
-                # election timeout ignores vote requests (disruptive servers).
-                return False
-            if kind is _MT.PRE_VOTE:
-                return True  # a pre-vote never changes anyone's term
-        elif kind is _MT.PRE_VOTE_RESPONSE and not message.reject:
-            return True  # granted for term + 1: we adopt it only as a candidate
-        leader = message.source if kind in _LEADER_MESSAGES else None
-        self._become_follower(message.term, leader)
-        return True
-
-    def _on_lower_term(self, message: Message) -> None:
-        kind = message.type
-        if kind is _MT.APPEND or kind is _MT.HEARTBEAT:
-            # Tell a stale leader about the newer term, so it steps down (it may have
-            # been partitioned away while the rest of the cluster moved on).
-            self._outbox.send(Message(_MT.APPEND_RESPONSE, self._id, message.source, self._term))
-        elif kind is _MT.PRE_VOTE:
-            self._outbox.send_after_persist(
-                Message(_MT.PRE_VOTE_RESPONSE, self._id, message.source, self._term, reject=True)
-            )
-
-    def _in_leader_lease(self) -> bool:
-        return self._leader is not None and self._election_elapsed < self._config.election_ticks
 
     # ====================================================== role transitions
 
@@ -467,120 +431,6 @@ class RaftNode:
 
     def _is_voter(self) -> bool:
         return self._id in self._membership.voters
-
-    def _tick_election(self) -> None:
-        self._election_elapsed += 1
-        if self._election_elapsed >= self._randomized_timeout and self._can_campaign():
-            # §5.2: no word from a leader within the election timeout: campaign.
-            self._campaign(pre_vote=self._config.pre_vote, transfer=False)
-
-    def _can_campaign(self) -> bool:
-        """A voter may campaign; so may a server that its latest configuration removes
-        while it does not know that removal to be committed (§4.2.2): the others may
-        still need it, as its log can be the only one holding the removal. It then
-        wins with a majority of that configuration, not counting itself, and steps
-        down once the removal commits (simulator seed 772: a removed leader whose
-        entry reached no one else deadlocked a two-voter cluster)."""
-        if self._is_voter():
-            return True
-        memberships = self._memberships
-        latest = memberships.latest_index()
-        return self._log.commit < latest and self._id in memberships.at(latest - 1).voters
-
-    def _campaign(self, *, pre_vote: bool, transfer: bool) -> None:
-        if not self._can_campaign():
-            return
-        if pre_vote:
-            # A pre-vote changes no durable state, so it counts at once.
-            self._become_pre_candidate()
-            kind, term = _MT.PRE_VOTE, self._term + 1
-            self._votes[self._id] = True
-            if self._election_result() is True:
-                self._won_election()
-                return
-        else:
-            # Our own vote counts only once HardState(term, vote=us) is durable
-            # (delivered to ourselves in `advance()`): a leader whose term is not
-            # on disk could restart in the old term and vote for someone else in
-            # this one, so two leaders would share a term.
-            self._become_candidate()
-            kind, term = _MT.VOTE, self._term
-            self._outbox.send_self_after_persist(
-                Message(_MT.VOTE_RESPONSE, self._id, self._id, term)
-            )
-        log = self._log
-        last_index = log.last_index()
-        last_term = log.term(last_index)
-        context = TRANSFER_CONTEXT if transfer else b""
-        for voter in sorted(self._membership.voters):
-            if voter != self._id:
-                request = Message(
-                    kind, self._id, voter, term, last_term, last_index, context=context
-                )
-                # A candidate's term and self-vote must be durable before it asks.
-                if pre_vote:
-                    self._outbox.send(request)
-                else:
-                    self._outbox.send_after_persist(request)
-
-    def _election_result(self) -> bool | None:
-        """True when a quorum of voters granted, False when a quorum refused."""
-        voters = self._membership.voters
-        quorum = len(voters) // 2 + 1
-        granted = sum(1 for voter, vote in self._votes.items() if vote and voter in voters)
-        refused = sum(1 for voter, vote in self._votes.items() if not vote and voter in voters)
-        if granted >= quorum:
-            return True
-        if refused >= quorum:
-            return False
-        return None
-
-    def _won_election(self) -> None:
-        if self._role is Role.PRE_CANDIDATE:
-            self._campaign(pre_vote=False, transfer=False)
-        else:
-            self._become_leader()
-
-    def _on_vote_request(self, message: Message) -> None:
-        """§5.2, §5.4.1: grant at most one vote per term, only to an up-to-date log."""
-        pre_vote = message.type is _MT.PRE_VOTE
-        response_type = _MT.PRE_VOTE_RESPONSE if pre_vote else _MT.VOTE_RESPONSE
-        can_vote = (
-            self._vote == message.source
-            or (self._vote == 0 and self._leader is None)
-            or (pre_vote and message.term > self._term)
-        )
-        if can_vote and self._log.is_up_to_date(message.log_term, message.index):
-            if not pre_vote:
-                self._vote = message.source
-                self._election_elapsed = 0
-            response = Message(response_type, self._id, message.source, message.term)
-        else:
-            response = Message(response_type, self._id, message.source, self._term, reject=True)
-        self._outbox.send_after_persist(response)
-
-    def _on_vote_response(self, message: Message) -> None:
-        expected = _MT.PRE_VOTE_RESPONSE if self._role is Role.PRE_CANDIDATE else _MT.VOTE_RESPONSE
-        if message.type is not expected:
-            return
-        self._votes.setdefault(message.source, not message.reject)
-        result = self._election_result()
-        if result is True:
-            self._won_election()
-        elif result is False:
-            self._become_follower(self._term, None)
-
-    def _on_own_vote(self, message: Message) -> None:
-        """Our vote in `message.term` is durable: count it if still campaigning there."""
-        if self._role is Role.CANDIDATE and self._term == message.term:
-            self._votes.setdefault(self._id, True)
-            if self._election_result() is True:
-                self._won_election()
-
-    def _on_leader_message_as_candidate(self, message: Message) -> None:
-        # §5.2: a candidate that hears from a leader of its term returns to follower.
-        self._become_follower(self._term, message.source)
-        self._dispatch(message)
 
     # ==================================================== follower handlers
 
@@ -679,7 +529,7 @@ class RaftNode:
 
     def _on_timeout_now(self, message: Message) -> None:
         # §3.10: the leader hands over; campaign at once, past leader stickiness.
-        self._campaign(pre_vote=False, transfer=True)
+        elections.campaign(self, pre_vote=False, transfer=True)
 
     def _on_read_index_response(self, message: Message) -> None:
         if not message.reject:
@@ -1027,7 +877,7 @@ class RaftNode:
 def _handlers() -> dict[Role, dict[MessageType, Handler]]:
     """One handler per (role, message type); a type missing from a role is ignored."""
     node = RaftNode
-    vote = node._on_vote_request
+    vote = elections.on_vote_request
     follower: dict[MessageType, Handler] = {
         _MT.PRE_VOTE: vote,
         _MT.VOTE: vote,
@@ -1037,12 +887,12 @@ def _handlers() -> dict[Role, dict[MessageType, Handler]]:
         _MT.TIMEOUT_NOW: node._on_timeout_now,
         _MT.READ_INDEX_RESPONSE: node._on_read_index_response,
     }
-    to_follower = node._on_leader_message_as_candidate
+    to_follower = elections.on_leader_message_as_candidate
     candidate: dict[MessageType, Handler] = {
         _MT.PRE_VOTE: vote,
         _MT.VOTE: vote,
-        _MT.PRE_VOTE_RESPONSE: node._on_vote_response,
-        _MT.VOTE_RESPONSE: node._on_vote_response,
+        _MT.PRE_VOTE_RESPONSE: elections.on_vote_response,
+        _MT.VOTE_RESPONSE: elections.on_vote_response,
         _MT.APPEND: to_follower,
         _MT.HEARTBEAT: to_follower,
         _MT.SNAPSHOT: to_follower,
