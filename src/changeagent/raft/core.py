@@ -11,7 +11,7 @@ from __future__ import annotations
 import dataclasses
 from typing import TYPE_CHECKING
 
-from changeagent.raft import elections
+from changeagent.raft import elections, replication
 from changeagent.raft.confchange import ConfChange, ConfChangeKind
 from changeagent.raft.config import RaftConfig
 from changeagent.raft.entry import ENTRY_TYPE_MEMBERSHIP, ENTRY_TYPE_NOOP, Entry, HardState
@@ -38,7 +38,6 @@ if TYPE_CHECKING:
     Handler = Callable[["RaftNode", Message], None]
 
 _MT = MessageType
-_RESERVED_TYPES = frozenset({ENTRY_TYPE_NOOP, ENTRY_TYPE_MEMBERSHIP})
 
 
 class RaftNode:
@@ -138,32 +137,9 @@ class RaftNode:
         in progress, and `ValueError` for the internal types the core owns
         (no-op, membership).
         """
-        self._check_can_propose()
-        limit = self._config.max_message_bytes
-        size = 0
-        for entry_type, data, _key in entries_data:
-            if entry_type in _RESERVED_TYPES:
-                raise ValueError(f"entry type {entry_type} is reserved to the Raft core")
-            if len(data) > limit:
-                raise ProposalDropped(f"entry of {len(data)} bytes exceeds max_message_bytes")
-            size += len(data)
-        if self._uncommitted_bytes and self._uncommitted_bytes + size > (
-            self._config.max_uncommitted_bytes
-        ):
-            raise ProposalDropped("too many uncommitted bytes; retry later")
-        first = self._log.last_index() + 1
-        if not entries_data:
-            return range(first, first)
-        term = self._term
-        entries = [
-            Entry(index, term, entry_type, data, key)
-            for index, (entry_type, data, key) in enumerate(entries_data, first)
-        ]
-        self._uncommitted_bytes += size
-        self._log.append(entries)
-        self._broadcast_append()
+        indices = replication.propose(self, entries_data)
         self._checker.check()
-        return range(first, first + len(entries))
+        return indices
 
     def propose_membership(self, change: ConfChange) -> int:
         """Append one single-server membership change; return its index.
@@ -174,7 +150,7 @@ class RaftNode:
         apply to the current membership, or a learner to promote is not caught
         up (its progress is not in the replicate state).
         """
-        self._check_can_propose()
+        replication.check_can_propose(self)
         if self._pending_conf_index > self._log.commit:
             raise MembershipChangeRejected("another membership change is still pending")
         if not self._committed_in_term:
@@ -191,7 +167,7 @@ class RaftNode:
         self._log.append([entry])
         self._pending_conf_index = index
         self._on_entries_appended([entry])
-        self._broadcast_append()
+        replication.broadcast_append(self)
         self._checker.check()
         return index
 
@@ -235,9 +211,9 @@ class RaftNode:
         self._election_elapsed = 0
         progress = self._progress[target]
         if progress.match == self._log.last_index():
-            self._send_timeout_now(target)
+            replication.send_timeout_now(self, target)
         else:
-            self._maybe_send_append(target, progress, send_if_empty=True)
+            replication.maybe_send_append(self, target, progress, send_if_empty=True)
         self._checker.check()
 
     def set_timeouts(self, election_ticks: int, heartbeat_ticks: int) -> None:
@@ -306,9 +282,9 @@ class RaftNode:
             log.stable_to(last.index, last.term)
         if ready.committed_entries:
             log.applied = max(log.applied, ready.committed_entries[-1].index)
-            self._release_uncommitted(ready.committed_entries)
-        if self._role is Role.LEADER and self._maybe_commit():
-            self._broadcast_append()
+            replication.release_uncommitted(self, ready.committed_entries)
+        if self._role is Role.LEADER and replication.maybe_commit(self):
+            replication.broadcast_append(self)
         for message in self._outbox.take_steps_on_advance():
             elections.on_own_vote(self, message)
         self._checker.check()
@@ -413,7 +389,7 @@ class RaftNode:
         last = log.last_index()
         for member in self._membership.voters | self._membership.learners:
             if member != self._id:
-                self._add_progress(member, last + 1)
+                replication.add_progress(self, member, last + 1)
         # Any membership entry not yet committed counts as pending (one at a time).
         self._pending_conf_index = self._memberships.latest_index()
         self._uncommitted_bytes = 0
@@ -421,11 +397,7 @@ class RaftNode:
         # entries are committed (it may count replicas only for its own term).
         self._term_start_index = last + 1
         log.append([Entry(last + 1, self._term, ENTRY_TYPE_NOOP, b"")])
-        self._broadcast_append()
-
-    def _add_progress(self, member: int, next_index: int) -> None:
-        learner = member in self._membership.learners
-        self._progress[member] = Progress(next_index, learner=learner)
+        replication.broadcast_append(self)
 
     # =============================================================== elections
 
@@ -550,7 +522,7 @@ class RaftNode:
             self._transferee = None  # §3.10: abandon a transfer after an election timeout
         if self._heartbeat_elapsed >= self._config.heartbeat_ticks:
             self._heartbeat_elapsed = 0
-            self._broadcast_heartbeat()
+            replication.broadcast_heartbeat(self)
 
     def _quorum_recently_active(self) -> bool:
         """Whether a quorum was heard from since the last sweep; starts a new one."""
@@ -579,13 +551,15 @@ class RaftNode:
         elif state is ProgressState.SNAPSHOT and progress.match >= progress.pending_snapshot:
             progress.become_probe()
             progress.become_replicate()
-        if self._maybe_commit():
-            self._broadcast_append()
+        if replication.maybe_commit(self):
+            replication.broadcast_append(self)
         else:
-            while self._maybe_send_append(message.source, progress, send_if_empty=False):
+            while replication.maybe_send_append(
+                self, message.source, progress, send_if_empty=False
+            ):
                 pass
         if message.source == self._transferee and progress.match == self._log.last_index():
-            self._send_timeout_now(message.source)
+            replication.send_timeout_now(self, message.source)
 
     def _on_append_rejected(self, message: Message, progress: Progress) -> None:
         hint = message.reject_hint
@@ -594,7 +568,7 @@ class RaftNode:
         if progress.maybe_decrease_to(message.index, hint):
             if progress.state is ProgressState.REPLICATE:
                 progress.become_probe()
-            self._maybe_send_append(message.source, progress, send_if_empty=True)
+            replication.maybe_send_append(self, message.source, progress, send_if_empty=True)
 
     def _on_heartbeat_response(self, message: Message) -> None:
         progress = self._progress.get(message.source)
@@ -609,7 +583,7 @@ class RaftNode:
             # follower say where it stands. A full window would block it forever.
             if progress.inflight and len(progress.inflight) >= self._config.max_inflight_messages:
                 progress.inflight.popleft()
-            self._maybe_send_append(message.source, progress, send_if_empty=True)
+            replication.maybe_send_append(self, message.source, progress, send_if_empty=True)
         if message.index > progress.read_round:
             progress.read_round = message.index
             self._release_reads()
@@ -629,7 +603,7 @@ class RaftNode:
         if follower_commit >= progress.pending_snapshot:
             progress.become_probe()
         elif self._tick_count - progress.snapshot_sent_tick >= self._config.election_ticks:
-            self._send_snapshot(peer, progress)
+            replication.send_snapshot(self, peer, progress)
 
     def _on_read_index_request(self, message: Message) -> None:
         if not self._leader_read(message.context, message.source):
@@ -651,130 +625,11 @@ class RaftNode:
 
     # =========================================================== replication
 
-    def _broadcast_append(self) -> None:
-        for peer, progress in self._progress.items():
-            if self._maybe_send_append(peer, progress, send_if_empty=True):
-                # Pipelining: fill the in-flight window (a no-op in the probe state).
-                while self._maybe_send_append(peer, progress, send_if_empty=False):
-                    pass
-
-    def _maybe_send_append(self, peer: int, progress: Progress, *, send_if_empty: bool) -> bool:
-        """Send the next batch to `peer` if its window allows; return whether sent."""
-        config = self._config
-        if progress.is_paused(config.max_inflight_messages):
-            return False
-        log = self._log
-        next_index = progress.next
-        last = log.last_index()
-        try:
-            previous_term = log.term(next_index - 1)
-            if next_index <= last:
-                high = min(last + 1, next_index + config.max_message_entries)
-                entries = tuple(log.slice(next_index, high, config.max_message_bytes))
-            else:
-                entries = ()
-        except Compacted:
-            return self._send_snapshot(peer, progress)
-        if not entries and not send_if_empty:
-            return False
-        if entries:
-            progress.sent_entries(entries[-1].index)
-        elif progress.state is ProgressState.PROBE:
-            progress.probe_sent = True
-        self._outbox.send(
-            Message(
-                _MT.APPEND,
-                self._id,
-                peer,
-                self._term,
-                previous_term,
-                next_index - 1,
-                entries,
-                log.commit,
-            )
-        )
-        return bool(entries)
-
-    def _send_snapshot(self, peer: int, progress: Progress) -> bool:
-        snapshot = self._log.reader.snapshot()
-        progress.become_snapshot(snapshot.index, self._tick_count)
-        self._outbox.send(Message(_MT.SNAPSHOT, self._id, peer, self._term, snapshot=snapshot))
-        return False
-
-    def _broadcast_heartbeat(self) -> None:
-        commit = self._log.commit
-        for peer, progress in self._progress.items():
-            self._outbox.send(
-                Message(
-                    _MT.HEARTBEAT,
-                    self._id,
-                    peer,
-                    self._term,
-                    index=self._reads.round,
-                    commit=min(progress.match, commit),
-                )
-            )
-
-    def _send_timeout_now(self, peer: int) -> None:
-        self._outbox.send(Message(_MT.TIMEOUT_NOW, self._id, peer, self._term))
-
-    def _maybe_commit(self) -> bool:
-        """§5.3, §5.4.2: commit the highest index stored on a quorum of voters, but
-        only by counting replicas of an entry from the current term."""
-        voters = self._membership.voters
-        if not voters:
-            return False
-        log = self._log
-        matches = sorted(
-            (
-                log.durable_last_index() if voter == self._id else self._progress[voter].match
-                for voter in voters
-            ),
-            reverse=True,
-        )
-        candidate = matches[len(voters) // 2]
-        if candidate <= log.commit or not self._can_commit_by_counting(candidate):
-            return False
-        log.commit_to(candidate)
-        self._after_commit()
-        return True
-
     def _can_commit_by_counting(self, index: int) -> bool:
         """§5.4.2 (Figure 8): replicas on a quorum commit `index` only if its entry
         is from the current term; older entries commit indirectly, with it.
         (A patch point: the simulator's planted bug overrides it.)"""
         return self._log.term(index) == self._term
-
-    def _after_commit(self) -> None:
-        log = self._log
-        if not self._committed_in_term and log.commit >= self._term_start_index:
-            self._committed_in_term = True
-            for context, requester in self._reads.take_waiting():
-                self._leader_read(context, requester)
-        if not self._is_voter() and log.commit >= self._memberships.latest_index():
-            # §4.2.2: a removed leader steps down once its removal is committed,
-            # and hands over to the most up-to-date remaining voter at once.
-            best = max(
-                (peer for peer in self._membership.voters if peer in self._progress),
-                key=lambda peer: self._progress[peer].match,
-                default=None,
-            )
-            if best is not None:
-                self._send_timeout_now(best)
-            self._become_follower(self._term, None)
-
-    def _release_uncommitted(self, entries: tuple[Entry, ...]) -> None:
-        if self._uncommitted_bytes:
-            released = sum(len(entry.data) for entry in entries)
-            self._uncommitted_bytes = max(0, self._uncommitted_bytes - released)
-
-    def _check_can_propose(self) -> None:
-        if self._role is not Role.LEADER:
-            raise NotLeader(self._leader)
-        if self._transferee is not None:
-            raise ProposalDropped("a leadership transfer is in progress")
-        if not self._is_voter():
-            raise ProposalDropped("this leader is being removed from the cluster")
 
     # ============================================================= ReadIndex
 
@@ -789,7 +644,7 @@ class RaftNode:
         if self._membership.voters <= {self._id}:
             self._release_reads()
         else:
-            self._broadcast_heartbeat()
+            replication.broadcast_heartbeat(self)
         return True
 
     def _release_reads(self) -> None:
@@ -836,14 +691,14 @@ class RaftNode:
             self._departing.pop(member, None)
             progress = self._progress.get(member)
             if progress is None:
-                self._add_progress(member, next_index)
+                replication.add_progress(self, member, next_index)
             else:
                 progress.learner = member in membership.learners
         if self._transferee is not None and self._transferee not in membership.voters:
             self._transferee = None
         # A membership change may lower the quorum: maybe something commits now.
-        if self._maybe_commit():
-            self._broadcast_append()
+        if replication.maybe_commit(self):
+            replication.broadcast_append(self)
 
     def _forget_silent_departed(self) -> None:
         """On the check-quorum sweep, stop replicating to removed members that were
