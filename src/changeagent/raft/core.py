@@ -11,13 +11,12 @@ from __future__ import annotations
 import dataclasses
 from typing import TYPE_CHECKING
 
-from changeagent.raft import elections, replication
-from changeagent.raft.confchange import ConfChange, ConfChangeKind
+from changeagent.raft import elections, reconfiguration, replication
+from changeagent.raft.confchange import ConfChange
 from changeagent.raft.config import RaftConfig
-from changeagent.raft.entry import ENTRY_TYPE_MEMBERSHIP, ENTRY_TYPE_NOOP, Entry, HardState
+from changeagent.raft.entry import ENTRY_TYPE_NOOP, Entry, HardState
 from changeagent.raft.errors import (
     InvariantViolation,
-    MembershipChangeRejected,
     NotLeader,
     ProposalDropped,
 )
@@ -150,24 +149,7 @@ class RaftNode:
         apply to the current membership, or a learner to promote is not caught
         up (its progress is not in the replicate state).
         """
-        replication.check_can_propose(self)
-        if self._pending_conf_index > self._log.commit:
-            raise MembershipChangeRejected("another membership change is still pending")
-        if not self._committed_in_term:
-            raise MembershipChangeRejected("the leader has not committed an entry of its term")
-        reason = change.check(self._membership)
-        if reason is not None:
-            raise MembershipChangeRejected(reason)
-        if change.kind is ConfChangeKind.PROMOTE:
-            progress = self._progress.get(change.node_id)
-            if progress is None or progress.state is not ProgressState.REPLICATE:
-                raise MembershipChangeRejected(f"learner {change.node_id} is not caught up")
-        index = self._log.last_index() + 1
-        entry = Entry(index, self._term, ENTRY_TYPE_MEMBERSHIP, change.encode())
-        self._log.append([entry])
-        self._pending_conf_index = index
-        self._on_entries_appended([entry])
-        replication.broadcast_append(self)
+        index = reconfiguration.propose_membership(self, change)
         self._checker.check()
         return index
 
@@ -434,9 +416,9 @@ class RaftNode:
     def _append_from_leader(self, entries: tuple[Entry, ...]) -> None:
         first = entries[0].index
         if first <= self._log.last_index() and self._memberships.truncate_from(first):
-            self._on_membership_changed()
+            reconfiguration.on_membership_changed(self)
         self._log.append(entries)
-        self._on_entries_appended(entries)
+        reconfiguration.on_entries_appended(self, entries)
 
     def _respond_append(self, leader: int, index: int) -> None:
         self._outbox.send_after_persist(
@@ -526,7 +508,7 @@ class RaftNode:
 
     def _quorum_recently_active(self) -> bool:
         """Whether a quorum was heard from since the last sweep; starts a new one."""
-        self._forget_silent_departed()
+        reconfiguration.forget_silent_departed(self)
         voters = self._membership.voters
         active = 1 if self._id in voters else 0
         for peer, progress in self._progress.items():
@@ -587,12 +569,7 @@ class RaftNode:
         if message.index > progress.read_round:
             progress.read_round = message.index
             self._release_reads()
-        removal_index = self._departing.get(message.source)
-        if removal_index is not None and message.commit >= removal_index:
-            # A removed member that knows its removal is committed no longer
-            # campaigns (see `_can_campaign`): stop replicating to it.
-            del self._progress[message.source]
-            del self._departing[message.source]
+        reconfiguration.forget_informed_departed(self, message.source, message.commit)
 
     def _maybe_retry_snapshot(self, peer: int, progress: Progress, follower_commit: int) -> None:
         """The node layer reports no lost snapshots, so heartbeat responses decide:
@@ -671,45 +648,6 @@ class RaftNode:
                 )
 
     # ============================================================ membership
-
-    def _on_entries_appended(self, entries: list[Entry] | tuple[Entry, ...]) -> None:
-        if self._memberships.record(entries):
-            self._on_membership_changed()
-
-    def _on_membership_changed(self) -> None:
-        if self._role is not Role.LEADER:
-            return
-        membership = self._membership
-        members = membership.voters | membership.learners
-        for peer in self._progress:
-            if peer not in members and peer not in self._departing:
-                self._departing[peer] = self._memberships.latest_index()
-        next_index = self._log.last_index() + 1
-        for member in members:
-            if member == self._id:
-                continue
-            self._departing.pop(member, None)
-            progress = self._progress.get(member)
-            if progress is None:
-                replication.add_progress(self, member, next_index)
-            else:
-                progress.learner = member in membership.learners
-        if self._transferee is not None and self._transferee not in membership.voters:
-            self._transferee = None
-        # A membership change may lower the quorum: maybe something commits now.
-        if replication.maybe_commit(self):
-            replication.broadcast_append(self)
-
-    def _forget_silent_departed(self) -> None:
-        """On the check-quorum sweep, stop replicating to removed members that were
-        silent for an election timeout after their removal committed. (The others
-        are forgotten once a heartbeat response shows they know it committed.)"""
-        commit = self._log.commit
-        for peer, removal_index in list(self._departing.items()):
-            progress = self._progress[peer]
-            if not progress.recent_active and commit >= removal_index:
-                del self._progress[peer]
-                del self._departing[peer]
 
     # ================================================================ helpers
 
