@@ -11,7 +11,7 @@ from __future__ import annotations
 import dataclasses
 from typing import TYPE_CHECKING
 
-from changeagent.raft import elections, reconfiguration, replication
+from changeagent.raft import elections, follower, reconfiguration, replication
 from changeagent.raft.confchange import ConfChange
 from changeagent.raft.config import RaftConfig
 from changeagent.raft.entry import ENTRY_TYPE_NOOP, Entry, HardState
@@ -20,7 +20,7 @@ from changeagent.raft.errors import (
     NotLeader,
     ProposalDropped,
 )
-from changeagent.raft.interfaces import Compacted, LogReader, Membership, Snapshot
+from changeagent.raft.interfaces import LogReader, Membership, Snapshot
 from changeagent.raft.invariants import InvariantChecker
 from changeagent.raft.log import RaftLog
 from changeagent.raft.membership import MembershipLog
@@ -388,99 +388,6 @@ class RaftNode:
 
     # ==================================================== follower handlers
 
-    def _on_append(self, message: Message) -> None:
-        """§5.3: accept entries only if the log contains the preceding entry."""
-        self._election_elapsed = 0
-        self._leader = message.source
-        log = self._log
-        if message.index < log.commit:
-            self._respond_append(message.source, log.commit)
-            return
-        if not log.match_term(message.index, message.log_term):
-            self._reject_append(message)
-            return
-        entries = message.entries
-        if entries:
-            if message.index == log.last_index():
-                conflict = entries[0].index
-            else:
-                conflict = log.find_conflict(entries)
-            if conflict:
-                if conflict <= log.commit:
-                    raise InvariantViolation(f"entry {conflict} conflicts with a committed entry")
-                self._append_from_leader(entries[conflict - entries[0].index :])
-        last_new = message.index + len(entries)
-        log.commit_to(min(message.commit, last_new))
-        self._respond_append(message.source, last_new)
-
-    def _append_from_leader(self, entries: tuple[Entry, ...]) -> None:
-        first = entries[0].index
-        if first <= self._log.last_index() and self._memberships.truncate_from(first):
-            reconfiguration.on_membership_changed(self)
-        self._log.append(entries)
-        reconfiguration.on_entries_appended(self, entries)
-
-    def _respond_append(self, leader: int, index: int) -> None:
-        self._outbox.send_after_persist(
-            Message(_MT.APPEND_RESPONSE, self._id, leader, self._term, index=index)
-        )
-
-    def _reject_append(self, message: Message) -> None:
-        # Fast backoff: point the leader at the last entry whose term could match.
-        log = self._log
-        hint_index = log.find_conflict_by_term(
-            min(message.index, log.last_index()), message.log_term
-        )
-        try:
-            hint_term = log.term(hint_index)
-        except Compacted:
-            hint_term = 0
-        self._outbox.send_after_persist(
-            Message(
-                _MT.APPEND_RESPONSE,
-                self._id,
-                message.source,
-                self._term,
-                log_term=hint_term,
-                index=message.index,
-                reject=True,
-                reject_hint=hint_index,
-            )
-        )
-
-    def _on_heartbeat(self, message: Message) -> None:
-        self._election_elapsed = 0
-        self._leader = message.source
-        self._log.commit_to(message.commit)
-        self._outbox.send(
-            Message(
-                _MT.HEARTBEAT_RESPONSE,
-                self._id,
-                message.source,
-                self._term,
-                index=message.index,
-                commit=self._log.commit,
-            )
-        )
-
-    def _on_snapshot(self, message: Message) -> None:
-        """§7: install the leader's snapshot unless our log already covers it."""
-        self._election_elapsed = 0
-        self._leader = message.source
-        snapshot = message.snapshot
-        log = self._log
-        if snapshot is None or snapshot.index <= log.commit:
-            self._respond_append(message.source, log.commit)
-            return
-        if log.match_term(snapshot.index, snapshot.term):
-            # Our log already has the snapshot's last entry: just commit up to it.
-            log.commit_to(snapshot.index)
-            self._respond_append(message.source, snapshot.index)
-            return
-        log.restore(snapshot)
-        self._memberships.reset(snapshot.membership, snapshot.index)
-        self._respond_append(message.source, snapshot.index)
-
     def _on_timeout_now(self, message: Message) -> None:
         # §3.10: the leader hands over; campaign at once, past leader stickiness.
         elections.campaign(self, pre_vote=False, transfer=True)
@@ -671,17 +578,17 @@ def _handlers() -> dict[Role, dict[MessageType, Handler]]:
     """One handler per (role, message type); a type missing from a role is ignored."""
     node = RaftNode
     vote = elections.on_vote_request
-    follower: dict[MessageType, Handler] = {
+    as_follower: dict[MessageType, Handler] = {
         _MT.PRE_VOTE: vote,
         _MT.VOTE: vote,
-        _MT.APPEND: node._on_append,
-        _MT.HEARTBEAT: node._on_heartbeat,
-        _MT.SNAPSHOT: node._on_snapshot,
+        _MT.APPEND: follower.on_append,
+        _MT.HEARTBEAT: follower.on_heartbeat,
+        _MT.SNAPSHOT: follower.on_snapshot,
         _MT.TIMEOUT_NOW: node._on_timeout_now,
         _MT.READ_INDEX_RESPONSE: node._on_read_index_response,
     }
     to_follower = elections.on_leader_message_as_candidate
-    candidate: dict[MessageType, Handler] = {
+    as_candidate: dict[MessageType, Handler] = {
         _MT.PRE_VOTE: vote,
         _MT.VOTE: vote,
         _MT.PRE_VOTE_RESPONSE: elections.on_vote_response,
@@ -691,7 +598,7 @@ def _handlers() -> dict[Role, dict[MessageType, Handler]]:
         _MT.SNAPSHOT: to_follower,
     }
     other_leader = node._on_append_from_other_leader
-    leader: dict[MessageType, Handler] = {
+    as_leader: dict[MessageType, Handler] = {
         _MT.PRE_VOTE: vote,
         _MT.VOTE: vote,
         _MT.APPEND: other_leader,
@@ -702,10 +609,10 @@ def _handlers() -> dict[Role, dict[MessageType, Handler]]:
         _MT.READ_INDEX: node._on_read_index_request,
     }
     return {
-        Role.FOLLOWER: follower,
-        Role.PRE_CANDIDATE: candidate,
-        Role.CANDIDATE: candidate,
-        Role.LEADER: leader,
+        Role.FOLLOWER: as_follower,
+        Role.PRE_CANDIDATE: as_candidate,
+        Role.CANDIDATE: as_candidate,
+        Role.LEADER: as_leader,
     }
 
 
