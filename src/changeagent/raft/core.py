@@ -11,14 +11,13 @@ from __future__ import annotations
 import dataclasses
 from typing import TYPE_CHECKING
 
-from changeagent.raft import elections, follower, reconfiguration, replication
+from changeagent.raft import elections, follower, readindex, reconfiguration, replication
 from changeagent.raft.confchange import ConfChange
 from changeagent.raft.config import RaftConfig
 from changeagent.raft.entry import ENTRY_TYPE_NOOP, Entry, HardState
 from changeagent.raft.errors import (
     InvariantViolation,
     NotLeader,
-    ProposalDropped,
 )
 from changeagent.raft.interfaces import LogReader, Membership, Snapshot
 from changeagent.raft.invariants import InvariantChecker
@@ -28,7 +27,7 @@ from changeagent.raft.messages import Message, MessageType
 from changeagent.raft.outbox import Outbox
 from changeagent.raft.progress import Progress
 from changeagent.raft.readindex import ReadIndexQueue
-from changeagent.raft.ready import PeerProgress, ProgressState, ReadState, Ready, Role, SoftState
+from changeagent.raft.ready import PeerProgress, ProgressState, Ready, Role, SoftState
 
 if TYPE_CHECKING:
     import random
@@ -162,15 +161,7 @@ class RaftNode:
         On a follower, the request is forwarded to the leader. Raises `NotLeader(None)`
         when no leader is known and `ProposalDropped` when too many reads are pending.
         """
-        if self._role is Role.LEADER:
-            if not self._leader_read(context, self._id):
-                raise ProposalDropped("too many pending reads")
-        elif self._leader is not None:
-            self._outbox.send(
-                Message(_MT.READ_INDEX, self._id, self._leader, self._term, context=context)
-            )
-        else:
-            raise NotLeader(None)
+        readindex.request_read(self, context)
         self._checker.check()
 
     def transfer_leadership(self, target: int) -> None:
@@ -392,10 +383,6 @@ class RaftNode:
         # §3.10: the leader hands over; campaign at once, past leader stickiness.
         elections.campaign(self, pre_vote=False, transfer=True)
 
-    def _on_read_index_response(self, message: Message) -> None:
-        if not message.reject:
-            self._outbox.add_read_state(ReadState(message.index, message.context))
-
     # ======================================================= leader handlers
 
     def _tick_leader(self) -> None:
@@ -475,7 +462,7 @@ class RaftNode:
             replication.maybe_send_append(self, message.source, progress, send_if_empty=True)
         if message.index > progress.read_round:
             progress.read_round = message.index
-            self._release_reads()
+            readindex.release_reads(self)
         reconfiguration.forget_informed_departed(self, message.source, message.commit)
 
     def _maybe_retry_snapshot(self, peer: int, progress: Progress, follower_commit: int) -> None:
@@ -488,19 +475,6 @@ class RaftNode:
             progress.become_probe()
         elif self._tick_count - progress.snapshot_sent_tick >= self._config.election_ticks:
             replication.send_snapshot(self, peer, progress)
-
-    def _on_read_index_request(self, message: Message) -> None:
-        if not self._leader_read(message.context, message.source):
-            self._outbox.send(
-                Message(
-                    _MT.READ_INDEX_RESPONSE,
-                    self._id,
-                    message.source,
-                    self._term,
-                    reject=True,
-                    context=message.context,
-                )
-            )
 
     def _on_append_from_other_leader(self, message: Message) -> None:
         raise InvariantViolation(
@@ -519,40 +493,11 @@ class RaftNode:
 
     def _leader_read(self, context: bytes, requester: int) -> bool:
         """Queue a ReadIndex request; return False when over the limit."""
-        if not self._committed_in_term:
-            # §6.4: the leader's commit index is current only once it has
-            # committed an entry of its own term.
-            return self._reads.wait(context, requester)
-        if not self._reads.add(self._log.commit, context, requester):
-            return False
-        if self._membership.voters <= {self._id}:
-            self._release_reads()
-        else:
-            replication.broadcast_heartbeat(self)
-        return True
+        return readindex.leader_read(self, context, requester)
 
     def _release_reads(self) -> None:
         """Answer every read whose heartbeat round a quorum of voters has echoed."""
-        voters = self._membership.voters
-        echoed = [
-            progress.read_round for peer, progress in self._progress.items() if peer in voters
-        ]
-        if self._id in voters:
-            echoed.append(self._reads.round)
-        for read in self._reads.confirmed(echoed, len(voters) // 2 + 1):
-            if read.requester == self._id:
-                self._outbox.add_read_state(ReadState(read.commit_index, read.context))
-            else:
-                self._outbox.send(
-                    Message(
-                        _MT.READ_INDEX_RESPONSE,
-                        self._id,
-                        read.requester,
-                        self._term,
-                        index=read.commit_index,
-                        context=read.context,
-                    )
-                )
+        readindex.release_reads(self)
 
     # ============================================================ membership
 
@@ -585,7 +530,7 @@ def _handlers() -> dict[Role, dict[MessageType, Handler]]:
         _MT.HEARTBEAT: follower.on_heartbeat,
         _MT.SNAPSHOT: follower.on_snapshot,
         _MT.TIMEOUT_NOW: node._on_timeout_now,
-        _MT.READ_INDEX_RESPONSE: node._on_read_index_response,
+        _MT.READ_INDEX_RESPONSE: readindex.on_read_index_response,
     }
     to_follower = elections.on_leader_message_as_candidate
     as_candidate: dict[MessageType, Handler] = {
@@ -606,7 +551,7 @@ def _handlers() -> dict[Role, dict[MessageType, Handler]]:
         _MT.SNAPSHOT: other_leader,
         _MT.APPEND_RESPONSE: node._on_append_response,
         _MT.HEARTBEAT_RESPONSE: node._on_heartbeat_response,
-        _MT.READ_INDEX: node._on_read_index_request,
+        _MT.READ_INDEX: readindex.on_read_index_request,
     }
     return {
         Role.FOLLOWER: as_follower,
