@@ -11,13 +11,19 @@ from __future__ import annotations
 import dataclasses
 from typing import TYPE_CHECKING
 
-from changeagent.raft import elections, follower, readindex, reconfiguration, replication
+from changeagent.raft import (
+    elections,
+    follower,
+    readindex,
+    reconfiguration,
+    replication,
+    transfer,
+)
 from changeagent.raft.confchange import ConfChange
 from changeagent.raft.config import RaftConfig
 from changeagent.raft.entry import ENTRY_TYPE_NOOP, Entry, HardState
 from changeagent.raft.errors import (
     InvariantViolation,
-    NotLeader,
 )
 from changeagent.raft.interfaces import LogReader, Membership, Snapshot
 from changeagent.raft.invariants import InvariantChecker
@@ -171,22 +177,7 @@ class RaftNode:
         after an election timeout. Raises `NotLeader` on a non-leader and
         `ValueError` if `target` is not a voter.
         """
-        if self._role is not Role.LEADER:
-            raise NotLeader(self._leader)
-        if target == self._id:
-            return
-        if target not in self._membership.voters:
-            raise ValueError(f"node {target} is not a voter")
-        if self._transferee == target:
-            return
-        self._transferee = target
-        # The transfer is abandoned when the election timer next expires.
-        self._election_elapsed = 0
-        progress = self._progress[target]
-        if progress.match == self._log.last_index():
-            replication.send_timeout_now(self, target)
-        else:
-            replication.maybe_send_append(self, target, progress, send_if_empty=True)
+        transfer.transfer_leadership(self, target)
         self._checker.check()
 
     def set_timeouts(self, election_ticks: int, heartbeat_ticks: int) -> None:
@@ -379,12 +370,6 @@ class RaftNode:
 
     # ==================================================== follower handlers
 
-    def _on_timeout_now(self, message: Message) -> None:
-        # §3.10: the leader hands over; campaign at once, past leader stickiness.
-        elections.campaign(self, pre_vote=False, transfer=True)
-
-    # ======================================================= leader handlers
-
     def _tick_leader(self) -> None:
         self._heartbeat_elapsed += 1
         self._election_elapsed += 1
@@ -434,8 +419,7 @@ class RaftNode:
                 self, message.source, progress, send_if_empty=False
             ):
                 pass
-        if message.source == self._transferee and progress.match == self._log.last_index():
-            replication.send_timeout_now(self, message.source)
+        transfer.maybe_send_timeout_now(self, message.source, progress)
 
     def _on_append_rejected(self, message: Message, progress: Progress) -> None:
         hint = message.reject_hint
@@ -529,7 +513,7 @@ def _handlers() -> dict[Role, dict[MessageType, Handler]]:
         _MT.APPEND: follower.on_append,
         _MT.HEARTBEAT: follower.on_heartbeat,
         _MT.SNAPSHOT: follower.on_snapshot,
-        _MT.TIMEOUT_NOW: node._on_timeout_now,
+        _MT.TIMEOUT_NOW: transfer.on_timeout_now,
         _MT.READ_INDEX_RESPONSE: readindex.on_read_index_response,
     }
     to_follower = elections.on_leader_message_as_candidate
