@@ -12,6 +12,7 @@ import argparse
 import sys
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from bench import install, procs
@@ -134,8 +135,10 @@ def main(argv: list[str] | None = None) -> int:
     started = time.strftime("%Y-%m-%d %H:%M:%S %Z")
     began = time.monotonic()
     recorder.log(f"bench {settings.mode} mode; open-file limit {open_files}")
-    systems = available_systems(arguments.system_names, arguments.no_install, recorder)
-    machine = machine_info(arguments.data_root or Path("/tmp"))
+    with ThreadPoolExecutor(max_workers=1) as pool:  # both start a changeagent process
+        machine_future = pool.submit(machine_info, arguments.data_root or Path("/tmp"))
+        systems = available_systems(arguments.system_names, arguments.no_install, recorder)
+        machine = machine_future.result()
     try:
         for name in arguments.scenarios:
             letter, runners = SCENARIOS[name]

@@ -19,10 +19,11 @@ import signal
 import socket
 import subprocess
 import tempfile
+import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -75,6 +76,8 @@ class Processes:
     started: list[Started] = field(default_factory=list)
     directories: list[Path] = field(default_factory=list)
     data_root: Path | None = None
+    retiring: list[threading.Thread] = field(default_factory=list)
+    lock: threading.Lock = field(default_factory=threading.Lock)
 
     def make_dir(self, prefix: str) -> Path:
         path = Path(tempfile.mkdtemp(prefix=f"cabench-{prefix}-", dir=self.data_root))
@@ -90,7 +93,8 @@ class Processes:
                 stdin=subprocess.DEVNULL, env=env, start_new_session=True,
             )
         started = Started(name, popen, log_path)
-        self.started.append(started)
+        with self.lock:
+            self.started.append(started)
         return started
 
     def kill9(self, started: Started) -> None:
@@ -112,8 +116,9 @@ class Processes:
                     started.popen.kill()
                 with contextlib.suppress(subprocess.TimeoutExpired):
                     started.popen.wait(timeout=STOP_GRACE_SECONDS)
-        if started in self.started:
-            self.started.remove(started)
+        with self.lock:
+            if started in self.started:
+                self.started.remove(started)
 
     def stop_many(self, processes: Sequence[Started],
                   grace: float = STOP_GRACE_SECONDS) -> list[str]:
@@ -139,18 +144,52 @@ class Processes:
             self.stop(started)  # reap (SIGTERM, SIGKILL if need be), unregister
         return killed
 
+    def retire(self, groups: Sequence[Sequence[Started]], directory: Path | None,
+               report: Callable[[list[str]], None] | None = None) -> None:
+        """Teardown in a background thread, so that the next scenario need not wait:
+        each group in turn gets `stop_many` with TEARDOWN_GRACE_SECONDS, then `directory`
+        is removed; `report` gets the names of those that needed SIGKILL, if any.
+        `wait_retired` (called by `cleanup`) waits for every such thread."""
+        def teardown() -> None:
+            killed: list[str] = []
+            try:
+                for group in groups:
+                    killed += self.stop_many(group, TEARDOWN_GRACE_SECONDS)
+            finally:
+                if directory is not None:
+                    self.remove_dir(directory)
+            if killed and report is not None:
+                report(killed)
+
+        thread = threading.Thread(target=teardown, name="bench-teardown", daemon=True)
+        with self.lock:
+            self.retiring.append(thread)
+        thread.start()
+
+    def wait_retired(self) -> None:
+        with self.lock:
+            threads, self.retiring = self.retiring, []
+        for thread in threads:
+            thread.join()
+
     def stop_all(self) -> None:
-        for started in list(reversed(self.started)):
-            self.stop(started)
+        with self.lock:
+            started = list(reversed(self.started))
+        for one in started:
+            self.stop(one)
 
     def remove_dir(self, path: Path) -> None:
         shutil.rmtree(path, ignore_errors=True)
-        if path in self.directories:
-            self.directories.remove(path)
+        with self.lock:
+            if path in self.directories:
+                self.directories.remove(path)
 
     def cleanup(self) -> None:
+        self.wait_retired()
         self.stop_all()
-        for path in list(self.directories):
+        with self.lock:
+            directories = list(self.directories)
+        for path in directories:
             self.remove_dir(path)
 
 

@@ -9,6 +9,7 @@ import re
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -56,18 +57,25 @@ def machine_info(data_root: Path) -> dict[str, Any]:
     partition = max((p for p in psutil.disk_partitions(all=True)
                      if str(data_root.resolve()).startswith(p.mountpoint)),
                     key=lambda p: len(p.mountpoint), default=None)
+    load_average = [round(v, 2) for v in os.getloadavg()]
+    # The version commands run side by side (changeagent's alone takes ~0.5 s).
+    with ThreadPoolExecutor(max_workers=5) as pool:
+        versions = {
+            "changeagent": pool.submit(_first_line, [*changeagent_command(), "--version"]),
+            "changeagent_commit": pool.submit(_git_commit),
+            "etcd": pool.submit(_first_line, ["etcd", "--version"]),
+            "redis": pool.submit(_first_line, ["redis-server", "--version"]),
+            "wrk": pool.submit(_first_line, ["wrk", "-v"]),
+        }
+        version_lines = {name: future.result() for name, future in versions.items()}
     return {
         "nproc": os.cpu_count(),
         "memory_gb": round(psutil.virtual_memory().total / 2**30, 1),
         "cpu_model": _cpu_model(),
         "kernel": platform.release(),
-        "load_average_at_start": [round(v, 2) for v in os.getloadavg()],
+        "load_average_at_start": load_average,
         "python": platform.python_version(),
-        "changeagent": _first_line([*changeagent_command(), "--version"]),
-        "changeagent_commit": _git_commit(),
-        "etcd": _first_line(["etcd", "--version"]),
-        "redis": _first_line(["redis-server", "--version"]),
-        "wrk": _first_line(["wrk", "-v"]),
+        **version_lines,
         "data_filesystem": (f"{partition.fstype} on {partition.device}"
                             if partition else "unknown"),
     }

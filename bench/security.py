@@ -79,7 +79,7 @@ def run_security(system_cls: type[System], settings: Settings, recorder: Recorde
     # Quick mode only proves the scenario still runs (the suite's bench test).
     quick = settings.mode == "quick"
     rounds = 1 if quick else max(5, settings.runs)
-    seconds = 1 if quick else min(settings.write_seconds, 3)
+    seconds = min(settings.write_seconds, 3)
     directory = PROCESSES.make_dir("security")
     configurations = [Configuration(*c) for c in CONFIGURATIONS]
     try:
@@ -95,11 +95,11 @@ def run_security(system_cls: type[System], settings: Settings, recorder: Recorde
                     _measure(configuration, operation, seconds, round_number)
         _record(configurations, recorder)
     finally:
-        killed = PROCESSES.stop_many([c.process for c in configurations
-                                      if c.process is not None], TEARDOWN_GRACE_SECONDS)
-        if killed:
-            recorder.log(f"  changeagent SIGKILL at teardown: {', '.join(killed)}")
-        PROCESSES.remove_dir(directory)
+        PROCESSES.retire([[c.process for c in configurations if c.process is not None]],
+                         directory, lambda killed: recorder.log(
+                             f"  changeagent ({SCENARIO}) SIGKILL at teardown, not stopped "
+                             f"{TEARDOWN_GRACE_SECONDS:g} s after SIGTERM: "
+                             f"{', '.join(killed)}"))
 
 
 def _rotated(configurations: list[Configuration], shift: int) -> list[Configuration]:
@@ -204,7 +204,7 @@ def _post_one(configuration: Configuration) -> int:
 # Measuring
 
 
-def _measure(configuration: Configuration, operation: str, seconds: int,
+def _measure(configuration: Configuration, operation: str, seconds: float,
              round_number: int) -> None:
     assert configuration.process is not None
     cpu_before = cpu_seconds([configuration.process.pid])
@@ -214,7 +214,7 @@ def _measure(configuration: Configuration, operation: str, seconds: int,
     configuration.cpu_us.setdefault(operation, []).append(1e6 * cpu / float(result["ok"]))
 
 
-def _wrk(configuration: Configuration, operation: str, seconds: int,
+def _wrk(configuration: Configuration, operation: str, seconds: float,
          label: str) -> dict[str, Any]:
     path = ("/changes" if operation == "write"
             else f"/changes?since={configuration.read_since}&limit={READ_PAGE}")

@@ -6,6 +6,7 @@ reaped meanwhile), so the report can show when the generator is the bottleneck.
 
 from __future__ import annotations
 
+import math
 import os
 import shutil
 import signal
@@ -26,22 +27,37 @@ def wrk_available() -> bool:
     return shutil.which("wrk") is not None
 
 
-def run_wrk(url: str, script: str, connections: int, duration_seconds: int,
+def run_wrk(url: str, script: str, connections: int, duration_seconds: float,
             run_label: str, extra_env: dict[str, str] | None = None) -> dict[str, Any]:
-    """One wrk run; returns its counters, percentiles (µs), throughput and CPU use."""
+    """One wrk run; returns its counters, percentiles (µs), throughput and CPU use.
+
+    wrk's -d is whole seconds: a fractional duration (quick mode) runs wrk with the next
+    whole second and interrupts it (SIGINT, by pid) when the window ends; it then stops
+    its threads within 0.1 s and prints its summary for the time it actually ran.
+    """
     threads = max(1, min(2, connections))
     env = env_without_proxies()
     env.update({"BENCH_LUA_DIR": str(LUA_DIR), "BENCH_PAYLOAD": PAYLOAD.decode(),
                 "BENCH_RUN": run_label})
     env.update(extra_env or {})
-    argv = ["wrk", "-t", str(threads), "-c", str(connections), "-d", f"{duration_seconds}s",
+    whole_seconds = max(1, math.ceil(duration_seconds))
+    argv = ["wrk", "-t", str(threads), "-c", str(connections), "-d", f"{whole_seconds}s",
             "--timeout", "10s", "-s", str(LUA_DIR / script), url]
     cpu_before = children_cpu_seconds()
+    popen = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                             stdin=subprocess.DEVNULL, env=env, cwd=os.getcwd())
     try:
-        result = subprocess.run(argv, capture_output=True, timeout=duration_seconds + 30,
-                                env=env, cwd=os.getcwd())
+        if whole_seconds != duration_seconds:
+            try:
+                popen.wait(timeout=duration_seconds)
+            except subprocess.TimeoutExpired:
+                popen.send_signal(signal.SIGINT)
+        stdout, stderr = popen.communicate(timeout=whole_seconds + 30)
     except subprocess.TimeoutExpired as error:
+        popen.kill()
+        popen.communicate()
         raise BenchError(f"wrk did not finish: {' '.join(argv)}") from error
+    result = subprocess.CompletedProcess(argv, popen.returncode, stdout, stderr)
     cpu_used = children_cpu_seconds() - cpu_before
     output = result.stdout.decode(errors="replace")
     for line in output.splitlines():

@@ -23,7 +23,7 @@ class Settings:
     mode: str
     runs: int
     write_clients: list[int]
-    write_seconds: int
+    write_seconds: float
     asyncio_write_clients: list[int]
     catchup_changes: int
     notify_changes: int
@@ -56,15 +56,15 @@ class Settings:
 
     @classmethod
     def quick(cls) -> Settings:
-        return cls(mode="quick", runs=1, write_clients=[1, 16, 64, 256], write_seconds=1,
-                   asyncio_write_clients=[16], catchup_changes=5_000, notify_changes=200,
+        return cls(mode="quick", runs=1, write_clients=[1, 64], write_seconds=0.5,
+                   asyncio_write_clients=[16], catchup_changes=5_000, notify_changes=100,
                    fanout_consumers=[200], failover_runs=1, join_changes=2_000, join_runs=2,
                    memory_changes=10_000, preload_seconds_max=15,
-                   scenario_seconds_max=60, settle_seconds=0.3, follower_write_clients=[16])
+                   scenario_seconds_max=60, settle_seconds=0.1, follower_write_clients=[16])
 
     @classmethod
     def full(cls) -> Settings:
-        return cls(mode="full", runs=3, write_clients=[1, 16, 64, 256], write_seconds=5,
+        return cls(mode="full", runs=3, write_clients=[1, 16, 64, 256], write_seconds=5.0,
                    asyncio_write_clients=[1, 16, 64, 256], catchup_changes=100_000,
                    notify_changes=1_000, fanout_consumers=[1_000, 10_000], failover_runs=3,
                    join_changes=1_000_000, join_runs=3, memory_changes=1_000_000,
@@ -150,31 +150,36 @@ def run_async(coroutine: Coroutine[Any, Any, Any], timeout: float) -> Any:
 def running(system: System, recorder: Recorder, scenario: str) -> Iterator[bool]:
     """Start `system`, yield True when it runs; record a skip and yield False otherwise.
 
-    The system is always stopped afterwards, whatever happened inside.
+    The system is always stopped afterwards, whatever happened inside (in the background:
+    the next scenario starts while its processes get their short grace).
     """
+    def report(killed: list[str]) -> None:
+        recorder.log(f"  {system.name:11s} ({scenario}) SIGKILL at teardown, not stopped "
+                     f"{TEARDOWN_GRACE_SECONDS:g} s after SIGTERM: {', '.join(killed)}")
+
     try:
         system.start()
     except SkipScenario as skip:
         recorder.skip(scenario, system.name, str(skip))
-        system.stop()
+        system.stop(report)
         yield False
         return
     except BenchError as error:
         recorder.skip(scenario, system.name, f"error: could not start: {error}")
-        system.stop()
+        system.stop(report)
         yield False
         return
     except BaseException:
-        system.stop()
+        system.stop(report)
         raise
     try:
         yield True
     finally:
-        system.stop()
         if system.killed_at_stop:
-            recorder.log(f"  {system.name:11s} SIGKILL at teardown (not stopped "
-                         f"{TEARDOWN_GRACE_SECONDS:g} s after SIGTERM): "
+            recorder.log(f"  {system.name:11s} ({scenario}) SIGKILL for a removed member, not "
+                         f"stopped {TEARDOWN_GRACE_SECONDS:g} s after SIGTERM: "
                          f"{', '.join(system.killed_at_stop)}")
+        system.stop(report)
 
 
 def guarded(recorder: Recorder, scenario: str, system_name: str,

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import time
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -80,7 +81,7 @@ class System(ABC):
         self.member_count = members
         self.members: list[Member] = []
         self.base_dir: Path | None = None
-        self.killed_at_stop: list[str] = []
+        self.killed_at_stop: list[str] = []  # members dropped with SIGKILL (`_drop`)
 
     # Lifecycle
 
@@ -92,27 +93,23 @@ class System(ABC):
     @abstractmethod
     def start(self) -> None: ...
 
-    def stop(self) -> None:
-        """Stop every member and remove the data: SIGTERM, a short grace, then SIGKILL.
-
-        The data goes right after, so a member slow to stop is not waited for (see
-        TEARDOWN_GRACE_SECONDS); those that needed SIGKILL are listed in `killed_at_stop`.
+    def stop(self, report: Callable[[list[str]], None] | None = None) -> None:
+        """Stop every member and remove the data, in the background (`Processes.retire`):
+        SIGTERM, a short grace, then SIGKILL; `report` gets the names that needed SIGKILL.
         """
-        self.killed_at_stop = []
         try:
             groups = self.stop_groups()
         except (LookupError, OSError):
             groups = [[m for m in self.members if m.process is not None]]
-        for group in groups:
-            self.killed_at_stop += self.processes.stop_many(
-                [m.process for m in group if m.process is not None], TEARDOWN_GRACE_SECONDS)
+        in_groups = {id(m) for group in groups for m in group}
+        leftovers = [m for m in self.members if m.process is not None and id(m) not in in_groups]
+        self.processes.retire(
+            [[m.process for m in group if m.process is not None]
+             for group in [*groups, leftovers] if group],
+            self.base_dir, report)
         for member in self.members:
-            if member.process is not None:  # not in any group: stopped here
-                self.processes.stop_many([member.process], TEARDOWN_GRACE_SECONDS)
             member.process = None
-        if self.base_dir is not None:
-            self.processes.remove_dir(self.base_dir)
-            self.base_dir = None
+        self.base_dir = None
         self.members = []
 
     def stop_groups(self) -> list[list[Member]]:
