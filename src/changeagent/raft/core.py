@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 from changeagent.raft import (
     elections,
     follower,
+    leader,
     readindex,
     reconfiguration,
     replication,
@@ -33,7 +34,7 @@ from changeagent.raft.messages import Message, MessageType
 from changeagent.raft.outbox import Outbox
 from changeagent.raft.progress import Progress
 from changeagent.raft.readindex import ReadIndexQueue
-from changeagent.raft.ready import PeerProgress, ProgressState, Ready, Role, SoftState
+from changeagent.raft.ready import PeerProgress, Ready, Role, SoftState
 
 if TYPE_CHECKING:
     import random
@@ -114,7 +115,7 @@ class RaftNode:
         """Advance logical time by one tick (elections, heartbeats, check-quorum)."""
         self._tick_count += 1
         if self._role is Role.LEADER:
-            self._tick_leader()
+            leader.tick_leader(self)
         else:
             elections.tick_election(self)
         self._checker.check()
@@ -370,101 +371,6 @@ class RaftNode:
 
     # ==================================================== follower handlers
 
-    def _tick_leader(self) -> None:
-        self._heartbeat_elapsed += 1
-        self._election_elapsed += 1
-        if self._election_elapsed >= self._config.election_ticks:
-            self._election_elapsed = 0
-            quorum_active = self._quorum_recently_active()
-            if self._config.check_quorum and not quorum_active:
-                # §6.2: a leader that cannot reach a quorum steps down.
-                self._become_follower(self._term, None)
-                return
-            self._transferee = None  # §3.10: abandon a transfer after an election timeout
-        if self._heartbeat_elapsed >= self._config.heartbeat_ticks:
-            self._heartbeat_elapsed = 0
-            replication.broadcast_heartbeat(self)
-
-    def _quorum_recently_active(self) -> bool:
-        """Whether a quorum was heard from since the last sweep; starts a new one."""
-        reconfiguration.forget_silent_departed(self)
-        voters = self._membership.voters
-        active = 1 if self._id in voters else 0
-        for peer, progress in self._progress.items():
-            if progress.recent_active and peer in voters:
-                active += 1
-            progress.recent_active = False
-        return active >= len(voters) // 2 + 1
-
-    def _on_append_response(self, message: Message) -> None:
-        progress = self._progress.get(message.source)
-        if progress is None:
-            return
-        progress.recent_active = True
-        if message.reject:
-            self._on_append_rejected(message, progress)
-            return
-        if not progress.maybe_update(message.index):
-            return
-        state = progress.state
-        if state is ProgressState.PROBE:
-            progress.become_replicate()
-        elif state is ProgressState.SNAPSHOT and progress.match >= progress.pending_snapshot:
-            progress.become_probe()
-            progress.become_replicate()
-        if replication.maybe_commit(self):
-            replication.broadcast_append(self)
-        else:
-            while replication.maybe_send_append(
-                self, message.source, progress, send_if_empty=False
-            ):
-                pass
-        transfer.maybe_send_timeout_now(self, message.source, progress)
-
-    def _on_append_rejected(self, message: Message, progress: Progress) -> None:
-        hint = message.reject_hint
-        if message.log_term > 0:
-            hint = self._log.find_conflict_by_term(hint, message.log_term)
-        if progress.maybe_decrease_to(message.index, hint):
-            if progress.state is ProgressState.REPLICATE:
-                progress.become_probe()
-            replication.maybe_send_append(self, message.source, progress, send_if_empty=True)
-
-    def _on_heartbeat_response(self, message: Message) -> None:
-        progress = self._progress.get(message.source)
-        if progress is None:
-            return
-        progress.recent_active = True
-        if progress.state is ProgressState.SNAPSHOT:
-            self._maybe_retry_snapshot(message.source, progress, message.commit)
-        progress.probe_sent = False
-        if progress.match < self._log.last_index():
-            # An APPEND may have been lost: an empty one at `next` makes the
-            # follower say where it stands. A full window would block it forever.
-            if progress.inflight and len(progress.inflight) >= self._config.max_inflight_messages:
-                progress.inflight.popleft()
-            replication.maybe_send_append(self, message.source, progress, send_if_empty=True)
-        if message.index > progress.read_round:
-            progress.read_round = message.index
-            readindex.release_reads(self)
-        reconfiguration.forget_informed_departed(self, message.source, message.commit)
-
-    def _maybe_retry_snapshot(self, peer: int, progress: Progress, follower_commit: int) -> None:
-        """The node layer reports no lost snapshots, so heartbeat responses decide:
-        a follower whose commit index covers the snapshot has installed it (its
-        APPEND_RESPONSE was lost), so probe from there; one that still lacks it an
-        election timeout after the SNAPSHOT was sent gets it again. Resending at
-        most once per election timeout keeps a slow install from causing a storm."""
-        if follower_commit >= progress.pending_snapshot:
-            progress.become_probe()
-        elif self._tick_count - progress.snapshot_sent_tick >= self._config.election_ticks:
-            replication.send_snapshot(self, peer, progress)
-
-    def _on_append_from_other_leader(self, message: Message) -> None:
-        raise InvariantViolation(
-            f"two leaders in term {self._term}: {self._id} and {message.source}"
-        )
-
     # =========================================================== replication
 
     def _can_commit_by_counting(self, index: int) -> bool:
@@ -505,7 +411,6 @@ class RaftNode:
 
 def _handlers() -> dict[Role, dict[MessageType, Handler]]:
     """One handler per (role, message type); a type missing from a role is ignored."""
-    node = RaftNode
     vote = elections.on_vote_request
     as_follower: dict[MessageType, Handler] = {
         _MT.PRE_VOTE: vote,
@@ -526,15 +431,15 @@ def _handlers() -> dict[Role, dict[MessageType, Handler]]:
         _MT.HEARTBEAT: to_follower,
         _MT.SNAPSHOT: to_follower,
     }
-    other_leader = node._on_append_from_other_leader
+    other_leader = leader.on_append_from_other_leader
     as_leader: dict[MessageType, Handler] = {
         _MT.PRE_VOTE: vote,
         _MT.VOTE: vote,
         _MT.APPEND: other_leader,
         _MT.HEARTBEAT: other_leader,
         _MT.SNAPSHOT: other_leader,
-        _MT.APPEND_RESPONSE: node._on_append_response,
-        _MT.HEARTBEAT_RESPONSE: node._on_heartbeat_response,
+        _MT.APPEND_RESPONSE: leader.on_append_response,
+        _MT.HEARTBEAT_RESPONSE: leader.on_heartbeat_response,
         _MT.READ_INDEX: readindex.on_read_index_request,
     }
     return {
