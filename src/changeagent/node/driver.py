@@ -71,6 +71,9 @@ class DriverHooks:
     install_snapshot: InstallSnapshot  # a snapshot from the leader replaced the log
     on_role_change: Callable[[Role, int | None], None]
     on_failure: Callable[[str], None]
+    # After `advance()`, when the core counts this Ready's entries as applied:
+    # work that needs them applied in the core too (compaction for a purge).
+    after_advance: Callable[[], Awaitable[None]]
 
 
 class RaftDriver:
@@ -258,6 +261,7 @@ class RaftDriver:
         if ready.soft_state is not None:
             self._hooks.on_role_change(ready.soft_state.role, ready.soft_state.leader_id)
         self.core.advance(ready)
+        await self._hooks.after_advance()
 
     async def _handle_write(self, ready: Ready) -> None:
         """Send (the leader replicates while it writes), persist, send what needed

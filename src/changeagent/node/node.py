@@ -138,6 +138,7 @@ class Node:
         self.commit_index = 0  # applied here: what reads see
         self._last_timestamp_ns = 0
         self._inflight_keys: dict[str, asyncio.Future[Entry]] = {}
+        self._purge_to = 0  # a purge applied, compacted after the core advances
         self._apply_waiters: list[tuple[int, int, asyncio.Future[None]]] = []
         self._apply_waiter_ids = itertools.count()
         self._background: list[asyncio.Task[None]] = []
@@ -243,6 +244,7 @@ class Node:
             install_snapshot=self._install_snapshot,
             on_role_change=self._on_role_change,
             on_failure=self._fail,
+            after_advance=self._purge_applied,
         )
         self.driver = RaftDriver(
             self.storage,
@@ -540,6 +542,13 @@ class Node:
                 log.error("could not rewrite %s: %s", self.settings_path, error)
 
     async def _apply_purge(self, index: int) -> None:
+        # Done once the core counts the whole batch as applied (`_purge_applied`):
+        # a lagging follower applies a PURGE in the same batch as the entries it
+        # purges, and the core compacts only what it knows is applied.
+        self._purge_to = max(self._purge_to, index)
+
+    async def _purge_applied(self) -> None:
+        index, self._purge_to = self._purge_to, 0
         if index <= self.storage.snapshot().index or self.driver is None:
             return
         snapshot = self.driver.core.compact(index, self._snapshot_data())
