@@ -1,9 +1,22 @@
 """RaftNode: the pure Raft state machine (see the package docstring).
 
-Structure: `step` applies the term rules common to every role (§5.1, PreVote,
-leader stickiness), then dispatches to one small handler per (role, message
-type) from a table. `tick` dispatches per role too. Everything the node must do
-is collected into `Ready`; nothing here does I/O or reads a clock.
+`RaftNode` holds the state (Figure 2 of the Raft paper, the leader's per-peer
+progress, the outputs for the next Ready) and coordinates. `step` applies the
+term rules common to every role (§5.1, PreVote, leader stickiness), then
+dispatches to one small handler per (role, message type) from the table in
+`handlers`; `tick` dispatches per role too. The rules live in sibling modules
+as plain functions of the node, which read and write its state directly (like
+`InvariantChecker`, they are part of the core):
+
+- `elections`: term rules, the election timer, campaigns and votes;
+- `replication`: the leader's proposals, APPENDs, SNAPSHOTs, heartbeats, commits;
+- `leader`: the leader's tick and the responses it handles;
+- `follower`: a follower's APPEND, HEARTBEAT and SNAPSHOT handlers;
+- `readindex`, `transfer`, `reconfiguration`: ReadIndex, leadership transfer,
+  membership changes.
+
+Everything the node must do is collected in an `Outbox` and handed out as a
+`Ready`; nothing here does I/O or reads a clock.
 """
 
 from __future__ import annotations
@@ -11,26 +24,17 @@ from __future__ import annotations
 import dataclasses
 from typing import TYPE_CHECKING
 
-from changeagent.raft import (
-    elections,
-    follower,
-    leader,
-    readindex,
-    reconfiguration,
-    replication,
-    transfer,
-)
+from changeagent.raft import elections, leader, readindex, reconfiguration, replication, transfer
 from changeagent.raft.confchange import ConfChange
 from changeagent.raft.config import RaftConfig
-from changeagent.raft.entry import ENTRY_TYPE_NOOP, Entry, HardState
-from changeagent.raft.errors import (
-    InvariantViolation,
-)
+from changeagent.raft.entry import HardState
+from changeagent.raft.errors import InvariantViolation
+from changeagent.raft.handlers import HANDLERS
 from changeagent.raft.interfaces import LogReader, Membership, Snapshot
 from changeagent.raft.invariants import InvariantChecker
 from changeagent.raft.log import RaftLog
 from changeagent.raft.membership import MembershipLog
-from changeagent.raft.messages import Message, MessageType
+from changeagent.raft.messages import Message
 from changeagent.raft.outbox import Outbox
 from changeagent.raft.progress import Progress
 from changeagent.raft.readindex import ReadIndexQueue
@@ -38,11 +42,6 @@ from changeagent.raft.ready import PeerProgress, Ready, Role, SoftState
 
 if TYPE_CHECKING:
     import random
-    from collections.abc import Callable
-
-    Handler = Callable[["RaftNode", Message], None]
-
-_MT = MessageType
 
 
 class RaftNode:
@@ -310,7 +309,7 @@ class RaftNode:
         """The membership in force at `index` (after the entries up to it)."""
         return self._memberships.at(index)
 
-    # ====================================================== role transitions
+    # -------------------------------------------------------- role transitions
 
     def _reset(self, term: int) -> None:
         if term != self._term:
@@ -350,36 +349,17 @@ class RaftNode:
         self._reset(self._term)
         self._role = Role.LEADER
         self._leader = self._id
-        log = self._log
-        last = log.last_index()
-        for member in self._membership.voters | self._membership.learners:
-            if member != self._id:
-                replication.add_progress(self, member, last + 1)
-        # Any membership entry not yet committed counts as pending (one at a time).
-        self._pending_conf_index = self._memberships.latest_index()
-        self._uncommitted_bytes = 0
-        # §8: a no-op entry at the start of the term lets the leader learn which
-        # entries are committed (it may count replicas only for its own term).
-        self._term_start_index = last + 1
-        log.append([Entry(last + 1, self._term, ENTRY_TYPE_NOOP, b"")])
-        replication.broadcast_append(self)
+        replication.start_term(self)
 
-    # =============================================================== elections
-
-    def _is_voter(self) -> bool:
-        return self._id in self._membership.voters
-
-    # ==================================================== follower handlers
-
-    # =========================================================== replication
+    # ------------------------------------------------------------ patch points
+    # One small rule each, called through the node (never directly) so that a
+    # subclass can override it: the simulator's planted bugs (sim/bugs.py) do.
+    # Keep their names and signatures.
 
     def _can_commit_by_counting(self, index: int) -> bool:
         """§5.4.2 (Figure 8): replicas on a quorum commit `index` only if its entry
-        is from the current term; older entries commit indirectly, with it.
-        (A patch point: the simulator's planted bug overrides it.)"""
+        is from the current term; older entries commit indirectly, with it."""
         return self._log.term(index) == self._term
-
-    # ============================================================= ReadIndex
 
     def _leader_read(self, context: bytes, requester: int) -> bool:
         """Queue a ReadIndex request; return False when over the limit."""
@@ -389,16 +369,17 @@ class RaftNode:
         """Answer every read whose heartbeat round a quorum of voters has echoed."""
         readindex.release_reads(self)
 
-    # ============================================================ membership
-
-    # ================================================================ helpers
+    # ----------------------------------------------------------------- helpers
 
     @property
     def _membership(self) -> Membership:
         return self._memberships.current
 
+    def _is_voter(self) -> bool:
+        return self._id in self._membership.voters
+
     def _dispatch(self, message: Message) -> None:
-        handler = _HANDLERS[self._role].get(message.type)
+        handler = HANDLERS[self._role].get(message.type)
         if handler is not None:
             handler(self, message)
 
@@ -407,47 +388,3 @@ class RaftNode:
 
     def _soft_state(self) -> SoftState:
         return SoftState(self._role, self._leader)
-
-
-def _handlers() -> dict[Role, dict[MessageType, Handler]]:
-    """One handler per (role, message type); a type missing from a role is ignored."""
-    vote = elections.on_vote_request
-    as_follower: dict[MessageType, Handler] = {
-        _MT.PRE_VOTE: vote,
-        _MT.VOTE: vote,
-        _MT.APPEND: follower.on_append,
-        _MT.HEARTBEAT: follower.on_heartbeat,
-        _MT.SNAPSHOT: follower.on_snapshot,
-        _MT.TIMEOUT_NOW: transfer.on_timeout_now,
-        _MT.READ_INDEX_RESPONSE: readindex.on_read_index_response,
-    }
-    to_follower = elections.on_leader_message_as_candidate
-    as_candidate: dict[MessageType, Handler] = {
-        _MT.PRE_VOTE: vote,
-        _MT.VOTE: vote,
-        _MT.PRE_VOTE_RESPONSE: elections.on_vote_response,
-        _MT.VOTE_RESPONSE: elections.on_vote_response,
-        _MT.APPEND: to_follower,
-        _MT.HEARTBEAT: to_follower,
-        _MT.SNAPSHOT: to_follower,
-    }
-    other_leader = leader.on_append_from_other_leader
-    as_leader: dict[MessageType, Handler] = {
-        _MT.PRE_VOTE: vote,
-        _MT.VOTE: vote,
-        _MT.APPEND: other_leader,
-        _MT.HEARTBEAT: other_leader,
-        _MT.SNAPSHOT: other_leader,
-        _MT.APPEND_RESPONSE: leader.on_append_response,
-        _MT.HEARTBEAT_RESPONSE: leader.on_heartbeat_response,
-        _MT.READ_INDEX: readindex.on_read_index_request,
-    }
-    return {
-        Role.FOLLOWER: as_follower,
-        Role.PRE_CANDIDATE: as_candidate,
-        Role.CANDIDATE: as_candidate,
-        Role.LEADER: as_leader,
-    }
-
-
-_HANDLERS = _handlers()

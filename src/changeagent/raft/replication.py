@@ -53,12 +53,9 @@ def propose(node: RaftNode, entries_data: list[tuple[int, bytes, str]]) -> range
     return range(first, first + len(entries))
 
 
-def add_progress(node: RaftNode, member: int, next_index: int) -> None:
-    learner = member in node._membership.learners
-    node._progress[member] = Progress(next_index, learner=learner)
-
-
 def check_can_propose(node: RaftNode) -> None:
+    """Only a leader appends; not while handing over (the target must catch up) nor
+    while it is being removed (it is about to step down)."""
     if node._role is not Role.LEADER:
         raise NotLeader(node._leader)
     if node._transferee is not None:
@@ -68,12 +65,38 @@ def check_can_propose(node: RaftNode) -> None:
 
 
 def release_uncommitted(node: RaftNode, entries: tuple[Entry, ...]) -> None:
+    """Applied entries no longer count toward `max_uncommitted_bytes`."""
     if node._uncommitted_bytes:
         released = sum(len(entry.data) for entry in entries)
         node._uncommitted_bytes = max(0, node._uncommitted_bytes - released)
 
 
+def start_term(node: RaftNode) -> None:
+    """Initialize a new leader's state (Figure 2: reinitialized after election),
+    and append and send the no-op entry that starts its term."""
+    log = node._log
+    last = log.last_index()
+    for member in node._membership.voters | node._membership.learners:
+        if member != node._id:
+            add_progress(node, member, last + 1)
+    # Any membership entry not yet committed counts as pending (one at a time).
+    node._pending_conf_index = node._memberships.latest_index()
+    node._uncommitted_bytes = 0
+    # §8: a no-op entry at the start of the term lets the leader learn which
+    # entries are committed (it may count replicas only for its own term).
+    node._term_start_index = last + 1
+    log.append([Entry(last + 1, node._term, ENTRY_TYPE_NOOP, b"")])
+    broadcast_append(node)
+
+
+def add_progress(node: RaftNode, member: int, next_index: int) -> None:
+    """Start tracking `member` optimistically at `next_index` (probing back on rejection)."""
+    learner = member in node._membership.learners
+    node._progress[member] = Progress(next_index, learner=learner)
+
+
 def broadcast_append(node: RaftNode) -> None:
+    """Send every peer what its window allows (new entries, or the commit index)."""
     for peer, progress in node._progress.items():
         if maybe_send_append(node, peer, progress, send_if_empty=True):
             # Pipelining: fill the in-flight window (a no-op in the probe state).
@@ -122,6 +145,8 @@ def maybe_send_append(
 
 
 def send_snapshot(node: RaftNode, peer: int, progress: Progress) -> bool:
+    """The entries `peer` needs are purged: send the compaction point instead (§7).
+    Returns False, like a `maybe_send_append` that sent no entries."""
     snapshot = node._log.reader.snapshot()
     progress.become_snapshot(snapshot.index, node._tick_count)
     node._outbox.send(Message(_MT.SNAPSHOT, node._id, peer, node._term, snapshot=snapshot))
@@ -129,6 +154,8 @@ def send_snapshot(node: RaftNode, peer: int, progress: Progress) -> bool:
 
 
 def broadcast_heartbeat(node: RaftNode) -> None:
+    """Heartbeats carry min(match, commit), so a follower never commits an entry it
+    may not hold, and the latest ReadIndex round, for the followers to echo."""
     commit = node._log.commit
     for peer, progress in node._progress.items():
         node._outbox.send(
@@ -170,6 +197,8 @@ def maybe_commit(node: RaftNode) -> bool:
 
 
 def after_commit(node: RaftNode) -> None:
+    """The leader's commit index moved: reads waiting for the term's first commit
+    may go, and a removed leader steps down once its removal is committed."""
     log = node._log
     if not node._committed_in_term and log.commit >= node._term_start_index:
         node._committed_in_term = True
