@@ -146,10 +146,11 @@ class Processes:
 
     def retire(self, groups: Sequence[Sequence[Started]], directory: Path | None,
                report: Callable[[list[str]], None] | None = None) -> None:
-        """Teardown in a background thread, so that the next scenario need not wait:
-        each group in turn gets `stop_many` with TEARDOWN_GRACE_SECONDS, then `directory`
-        is removed; `report` gets the names of those that needed SIGKILL, if any.
-        `wait_retired` (called by `cleanup`) waits for every such thread."""
+        """Teardown in a background thread, so that the next scenario can start its
+        servers meanwhile: each group in turn gets `stop_many` with
+        TEARDOWN_GRACE_SECONDS, then `directory` is removed; `report` gets the names of
+        those that needed SIGKILL, if any. `wait_retired` waits for every such thread:
+        scenarios call it before they measure, `cleanup` before the bench exits."""
         def teardown() -> None:
             killed: list[str] = []
             try:

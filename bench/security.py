@@ -87,6 +87,7 @@ def run_security(system_cls: type[System], settings: Settings, recorder: Recorde
             _start(configuration, directory)
         for configuration in configurations:
             _wait_answering(configuration)
+        PROCESSES.wait_retired()  # the previous scenario's servers are gone
         for round_number in range(rounds):
             for configuration in _rotated(configurations, round_number):
                 for operation in ("write", "read"):

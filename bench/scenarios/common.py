@@ -151,7 +151,8 @@ def running(system: System, recorder: Recorder, scenario: str) -> Iterator[bool]
     """Start `system`, yield True when it runs; record a skip and yield False otherwise.
 
     The system is always stopped afterwards, whatever happened inside (in the background:
-    the next scenario starts while its processes get their short grace).
+    the next scenario starts its servers while these get their short grace, and waits for
+    them to be gone before it measures anything).
     """
     def report(killed: list[str]) -> None:
         recorder.log(f"  {system.name:11s} ({scenario}) SIGKILL at teardown, not stopped "
@@ -172,6 +173,9 @@ def running(system: System, recorder: Recorder, scenario: str) -> Iterator[bool]
     except BaseException:
         system.stop(report)
         raise
+    # The previous scenario's servers stopped while these started; none runs any more
+    # when the measuring begins.
+    system.processes.wait_retired()
     try:
         yield True
     finally:

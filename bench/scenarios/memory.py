@@ -1,6 +1,6 @@
 """Scenario g: resident memory of one node holding 0 and N changes.
 
-Empty: a fresh node, 1 s (quick: 0.3 s) after it answers (one fresh node per run). Loaded:
+Empty: a fresh node, 1 s (quick: 0.1 s) after it answers (one fresh node per run). Loaded:
 the last of those nodes right after N changes were written to it, then (each run) after a
 graceful restart on the same data, and after a consumer has read all N changes from the
 start (at most 30 s of reading), which is when caches would fill.
