@@ -76,7 +76,11 @@ def test_minority_never_acknowledges_majority_continues(
                 outcome = post(majority[number % 2], {"data": {"majority": number}})
                 assert outcome.ok, outcome
                 acknowledged.append(outcome.body)
-            assert cluster.state(victim) != "Leader" or shape == "outbound blocked"
+            if shape != "outbound blocked":
+                # Check-quorum runs once per election timeout (1 s), so a cut-off
+                # leader steps down 1-2 s after the cut; the majority may elect and
+                # write before that (a race, not a bug): wait for it, bounded.
+                wait_until(lambda: cluster.state(victim) != "Leader", 2 * 1.0 + 2, 0.05)
             # Long enough for several writes to the minority to run out their time.
             wait_until(lambda: time.monotonic() > cut_at + 2 * COMMIT_TIMEOUT_S, 20, 0.1)
             healed_at = time.monotonic()
