@@ -41,6 +41,7 @@ def on_higher_term(node: RaftNode, message: Message) -> bool:
 
 
 def on_lower_term(node: RaftNode, message: Message) -> None:
+    """§5.1: a stale message is dropped; some are answered so the sender learns our term."""
     kind = message.type
     if kind is _MT.APPEND or kind is _MT.HEARTBEAT:
         # Tell a stale leader about the newer term, so it steps down (it may have
@@ -53,10 +54,12 @@ def on_lower_term(node: RaftNode, message: Message) -> None:
 
 
 def in_leader_lease(node: RaftNode) -> bool:
+    """Whether we heard from a leader within the (minimum) election timeout."""
     return node._leader is not None and node._election_elapsed < node._config.election_ticks
 
 
 def tick_election(node: RaftNode) -> None:
+    """A follower's or candidate's tick: campaign after a randomized timeout."""
     node._election_elapsed += 1
     if node._election_elapsed >= node._randomized_timeout and can_campaign(node):
         # §5.2: no word from a leader within the election timeout: campaign.
@@ -78,6 +81,9 @@ def can_campaign(node: RaftNode) -> bool:
 
 
 def campaign(node: RaftNode, *, pre_vote: bool, transfer: bool) -> None:
+    """§5.2: ask every voter for its vote; with `pre_vote` first ask whether it
+    would grant one (§9.6), so a node cut off from the cluster does not raise
+    the term. `transfer` marks the requests as forced by TIMEOUT_NOW."""
     if not can_campaign(node):
         return
     if pre_vote:
@@ -124,6 +130,7 @@ def election_result(node: RaftNode) -> bool | None:
 
 
 def won_election(node: RaftNode) -> None:
+    """A won pre-vote starts the real election; a won election makes us leader."""
     if node._role is Role.PRE_CANDIDATE:
         campaign(node, pre_vote=False, transfer=False)
     else:
