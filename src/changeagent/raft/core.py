@@ -102,9 +102,7 @@ class RaftNode:
         # Removed members the leader still replicates to, so that they learn of
         # their removal and stop campaigning: peer -> index of the removal.
         self._departing: dict[int, int] = {}
-        self._outbox = Outbox(
-            HardState(self._term, self._vote, commit), SoftState(Role.FOLLOWER, None)
-        )
+        self._outbox = Outbox(self._log, self._hard_state, self._soft_state)
         self._reset_election_timer()
         self._checker = InvariantChecker(self)
 
@@ -227,13 +225,11 @@ class RaftNode:
 
     def has_ready(self) -> bool:
         """Whether `ready()` would return something to do (False while one is outstanding)."""
-        return self._outbox.has_ready(self._log, self._hard_state(), self._soft_state())
+        return self._outbox.has_ready()
 
     def ready(self) -> Ready:
         """Collect what to persist, send and apply (see `Ready` for the ordering)."""
-        return self._outbox.take_ready(
-            self._log, self._hard_state(), self._soft_state(), self._config.max_apply_bytes
-        )
+        return self._outbox.take_ready(self._config.max_apply_bytes)
 
     def advance(self, ready: Ready) -> None:
         """Acknowledge that everything in `ready` is durable and applied."""

@@ -7,17 +7,26 @@ Handlers only append here; `take_ready` turns the lot into one `Ready` and
 
 from __future__ import annotations
 
-from changeagent.raft.entry import HardState
+from typing import TYPE_CHECKING
+
 from changeagent.raft.errors import RaftError
-from changeagent.raft.log import RaftLog
 from changeagent.raft.messages import Message
-from changeagent.raft.ready import ReadState, Ready, SoftState
+from changeagent.raft.ready import ReadState, Ready
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from changeagent.raft.entry import HardState
+    from changeagent.raft.log import RaftLog
+    from changeagent.raft.ready import SoftState
 
 
 class Outbox:
     """Messages, confirmed reads and state changes for the next Ready."""
 
     __slots__ = (
+        "_hard_state",
+        "_log",
         "_messages",
         "_messages_after_persist",
         "_outstanding",
@@ -25,10 +34,21 @@ class Outbox:
         "_prev_soft_state",
         "_read_states",
         "_self_after_persist",
+        "_soft_state",
         "_steps_on_advance",
     )
 
-    def __init__(self, hard_state: HardState, soft_state: SoftState) -> None:
+    def __init__(
+        self,
+        log: RaftLog,
+        hard_state: Callable[[], HardState],
+        soft_state: Callable[[], SoftState],
+    ) -> None:
+        # The node's log, and how to read its current hard and soft state: built
+        # only when needed, since `has_ready` runs after every input.
+        self._log = log
+        self._hard_state = hard_state
+        self._soft_state = soft_state
         self._messages: list[Message] = []
         self._messages_after_persist: list[Message] = []
         self._read_states: list[ReadState] = []
@@ -37,8 +57,8 @@ class Outbox:
         self._self_after_persist: list[Message] = []
         self._steps_on_advance: list[Message] = []
         # A Ready reports hard and soft state only when they changed since the last.
-        self._prev_hard_state = hard_state
-        self._prev_soft_state = soft_state
+        self._prev_hard_state = hard_state()
+        self._prev_soft_state = soft_state()
         self._outstanding: Ready | None = None
 
     def send(self, message: Message) -> None:
@@ -56,10 +76,11 @@ class Outbox:
     def add_read_state(self, read_state: ReadState) -> None:
         self._read_states.append(read_state)
 
-    def has_ready(self, log: RaftLog, hard_state: HardState, soft_state: SoftState) -> bool:
+    def has_ready(self) -> bool:
         """Whether `take_ready` would return something to do (False while one is outstanding)."""
         if self._outstanding is not None:
             return False
+        log = self._log
         return bool(
             self._messages
             or self._messages_after_persist
@@ -68,16 +89,17 @@ class Outbox:
             or log.pending_snapshot is not None
             or self._read_states
             or log.has_next_committed()
-            or hard_state != self._prev_hard_state
-            or soft_state != self._prev_soft_state
+            or self._hard_state() != self._prev_hard_state
+            or self._soft_state() != self._prev_soft_state
         )
 
-    def take_ready(
-        self, log: RaftLog, hard_state: HardState, soft_state: SoftState, max_apply_bytes: int
-    ) -> Ready:
+    def take_ready(self, max_apply_bytes: int) -> Ready:
         """Hand out everything collected as one Ready, which becomes the outstanding one."""
         if self._outstanding is not None:
             raise RaftError("call advance() on the previous Ready first")
+        log = self._log
+        hard_state = self._hard_state()
+        soft_state = self._soft_state()
         ready = Ready(
             hard_state=hard_state if hard_state != self._prev_hard_state else None,
             entries=tuple(log.unstable),
