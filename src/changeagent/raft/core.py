@@ -91,7 +91,8 @@ class RaftNode:
         self._tick_count = 0  # ticks since start; never reset
         self._randomized_timeout = config.election_ticks
         self._votes: dict[int, bool] = {}
-        # Leader state.
+        # Leader state (Figure 2: reinitialized after election, in `_reset` and
+        # `replication.start_term`).
         self._progress: dict[int, Progress] = {}
         self._term_start_index = 0  # index of this leader's no-op entry
         self._committed_in_term = False
@@ -102,6 +103,7 @@ class RaftNode:
         # Removed members the leader still replicates to, so that they learn of
         # their removal and stop campaigning: peer -> index of the removal.
         self._departing: dict[int, int] = {}
+        # Outputs collected for the next Ready.
         self._outbox = Outbox(self._log, self._hard_state, self._soft_state)
         self._reset_election_timer()
         self._checker = InvariantChecker(self)
@@ -308,6 +310,8 @@ class RaftNode:
     # -------------------------------------------------------- role transitions
 
     def _reset(self, term: int) -> None:
+        """Every role change: a new term clears the vote; timers restart; the
+        state of elections and of leadership is dropped."""
         if term != self._term:
             self._term = term
             self._vote = 0
@@ -375,6 +379,7 @@ class RaftNode:
         return self._id in self._membership.voters
 
     def _dispatch(self, message: Message) -> None:
+        """Hand `message` to this role's handler (`handlers.HANDLERS`), if it has one."""
         handler = HANDLERS[self._role].get(message.type)
         if handler is not None:
             handler(self, message)

@@ -1,7 +1,7 @@
 """What a follower does with its leader's APPEND, HEARTBEAT and SNAPSHOT (§5.3, §7).
 
-Plain functions of the `RaftNode` whose state they read and write. Every one
-of them resets the election timer and records the sender as leader. Append
+Plain functions of the `RaftNode` whose state they read and write. Each
+handler resets the election timer and records the sender as leader. Append
 responses promise durable entries, so they leave only after the Ready is
 persisted; heartbeat responses promise nothing and may leave at once.
 """
