@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import orjson
 from aiohttp import web
 from aiohttp.typedefs import Middleware
@@ -10,6 +12,7 @@ from changeagent.api import changes, operations
 from changeagent.api.auth import Authenticator, auth_middleware
 from changeagent.api.context import STATE_KEY, ApiState
 from changeagent.api.errors import Handler, error_middleware
+from changeagent.api.in_flight import RequestsInFlight
 from changeagent.api.openapi import openapi_document
 from changeagent.node.members import ClusterMembers
 from changeagent.node.node import Node
@@ -26,7 +29,8 @@ def build_app(
     """The API under `prefix`; with a `transport`, peer links are served at
     CLUSTER_PATH (never under the prefix: peers do not know each other's)."""
     # Authentication runs inside the error middleware, so a 401 is mapped like any error.
-    middlewares: list[Middleware] = [error_middleware]
+    in_flight = RequestsInFlight()
+    middlewares: list[Middleware] = [in_flight.middleware, error_middleware]
     if authenticator is not None:
         middlewares.append(auth_middleware(authenticator, prefix))
     app = web.Application(middlewares=middlewares, client_max_size=node.limits.body_bytes_max)
@@ -76,6 +80,22 @@ def build_app(
         # long-polls answer at once with what they have, so shutdown is quick. A
         # leader hands over leadership; Raft runs on until the node is closed.
         await node.begin_shutdown()
+        if transport is not None:
+            closing.add(asyncio.create_task(stop_peers_when_idle(transport)))
 
+    async def stop_peers_when_idle(transport: Transport) -> None:
+        # aiohttp now waits for every request, peers' links here included, and
+        # those last as long as the peer does. Once clients' requests are done
+        # (they may need Raft, and so the links, until then), stop Raft and close
+        # the links, so shutdown does not wait out the grace period for them.
+        await in_flight.wait_idle()
+        await node.close()
+        await transport.close()
+
+    async def wait_closing(app: web.Application) -> None:
+        await asyncio.gather(*closing)
+
+    closing: set[asyncio.Task[None]] = set()
     app.on_shutdown.append(wake_long_polls)
+    app.on_cleanup.append(wait_closing)
     return app

@@ -139,6 +139,7 @@ class Node:
         self._last_timestamp_ns = 0
         self._inflight_keys: dict[str, asyncio.Future[Entry]] = {}
         self._purge_to = 0  # a purge applied, compacted after the core advances
+        self._closed = False
         self._apply_waiters: list[tuple[int, int, asyncio.Future[None]]] = []
         self._apply_waiter_ids = itertools.count()
         self._background: list[asyncio.Task[None]] = []
@@ -289,7 +290,9 @@ class Node:
         target = max(voters, key=lambda peer: progress[peer].match)
         with contextlib.suppress(Exception):
             driver.transfer_leadership(target)
-            timeout_s = 2 * self.settings.election_timeout_ns / SECOND_NS
+            # A caught-up target wins within a round trip or two; one that is
+            # itself stopping never does, so do not wait longer than this.
+            timeout_s = self.settings.election_timeout_ns / SECOND_NS
             async with asyncio.timeout(timeout_s):
                 while driver.core.role is Role.LEADER:
                     await asyncio.sleep(driver.tick_s / 4)  # the transfer takes a few ticks
@@ -300,7 +303,10 @@ class Node:
         )
 
     async def close(self) -> None:
-        """Answer long-polls now, stop Raft and background work."""
+        """Answer long-polls now, stop Raft and background work (once)."""
+        if self._closed:
+            return
+        self._closed = True
         if not self.closing:
             await self.begin_shutdown()
         for task in self._background:
