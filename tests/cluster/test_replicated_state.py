@@ -7,7 +7,9 @@
 - a member cut off while the others purge needs entries nobody keeps any more:
   the new leader (the old one handed over and stopped, so nothing sent before
   the purge is still queued for it) sends it a snapshot, and it continues with
-  the same list.
+  the same list;
+- a cut-off member that gets the purge in one batch with the entries it purges
+  (the same leader, healed) purges and continues.
 """
 
 from __future__ import annotations
@@ -59,6 +61,29 @@ def election_after_kill(cluster: ProxiedCluster, timeout_s: float = 60) -> float
     return time.monotonic() - killed_at
 
 
+PURGING = [*SETTINGS_FILE, "--purge-interval", "0.2"]
+
+
+def cut_off_one_and_purge(
+    cluster: ProxiedCluster,
+) -> tuple[ClusterNode, ClusterNode, ClusterNode, dict[str, Any]]:
+    """10 writes every member holds; a follower cut off; 40 more; then a purge
+    keeping 10, put through the other follower. Returns the leader, the cut-off
+    member, the other one, and the cut-off member's status when it was cut."""
+    leader = cluster.leader()
+    lagging, other = (node for node in cluster.nodes if node is not leader)
+    for number in range(10):
+        assert post(leader, {"data": {"n": number}}).ok
+    cluster.wait_converged()
+    cluster.proxy.isolate(lagging.name, cluster.names)
+    behind = cluster.raft(lagging)
+    assert behind is not None
+    for number in range(10, 50):
+        assert post(leader, {"data": {"n": number}}).ok
+    put_settings(other, "minPurgeRecords: 10\nminPurgeDuration: 1ms\n")
+    return leader, lagging, other, behind
+
+
 def test_new_timeouts_take_effect_on_every_node(tmp_path: Path) -> None:
     with proxied_cluster(tmp_path, 3, SETTINGS_FILE) as cluster:
         leader = cluster.leader()
@@ -89,19 +114,8 @@ def test_new_timeouts_take_effect_on_every_node(tmp_path: Path) -> None:
 
 
 def test_a_member_needing_purged_entries_gets_a_snapshot_and_continues(tmp_path: Path) -> None:
-    arguments = [*SETTINGS_FILE, "--purge-interval", "0.2"]
-    with proxied_cluster(tmp_path, 3, arguments) as cluster:
-        old = cluster.leader()
-        lagging, new = (node for node in cluster.nodes if node is not old)
-        for number in range(10):
-            assert post(old, {"data": {"n": number}}).ok
-        cluster.wait_converged()
-        cluster.proxy.isolate(lagging.name, cluster.names)
-        behind = cluster.raft(lagging)
-        assert behind is not None
-        for number in range(10, 50):
-            assert post(old, {"data": {"n": number}}).ok
-        put_settings(new, "minPurgeRecords: 10\nminPurgeDuration: 1ms\n")
+    with proxied_cluster(tmp_path, 3, PURGING) as cluster:
+        old, lagging, new, behind = cut_off_one_and_purge(cluster)
 
         def purged_past_the_lagging_member() -> bool:
             statuses = [cluster.raft(node) for node in (old, new)]
@@ -137,3 +151,36 @@ def test_a_member_needing_purged_entries_gets_a_snapshot_and_continues(tmp_path:
         assert [change["data"]["n"] for change in reference] == list(range(40, 60))
         statuses = [cluster.raft(node) for node in cluster.nodes]
         assert len({status["firstIndex"] for status in statuses if status}) == 1, statuses
+
+
+def stopped_loop(node: ClusterNode) -> list[str]:
+    assert node.server is not None
+    return [line for line in node.server.log if "cannot compact" in line or "loop stopped" in line]
+
+
+def test_a_healed_follower_applies_the_purge_it_receives_with_the_purged_entries(
+    tmp_path: Path,
+) -> None:
+    """The same leader sends the cut-off member what it missed (the entries and the
+    PURGE entry) in one batch once healed: it purges and goes on. The node used to
+    compact while applying the batch, before the core counted the batch applied;
+    its Raft loop stopped (`cannot compact to N: only M is applied`) for good."""
+    with proxied_cluster(tmp_path, 3, PURGING) as cluster:
+        leader, lagging, _, behind = cut_off_one_and_purge(cluster)
+
+        def purged() -> bool:
+            status = cluster.raft(leader)
+            return status is not None and status["firstIndex"] > behind["lastIndex"] + 1
+
+        wait_until(purged, 30, 0.05)
+        cluster.proxy.heal()
+        try:
+            cluster.wait_converged(timeout_s=20)
+        except AssertionError:
+            raise AssertionError(
+                f"the healed follower stopped applying: {cluster.raft(lagging)}; "
+                f"{stopped_loop(lagging)[:2]}"
+            ) from None
+        assert not stopped_loop(lagging)
+        assert all_changes(lagging) == all_changes(leader)
+        assert post(lagging, {"data": "continues"}).ok
