@@ -29,8 +29,11 @@ def build_app(
     """The API under `prefix`; with a `transport`, peer links are served at
     CLUSTER_PATH (never under the prefix: peers do not know each other's)."""
     # Authentication runs inside the error middleware, so a 401 is mapped like any error.
+    middlewares: list[Middleware] = [error_middleware]
+    # Counted only where shutdown needs it: peers' links on this port (see below).
     in_flight = RequestsInFlight()
-    middlewares: list[Middleware] = [in_flight.middleware, error_middleware]
+    if transport is not None:
+        middlewares.insert(0, in_flight.middleware)
     if authenticator is not None:
         middlewares.append(auth_middleware(authenticator, prefix))
     app = web.Application(middlewares=middlewares, client_max_size=node.limits.body_bytes_max)

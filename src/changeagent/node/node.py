@@ -555,8 +555,8 @@ class Node:
 
     async def _purge_applied(self) -> None:
         index, self._purge_to = self._purge_to, 0
-        if index <= self.storage.snapshot().index or self.driver is None:
-            return
+        if not index or self.driver is None or index <= self.storage.snapshot().index:
+            return  # runs after every Ready: nothing to do is the usual case
         snapshot = self.driver.core.compact(index, self._snapshot_data())
         try:
             await self.storage.write(WriteBatch(snapshot=snapshot, compact_to=index))
