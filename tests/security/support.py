@@ -5,9 +5,7 @@ from __future__ import annotations
 
 import base64
 import http.client
-import os
 import re
-import signal
 import ssl
 import subprocess
 import sys
@@ -15,7 +13,7 @@ import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tests.support.server import Response
+from tests.support.server import Response, kill, spawn_logged, terminate
 
 LISTENING = re.compile(r"listening on (https?)://[^:]+:(\d+)")
 START_TIMEOUT_S = 30.0
@@ -60,38 +58,27 @@ class Node:
     def start(self) -> Node:
         command = [sys.executable, "-m", "changeagent", "--host", "127.0.0.1"]
         command += ["-d", str(self.data_dir), *self.arguments]
-        self.process = subprocess.Popen(command, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL)
-        threading.Thread(target=self._drain, daemon=True).start()
+        self.process = spawn_logged(command, self.log, self._on_line, self._ready)
         if not self._ready.wait(START_TIMEOUT_S) or set(self.expect) - set(self.ports):
             self.kill()
             raise RuntimeError("server did not start:\n" + "".join(self.log))
         return self
 
-    def _drain(self) -> None:
-        assert self.process is not None and self.process.stderr is not None
-        for raw in self.process.stderr:
-            line = raw.decode(errors="replace")
-            self.log.append(line)
-            match = LISTENING.search(line)
-            if match:
-                self.ports[match.group(1)] = int(match.group(2))
-                if not set(self.expect) - set(self.ports):
-                    self._ready.set()
-        self._ready.set()  # exited: wake the starter
+    def _on_line(self, line: str) -> None:
+        match = LISTENING.search(line)
+        if match:
+            self.ports[match.group(1)] = int(match.group(2))
+            if not set(self.expect) - set(self.ports):
+                self._ready.set()
 
     def log_text(self) -> str:
         return "".join(self.log)
 
     def stop(self, timeout_s: float = 70.0) -> int:
-        assert self.process is not None
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-        return self.process.wait(timeout_s)
+        return terminate(self.process, timeout_s)
 
     def kill(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            os.kill(self.process.pid, signal.SIGKILL)
-            self.process.wait(10)
+        kill(self.process)
 
     def request(
         self,

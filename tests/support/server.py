@@ -11,6 +11,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -36,6 +37,40 @@ class Response:
         return self.body.decode()
 
 
+def spawn_logged(
+    command: list[str], log: list[str], on_line: Callable[[str], None], done: threading.Event
+) -> subprocess.Popen[bytes]:
+    """Start `command`; a thread keeps its stderr lines in `log`, hands each to
+    `on_line`, and sets `done` when the process exits (so a starter waiting on
+    `done` for a "listening on" line wakes up either way)."""
+    process = subprocess.Popen(command, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL)
+
+    def drain() -> None:
+        assert process.stderr is not None
+        for raw in process.stderr:
+            line = raw.decode(errors="replace")
+            log.append(line)
+            on_line(line)
+        done.set()
+
+    threading.Thread(target=drain, daemon=True).start()
+    return process
+
+
+def terminate(process: subprocess.Popen[bytes] | None, timeout_s: float) -> int:
+    """SIGTERM (unless it has exited) and wait for the exit status."""
+    assert process is not None
+    if process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+    return process.wait(timeout_s)
+
+
+def kill(process: subprocess.Popen[bytes] | None) -> None:
+    if process is not None and process.poll() is None:
+        os.kill(process.pid, signal.SIGKILL)
+        process.wait(10)
+
+
 @dataclass
 class ServerProcess:
     data_dir: Path
@@ -59,35 +94,24 @@ class ServerProcess:
             *self.arguments,
         ]
         self._ready.clear()
-        self.process = subprocess.Popen(command, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL)
-        threading.Thread(target=self._drain, daemon=True).start()
+        self.process = spawn_logged(command, self.log, self._on_line, self._ready)
         if not self._ready.wait(START_TIMEOUT_S) or not self.port:
             self.kill()
             raise RuntimeError("server did not start:\n" + "".join(self.log))
         return self
 
-    def _drain(self) -> None:
-        assert self.process is not None and self.process.stderr is not None
-        for raw in self.process.stderr:
-            line = raw.decode(errors="replace")
-            self.log.append(line)
-            match = LISTENING.search(line)
-            if match:
-                self.port = int(match.group(1))
-                self._ready.set()
-        self._ready.set()  # exited: wake the starter
+    def _on_line(self, line: str) -> None:
+        match = LISTENING.search(line)
+        if match:
+            self.port = int(match.group(1))
+            self._ready.set()
 
     def stop(self, timeout_s: float = 70.0) -> int:
         """SIGTERM and wait for the exit status."""
-        assert self.process is not None
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-        return self.process.wait(timeout_s)
+        return terminate(self.process, timeout_s)
 
     def kill(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            os.kill(self.process.pid, signal.SIGKILL)
-            self.process.wait(10)
+        kill(self.process)
 
     def request(
         self,
