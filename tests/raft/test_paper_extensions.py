@@ -5,19 +5,27 @@ compaction chapter: "InstallSnapshot")."""
 
 from __future__ import annotations
 
+import random
+
 import pytest
 
 from changeagent.raft import (
     TRANSFER_CONTEXT,
+    Entry,
+    HardState,
+    Membership,
     Message,
     MessageType,
     ProgressState,
     ProposalDropped,
+    RaftNode,
     ReadState,
     Role,
+    Snapshot,
 )
+from changeagent.raft.memory_log import MemoryLog
 
-from .harness import Cluster
+from .harness import Cluster, default_config
 
 MT = MessageType
 
@@ -291,3 +299,21 @@ def test_compaction_is_refused_beyond_the_applied_index() -> None:
     cluster.elect(1)
     with pytest.raises(ValueError):
         cluster.node(1).compact(5, b"")
+
+
+def test_compaction_superseded_by_a_pending_snapshot_is_a_no_op() -> None:
+    """A follower applies a PURGE (point 3) while the leader's snapshot (index 8)
+    arrives: the snapshot supersedes the purge, and compaction must not fail
+    (it once raised Compacted, and the node's Raft loop stopped for good)."""
+    membership = Membership(frozenset({1, 2, 3}))
+    log = MemoryLog(Snapshot(0, 0, membership), [Entry(i, 1, 0, b"") for i in range(1, 6)])
+    node = RaftNode(default_config(2), log, HardState(1, 0, 5), random.Random(0), applied=5)
+    snapshot = Snapshot(8, 1, membership, b"state")
+    node.step(Message(MT.SNAPSHOT, 1, 2, 1, snapshot=snapshot))
+    assert node.compact(3, b"purge") is None
+    assert node.compact(5, b"purge") is None
+    ready = node.ready()
+    assert ready.snapshot == snapshot  # still installed with the next Ready
+    log.install(snapshot)
+    node.advance(ready)
+    assert node.compact(8, b"again") is None  # at or below the installed snapshot

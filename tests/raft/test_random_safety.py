@@ -104,7 +104,9 @@ def random_run(seed: int, steps: int = 400) -> None:
             elif action < 0.64 and node.applied_index > 0:
                 peer = cluster.peers[target]
                 index = rng.randint(peer.log.snap.index, node.applied_index)
-                peer.log.purge(node.compact(index, b"s%d" % index))
+                snapshot = node.compact(index, b"s%d" % index)
+                if snapshot is not None:
+                    peer.log.purge(snapshot)
         except (NotLeader, ProposalDropped, MembershipChangeRejected, ValueError):
             pass
         cluster.process_all()

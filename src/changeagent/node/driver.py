@@ -379,9 +379,23 @@ class RaftDriver:
         self._hooks.on_failure(reason)
 
     def _fail_waiting(self, reason: str) -> None:
-        waiting = [*self._queued, *self._proposed.values()]
+        queued, proposed = self._queued, list(self._proposed.values())
         self._queued, self._proposed = [], {}
-        _reject(waiting, NotAvailable(f"the write was not stored: {reason}"))
+        not_stored = NotAvailable(f"the write was not stored: {reason}")
+        _reject(queued, not_stored)
+        if not self.core.membership.voters - {self.core.id}:
+            _reject(proposed, not_stored)  # a lone voter: nobody else holds them
+            return
+        # Proposed entries went to the followers with the leader's first APPEND:
+        # a new leader may still commit them.
+        _reject(
+            proposed,
+            NotAvailable(
+                f"{reason}; the write may have been committed by another member: retry "
+                "with the same Idempotency-Key to get it exactly once",
+                retry_after_s=1,
+            ),
+        )
         for future in self._reads.values():
             if not future.done():
                 future.set_exception(NotAvailable(f"the read was not served: {reason}"))

@@ -79,8 +79,7 @@ class ClusterMembers:
         self.node = node
         self.advertised_port = advertised_port  # the port members reach us on
         self._changing = asyncio.Lock()
-        self._leave_task: asyncio.Task[None] | None = None
-        node.set_leave_handler(self._schedule_leave)
+        node.set_leave_handler(self._leave)
 
     # What GET /cluster shows --------------------------------------------------------
 
@@ -215,12 +214,11 @@ class ClusterMembers:
             await self._propose(ConfChange(ConfChangeKind.REMOVE, node_id))
             log.warning("removed node %d", node_id)
 
-    def _schedule_leave(self) -> None:
-        if self._leave_task is None or self._leave_task.done():
-            self._leave_task = asyncio.create_task(self._leave(), name="leave-cluster")
-
     async def _leave(self) -> None:
-        """We applied our own removal: keep the data, become a one-member cluster."""
+        """We applied our own removal: keep the data, become a one-member cluster.
+
+        Also run at start by a node that applied its removal and stopped before
+        this finished (its replicated state says it must still leave)."""
         node = self.node
         driver = node.core_driver
         await driver.stop()
@@ -239,6 +237,7 @@ class ClusterMembers:
                 meta={META_CLUSTER_ID: b"0", META_CLUSTER_SECRET: b""},
             )
         )
+        node.replicated.apply(reset)  # the node has left: nothing more to do on restart
         self._forget_cluster()
         await node.restart_driver(applied=applied + 1)
         node.core_driver.campaign()

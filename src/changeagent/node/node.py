@@ -47,21 +47,19 @@ from changeagent.node.errors import (
     Overloaded,
 )
 from changeagent.node.query import ChangeQuery, PageResult
-from changeagent.node.settings_entry import (
-    ENTRY_TYPE_ADDRESS,
-    decode_address,
-    decode_purge,
-    decode_settings,
-    decode_snapshot_data,
-    encode_purge,
-    encode_settings,
-    encode_snapshot_data,
+from changeagent.node.replicated_state import (
+    AddressChanged,
+    Effect,
+    MemberRemoved,
+    PurgeCommitted,
+    ReplicatedState,
+    SettingsChanged,
 )
+from changeagent.node.settings_entry import encode_purge, encode_settings
 from changeagent.node.waiters import CommitWaiters
 from changeagent.node.webhooks import WebHookCaller
 from changeagent.raft import (
     ENTRY_TYPE_CONFIG,
-    ENTRY_TYPE_MEMBERSHIP,
     ENTRY_TYPE_PURGE,
     ConfChange,
     ConfChangeKind,
@@ -123,21 +121,22 @@ class Node:
         rng: random.Random | None = None,
     ) -> None:
         self.storage = storage
-        self.settings = settings
         self.settings_path = settings_path
         self.limits = limits
         self._clock_ns = clock_ns
         self._rng = rng or random.Random()
         self.node_id = _load_node_id(storage)
+        self.replicated = ReplicatedState(self.node_id, settings)
         self.cluster_id = int(storage.meta_get(META_CLUSTER_ID) or b"0")
         self.secret = storage.meta_get(META_CLUSTER_SECRET) or b""
-        self.addresses: dict[int, str] = {}  # replicated: member id -> host:port
         self.pending_addresses: dict[int, str] = {}  # known before their entry applies
         self.transport: Transport | None = None
         self.driver: RaftDriver | None = None
         self.commit_index = 0  # applied here: what reads see
         self._last_timestamp_ns = 0
-        self._inflight_keys: dict[str, asyncio.Future[Entry]] = {}
+        # Idempotency keys claimed on this leader: the first request with a key
+        # claims it before any await; retries wait (bounded) for its outcome.
+        self._claims: dict[str, asyncio.Future[Entry]] = {}
         self._purge_to = 0  # a purge applied, compacted after the core advances
         self._closed = False
         self._apply_waiters: list[tuple[int, int, asyncio.Future[None]]] = []
@@ -145,13 +144,23 @@ class Node:
         self._background: list[asyncio.Task[None]] = []
         self._waiters = CommitWaiters(self._read_committed)
         self._web_hooks = WebHookCaller()
-        self._on_leave: Callable[[], None] | None = None
+        self._on_leave: Callable[[], Coroutine[Any, Any, None]] | None = None
+        self._leaving: asyncio.Task[None] | None = None
         self._leader_changed: asyncio.Future[None] | None = None  # set on any soft-state change
         self.failure: str | None = None
         self.closing = False
         self.purge_checks = 0  # how many times the purge rule was evaluated (diagnostics)
 
     # State -----------------------------------------------------------------------------
+
+    @property
+    def settings(self) -> Settings:
+        return self.replicated.settings
+
+    @property
+    def addresses(self) -> dict[int, str]:
+        """Replicated: member id -> host:port."""
+        return self.replicated.addresses
 
     @property
     def core_driver(self) -> RaftDriver:
@@ -217,10 +226,16 @@ class Node:
         if self._is_fresh():
             bootstrap = Snapshot(membership=Membership(voters=frozenset({self.node_id})))
         await self.storage.write(WriteBatch(meta=meta, snapshot=bootstrap))
-        commit, purge_to = await asyncio.to_thread(self._recover_state)
+        self.replicated, commit = await asyncio.to_thread(
+            recover_replicated_state, self.storage, self.node_id, self.replicated.settings
+        )
         self._start_driver(applied=commit)
-        if purge_to > self.storage.snapshot().index:
-            await self._apply_purge(purge_to)  # committed before a crash, not yet done
+        if self.replicated.purge_index > self.storage.snapshot().index:
+            # Committed before a crash, not compacted yet.
+            self._purge_to = self.replicated.purge_index
+            await self._purge_applied()
+        if self.replicated.must_leave and self._on_leave is not None:
+            await self._on_leave()  # removed before a crash, left only now
         self._background.append(asyncio.create_task(self._purge_loop(), name="purge"))
         self._background.append(asyncio.create_task(self._promote_loop(), name="promote"))
         if self.membership.voters == {self.node_id}:
@@ -324,7 +339,7 @@ class Node:
     async def append_change(self, change: NewChange, key: str = "") -> bytes:
         """Store a change durably; return its stored bytes. Retries with `key` get the original."""
         if key:
-            existing = await self._existing_for_key(key)
+            existing = self._applied_for_key(key)
             if existing is not None:
                 return existing
         self._check_writable()
@@ -339,23 +354,48 @@ class Node:
         return stored
 
     async def propose_change(self, change: NewChange, key: str = "") -> Entry:
-        """On the leader: run web hooks, propose, wait until committed and applied."""
-        if key:
-            inflight = self._inflight_keys.get(key)
-            if inflight is not None:
-                return await asyncio.shield(inflight)
-            stored = await self._committed_on_leader(key)
-            if stored is not None:
-                return Entry(stored, 0, change.type, self.storage.get_change(stored) or b"", key)
+        """On the leader: run web hooks, propose, wait until committed and applied.
+
+        A request with a key claims it before its first await, so a retry that
+        arrives while the first attempt waits on web hooks or on the commit
+        waits for that attempt (up to the commit timeout) instead of proposing
+        the change a second time."""
+        if not key:
+            return await self._await_commit(await self._proposal(change, ""))
+        claim = self._claims.get(key)
+        if claim is not None:
+            return await self._await_commit(claim)
+        claim = asyncio.get_running_loop().create_future()
+        self._claims[key] = claim
+        claim.add_done_callback(lambda _: self._release_claim(key, claim))
+        try:
+            proposal = await self._claimed_proposal(change, key)
+        except BaseException as error:
+            _fail_future(claim, error)
+            raise
+        _chain(proposal, claim)  # a timed-out first attempt still settles the claim
+        return await self._await_commit(proposal)
+
+    def _release_claim(self, key: str, claim: asyncio.Future[Entry]) -> None:
+        if self._claims.get(key) is claim:
+            del self._claims[key]
+
+    async def _claimed_proposal(self, change: NewChange, key: str) -> asyncio.Future[Entry]:
+        """The proposal for a claimed key: the stored entry when the key is already
+        in the log, else a new proposal."""
+        stored = await self._committed_on_leader(key)
+        if stored is None:
+            return await self._proposal(change, key)
+        done: asyncio.Future[Entry] = asyncio.get_running_loop().create_future()
+        done.set_result(Entry(stored, 0, change.type, self.storage.get_change(stored) or b"", key))
+        return done
+
+    async def _proposal(self, change: NewChange, key: str) -> asyncio.Future[Entry]:
         await self._web_hooks.validate(self.settings.web_hooks, change)
         timestamp_ns = self._next_timestamp_ns()
-        future = self.core_driver.propose(
+        return self.core_driver.propose(
             change.type, lambda index: encode_change(index, timestamp_ns, change), key
         )
-        if key:
-            self._inflight_keys[key] = future
-            future.add_done_callback(lambda _: self._inflight_keys.pop(key, None))
-        return await self._await_commit(future)
 
     async def propose_internal(self, entry_type: int, data: bytes) -> Entry:
         """On the leader: propose an internal entry (settings, purge, address)."""
@@ -437,7 +477,7 @@ class Node:
             await self.wait_applied(index, self.limits.commit_timeout_s)
         return self.settings
 
-    async def _existing_for_key(self, key: str) -> bytes | None:
+    def _applied_for_key(self, key: str) -> bytes | None:
         """The change stored under `key`, if it is committed and applied here.
 
         A key found on an entry this node holds but has not applied is no answer:
@@ -445,10 +485,6 @@ class Node:
         it could acknowledge a write that is then lost (the nemesis found this).
         Such retries go on to the leader, which knows.
         """
-        inflight = self._inflight_keys.get(key)
-        if inflight is not None:
-            entry = await asyncio.shield(inflight)
-            return self.storage.get_change(entry.index)
         stored_index = self.storage.idempotency_lookup(key)
         if stored_index is None or stored_index > self.commit_index:
             return None
@@ -496,49 +532,39 @@ class Node:
     async def _apply(self, entries: tuple[Entry, ...]) -> None:
         for entry in entries:
             if entry.type < 0:
-                await self._apply_internal(entry)
+                await self._execute(self.replicated.apply(entry))
         self.commit_index = entries[-1].index
         self._waiters.notify(self.commit_index)
         self._wake_apply_waiters()
 
-    async def _apply_internal(self, entry: Entry) -> None:
-        if entry.type == ENTRY_TYPE_CONFIG:
-            await self._apply_settings(decode_settings(entry.data))
-        elif entry.type == ENTRY_TYPE_PURGE:
-            await self._apply_purge(decode_purge(entry.data))
-        elif entry.type == ENTRY_TYPE_ADDRESS:
-            node_id, address = decode_address(entry.data)
-            self._set_address(node_id, address)
-        elif entry.type == ENTRY_TYPE_MEMBERSHIP:
-            self._apply_membership(ConfChange.decode(entry.data))
+    async def _execute(self, effects: list[Effect]) -> None:
+        """Carry out what applying replicated state asks of this runtime."""
+        for effect in effects:
+            if isinstance(effect, SettingsChanged):
+                await self._adopt_settings(effect)
+            elif isinstance(effect, AddressChanged):
+                self.pending_addresses.pop(effect.node_id, None)
+                if self.transport is not None:
+                    self.transport.address_changed(effect.node_id)
+            elif isinstance(effect, MemberRemoved):
+                self.pending_addresses.pop(effect.node_id, None)
+                if self.transport is not None:
+                    self.transport.remove_peer(effect.node_id)
+            elif isinstance(effect, PurgeCommitted):
+                # Compacted once the core counts the whole batch as applied
+                # (`_purge_applied`): a lagging follower applies a PURGE in the same
+                # batch as the entries it purges, and the core compacts only what
+                # it knows is applied.
+                self._purge_to = max(self._purge_to, effect.index)
+            elif self._on_leave is not None:  # RemovedSelf
+                self._leaving = asyncio.create_task(self._on_leave(), name="leave-cluster")
 
-    def _apply_membership(self, change: ConfChange) -> None:
-        if change.kind is ConfChangeKind.ADD_LEARNER and change.context:
-            self._set_address(change.node_id, change.context.decode())
-        elif change.kind is ConfChangeKind.REMOVE:
-            self.addresses.pop(change.node_id, None)
-            self.pending_addresses.pop(change.node_id, None)
-            if self.transport is not None and change.node_id != self.node_id:
-                self.transport.remove_peer(change.node_id)
-            if change.node_id == self.node_id and self._on_leave is not None:
-                self._on_leave()
-
-    def set_leave_handler(self, handler: Callable[[], None]) -> None:
+    def set_leave_handler(self, handler: Callable[[], Coroutine[Any, Any, None]]) -> None:
         self._on_leave = handler
 
-    def _set_address(self, node_id: int, address: str) -> None:
-        changed = self.address_of(node_id) != address
-        self.addresses[node_id] = address
-        self.pending_addresses.pop(node_id, None)
-        if changed and self.transport is not None and node_id != self.node_id:
-            self.transport.address_changed(node_id)
-
-    async def _apply_settings(self, settings: Settings) -> None:
-        previous, self.settings = self.settings, settings
-        if (previous.election_timeout_ns, previous.heartbeat_timeout_ns) != (
-            settings.election_timeout_ns,
-            settings.heartbeat_timeout_ns,
-        ) and self.driver is not None:
+    async def _adopt_settings(self, change: SettingsChanged) -> None:
+        settings = change.settings
+        if change.timeouts_changed and self.driver is not None:
             tick_s, election_ticks = _ticks(settings)
             self.driver.set_timeouts(tick_s, election_ticks, 1)
         if self.settings_path is not None:
@@ -547,17 +573,13 @@ class Node:
             except OSError as error:
                 log.error("could not rewrite %s: %s", self.settings_path, error)
 
-    async def _apply_purge(self, index: int) -> None:
-        # Done once the core counts the whole batch as applied (`_purge_applied`):
-        # a lagging follower applies a PURGE in the same batch as the entries it
-        # purges, and the core compacts only what it knows is applied.
-        self._purge_to = max(self._purge_to, index)
-
     async def _purge_applied(self) -> None:
         index, self._purge_to = self._purge_to, 0
         if not index or self.driver is None or index <= self.storage.snapshot().index:
             return  # runs after every Ready: nothing to do is the usual case
         snapshot = self.driver.core.compact(index, self._snapshot_data())
+        if snapshot is None:
+            return  # a newer snapshot from the leader is installed or about to be
         try:
             await self.storage.write(WriteBatch(snapshot=snapshot, compact_to=index))
         except (StorageFailed, OSError) as error:
@@ -565,45 +587,13 @@ class Node:
 
     async def _install_snapshot(self, snapshot: Snapshot) -> None:
         """The leader replaced our log with a snapshot: adopt its replicated state."""
-        settings, addresses = decode_snapshot_data(snapshot.data)
-        if settings is not None:
-            await self._apply_settings(settings)
-        for node_id, address in addresses.items():
-            self._set_address(node_id, address)
+        await self._execute(self.replicated.install_snapshot(snapshot.data))
         self.commit_index = max(self.commit_index, snapshot.index)
         self._waiters.notify(self.commit_index)
         self._wake_apply_waiters()
 
     def _snapshot_data(self) -> bytes:
-        return encode_snapshot_data(self.settings, self.addresses)
-
-    def _recover_state(self) -> tuple[int, int]:
-        """Rebuild settings and addresses from the snapshot and the committed log
-        (worker thread, before Raft starts). Returns the commit index (all of it is
-        applied now) and the highest committed purge point."""
-        storage = self.storage
-        snapshot = storage.snapshot()
-        settings, addresses = decode_snapshot_data(snapshot.data)
-        if settings is not None:
-            self.settings = settings
-        self.addresses = addresses
-        commit = max(storage.hard_state().commit, snapshot.index)
-        purge_to = 0
-        for entry in storage.internal_entries(snapshot.index + 1, commit + 1):
-            if entry.type == ENTRY_TYPE_CONFIG:
-                self.settings = decode_settings(entry.data)
-            elif entry.type == ENTRY_TYPE_ADDRESS:
-                node_id, address = decode_address(entry.data)
-                self.addresses[node_id] = address
-            elif entry.type == ENTRY_TYPE_MEMBERSHIP:
-                change = ConfChange.decode(entry.data)
-                if change.kind is ConfChangeKind.ADD_LEARNER and change.context:
-                    self.addresses[change.node_id] = change.context.decode()
-                elif change.kind is ConfChangeKind.REMOVE:
-                    self.addresses.pop(change.node_id, None)
-            elif entry.type == ENTRY_TYPE_PURGE:
-                purge_to = max(purge_to, decode_purge(entry.data))
-        return commit, purge_to
+        return self.replicated.snapshot_data()
 
     # Background work -------------------------------------------------------------------
 
@@ -762,6 +752,31 @@ class Node:
         return self._last_timestamp_ns
 
 
+def _chain(source: asyncio.Future[Entry], target: asyncio.Future[Entry]) -> None:
+    """Settle `target` like `source`, when `source` settles."""
+
+    def settle(_: asyncio.Future[Entry]) -> None:
+        if target.done():
+            return
+        if source.cancelled():
+            _fail_future(target, NotAvailable("the first attempt was cancelled; retry"))
+        elif (error := source.exception()) is not None:
+            _fail_future(target, error)
+        else:
+            target.set_result(source.result())
+
+    source.add_done_callback(settle)
+
+
+def _fail_future(future: asyncio.Future[Entry], error: BaseException) -> None:
+    if future.done():
+        return
+    if not isinstance(error, Exception):  # cancelled: the waiters learn only that
+        error = NotAvailable("the first attempt with this Idempotency-Key stopped; retry")
+    future.set_exception(error)
+    future.exception()  # marked retrieved: nobody may be waiting
+
+
 def error_code(error: NodeError) -> str:
     for code, kind in _ERROR_CODES.items():
         if isinstance(error, kind):
@@ -785,6 +800,21 @@ def _error_from_reply(error: RequestFailed) -> NodeError:
             retry_after_s=1,
         )
     return NotAvailable(f"the leader could not take the request: {error.message}", retry_after_s=1)
+
+
+def recover_replicated_state(
+    storage: Storage, node_id: int, default: Settings
+) -> tuple[ReplicatedState, int]:
+    """Rebuild the replicated state from the snapshot record and the committed
+    internal entries after it, with the same `apply` live application uses
+    (worker thread, before Raft starts). Returns it and the commit index: all of
+    the log up to there counts as applied from now on."""
+    snapshot = storage.snapshot()
+    state = ReplicatedState.from_snapshot(node_id, snapshot.data, default)
+    commit = max(storage.hard_state().commit, snapshot.index)
+    for entry in storage.internal_entries(snapshot.index + 1, commit + 1):
+        state.apply(entry)
+    return state, commit
 
 
 def _ticks(settings: Settings) -> tuple[float, int]:

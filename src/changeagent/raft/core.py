@@ -205,7 +205,7 @@ class RaftNode:
             elections.campaign(self, pre_vote=False, transfer=False)
         self._checker.check()
 
-    def compact(self, index: int, data: bytes) -> Snapshot:
+    def compact(self, index: int, data: bytes) -> Snapshot | None:
         """Make `index` (<= applied) the new compaction point; return its `Snapshot`.
 
         The returned record (index, term, membership in force at `index`, `data`)
@@ -213,12 +213,18 @@ class RaftNode:
         one transaction. The core tolerates the LogReader showing the old prefix
         until then; afterwards `log.snapshot()` must return this record, which is
         what the leader sends to followers that need purged entries.
+
+        Returns None when a snapshot at or beyond `index` is already installed or
+        pending (received from the leader, installed with the next Ready): it
+        supersedes this compaction. A follower that applies a purge while the
+        leader's snapshot arrives must not fail on it.
         """
         if index > self._log.applied:
             raise ValueError(f"cannot compact to {index}: only {self._log.applied} is applied")
-        current = self._log.reader.snapshot().index
-        if index < current:
-            raise ValueError(f"cannot compact to {index}: already compacted to {current}")
+        pending = self._log.pending_snapshot
+        newest = max(self._log.reader.snapshot().index, pending.index if pending else 0)
+        if index <= newest:
+            return None
         snapshot = Snapshot(index, self._log.term(index), self.membership_at(index), data)
         self._memberships.compact(index)
         return snapshot

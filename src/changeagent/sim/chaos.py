@@ -311,6 +311,8 @@ class ChaosDriver:
             return
         index = self.random.randint(node.log.snapshot().index + 1, node.applied)
         snapshot = node.raft.compact(index, f"state@{index}".encode())
+        if snapshot is None:
+            return
         node.log.compact(snapshot)
         self.sim.note(f"{node.node_id} compacts to {index}")
         self.sim.observe(node)

@@ -1,0 +1,160 @@
+"""ReplicatedState: what a node's internal log entries mean, as a pure function.
+
+Every member applies the same committed internal entries (settings, member
+addresses, purge points, membership changes) and must end in the same state,
+whether it applies them live, one Ready at a time, or rebuilds them at start from
+its snapshot record and the committed log. Both paths call `apply`, so recovery
+reaches exactly the state live application reached (a node removed just before it
+crashed once restarted as a follower of a cluster that no longer had it, because
+recovery decoded the entries with other effects than live application did).
+
+`apply(entry)` returns *effects*: what the runtime must do about the change
+(adopt new Raft timeouts, rewrite the settings file, reconnect to a moved peer,
+forget a removed one, compact the log, leave the cluster). This module does no
+I/O and keeps no clock, so the simulator runs it as production does.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from changeagent.config import Settings
+from changeagent.node.settings_entry import (
+    ENTRY_TYPE_ADDRESS,
+    decode_address,
+    decode_purge,
+    decode_settings,
+    decode_snapshot_data,
+    encode_snapshot_data,
+)
+from changeagent.raft import (
+    ENTRY_TYPE_CONFIG,
+    ENTRY_TYPE_MEMBERSHIP,
+    ENTRY_TYPE_PURGE,
+    ConfChange,
+    ConfChangeKind,
+    Entry,
+)
+
+
+@dataclass(frozen=True, slots=True)
+class SettingsChanged:
+    """New replicated settings: adopt changed Raft timeouts, rewrite the -f file."""
+
+    previous: Settings
+    settings: Settings
+
+    @property
+    def timeouts_changed(self) -> bool:
+        before, after = self.previous, self.settings
+        return (before.election_timeout_ns, before.heartbeat_timeout_ns) != (
+            after.election_timeout_ns,
+            after.heartbeat_timeout_ns,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class AddressChanged:
+    """A member's address is known or moved: links to it reconnect there."""
+
+    node_id: int
+    address: str
+
+
+@dataclass(frozen=True, slots=True)
+class MemberRemoved:
+    """Another member left: free its link."""
+
+    node_id: int
+
+
+@dataclass(frozen=True, slots=True)
+class PurgeCommitted:
+    """Compact the log to `index` once the core counts it applied."""
+
+    index: int
+
+
+@dataclass(frozen=True, slots=True)
+class RemovedSelf:
+    """This node applied its own removal: it leaves and becomes standalone."""
+
+
+Effect = SettingsChanged | AddressChanged | MemberRemoved | PurgeCommitted | RemovedSelf
+
+
+@dataclass(slots=True)
+class ReplicatedState:
+    """Settings, member addresses, the purge point and whether this node must leave.
+
+    Invariant: equal sequences of `apply`/`install_snapshot` calls from equal
+    starting states give equal states and equal effects.
+    """
+
+    node_id: int
+    settings: Settings
+    addresses: dict[int, str] = field(default_factory=dict)  # member id -> host:port
+    purge_index: int = 0  # highest purge point applied (compaction may lag behind it)
+    # Set by our own REMOVE, cleared by the RESET entry the node writes when it
+    # leaves: a node that crashed in between still has to leave after a restart.
+    must_leave: bool = False
+
+    @classmethod
+    def from_snapshot(cls, node_id: int, data: bytes, default: Settings) -> ReplicatedState:
+        """The state a compaction point recorded (`default` settings if it has none)."""
+        settings, addresses = decode_snapshot_data(data)
+        return cls(node_id, settings if settings is not None else default, addresses)
+
+    def snapshot_data(self) -> bytes:
+        """What a compaction point records of this state (see `settings_entry`)."""
+        return encode_snapshot_data(self.settings, self.addresses)
+
+    def apply(self, entry: Entry) -> list[Effect]:
+        """Apply one committed entry; user changes (type >= 0) have no effect here."""
+        if entry.type == ENTRY_TYPE_CONFIG:
+            return self._set_settings(decode_settings(entry.data))
+        if entry.type == ENTRY_TYPE_ADDRESS:
+            return self._set_address(*decode_address(entry.data))
+        if entry.type == ENTRY_TYPE_PURGE:
+            return self._purge(decode_purge(entry.data))
+        if entry.type == ENTRY_TYPE_MEMBERSHIP:
+            return self._apply_membership(ConfChange.decode(entry.data))
+        return []
+
+    def install_snapshot(self, data: bytes) -> list[Effect]:
+        """The leader replaced our log with a snapshot: adopt the state it records."""
+        settings, addresses = decode_snapshot_data(data)
+        effects: list[Effect] = []
+        if settings is not None:
+            effects += self._set_settings(settings)
+        for node_id, address in sorted(addresses.items()):
+            effects += self._set_address(node_id, address)
+        return effects
+
+    def _set_settings(self, settings: Settings) -> list[Effect]:
+        previous, self.settings = self.settings, settings
+        return [SettingsChanged(previous, settings)]
+
+    def _set_address(self, node_id: int, address: str) -> list[Effect]:
+        changed = self.addresses.get(node_id) != address
+        self.addresses[node_id] = address
+        return [AddressChanged(node_id, address)] if changed and node_id != self.node_id else []
+
+    def _purge(self, index: int) -> list[Effect]:
+        if index <= self.purge_index:
+            return []
+        self.purge_index = index
+        return [PurgeCommitted(index)]
+
+    def _apply_membership(self, change: ConfChange) -> list[Effect]:
+        if change.kind is ConfChangeKind.ADD_LEARNER and change.context:
+            return self._set_address(change.node_id, change.context.decode())
+        if change.kind is ConfChangeKind.REMOVE:
+            self.addresses.pop(change.node_id, None)
+            if change.node_id == self.node_id:
+                self.must_leave = True
+                return [RemovedSelf()]
+            return [MemberRemoved(change.node_id)]
+        if change.kind is ConfChangeKind.RESET and change.node_id == self.node_id:
+            self.must_leave = False
+        return []
