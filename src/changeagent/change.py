@@ -65,6 +65,16 @@ def parse_change_body(body: bytes) -> NewChange:
     )
 
 
+# `{"_id":N,"_ts":N,"type":N,"data":` and `}` around the data, with 20-digit numbers.
+_STORED_FIELDS_BYTES_MAX = 100
+
+
+def stored_bytes_max(change: NewChange) -> int:
+    """An upper bound on the size of the change's stored form (`encode_change`)."""
+    tags = len(orjson.dumps(change.tags)) + len(',"tags":') if change.tags else 0
+    return _STORED_FIELDS_BYTES_MAX + tags + len(change.data_json)
+
+
 def encode_change(index: int, timestamp_ns: int, change: NewChange) -> bytes:
     """The change's final JSON bytes, in ChangeAgent's field order."""
     parts = [b'{"_id":', str(index).encode(), b',"_ts":', str(timestamp_ns).encode()]

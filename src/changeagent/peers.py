@@ -34,6 +34,7 @@ def build_transport(
         on_request=members.on_request,
         resolve_address=node.address_of,
         dialer=dialer,
+        config=node.limits.transport_config(),
         cluster_id=node.cluster_id,
         secret=node.secret,
     )

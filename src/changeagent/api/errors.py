@@ -23,6 +23,7 @@ from changeagent.node.errors import (
     NotAvailable,
     NotFound,
     Overloaded,
+    PayloadTooLarge,
 )
 
 log = logging.getLogger(__name__)
@@ -55,6 +56,8 @@ def _from_exception(error: Exception) -> web.Response | None:
         return json_error(error.status, error.message, error.headers)
     if isinstance(error, (ChangeError, ConfigError, BadRequest)):
         return json_error(400, str(error))
+    if isinstance(error, PayloadTooLarge):
+        return json_error(413, str(error))
     if isinstance(error, Conflict):
         return json_error(409, str(error))
     if isinstance(error, NotFound):

@@ -27,7 +27,7 @@ import random
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
-from changeagent.node.errors import NotAvailable, Overloaded
+from changeagent.node.errors import NotAvailable, Overloaded, PayloadTooLarge
 from changeagent.raft import (
     ConfChange,
     Entry,
@@ -232,12 +232,19 @@ class RaftDriver:
             return
         first = self.core.last_index + 1
         term = self.core.term
+        # One entry too large for a message is refused alone (413), never with
+        # the others: the core drops a whole proposal batch that holds one.
+        entry_bytes_max = self.core.config.max_message_bytes
+        fitting: list[tuple[_Proposal, bytes]] = []
+        for proposal in batch:
+            data = proposal.build(first + len(fitting))
+            if len(data) > entry_bytes_max:
+                _reject([proposal], _too_large(len(data), entry_bytes_max))
+            else:
+                fitting.append((proposal, data))
         try:
             indices = self.core.propose(
-                [
-                    (proposal.entry_type, proposal.build(index), proposal.key)
-                    for index, proposal in enumerate(batch, first)
-                ]
+                [(proposal.entry_type, data, proposal.key) for proposal, data in fitting]
             )
         except ProposalDropped as error:
             _reject(batch, Overloaded(f"the write was refused: {error}"))
@@ -245,7 +252,7 @@ class RaftDriver:
         except NotLeader:
             _reject(batch, NotAvailable("leadership changed; retry", retry_after_s=1))
             return
-        for index, proposal in zip(indices, batch, strict=True):
+        for index, (proposal, _) in zip(indices, fitting, strict=True):
             proposal.index, proposal.term = index, term
             self._proposed[index] = proposal
 
@@ -400,6 +407,10 @@ class RaftDriver:
             if not future.done():
                 future.set_exception(NotAvailable(f"the read was not served: {reason}"))
                 future.exception()
+
+
+def _too_large(size: int, limit: int) -> PayloadTooLarge:
+    return PayloadTooLarge(f"the change takes {size} bytes once stored; the limit is {limit} bytes")
 
 
 def _no_build(index: int) -> bytes:

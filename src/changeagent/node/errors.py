@@ -37,3 +37,7 @@ class Conflict(NodeError):
 
 class NotFound(NodeError):
     """The thing named does not exist here (e.g. a member id): 404."""
+
+
+class PayloadTooLarge(NodeError):
+    """A change too large to ever be stored, whatever the retries: 413."""

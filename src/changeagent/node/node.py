@@ -27,13 +27,12 @@ import random
 import secrets
 import time
 from collections.abc import Callable, Coroutine
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import orjson
 
-from changeagent.change import NewChange, encode_change
+from changeagent.change import NewChange, encode_change, stored_bytes_max
 from changeagent.config import SECOND_NS, Settings, write_settings_file
 from changeagent.node.driver import DriverHooks, RaftDriver
 from changeagent.node.errors import (
@@ -45,7 +44,9 @@ from changeagent.node.errors import (
     NotAvailable,
     NotFound,
     Overloaded,
+    PayloadTooLarge,
 )
+from changeagent.node.limits import NodeLimits as NodeLimits  # re-exported
 from changeagent.node.query import ChangeQuery, PageResult
 from changeagent.node.replicated_state import (
     AddressChanged,
@@ -66,7 +67,6 @@ from changeagent.raft import (
     Entry,
     Membership,
     Message,
-    RaftConfig,
     Role,
     Snapshot,
 )
@@ -91,21 +91,8 @@ _ERROR_CODES: dict[str, type[NodeError]] = {
     "commit_timeout": CommitTimeout,
     "overloaded": Overloaded,
     "not_available": NotAvailable,
+    "payload_too_large": PayloadTooLarge,
 }
-
-
-@dataclass(frozen=True, slots=True)
-class NodeLimits:
-    """Per-node limits (not replicated). Validated by the CLI before the node starts."""
-
-    limit_default: int = 100
-    limit_max: int = 10_000
-    block_max_s: float = 600.0
-    body_bytes_max: int = 1024 * 1024
-    idempotency_key_bytes_max: int = 256
-    pending_proposals_max: int = 100_000
-    commit_timeout_s: float = 30.0
-    purge_interval_s: float = 1.0
 
 
 class Node:
@@ -253,7 +240,7 @@ class Node:
     def _start_driver(self, applied: int) -> None:
         settings = self.settings
         tick_s, election_ticks = _ticks(settings)
-        config = RaftConfig(node_id=self.node_id, election_ticks=election_ticks, heartbeat_ticks=1)
+        config = self.limits.raft_config(self.node_id, election_ticks, heartbeat_ticks=1)
         hooks = DriverHooks(
             send=self._send,
             apply=self._apply,
@@ -343,6 +330,7 @@ class Node:
             if existing is not None:
                 return existing
         self._check_writable()
+        _check_fits(change, self.limits.entry_bytes_max)
         if self.is_leader:
             entry = await self.propose_change(change, key)
             return entry.data
@@ -391,6 +379,7 @@ class Node:
         return done
 
     async def _proposal(self, change: NewChange, key: str) -> asyncio.Future[Entry]:
+        _check_fits(change, self.limits.entry_bytes_max)
         await self._web_hooks.validate(self.settings.web_hooks, change)
         timestamp_ns = self._next_timestamp_ns()
         return self.core_driver.propose(
@@ -750,6 +739,15 @@ class Node:
         # but consumers find a monotonic timestamp less surprising.
         self._last_timestamp_ns = max(self._clock_ns(), self._last_timestamp_ns + 1)
         return self._last_timestamp_ns
+
+
+def _check_fits(change: NewChange, entry_bytes_max: int) -> None:
+    size = stored_bytes_max(change)
+    if size > entry_bytes_max:
+        raise PayloadTooLarge(
+            f"the change would take up to {size} bytes once stored (JSON re-encoded "
+            f"compactly, with _id and _ts); the limit is {entry_bytes_max} bytes"
+        )
 
 
 def _chain(source: asyncio.Future[Entry], target: asyncio.Future[Entry]) -> None:
