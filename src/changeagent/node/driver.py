@@ -20,12 +20,12 @@ the proposal was lost to a leadership change.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import itertools
 import logging
 import random
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
+from typing import Any
 
 from changeagent.node.errors import NotAvailable, Overloaded, PayloadTooLarge
 from changeagent.raft import (
@@ -42,7 +42,7 @@ from changeagent.raft import (
     Role,
     Snapshot,
 )
-from changeagent.storage import Storage, StorageFailed, WriteBatch
+from changeagent.storage import Storage, WriteBatch
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +50,7 @@ Build = Callable[[int], bytes]
 ApplyEntries = Callable[[tuple[Entry, ...]], Awaitable[None]]
 InstallSnapshot = Callable[[Snapshot], Awaitable[None]]
 SendMessage = Callable[[Message], None]
+Spawn = Callable[[Coroutine[Any, Any, None], str], "asyncio.Task[None]"]
 
 
 @dataclass(slots=True)
@@ -70,7 +71,6 @@ class DriverHooks:
     apply: ApplyEntries  # committed entries, in order, after they are durable
     install_snapshot: InstallSnapshot  # a snapshot from the leader replaced the log
     on_role_change: Callable[[Role, int | None], None]
-    on_failure: Callable[[str], None]
     # After `advance()`, when the core counts this Ready's entries as applied:
     # work that needs them applied in the core too (compaction for a purge).
     after_advance: Callable[[], Awaitable[None]]
@@ -110,11 +110,25 @@ class RaftDriver:
 
     # Lifecycle -------------------------------------------------------------------
 
-    def start(self) -> None:
+    def start(self, spawn: Spawn) -> None:
+        """Start the Ready loop and the ticker as tasks of the node's supervisor:
+        an exception in either (a storage failure, a bug) fails the node, which
+        then calls `halt`."""
         self._tasks = [
-            asyncio.create_task(self._ready_loop(), name="raft-ready"),
-            asyncio.create_task(self._ticker(), name="raft-tick"),
+            spawn(self._ready_loop(), "raft-ready"),
+            spawn(self._ticker(), "raft-tick"),
         ]
+
+    def halt(self, reason: str) -> None:
+        """Fail-stop: Raft stops at once (no tick, no step, no Ready), so other
+        members elect a leader that can write; whatever waits is answered."""
+        if self.failure is None:
+            self.failure = reason
+        self.stopped = True
+        self._wakeup.set()
+        for task in self._tasks:
+            task.cancel()
+        self._fail_waiting(reason)
 
     async def stop(self) -> None:
         """Stop ticking and processing; fail whatever is still waiting."""
@@ -122,9 +136,8 @@ class RaftDriver:
         self._wakeup.set()
         for task in self._tasks:
             task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+        # Errors were reported to the supervisor when the tasks ended.
+        await asyncio.gather(*self._tasks, return_exceptions=True)
         self._fail_waiting("this node is shutting down")
 
     # Inputs ---------------------------------------------------------------------------
@@ -209,19 +222,13 @@ class RaftDriver:
             self._wakeup.set()
 
     async def _ready_loop(self) -> None:
-        try:
-            while not self.stopped:
-                await self._wakeup.wait()
-                self._wakeup.clear()
+        while not self.stopped:
+            await self._wakeup.wait()
+            self._wakeup.clear()
+            self._propose_queued()
+            while self.core.has_ready() and not self.stopped:
+                await self._handle(self.core.ready())
                 self._propose_queued()
-                while self.core.has_ready() and not self.stopped:
-                    await self._handle(self.core.ready())
-                    self._propose_queued()
-        except (StorageFailed, OSError) as error:
-            self._fail(f"storage write failed: {error}")
-        except Exception as error:  # a bug: stop rather than risk acknowledging wrongly
-            log.exception("the Raft loop stopped")
-            self._fail(f"internal error: {error!r}")
 
     def _propose_queued(self) -> None:
         if not self._queued:
@@ -376,14 +383,6 @@ class RaftDriver:
                     NotAvailable("leadership changed before the write committed; retry")
                 )
                 proposal.future.exception()  # the waiter may have timed out
-
-    def _fail(self, reason: str) -> None:
-        if self.failure is None:
-            self.failure = reason
-            log.error("node is failing stop for writes: %s", reason)
-        self.stopped = True
-        self._fail_waiting(reason)
-        self._hooks.on_failure(reason)
 
     def _fail_waiting(self, reason: str) -> None:
         queued, proposed = self._queued, list(self._proposed.values())

@@ -332,6 +332,11 @@ class ClusterMembers:
             raise RequestFailed(error_code(error), str(error)) from None
         except ValueError as error:  # a malformed forwarded change
             raise RequestFailed("bad_request", str(error)) from None
+        except RequestFailed:
+            raise
+        except Exception as error:  # our bug answering a well-formed request
+            self.node.fail(f"answering a request from node {context.peer_id}", error)
+            raise RequestFailed("internal", "the request failed on the receiver") from None
 
     async def _rpc(self, method: str, payload: Any) -> RpcValue:
         node = self.node

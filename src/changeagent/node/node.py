@@ -57,6 +57,7 @@ from changeagent.node.replicated_state import (
     SettingsChanged,
 )
 from changeagent.node.settings_entry import encode_purge, encode_settings
+from changeagent.node.supervisor import Supervisor
 from changeagent.node.waiters import CommitWaiters
 from changeagent.node.webhooks import WebHookCaller
 from changeagent.raft import (
@@ -66,7 +67,10 @@ from changeagent.raft import (
     ConfChangeKind,
     Entry,
     Membership,
+    MembershipChangeRejected,
     Message,
+    NotLeader,
+    ProposalDropped,
     Role,
     Snapshot,
 )
@@ -128,11 +132,10 @@ class Node:
         self._closed = False
         self._apply_waiters: list[tuple[int, int, asyncio.Future[None]]] = []
         self._apply_waiter_ids = itertools.count()
-        self._background: list[asyncio.Task[None]] = []
+        self._supervisor = Supervisor(self._fail)
         self._waiters = CommitWaiters(self._read_committed)
         self._web_hooks = WebHookCaller()
         self._on_leave: Callable[[], Coroutine[Any, Any, None]] | None = None
-        self._leaving: asyncio.Task[None] | None = None
         self._leader_changed: asyncio.Future[None] | None = None  # set on any soft-state change
         self.failure: str | None = None
         self.closing = False
@@ -223,8 +226,8 @@ class Node:
             await self._purge_applied()
         if self.replicated.must_leave and self._on_leave is not None:
             await self._on_leave()  # removed before a crash, left only now
-        self._background.append(asyncio.create_task(self._purge_loop(), name="purge"))
-        self._background.append(asyncio.create_task(self._promote_loop(), name="promote"))
+        self._supervisor.spawn(self._purge_loop(), "purge")
+        self._supervisor.spawn(self._promote_loop(), "promote")
         if self.membership.voters == {self.node_id}:
             self.core_driver.campaign()
             await self._wait_leading(self.limits.commit_timeout_s)
@@ -246,7 +249,6 @@ class Node:
             apply=self._apply,
             install_snapshot=self._install_snapshot,
             on_role_change=self._on_role_change,
-            on_failure=self._fail,
             after_advance=self._purge_applied,
         )
         self.driver = RaftDriver(
@@ -259,7 +261,7 @@ class Node:
             rng=self._rng,
         )
         self.commit_index = applied
-        self.driver.start()
+        self.driver.start(self._supervisor.spawn)
 
     async def _wait_leading(self, timeout_s: float) -> None:
         """Until this node leads and has applied its term's no-op (writes then work)."""
@@ -290,7 +292,7 @@ class Node:
         if not voters:
             return
         target = max(voters, key=lambda peer: progress[peer].match)
-        with contextlib.suppress(Exception):
+        with contextlib.suppress(NotLeader, ProposalDropped, ValueError, TimeoutError):
             driver.transfer_leadership(target)
             # A caught-up target wins within a round trip or two; one that is
             # itself stopping never does, so do not wait longer than this.
@@ -311,13 +313,9 @@ class Node:
         self._closed = True
         if not self.closing:
             await self.begin_shutdown()
-        for task in self._background:
-            task.cancel()
-        for task in self._background:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
         if self.driver is not None:
             await self.driver.stop()
+        await self._supervisor.stop()
         self._fail_apply_waiters()
         await self._web_hooks.close()
 
@@ -497,10 +495,17 @@ class Node:
         if self.closing:
             raise NotAvailable("this node is shutting down", retry_after_s=1)
 
+    def fail(self, where: str, error: BaseException) -> None:
+        """Fail-stop the whole node (see `Supervisor`): logged once, Raft stops,
+        writes and linearizable reads 503 naming the reason, /health 503."""
+        self._supervisor.fail(where, error)
+
     def _fail(self, reason: str) -> None:
+        """The supervisor's fail-stop: what every failure comes down to."""
         if self.failure is None:
             self.failure = reason
-            log.error("node is failing stop: %s", reason)
+        if self.driver is not None:
+            self.driver.halt(reason)
         self._fail_apply_waiters()
 
     # Raft hooks ------------------------------------------------------------------------
@@ -510,8 +515,11 @@ class Node:
             self.transport.send(message.target, message)
 
     def on_peer_message(self, peer_id: int, message: Message) -> None:
+        """A well-formed message from a member (the transport closes the link on
+        a malformed one): an exception here is our bug, and fails the node."""
         if self.driver is not None:
-            self.driver.step(message)
+            where = f"handling a message from node {peer_id}"
+            self._supervisor.call(where, self.driver.step, message)
 
     def _on_role_change(self, role: Role, leader_id: int | None) -> None:
         if self._leader_changed is not None and not self._leader_changed.done():
@@ -546,7 +554,7 @@ class Node:
                 # it knows is applied.
                 self._purge_to = max(self._purge_to, effect.index)
             elif self._on_leave is not None:  # RemovedSelf
-                self._leaving = asyncio.create_task(self._on_leave(), name="leave-cluster")
+                self._supervisor.spawn(self._on_leave(), "leave-cluster")
 
     def set_leave_handler(self, handler: Callable[[], Coroutine[Any, Any, None]]) -> None:
         self._on_leave = handler
@@ -571,8 +579,8 @@ class Node:
             return  # a newer snapshot from the leader is installed or about to be
         try:
             await self.storage.write(WriteBatch(snapshot=snapshot, compact_to=index))
-        except (StorageFailed, OSError) as error:
-            self._fail(f"purge failed: {error}")
+        except (StorageFailed, OSError) as error:  # propagates: the supervisor fails the node
+            raise StorageFailed(f"purge to {index}: {error}") from error
 
     async def _install_snapshot(self, snapshot: Snapshot) -> None:
         """The leader replaced our log with a snapshot: adopt its replicated state."""
@@ -591,34 +599,36 @@ class Node:
         while True:
             await asyncio.sleep(self.limits.purge_interval_s)
             self.purge_checks += 1
-            settings = self.settings
-            if not settings.purge_enabled or self.failure or self.closing or not self.is_leader:
-                continue
-            cutoff_ns = self._clock_ns() - settings.min_purge_duration_ns
-            point = await asyncio.to_thread(
-                self.storage.purge_point,
-                settings.min_purge_records,
-                cutoff_ns,
-                self.commit_index,
-            )
-            if point > self.storage.snapshot().index:
-                with contextlib.suppress(NodeError):
-                    await self.propose_internal(ENTRY_TYPE_PURGE, encode_purge(point))
+            await self._propose_purge()
+
+    async def _propose_purge(self) -> None:
+        settings = self.settings
+        if not settings.purge_enabled or self.failure or self.closing or not self.is_leader:
+            return
+        cutoff_ns = self._clock_ns() - settings.min_purge_duration_ns
+        point = await asyncio.to_thread(
+            self.storage.purge_point, settings.min_purge_records, cutoff_ns, self.commit_index
+        )
+        if point > self.storage.snapshot().index:
+            with contextlib.suppress(NodeError):
+                await self.propose_internal(ENTRY_TYPE_PURGE, encode_purge(point))
 
     async def _promote_loop(self) -> None:
         """The leader promotes every learner that has caught up (streaming the log)."""
         while True:
             await asyncio.sleep(self.settings.heartbeat_timeout_ns / SECOND_NS)
-            if not self.is_leader or self.failure or self.closing:
+            if self.is_leader and not self.failure and not self.closing:
+                self._promote_caught_up()
+
+    def _promote_caught_up(self) -> None:
+        driver = self.core_driver
+        for learner in driver.core.membership.learners:
+            progress = driver.core.progress.get(learner)
+            if progress is None or progress.state.value != "replicate":
                 continue
-            driver = self.core_driver
-            for learner in driver.core.membership.learners:
-                progress = driver.core.progress.get(learner)
-                if progress is None or progress.state.value != "replicate":
-                    continue
-                with contextlib.suppress(Exception):
-                    driver.propose_membership(ConfChange(ConfChangeKind.PROMOTE, learner))
-                    log.info("promoting learner %d to voter", learner)
+            with contextlib.suppress(MembershipChangeRejected, NotLeader, NotAvailable):
+                driver.propose_membership(ConfChange(ConfChangeKind.PROMOTE, learner))
+                log.info("promoting learner %d to voter", learner)
 
     # Waiting for this node to apply an index -------------------------------------------
 
@@ -726,7 +736,7 @@ class Node:
         try:
             return read()
         except CorruptionError as error:
-            self._fail(f"data corrupted: {error}")
+            self.fail("reading stored changes", error)
             raise DataCorrupted(
                 f"this node found corrupted data and stopped serving it ({error}); "
                 "read from another node"
