@@ -13,13 +13,19 @@ from tests.support.server import ServerProcess
 
 
 def test_health_mark_down_and_up(server: ServerProcess) -> None:
+    """The update itself succeeds (200, so `curl -f` scripts work) and says the new
+    state; only GET /health answers 503 while the node is marked down."""
     ok = server.request("GET", "/health")
     assert (ok.status, ok.text) == (200, "ok")
     assert ok.headers["Content-Type"].startswith("text/plain")
-    assert server.form("PUT", "/health", {"up": "false"}).status == 503
+    marked_down = server.form("PUT", "/health", {"up": "false"})
+    assert marked_down.status == 200, marked_down.body
+    assert marked_down.headers["Content-Type"].startswith("application/json")
+    assert marked_down.json() == {"up": False, "health": "marked down"}
     down = server.request("GET", "/health")
     assert (down.status, down.text) == (503, "marked down")
-    assert server.form("POST", "/health", {"up": "true"}).status == 200
+    marked_up = server.form("POST", "/health", {"up": "true"})
+    assert (marked_up.status, marked_up.json()) == (200, {"up": True, "health": "ok"})
     assert server.request("GET", "/health").status == 200
 
 

@@ -321,6 +321,15 @@ MEMBER_ID = {
     "schema": {"type": "string", "pattern": "^[0-9a-z]{1,13}$"},
 }
 MEMBERS = {"type": "object", "additionalProperties": {"type": "string"}}
+HEALTH_STATE = {
+    "type": "object",
+    "required": ["up", "health"],
+    "properties": {
+        "up": {"type": "boolean", "description": "false while marked down"},
+        "health": {"type": "string", "description": "what GET /health now answers"},
+    },
+    "additionalProperties": False,
+}
 
 
 def _health_update() -> dict[str, Any]:
@@ -339,9 +348,8 @@ def _health_update() -> dict[str, Any]:
             },
         },
         "responses": {
-            "200": {"description": "ok", "content": TEXT},
+            "200": _ok_json("the new state (GET /health answers 503 while down)", HEALTH_STATE),
             "400": _error("bad form"),
-            "503": {"description": "marked down", "content": TEXT},
         },
     }
 

@@ -15,7 +15,7 @@ import psutil
 import yaml
 from aiohttp import web
 
-from changeagent.api.context import state_of
+from changeagent.api.context import ApiState, state_of
 from changeagent.api.errors import ApiError
 from changeagent.config import settings_from_yaml, settings_to_yaml
 
@@ -52,25 +52,33 @@ async def root(request: web.Request) -> web.Response:
 # Health --------------------------------------------------------------------
 
 
-async def get_health(request: web.Request) -> web.Response:
-    state = state_of(request)
+def _health(state: ApiState) -> tuple[int, str]:
+    """What GET /health answers: (status, text)."""
     if state.marked_down:
-        return text_response("marked down", 503)
+        return 503, "marked down"
     if state.node.failure is not None:
-        return text_response(f"failed: {state.node.failure}", 503)
+        return 503, f"failed: {state.node.failure}"
     if state.node.closing:
-        return text_response("shutting down", 503)
-    return text_response("ok")
+        return 503, "shutting down"
+    return 200, "ok"
+
+
+async def get_health(request: web.Request) -> web.Response:
+    status, text = _health(state_of(request))
+    return text_response(text, status)
 
 
 async def set_health(request: web.Request) -> web.Response:
+    """Mark the node up or down. The update itself succeeded, so it answers 200
+    (as ChangeAgent did; `curl -f` scripts rely on it) with the new state; only
+    GET /health answers 503 while the node is down."""
     form = await request.post()
     value = form.get("up")
     if not isinstance(value, str) or value.lower() not in ("true", "false"):
         raise ApiError(400, "send form field up=true or up=false")
     state = state_of(request)
     state.marked_down = value.lower() == "false"
-    return await get_health(request)
+    return json_response({"up": not state.marked_down, "health": _health(state)[1]})
 
 
 # Config --------------------------------------------------------------------
