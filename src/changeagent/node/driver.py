@@ -91,15 +91,17 @@ class RaftDriver:
         rng: random.Random | None = None,
     ) -> None:
         self.storage = storage
-        self.core = RaftNode(
-            config, storage, storage.hard_state(), rng or random.Random(), applied=applied
-        )
+        rng = rng or random.Random()
+        self.core = RaftNode(config, storage, storage.hard_state(), rng, applied=applied)
         self.tick_s = tick_s
         self._hooks = hooks
         self._pending_max = pending_max
         self._queued: list[_Proposal] = []
         self._proposed: dict[int, _Proposal] = {}  # index -> proposal awaiting apply
         self._reads: dict[bytes, asyncio.Future[int]] = {}
+        # A random epoch per driver: a late READ_INDEX_RESPONSE meant for the core
+        # this node ran before a join or a leave must never answer a new read.
+        self._read_epoch = rng.getrandbits(64).to_bytes(8, "big")
         self._read_ids = itertools.count(1)
         self._wakeup = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
@@ -172,7 +174,7 @@ class RaftDriver:
     async def read_index(self, timeout_s: float) -> int:
         """A linearizable read index (§6.4), confirmed by a quorum through the leader."""
         self._check_running()
-        context = next(self._read_ids).to_bytes(8, "big")
+        context = self._read_epoch + next(self._read_ids).to_bytes(8, "big")
         try:
             self.core.read_index(context)
         except NotLeader:

@@ -120,6 +120,7 @@ class Node:
         self.replicated = ReplicatedState(self.node_id, settings)
         self.cluster_id = int(storage.meta_get(META_CLUSTER_ID) or b"0")
         self.secret = storage.meta_get(META_CLUSTER_SECRET) or b""
+        self._removed_peers: set[int] = set()  # their removal applied: no link to them
         self.pending_addresses: dict[int, str] = {}  # known before their entry applies
         self.transport: Transport | None = None
         self.driver: RaftDriver | None = None
@@ -334,10 +335,13 @@ class Node:
             return entry.data
         index = await self._forward_change(change, key)
         await self.wait_applied(index, self.limits.commit_timeout_s)
+        return self._stored_answer(index)
+
+    def _stored_answer(self, index: int) -> bytes:
+        """The stored change at `index`, or `{"_id": index}` when a purge removed
+        it in the meantime (the write still stands; never an empty body)."""
         stored = self.storage.get_change(index)
-        if stored is None:  # purged in the meantime: the leader's answer still stands
-            return orjson.dumps({"_id": index})
-        return stored
+        return stored if stored is not None else orjson.dumps({"_id": index})
 
     async def propose_change(self, change: NewChange, key: str = "") -> Entry:
         """On the leader: run web hooks, propose, wait until committed and applied.
@@ -373,7 +377,7 @@ class Node:
         if stored is None:
             return await self._proposal(change, key)
         done: asyncio.Future[Entry] = asyncio.get_running_loop().create_future()
-        done.set_result(Entry(stored, 0, change.type, self.storage.get_change(stored) or b"", key))
+        done.set_result(Entry(stored, 0, change.type, self._stored_answer(stored), key))
         return done
 
     async def _proposal(self, change: NewChange, key: str) -> asyncio.Future[Entry]:
@@ -475,7 +479,7 @@ class Node:
         stored_index = self.storage.idempotency_lookup(key)
         if stored_index is None or stored_index > self.commit_index:
             return None
-        return self.storage.get_change(stored_index)
+        return self._stored_answer(stored_index)
 
     async def _committed_on_leader(self, key: str) -> int | None:
         """On the leader: the index of the entry holding `key`, once committed.
@@ -511,7 +515,9 @@ class Node:
     # Raft hooks ------------------------------------------------------------------------
 
     def _send(self, message: Message) -> None:
-        if self.transport is not None:
+        # A removed member may still send us messages (it campaigns until it
+        # learns of its removal); answering would recreate its link for good.
+        if self.transport is not None and message.target not in self._removed_peers:
             self.transport.send(message.target, message)
 
     def on_peer_message(self, peer_id: int, message: Message) -> None:
@@ -541,10 +547,12 @@ class Node:
                 await self._adopt_settings(effect)
             elif isinstance(effect, AddressChanged):
                 self.pending_addresses.pop(effect.node_id, None)
+                self._removed_peers.discard(effect.node_id)  # added again
                 if self.transport is not None:
                     self.transport.address_changed(effect.node_id)
             elif isinstance(effect, MemberRemoved):
                 self.pending_addresses.pop(effect.node_id, None)
+                self._removed_peers.add(effect.node_id)
                 if self.transport is not None:
                     self.transport.remove_peer(effect.node_id)
             elif isinstance(effect, PurgeCommitted):

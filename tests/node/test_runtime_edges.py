@@ -1,0 +1,86 @@
+"""Smaller runtime edges found in review: read-index contexts unique across the
+cores a node runs, no link recreated to a removed member, and no empty body
+when a purge races an idempotent retry."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from changeagent.change import parse_change_body
+from changeagent.config import Settings
+from changeagent.node.node import Node, NodeLimits
+from changeagent.node.replicated_state import AddressChanged, MemberRemoved
+from changeagent.raft import Message, MessageType
+from changeagent.storage import Storage
+
+
+class RecordingTransport:
+    """Stands in for the peer transport: records what the node sends and frees."""
+
+    def __init__(self) -> None:
+        self.sent: list[int] = []
+        self.removed: list[int] = []
+
+    def send(self, peer_id: int, message: Message) -> None:
+        self.sent.append(peer_id)
+
+    def remove_peer(self, peer_id: int) -> None:
+        self.removed.append(peer_id)
+
+    def address_changed(self, peer_id: int) -> None:
+        pass
+
+
+def run_with_node(tmp_path: Path, body: Any) -> None:
+    async def scenario() -> None:
+        storage = Storage.open(tmp_path / "d")
+        node = Node(storage, Settings(), None, NodeLimits(), rng=random.Random(7))
+        await node.start()
+        try:
+            await body(node)
+        finally:
+            await node.close()
+            storage.close()
+
+    asyncio.run(scenario())
+
+
+def test_read_contexts_differ_between_the_cores_a_node_runs(tmp_path: Path) -> None:
+    async def body(node: Node) -> None:
+        first = node.core_driver._read_epoch
+        await node.restart_driver(applied=node.storage.hard_state().commit)  # as a join does
+        assert node.core_driver._read_epoch != first
+
+    run_with_node(tmp_path, body)
+
+
+def test_no_message_recreates_the_link_of_a_removed_member(tmp_path: Path) -> None:
+    async def body(node: Node) -> None:
+        transport = RecordingTransport()
+        node.attach_transport(transport)  # type: ignore[arg-type]
+        answer = Message(MessageType.PRE_VOTE_RESPONSE, node.node_id, 5, node.term)
+        await node._execute([MemberRemoved(5)])
+        node._send(answer)
+        assert transport.removed == [5] and transport.sent == []
+        await node._execute([AddressChanged(5, "127.0.0.1:9")])  # added again
+        node._send(answer)
+        assert transport.sent == [5]
+
+    run_with_node(tmp_path, body)
+
+
+def test_a_retry_whose_change_was_just_purged_gets_its_id_not_an_empty_body(
+    tmp_path: Path,
+) -> None:
+    async def body(node: Node) -> None:
+        stored = orjson.loads(await node.append_change(parse_change_body(b'{"data":1}'), "k"))
+        node.storage.get_change = lambda *arguments: None  # type: ignore[method-assign]
+        again = await node.append_change(parse_change_body(b'{"data":1}'), "k")
+        assert orjson.loads(again) == {"_id": stored["_id"]}
+
+    run_with_node(tmp_path, body)
