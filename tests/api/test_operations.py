@@ -34,9 +34,43 @@ def test_health_rejects_bad_form(server: ServerProcess) -> None:
     assert response.status == 400 and "up=true" in response.json()["error"]
 
 
-def test_root_links(server: ServerProcess) -> None:
-    links = server.request("GET", "/").json()
+def test_root_and_diagnostics_links_are_absolute_and_followable(server: ServerProcess) -> None:
+    """As ChangeAgent's: `scheme://Host` + path, which clients follow with a plain GET."""
+    origin = f"http://127.0.0.1:{server.port}"
+    links = server.request("GET", "/", headers={"Host": f"127.0.0.1:{server.port}"}).json()
     assert {"changes", "cluster", "config", "diagnostics", "health"} <= set(links)
+    assert links["changes"] == f"{origin}/changes"
+    diagnostics = server.request("GET", links["diagnostics"].removeprefix(origin)).json()
+    assert diagnostics["raft"] == f"{origin}/diagnostics/raft"
+    for link in [*links.values(), *diagnostics.values()]:
+        assert link.startswith(origin + "/"), link
+        assert server.request("GET", link.removeprefix(origin)).status == 200, link
+
+
+def test_links_follow_forwarded_headers_and_prefix(make_server) -> None:  # type: ignore[no-untyped-def]
+    server = make_server("-P", "/ca")
+    proxied = {"X-Forwarded-Proto": "https", "X-Forwarded-Host": "api.example.com:8443"}
+    links = server.request("GET", "/ca", headers=proxied).json()
+    assert links["changes"] == "https://api.example.com:8443/ca/changes"
+    several_proxies = {"X-Forwarded-Proto": "https, http", "X-Forwarded-Host": "[::1]:9, b"}
+    links = server.request("GET", "/ca/diagnostics", headers=several_proxies).json()
+    assert links["id"] == "https://[::1]:9/ca/diagnostics/id"
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [
+        {"X-Forwarded-Host": "evil.example/<script>", "X-Forwarded-Proto": "javascript"},
+        {"X-Forwarded-Host": "a@evil.example", "X-Forwarded-Proto": "https:"},
+        {"X-Forwarded-Host": "evil.example:99999", "X-Forwarded-Proto": ""},
+        {"X-Forwarded-Host": "evil example", "Host": "also bad\u00e9"},
+    ],
+)
+def test_bad_forwarded_headers_fall_back_to_the_request(
+    server: ServerProcess, headers: dict[str, str]
+) -> None:
+    links = server.request("GET", "/", headers=headers).json()
+    assert links["health"] == f"http://127.0.0.1:{server.port}/health", links
 
 
 def test_config_get_put(tmp_path: Path, make_server) -> None:  # type: ignore[no-untyped-def]
@@ -109,7 +143,8 @@ def test_prefix_puts_every_path_under_it(make_server) -> None:  # type: ignore[n
     )
     assert posted.status == 200
     assert server.request("GET", "/ca/changes").json()["changes"][0]["data"] == 1
-    assert server.request("GET", "/ca").json()["changes"] == "/ca/changes"
+    root = server.request("GET", "/ca", headers={"Host": "localhost:1"}).json()
+    assert root["changes"] == "http://localhost:1/ca/changes"
 
 
 def test_openapi_document_served(server: ServerProcess) -> None:

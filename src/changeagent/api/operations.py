@@ -17,6 +17,7 @@ from aiohttp import web
 
 from changeagent.api.context import ApiState, state_of
 from changeagent.api.errors import ApiError
+from changeagent.api.links import base_url
 from changeagent.config import settings_from_yaml, settings_to_yaml
 
 YAML_TYPES = frozenset({"application/yaml", "text/yaml", "application/x-yaml", "text/x-yaml"})
@@ -42,10 +43,10 @@ def text_response(text: str, status: int = 200) -> web.Response:
 
 
 async def root(request: web.Request) -> web.Response:
-    prefix = state_of(request).prefix
+    base = base_url(request, state_of(request).prefix)
     names = ("changes", "cluster", "config", "diagnostics", "health")
-    links = {name: f"{prefix}/{name}" for name in names}
-    links["openapi"] = f"{prefix}/openapi.json"
+    links = {name: f"{base}/{name}" for name in names}
+    links["openapi"] = f"{base}/openapi.json"
     return json_response(links)
 
 
@@ -186,9 +187,9 @@ async def delete_member(request: web.Request) -> web.Response:
 
 
 async def diagnostics(request: web.Request) -> web.Response:
-    prefix = state_of(request).prefix
+    base = base_url(request, state_of(request).prefix)
     names = ("id", "raft", "raft/state", "raft/leader", "stack", "memory", "cpu")
-    return json_response({name: f"{prefix}/diagnostics/{name}" for name in names})
+    return json_response({name: f"{base}/diagnostics/{name}" for name in names})
 
 
 async def node_id(request: web.Request) -> web.Response:
