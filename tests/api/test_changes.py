@@ -76,8 +76,17 @@ def test_body_over_limit_is_413(make_server) -> None:  # type: ignore[no-untyped
     server = make_server("--max-body-bytes", "1000")
     response = server.post_change({"data": "x" * 2000})
     assert response.status == 413
-    assert "too large" in response.json()["error"]
+    assert response.json()["error"] == "request body is too large (the limit is 1000 bytes)"
     assert server.post_change({"data": "x" * 100}).status == 200
+    form = server.form("PUT", "/health", {"up": "true", "pad": "x" * 2000})
+    assert (form.status, form.json()["error"]) == (413, response.json()["error"])
+
+
+def test_too_many_form_fields_is_413_saying_so(server: ServerProcess) -> None:
+    fields = {f"f{number}": "" for number in range(1001)}
+    response = server.form("PUT", "/health", {"up": "true", **fields})
+    assert response.status == 413
+    assert response.json()["error"] == "too many form fields (the limit is 1000)"
 
 
 def test_since_is_exclusive_and_limit_never_exceeded(server: ServerProcess) -> None:

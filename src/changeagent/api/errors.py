@@ -79,7 +79,7 @@ _REASONS = {
 }
 
 
-def _from_http_exception(error: web.HTTPException) -> web.Response:
+def _from_http_exception(error: web.HTTPException, request: web.Request) -> web.Response:
     headers = {
         name: value
         for name, value in error.headers.items()
@@ -87,13 +87,18 @@ def _from_http_exception(error: web.HTTPException) -> web.Response:
     }
     message = _REASONS.get(error.status, error.reason.lower())
     if error.status == 413:
-        message = f"request body is too large (the limit is {_max_size(error)} bytes)"
+        message = _too_large_message(error, request)
     return json_error(error.status, message, headers)
 
 
-def _max_size(error: web.HTTPException) -> str:
-    max_size = getattr(error, "max_size", None)
-    return str(max_size) if max_size is not None else "configured"
+def _too_large_message(error: web.HTTPException, request: web.Request) -> str:
+    """aiohttp raises 413 for a body over `client_max_size` and for a form with
+    too many fields; the exception keeps neither limit, the request has both."""
+    if "form fields" in (error.text or ""):
+        # Older aiohttp releases have no such limit (nor this error).
+        fields_max = getattr(request, "client_max_fields", None)
+        return f"too many form fields (the limit is {fields_max})"
+    return f"request body is too large (the limit is {request.client_max_size} bytes)"
 
 
 @web.middleware
@@ -103,7 +108,7 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
     except web.HTTPException as error:
         if error.status < 400:
             raise
-        return _from_http_exception(error)
+        return _from_http_exception(error, request)
     except Exception as error:
         response = _from_exception(error)
         if response is not None:
