@@ -45,10 +45,13 @@ def wait_settings(nodes: list[ClusterNode], **expected: Any) -> None:
             current = settings_of(node)
             return all(current.get(name) == value for name, value in expected.items())
 
+        def written(node: ClusterNode = node) -> bool:
+            # The file is rewritten right after the settings apply (in a thread).
+            on_disk = yaml.safe_load(node.data_dir.with_suffix(".yaml").read_text())
+            return all(on_disk.get(name) == value for name, value in expected.items())
+
         wait_until(applied, 20, 0.05)
-        on_disk = yaml.safe_load(node.data_dir.with_suffix(".yaml").read_text())
-        for name, value in expected.items():
-            assert on_disk[name] == value, (node.name, name, on_disk)
+        wait_until(written, 5, 0.01)
 
 
 def election_after_kill(cluster: ProxiedCluster, timeout_s: float = 60) -> float:

@@ -1,14 +1,15 @@
 """RaftDriver: the one place where the pure Raft core meets I/O.
 
-It owns a `RaftNode` and runs two tasks on the event loop:
+It owns a `RaftNode` and runs two tasks under the node's supervisor:
 
 - the ticker calls `core.tick()` every `tick_s` (the heartbeat interval), and
 - the Ready loop: propose what is queued (one batch, so every peer gets one
-  APPEND for all of it), then for each Ready: send `messages` (the leader
-  replicates while it writes its own disk), persist entries + hard state +
-  snapshot in one storage write (one fsync; whatever is proposed meanwhile
-  rides the next one: group commit), send `messages_after_persist`, apply the
-  committed entries, serve confirmed reads, `advance()`.
+  APPEND for all of it), then for each Ready execute the steps
+  `ReadyPlanner.plan` lays out (send, persist in one storage write with one
+  fsync, send what needed the write, apply; see `ready_plan` for the order and
+  why), serve confirmed reads, `advance()`. Whatever is proposed during a
+  write rides the next one: group commit. The simulator executes the same
+  plans against simulated storage.
 
 Writes are proposed as (type, build, key): `build(index)` makes the entry's
 bytes once the index is known, because a change's stored JSON carries its
@@ -28,10 +29,17 @@ from dataclasses import dataclass
 from typing import Any
 
 from changeagent.node.errors import NotAvailable, Overloaded, PayloadTooLarge
+from changeagent.node.ready_plan import (
+    Apply,
+    NoteCommit,
+    Persist,
+    ReadyPlanner,
+    Send,
+    Step,
+)
 from changeagent.raft import (
     ConfChange,
     Entry,
-    HardState,
     MembershipChangeRejected,
     Message,
     NotLeader,
@@ -105,8 +113,7 @@ class RaftDriver:
         self._read_ids = itertools.count(1)
         self._wakeup = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
-        self._durable_hard_state = storage.hard_state()
-        self._unsynced_hard_state: HardState | None = None
+        self._planner = ReadyPlanner(storage.hard_state())
         self.failure: str | None = None
         self.stopped = False
 
@@ -266,10 +273,9 @@ class RaftDriver:
             self._proposed[index] = proposal
 
     async def _handle(self, ready: Ready) -> None:
-        if self._must_write(ready):
-            await self._handle_write(ready)
-        else:
-            await self._handle_commit(ready)
+        """Execute the plan for `ready` (see `ready_plan`), then `advance`."""
+        for step in self._planner.plan(ready, self.storage.last_index()):
+            await self._execute(step)
         for read_state in ready.read_states:
             future = self._reads.get(read_state.context)
             if future is not None and not future.done():
@@ -279,96 +285,23 @@ class RaftDriver:
         self.core.advance(ready)
         await self._hooks.after_advance()
 
-    async def _handle_write(self, ready: Ready) -> None:
-        """Send (the leader replicates while it writes), persist, send what needed
-        the write, install a snapshot, apply."""
-        send = self._hooks.send
-        for message in ready.messages:
-            send(message)
-        committed = ready.committed_entries
-        if ready.entries and ready.snapshot is None:
-            # Under load a Ready carries the previous batch, now committed and
-            # already durable, with the next batch to append: answer the first
-            # before the fsync of the second, not after it.
-            durable = self._durable_prefix(committed, ready.entries[0].index)
-            if durable:
-                await self._apply(durable)
-                committed = committed[len(durable) :]
-        await self._persist(ready)
-        for message in ready.messages_after_persist:
-            send(message)
-        if ready.snapshot is not None:
-            await self._hooks.install_snapshot(ready.snapshot)
-        if committed:
-            await self._apply(committed)
-
-    async def _handle_commit(self, ready: Ready) -> None:
-        """Nothing to write: apply first, then send. On a leader this Ready is
-        the commit of a write; its waiting client is answered before the commit
-        index goes out to the followers (which costs a send per follower, and
-        delaying a message is always safe)."""
-        if ready.hard_state is not None:
-            self.storage.note_commit(ready.hard_state.commit)
-            self._unsynced_hard_state = ready.hard_state
-        if ready.committed_entries:
-            await self._apply(ready.committed_entries)
-        send = self._hooks.send
-        for message in ready.messages:
-            send(message)
-        for message in ready.messages_after_persist:
-            send(message)
-
-    def _must_write(self, ready: Ready) -> bool:
-        """Whether `ready` needs a storage write: entries, a snapshot, or a new
-        term or vote. A hard state whose only change is the commit index is not
-        written on its own (see `_persist`)."""
-        if ready.entries or ready.snapshot is not None:
-            return True
-        hard_state = ready.hard_state
-        durable = self._durable_hard_state
-        return hard_state is not None and (
-            (hard_state.term, hard_state.vote) != (durable.term, durable.vote)
-        )
-
-    def _durable_prefix(
-        self, committed: tuple[Entry, ...], first_appended: int
-    ) -> tuple[Entry, ...]:
-        """The committed entries already on disk here and not rewritten by this
-        Ready's append (a follower's commit index may cover entries that arrive in
-        the same Ready, possibly replacing a stale suffix on disk)."""
-        last_durable = min(self.storage.last_index(), first_appended - 1)
-        count = 0
-        for entry in committed:
-            if entry.index > last_durable:
-                break
-            count += 1
-        return committed[:count]
-
-    async def _apply(self, entries: tuple[Entry, ...]) -> None:
-        # Served from here on, so a restarted process must show them again.
-        self.storage.note_commit(entries[-1].index)
-        await self._hooks.apply(entries)
-        self._resolve(entries)
-
-    async def _persist(self, ready: Ready) -> None:
-        """Entries, snapshot and hard state in one write (one fsync).
-
-        A hard state whose only change is the commit index is not written on its
-        own (that would be a second fsync per write: the commit advances in the
-        Ready after the append). The commit index is volatile in Raft (§5.3); it
-        is noted without an fsync (`Storage.note_commit`, etcd's rule) so that a
-        restarted process never shows fewer changes than it served (a restarted
-        follower did, in tests/cluster), and rides the next durable write.
-        """
-        if ready.hard_state is not None:
-            self._unsynced_hard_state = ready.hard_state
-        hard_state = self._unsynced_hard_state
-        await self.storage.write(
-            WriteBatch(hard_state=hard_state, entries=ready.entries, snapshot=ready.snapshot)
-        )
-        if hard_state is not None:
-            self._durable_hard_state = hard_state
-            self._unsynced_hard_state = None
+    async def _execute(self, step: Step) -> None:
+        if isinstance(step, Send):
+            send = self._hooks.send
+            for message in step.messages:
+                send(message)
+        elif isinstance(step, NoteCommit):
+            self.storage.note_commit(step.index)
+        elif isinstance(step, Apply):
+            await self._hooks.apply(step.entries)
+            self._resolve(step.entries)
+        elif isinstance(step, Persist):
+            await self.storage.write(
+                WriteBatch(hard_state=step.hard_state, entries=step.entries, snapshot=step.snapshot)
+            )
+            self._planner.persisted(step)
+        else:  # InstallSnapshot
+            await self._hooks.install_snapshot(step.snapshot)
 
     def _resolve(self, entries: tuple[Entry, ...]) -> None:
         proposed = self._proposed

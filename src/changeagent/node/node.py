@@ -48,6 +48,7 @@ from changeagent.node.errors import (
 )
 from changeagent.node.limits import NodeLimits as NodeLimits  # re-exported
 from changeagent.node.query import ChangeQuery, PageResult
+from changeagent.node.ready_plan import plan_compaction
 from changeagent.node.replicated_state import (
     AddressChanged,
     Effect,
@@ -582,11 +583,11 @@ class Node:
         index, self._purge_to = self._purge_to, 0
         if not index or self.driver is None or index <= self.storage.snapshot().index:
             return  # runs after every Ready: nothing to do is the usual case
-        snapshot = self.driver.core.compact(index, self._snapshot_data())
-        if snapshot is None:
+        compact = plan_compaction(self.driver.core, index, self._snapshot_data())
+        if compact is None:
             return  # a newer snapshot from the leader is installed or about to be
         try:
-            await self.storage.write(WriteBatch(snapshot=snapshot, compact_to=index))
+            await self.storage.write(WriteBatch(snapshot=compact.snapshot, compact_to=index))
         except (StorageFailed, OSError) as error:  # propagates: the supervisor fails the node
             raise StorageFailed(f"purge to {index}: {error}") from error
 
