@@ -827,11 +827,9 @@ def recover_replicated_state(
     (worker thread, before Raft starts). Returns it and the commit index: all of
     the log up to there counts as applied from now on."""
     snapshot = storage.snapshot()
-    state = ReplicatedState.from_snapshot(node_id, snapshot.data, default)
     commit = max(storage.hard_state().commit, snapshot.index)
-    for entry in storage.internal_entries(snapshot.index + 1, commit + 1):
-        state.apply(entry)
-    return state, commit
+    committed = storage.internal_entries(snapshot.index + 1, commit + 1)
+    return ReplicatedState.recover(node_id, snapshot.data, default, committed), commit
 
 
 def _ticks(settings: Settings) -> tuple[float, int]:

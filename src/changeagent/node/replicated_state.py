@@ -16,6 +16,7 @@ I/O and keeps no clock, so the simulator runs it as production does.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from changeagent.config import Settings
@@ -104,6 +105,19 @@ class ReplicatedState:
         """The state a compaction point recorded (`default` settings if it has none)."""
         settings, addresses = decode_snapshot_data(data)
         return cls(node_id, settings if settings is not None else default, addresses)
+
+    @classmethod
+    def recover(
+        cls, node_id: int, snapshot_data: bytes, default: Settings, committed: Iterable[Entry]
+    ) -> ReplicatedState:
+        """At start: the snapshot's state, then every committed internal entry after
+        it through `apply`, exactly as live application went. The caller acts on
+        what the result says is left to do (`purge_index` beyond the snapshot,
+        `must_leave`)."""
+        state = cls.from_snapshot(node_id, snapshot_data, default)
+        for entry in committed:
+            state.apply(entry)
+        return state
 
     def snapshot_data(self) -> bytes:
         """What a compaction point records of this state (see `settings_entry`)."""
