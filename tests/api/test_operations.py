@@ -123,6 +123,12 @@ def test_standalone_cluster_and_diagnostics(server: ServerProcess) -> None:
     assert set(server.request("GET", "/diagnostics").json()) >= {"id", "raft", "stack", "memory"}
 
 
+@pytest.mark.parametrize("text", ["1_0", "+1", "1y2p0ij32e8e8", "not-base36"])
+def test_member_ids_must_be_base_36_ids(server: ServerProcess, text: str) -> None:
+    answer = server.request("GET", f"/cluster/members/{text}")
+    assert answer.status == 400 and "base-36" in answer.json()["error"], answer.body
+
+
 def test_node_id_survives_restart(tmp_path: Path) -> None:
     first = ServerProcess(tmp_path / "d").start()
     node_id = first.request("GET", "/diagnostics/id").text

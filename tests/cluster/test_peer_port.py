@@ -20,6 +20,7 @@ from pathlib import Path
 
 import pytest
 
+from changeagent.ids import format_id
 from changeagent.raft.messages import Message, MessageType
 from changeagent.transport import RpcRequest, RpcResponse, RpcValue
 from changeagent.transport.auth import Credentials, PeerIdentity, dial_handshake
@@ -124,7 +125,11 @@ def test_strangers_on_a_members_cluster_port_are_refused_and_logged(trio: Cluste
             "failed to prove",
         ),
         ("wrong secret", (cluster_id, b"not the secret"), "failed to prove the cluster secret"),
-        ("another cluster", (cluster_id + 1, TEST_SECRET), f"belongs to cluster {cluster_id + 1}"),
+        (
+            "another cluster",
+            (cluster_id + 1, TEST_SECRET),
+            f"belongs to cluster {format_id(cluster_id + 1)}",
+        ),
         ("no cluster", (0, b""), "belongs to cluster 0"),
     ]
     for name, action, reason in cases:
@@ -231,7 +236,9 @@ def test_a_member_sending_bad_frames_loses_only_that_connection(
                 ]
                 for name, bodies, frame in bad:
                     closings = len(
-                        log_lines(node, f"closing the connection with node {TEST_NODE_ID}")
+                        log_lines(
+                            node, f"closing the connection with node {format_id(TEST_NODE_ID)}"
+                        )
                     )
                     link, identity = await _member_link(dialer, address)
                     assert identity.member and identity.node_id == node_id, (name, identity)
@@ -244,7 +251,9 @@ def test_a_member_sending_bad_frames_loses_only_that_connection(
                     await link.close()
 
                     def logged(closings: int = closings) -> list[str]:
-                        lines = log_lines(node, f"closing the connection with node {TEST_NODE_ID}")
+                        lines = log_lines(
+                            node, f"closing the connection with node {format_id(TEST_NODE_ID)}"
+                        )
                         return lines[closings:] if len(lines) > closings else []
 
                     deadline = asyncio.get_running_loop().time() + TIMEOUT_S

@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from changeagent import __version__
+from changeagent.ids import ID_PATTERN
 
 ERROR = {"$ref": "#/components/schemas/Error"}
 TEXT = {"text/plain": {"schema": {"type": "string"}}}
@@ -318,7 +319,7 @@ MEMBER_ID = {
     "name": "id",
     "in": "path",
     "required": True,
-    "schema": {"type": "string", "pattern": "^[0-9a-z]{1,13}$"},
+    "schema": {"type": "string", "pattern": ID_PATTERN, "description": "base-36 node id"},
 }
 MEMBERS = {"type": "object", "additionalProperties": {"type": "string"}}
 HEALTH_STATE = {

@@ -19,19 +19,9 @@ from changeagent.api.context import ApiState, state_of
 from changeagent.api.errors import ApiError
 from changeagent.api.links import base_url
 from changeagent.config import settings_from_yaml, settings_to_yaml
+from changeagent.ids import format_id, parse_id
 
 YAML_TYPES = frozenset({"application/yaml", "text/yaml", "application/x-yaml", "text/x-yaml"})
-BASE36_DIGITS = "0123456789abcdefghijklmnopqrstuvwxyz"
-
-
-def base36(number: int) -> str:
-    if number == 0:
-        return "0"
-    digits = []
-    while number:
-        number, remainder = divmod(number, 36)
-        digits.append(BASE36_DIGITS[remainder])
-    return "".join(reversed(digits))
 
 
 def json_response(document: Any, status: int = 200) -> web.Response:
@@ -116,18 +106,18 @@ async def put_config(request: web.Request) -> web.Response:
 
 
 def _members_map(members: dict[int, str]) -> dict[str, str]:
-    return {base36(member): address for member, address in members.items()}
+    return {format_id(member): address for member, address in members.items()}
 
 
 def cluster_document(request: web.Request) -> dict[str, Any]:
     state = state_of(request)
     node, members = state.node, state.members
     return {
-        "clusterId": base36(node.cluster_id),
-        "leader": base36(node.leader_id if node.cluster_id else 0),
+        "clusterId": format_id(node.cluster_id),
+        "leader": format_id(node.leader_id if node.cluster_id else 0),
         "term": node.term,
         "members": _members_map(members.members()),
-        "roles": {base36(member): role for member, role in members.roles().items()},
+        "roles": {format_id(member): role for member, role in members.roles().items()},
     }
 
 
@@ -142,7 +132,7 @@ async def get_members(request: web.Request) -> web.Response:
 def _member_id(request: web.Request) -> int:
     text = request.match_info["id"]
     try:
-        return int(text, 36)
+        return parse_id(text)
     except ValueError:
         raise ApiError(400, f"member id must be a base-36 node id, not {text[:40]!r}") from None
 
@@ -193,7 +183,7 @@ async def diagnostics(request: web.Request) -> web.Response:
 
 
 async def node_id(request: web.Request) -> web.Response:
-    return text_response(base36(state_of(request).node.node_id))
+    return text_response(format_id(state_of(request).node.node_id))
 
 
 async def raft_state(request: web.Request) -> web.Response:
@@ -202,7 +192,7 @@ async def raft_state(request: web.Request) -> web.Response:
 
 async def raft_leader(request: web.Request) -> web.Response:
     node = state_of(request).node
-    return text_response(base36(node.leader_id if node.cluster_id else 0))
+    return text_response(format_id(node.leader_id if node.cluster_id else 0))
 
 
 async def raft_status(request: web.Request) -> web.Response:
@@ -213,19 +203,19 @@ async def raft_status(request: web.Request) -> web.Response:
     membership = core.membership
     return json_response(
         {
-            "id": base36(node.node_id),
-            "clusterId": base36(node.cluster_id),
+            "id": format_id(node.node_id),
+            "clusterId": format_id(node.cluster_id),
             "state": node.state,
-            "leader": base36(node.leader_id if node.cluster_id else 0),
+            "leader": format_id(node.leader_id if node.cluster_id else 0),
             "term": core.term,
             "firstIndex": storage.first_index(),
             "lastIndex": storage.last_index(),
             "appliedIndex": node.applied_index,
             "committedIndex": core.commit_index,
-            "voters": sorted(base36(member) for member in membership.voters),
-            "learners": sorted(base36(member) for member in membership.learners),
+            "voters": sorted(format_id(member) for member in membership.voters),
+            "learners": sorted(format_id(member) for member in membership.learners),
             "peers": {
-                base36(peer): {
+                format_id(peer): {
                     "match": progress.match,
                     "next": progress.next,
                     "state": progress.state.value,

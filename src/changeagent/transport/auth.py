@@ -24,6 +24,7 @@ import secrets
 import struct
 from dataclasses import dataclass, replace
 
+from changeagent.ids import format_id
 from changeagent.transport.errors import HandshakeError
 from changeagent.transport.frames import PROTOCOL_VERSION, Challenge, Frame, Hello
 from changeagent.transport.streams import FrameStream
@@ -124,11 +125,13 @@ async def accept_handshake(
 
 def _verify_dialer(hello: Hello, credentials: Credentials, challenge_nonce: bytes) -> None:
     if hello.cluster_id != credentials.cluster_id:
-        raise HandshakeError(f"node {hello.node_id} belongs to cluster {hello.cluster_id}")
+        raise HandshakeError(
+            f"node {format_id(hello.node_id)} belongs to cluster {format_id(hello.cluster_id)}"
+        )
     # The dialer cannot know our id when it signs, so its proof binds acceptor id 0.
     expected = proof(credentials.secret, b"dialer", hello, 0, challenge_nonce)
     if not hmac.compare_digest(expected, hello.proof):
-        raise HandshakeError(f"node {hello.node_id} failed to prove the cluster secret")
+        raise HandshakeError(f"node {format_id(hello.node_id)} failed to prove the cluster secret")
 
 
 async def dial_handshake(
@@ -163,7 +166,8 @@ async def dial_handshake(
     _check_version(answer.version)
     member = _verify_acceptor(answer, hello, credentials, challenge.nonce)
     if expected_peer_id and answer.node_id != expected_peer_id:
-        raise HandshakeError(f"node {answer.node_id} answered instead of node {expected_peer_id}")
+        answered, expected = format_id(answer.node_id), format_id(expected_peer_id)
+        raise HandshakeError(f"node {answered} answered instead of node {expected}")
     return PeerIdentity(
         node_id=answer.node_id,
         cluster_id=answer.cluster_id,
@@ -183,8 +187,10 @@ def _verify_acceptor(
     if answer.cluster_id == 0:
         return False  # a standalone node: fine for a call, refused for a link by the caller
     if answer.cluster_id != credentials.cluster_id:
-        raise HandshakeError(f"node {answer.node_id} belongs to cluster {answer.cluster_id}")
+        raise HandshakeError(
+            f"node {format_id(answer.node_id)} belongs to cluster {format_id(answer.cluster_id)}"
+        )
     expected = proof(credentials.secret, b"acceptor", hello, answer.node_id, challenge_nonce)
     if not hmac.compare_digest(expected, answer.proof):
-        raise HandshakeError(f"node {answer.node_id} failed to prove the cluster secret")
+        raise HandshakeError(f"node {format_id(answer.node_id)} failed to prove the cluster secret")
     return True

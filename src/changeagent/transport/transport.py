@@ -18,6 +18,7 @@ from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, replace
 from typing import Any, TypeVar, cast
 
+from changeagent.ids import format_id
 from changeagent.raft.messages import Message
 from changeagent.transport.auth import (
     Credentials,
@@ -207,7 +208,9 @@ class Transport:
         if len(body) > self._config.frame_bytes_max:
             link.counters.messages_dropped += 1
             logger.warning(
-                "dropped a %d-byte message to node %d: over the limit", len(body), peer_id
+                "dropped a %d-byte message to node %s: over the limit",
+                len(body),
+                format_id(peer_id),
             )
             return
         queued, dropped = link.queue.push(Outgoing(body))
@@ -350,7 +353,7 @@ class Transport:
         if identity.member and identity.link:
             link = self._link(identity.node_id)
             if not self._adopt(link, connection):
-                logger.info("closed a duplicate link from node %d", identity.node_id)
+                logger.info("closed a duplicate link from node %s", format_id(identity.node_id))
                 await self._discard(connection)
                 return None
         return connection
@@ -408,7 +411,7 @@ class Transport:
         link = self._links.get(peer_id)
         if link is None:
             if peer_id <= 0 or peer_id == self.node_id:
-                raise ValueError(f"no link to node {peer_id}")
+                raise ValueError(f"no link to node {format_id(peer_id)}")
             if self._closing:
                 raise TransportError("the transport is closed")
             link = _Link(peer_id, self._config, self._rng)
@@ -434,7 +437,9 @@ class Transport:
                 connection = await self._open(address, link=True, peer_id=link.peer_id)
             except _DIAL_ERRORS as error:
                 link.counters.last_error = f"dial {address}: {error}"
-                logger.debug("could not reach node %d at %s: %s", link.peer_id, address, error)
+                logger.debug(
+                    "could not reach node %s at %s: %s", format_id(link.peer_id), address, error
+                )
             else:
                 if self._adopt(link, connection):
                     self._spawn(self._serve(connection))
@@ -447,7 +452,7 @@ class Transport:
         try:
             return self._resolve_address(peer_id)
         except Exception:
-            logger.exception("resolve_address(%d) failed", peer_id)
+            logger.exception("resolve_address(%s) failed", format_id(peer_id))
             return None
 
     async def _open(self, address: str, link: bool, peer_id: int = 0) -> Connection:
@@ -459,7 +464,9 @@ class Transport:
             credentials, timeout_s = self._credentials, config.handshake_timeout_s
             identity = await dial_handshake(stream, credentials, timeout_s, link, peer_id)
             if link and not identity.member:
-                raise HandshakeError(f"node {identity.node_id} at {address} is in no cluster")
+                raise HandshakeError(
+                    f"node {format_id(identity.node_id)} at {address} is in no cluster"
+                )
         except BaseException:
             await stream.close()
             raise
@@ -540,7 +547,9 @@ class Transport:
             self._log_read_error(connection, error)
         finally:
             await self._discard(connection)
-            logger.debug("connection with node %d (%s) closed", identity.node_id, identity.address)
+            logger.debug(
+                "connection with node %s (%s) closed", format_id(identity.node_id), identity.address
+            )
 
     def _log_read_error(self, connection: Connection, error: Exception) -> None:
         identity = connection.identity
@@ -550,23 +559,26 @@ class Transport:
             self._frame_errors += 1
             reason = f"bad frame: {error}"
             logger.warning(
-                "closing the connection with node %d (%s): %s",
-                identity.node_id,
+                "closing the connection with node %s (%s): %s",
+                format_id(identity.node_id),
                 identity.address,
                 reason,
             )
         elif isinstance(error, TimeoutError):
             reason = f"nothing received for {self._config.read_timeout_s}s"
             logger.warning(
-                "closing the connection with node %d (%s): %s",
-                identity.node_id,
+                "closing the connection with node %s (%s): %s",
+                format_id(identity.node_id),
                 identity.address,
                 reason,
             )
         else:
             reason = f"connection lost: {error}"
             logger.info(
-                "connection with node %d (%s) lost: %s", identity.node_id, identity.address, error
+                "connection with node %s (%s) lost: %s",
+                format_id(identity.node_id),
+                identity.address,
+                error,
             )
         link = self._links.get(identity.node_id)
         if link is not None and link.connection is connection:
@@ -590,14 +602,17 @@ class Transport:
         if not (identity.member and identity.link):
             raise FrameError("a Raft message outside a member link")
         if message.source != identity.node_id or message.target != self.node_id:
-            raise FrameError(f"a message from {message.source} to {message.target} on this link")
+            source, target = format_id(message.source), format_id(message.target)
+            raise FrameError(f"a message from {source} to {target} on this link")
         link = self._links.get(identity.node_id)
         if link is not None:
             link.counters.messages_received += 1
         try:
             self._on_message(identity.node_id, message)
         except Exception:
-            logger.exception("on_message failed for a message from node %d", identity.node_id)
+            logger.exception(
+                "on_message failed for a message from node %s", format_id(identity.node_id)
+            )
 
     def _start_request(self, connection: Connection, request: Request) -> None:
         if connection.requests_in_flight >= self._config.requests_in_flight_max:
@@ -618,7 +633,9 @@ class Transport:
         except RequestFailed as failure:
             reply = _error_reply(request, failure.code, failure.message)
         except Exception:
-            logger.exception("on_request failed for a request from node %d", identity.node_id)
+            logger.exception(
+                "on_request failed for a request from node %s", format_id(identity.node_id)
+            )
             reply = _error_reply(request, ERROR_INTERNAL, "the request failed on the receiver")
         finally:
             connection.requests_in_flight -= 1
