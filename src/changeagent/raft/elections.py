@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from changeagent.raft.messages import TRANSFER_CONTEXT, Message, MessageType
+from changeagent.raft.quorum import has_quorum
 from changeagent.raft.ready import Role
 
 if TYPE_CHECKING:
@@ -119,12 +120,11 @@ def campaign(node: RaftNode, *, pre_vote: bool, transfer: bool) -> None:
 def election_result(node: RaftNode) -> bool | None:
     """True when a quorum of voters granted, False when a quorum refused."""
     voters = node._membership.voters
-    quorum = len(voters) // 2 + 1
     granted = sum(1 for voter, vote in node._votes.items() if vote and voter in voters)
     refused = sum(1 for voter, vote in node._votes.items() if not vote and voter in voters)
-    if granted >= quorum:
+    if has_quorum(granted, len(voters)):
         return True
-    if refused >= quorum:
+    if has_quorum(refused, len(voters)):
         return False
     return None
 

@@ -14,6 +14,7 @@ from changeagent.raft import readindex, reconfiguration, replication, transfer
 from changeagent.raft.errors import InvariantViolation
 from changeagent.raft.messages import Message
 from changeagent.raft.progress import Progress
+from changeagent.raft.quorum import has_quorum
 from changeagent.raft.ready import ProgressState
 
 if TYPE_CHECKING:
@@ -46,7 +47,7 @@ def quorum_recently_active(node: RaftNode) -> bool:
         if progress.recent_active and peer in voters:
             active += 1
         progress.recent_active = False
-    return active >= len(voters) // 2 + 1
+    return has_quorum(active, len(voters))
 
 
 def on_append_response(node: RaftNode, message: Message) -> None:

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, NamedTuple
 from changeagent.raft import replication
 from changeagent.raft.errors import NotLeader, ProposalDropped
 from changeagent.raft.messages import Message, MessageType
+from changeagent.raft.quorum import quorum_size
 from changeagent.raft.ready import ReadState, Role
 
 if TYPE_CHECKING:
@@ -136,7 +137,7 @@ def release_reads(node: RaftNode) -> None:
     echoed = [progress.read_round for peer, progress in node._progress.items() if peer in voters]
     if node._id in voters:
         echoed.append(node._reads.round)
-    for read in node._reads.confirmed(echoed, len(voters) // 2 + 1):
+    for read in node._reads.confirmed(echoed, quorum_size(len(voters))):
         if read.requester == node._id:
             node._outbox.add_read_state(ReadState(read.commit_index, read.context))
         else:

@@ -15,6 +15,7 @@ from changeagent.raft.errors import NotLeader, ProposalDropped
 from changeagent.raft.interfaces import Compacted
 from changeagent.raft.messages import Message, MessageType
 from changeagent.raft.progress import Progress
+from changeagent.raft.quorum import quorum_index
 from changeagent.raft.ready import ProgressState, Role
 
 if TYPE_CHECKING:
@@ -181,14 +182,10 @@ def maybe_commit(node: RaftNode) -> bool:
     if not voters:
         return False
     log = node._log
-    matches = sorted(
-        (
-            log.durable_last_index() if voter == node._id else node._progress[voter].match
-            for voter in voters
-        ),
-        reverse=True,
+    candidate = quorum_index(
+        log.durable_last_index() if voter == node._id else node._progress[voter].match
+        for voter in voters
     )
-    candidate = matches[len(voters) // 2]
     if candidate <= log.commit or not node._can_commit_by_counting(candidate):
         return False
     log.commit_to(candidate)
