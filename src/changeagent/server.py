@@ -86,7 +86,14 @@ async def start_listener(
     transport: Transport | None = None,
 ) -> Listeners:
     """One application on up to two sites: plain HTTP (-p) and HTTPS (-sp)."""
-    app = build_app(node, options.prefix, authenticator, members, transport)
+    app = build_app(
+        node,
+        options.prefix,
+        authenticator,
+        members,
+        transport,
+        client_certificates=bool(options.api_tls and options.api_tls.client_ca_file),
+    )
     runner = web.AppRunner(app, shutdown_timeout=options.shutdown_grace_s, access_log=None)
     await runner.setup()
     http_port = https_port = None

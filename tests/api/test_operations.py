@@ -157,6 +157,8 @@ def test_openapi_document_served(server: ServerProcess) -> None:
     document = server.request("GET", "/openapi.json").json()
     assert document["openapi"].startswith("3.")
     assert "/changes" in document["paths"]
+    # No -pw and no -cas: nothing to declare.
+    assert "security" not in document and "securitySchemes" not in document["components"]
 
 
 @pytest.mark.parametrize(

@@ -97,6 +97,18 @@ def test_every_operation_needs_credentials_except_get_health(
     assert log.count("'shauser' has a non-bcrypt entry") == 1
 
 
+def test_openapi_declares_basic_auth(start_node: StartNode, passwd: Path) -> None:
+    """Required everywhere but on GET /health, as the server enforces it."""
+    node = start_node("-pw", str(passwd))
+    document = node.request("GET", "/openapi.json", headers=basic("alice", PASSWORD)).json()
+    schemes = document["components"]["securitySchemes"]
+    assert schemes == {"basicAuth": {**schemes["basicAuth"], "type": "http", "scheme": "basic"}}
+    assert document["security"] == [{"basicAuth": []}]
+    assert document["paths"]["/health"]["get"]["security"] == []
+    assert "security" not in document["paths"]["/changes"]["get"]
+    assert document["openapi"] == "3.0.3"
+
+
 def test_prefix_health_and_peer_channel_stay_open(start_node: StartNode, passwd: Path) -> None:
     node = start_node("-pw", str(passwd), "-P", "/ca")
     assert node.request("GET", "/ca/health").status == 200

@@ -85,6 +85,26 @@ def test_client_certificates_required_with_cas(start_node: StartNode, pki: Pki) 
     assert node.request("GET", "/health", tls=client_tls(pki, pki.client)).status == 200
 
 
+def test_openapi_declares_client_certificates_with_cas(
+    start_node: StartNode, pki: Pki, tmp_path: Path
+) -> None:
+    """mutualTLS is an OpenAPI 3.1 scheme: the document says 3.1.0 (its schemas
+    then spell `nullable` as a "null" type); with -pw too, both are required."""
+    passwd = tmp_path / "passwd"
+    htpasswd(passwd, "alice", "s3cret-password", "-B")
+    node = https_node(start_node, pki, "-cas", str(pki.ca.cert_file), "-pw", str(passwd))
+    tls = client_tls(pki, pki.client)
+    credentials = basic("alice", "s3cret-password")
+    document = node.request("GET", "/openapi.json", headers=credentials, tls=tls).json()
+    schemes = document["components"]["securitySchemes"]
+    assert set(schemes) == {"basicAuth", "mutualTLS"}
+    assert schemes["mutualTLS"]["type"] == "mutualTLS"
+    assert document["security"] == [{"basicAuth": [], "mutualTLS": []}]
+    assert document["paths"]["/health"]["get"]["security"] == [{"mutualTLS": []}]
+    assert document["openapi"] == "3.1.0"
+    assert "nullable" not in node.request("GET", "/openapi.json", headers=credentials, tls=tls).text
+
+
 def test_without_cas_no_client_certificate_is_needed(start_node: StartNode, pki: Pki) -> None:
     node = https_node(start_node, pki)
     assert node.request("GET", "/changes", tls=client_tls(pki)).status == 200

@@ -25,9 +25,12 @@ def build_app(
     authenticator: Authenticator | None = None,
     members: ClusterMembers | None = None,
     transport: Transport | None = None,
+    client_certificates: bool = False,
 ) -> web.Application:
     """The API under `prefix`; with a `transport`, peer links are served at
-    CLUSTER_PATH (never under the prefix: peers do not know each other's)."""
+    CLUSTER_PATH (never under the prefix: peers do not know each other's).
+    `client_certificates` (-cas) is only declared in the OpenAPI document: the
+    TLS listener enforces it."""
     # Authentication runs inside the error middleware, so a 401 is mapped like any error.
     middlewares: list[Middleware] = [error_middleware]
     # Counted only where shutdown needs it: peers' links on this port (see below).
@@ -38,8 +41,15 @@ def build_app(
         middlewares.append(auth_middleware(authenticator, prefix))
     app = web.Application(middlewares=middlewares, client_max_size=node.limits.body_bytes_max)
     app[STATE_KEY] = ApiState(node=node, prefix=prefix, members=members or ClusterMembers(node))
+    limits = node.limits
     document = orjson.dumps(
-        openapi_document(prefix, node.limits.limit_max, node.limits.block_max_s)
+        openapi_document(
+            prefix,
+            limits.limit_max,
+            limits.block_max_s,
+            basic_auth=authenticator is not None,
+            client_certificates=client_certificates,
+        )
     )
 
     async def openapi(request: web.Request) -> web.Response:

@@ -362,7 +362,15 @@ def _diagnostic(content: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def openapi_document(prefix: str, limit_max: int, block_max_s: float) -> dict[str, Any]:
+def openapi_document(
+    prefix: str,
+    limit_max: int,
+    block_max_s: float,
+    basic_auth: bool = False,
+    client_certificates: bool = False,
+) -> dict[str, Any]:
+    """The document; `basic_auth` (-pw) and `client_certificates` (-cas) add
+    their security schemes and require them everywhere they apply."""
     document: dict[str, Any] = {
         "openapi": "3.0.3",
         "info": {"title": "changeagent", "version": __version__},
@@ -381,4 +389,62 @@ def openapi_document(prefix: str, limit_max: int, block_max_s: float) -> dict[st
     }
     if prefix:
         document["servers"] = [{"url": prefix}]
+    _add_security(document, basic_auth, client_certificates)
+    if client_certificates:
+        # The mutualTLS scheme exists only in OpenAPI 3.1, whose schemas are JSON
+        # Schema 2020-12: `nullable` becomes a "null" type. Without -cas the
+        # document stays 3.0 for the tools that read only that.
+        document = _as_openapi_3_1(document)
     return document
+
+
+BASIC_AUTH = {
+    "type": "http",
+    "scheme": "basic",
+    "description": "a user of the -pw htpasswd file; every request but GET /health needs it",
+}
+MUTUAL_TLS = {
+    "type": "mutualTLS",
+    "description": "on the HTTPS port (-sp) a client certificate signed by a -cas CA is "
+    "required by the TLS handshake (a plain -p port, if any, asks for none)",
+}
+
+
+def _add_security(document: dict[str, Any], basic_auth: bool, client_certificates: bool) -> None:
+    """Declare the schemes in force and require them globally. GET /health stays
+    open to load balancers: it needs no password (only the certificate, if any)."""
+    schemes = {}
+    if basic_auth:
+        schemes["basicAuth"] = BASIC_AUTH
+    if client_certificates:
+        schemes["mutualTLS"] = MUTUAL_TLS
+    if not schemes:
+        return
+    document["components"]["securitySchemes"] = schemes
+    document["security"] = [{name: [] for name in schemes}]
+    health = document["paths"]["/health"]["get"]
+    health["security"] = [{"mutualTLS": []}] if client_certificates else []
+
+
+def _as_openapi_3_1(document: dict[str, Any]) -> dict[str, Any]:
+    converted: dict[str, Any] = _without_nullable(document)
+    converted["openapi"] = "3.1.0"
+    return converted
+
+
+def _without_nullable(value: Any) -> Any:
+    """A copy of `value` with every `"nullable": true` schema turned into one
+    that also has type "null" (module-level schemas are shared: never mutated)."""
+    if isinstance(value, list):
+        return [_without_nullable(item) for item in value]
+    if not isinstance(value, dict):
+        return value
+    nullable = value.get("nullable")
+    converted = {
+        key: _without_nullable(item)
+        for key, item in value.items()
+        if not (key == "nullable" and isinstance(item, bool))
+    }
+    if nullable is True and "type" in converted:
+        converted["type"] = [converted["type"], "null"]
+    return converted
