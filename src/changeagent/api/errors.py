@@ -15,16 +15,7 @@ from aiohttp import web
 
 from changeagent.change import ChangeError
 from changeagent.config import ConfigError
-from changeagent.node.errors import (
-    BadRequest,
-    CommitTimeout,
-    Conflict,
-    DataCorrupted,
-    NotAvailable,
-    NotFound,
-    Overloaded,
-    PayloadTooLarge,
-)
+from changeagent.node.errors import NodeError
 
 log = logging.getLogger(__name__)
 
@@ -54,21 +45,14 @@ def json_error(status: int, message: str, headers: dict[str, str] | None = None)
 def _from_exception(error: Exception) -> web.Response | None:
     if isinstance(error, ApiError):
         return json_error(error.status, error.message, error.headers)
-    if isinstance(error, (ChangeError, ConfigError, BadRequest)):
+    if isinstance(error, (ChangeError, ConfigError)):
         return json_error(400, str(error))
-    if isinstance(error, PayloadTooLarge):
-        return json_error(413, str(error))
-    if isinstance(error, Conflict):
-        return json_error(409, str(error))
-    if isinstance(error, NotFound):
-        return json_error(404, str(error))
-    if isinstance(error, NotAvailable):
-        retry = error.retry_after_s or RETRY_AFTER_DEFAULT_S
-        return json_error(503, str(error), {"Retry-After": str(retry)})
-    if isinstance(error, (CommitTimeout, Overloaded)):
-        return json_error(503, str(error), {"Retry-After": str(RETRY_AFTER_DEFAULT_S)})
-    if isinstance(error, DataCorrupted):
-        return json_error(503, str(error))
+    if isinstance(error, NodeError):
+        headers = None
+        if error.status == 503:
+            retry_s = error.retry_after_s or RETRY_AFTER_DEFAULT_S
+            headers = {"Retry-After": str(retry_s)}
+        return json_error(error.status, str(error), headers)
     return None
 
 

@@ -34,7 +34,6 @@ from changeagent.node.node import (
     META_CLUSTER_SECRET,
     NODE_ID_MAX,
     Node,
-    error_code,
 )
 from changeagent.node.settings_entry import ENTRY_TYPE_ADDRESS, encode_address, encode_settings
 from changeagent.raft import (
@@ -329,7 +328,7 @@ class ClusterMembers:
                 )
             return RpcResponse(0, await self._rpc(request.method, request.payload))
         except NodeError as error:
-            raise RequestFailed(error_code(error), str(error)) from None
+            raise RequestFailed(error.code, str(error)) from None
         except ValueError as error:  # a malformed forwarded change
             raise RequestFailed("bad_request", str(error)) from None
         except RequestFailed:
@@ -365,7 +364,7 @@ class ClusterMembers:
         try:
             future = node.core_driver.propose_membership(change)
         except MembershipChangeRejected as error:
-            if "pending" in str(error) or "committed an entry" in str(error):
+            if error.busy:
                 raise Conflict(f"membership change refused: {error}") from None
             raise BadRequest(f"membership change refused: {error}") from None
         except NotLeader:

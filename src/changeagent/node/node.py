@@ -36,15 +36,12 @@ from changeagent.change import NewChange, encode_change, stored_bytes_max
 from changeagent.config import SECOND_NS, Settings, write_settings_file
 from changeagent.node.driver import DriverHooks, RaftDriver
 from changeagent.node.errors import (
-    BadRequest,
     CommitTimeout,
-    Conflict,
     DataCorrupted,
     NodeError,
     NotAvailable,
-    NotFound,
-    Overloaded,
     PayloadTooLarge,
+    error_from_code,
 )
 from changeagent.node.limits import NodeLimits as NodeLimits  # re-exported
 from changeagent.node.query import ChangeQuery, PageResult
@@ -88,16 +85,6 @@ META_NODE_ID = "node_id"
 META_CLUSTER_ID = "cluster_id"
 META_CLUSTER_SECRET = "cluster_secret"
 NODE_ID_MAX = 2**63 - 1
-# Forwarded-write error codes (the leader's NodeError class, by name).
-_ERROR_CODES: dict[str, type[NodeError]] = {
-    "bad_request": BadRequest,
-    "conflict": Conflict,
-    "not_found": NotFound,
-    "commit_timeout": CommitTimeout,
-    "overloaded": Overloaded,
-    "not_available": NotAvailable,
-    "payload_too_large": PayloadTooLarge,
-}
 
 
 class Node:
@@ -794,17 +781,10 @@ def _fail_future(future: asyncio.Future[Entry], error: BaseException) -> None:
     future.exception()  # marked retrieved: nobody may be waiting
 
 
-def error_code(error: NodeError) -> str:
-    for code, kind in _ERROR_CODES.items():
-        if isinstance(error, kind):
-            return code
-    return "not_available"
-
-
 def _error_from_reply(error: RequestFailed) -> NodeError:
-    kind = _ERROR_CODES.get(error.code)
-    if kind is not None:
-        return kind(error.message)
+    known = error_from_code(error.code, error.message)
+    if known is not None:
+        return known
     if error.code == "timeout":
         return CommitTimeout(
             "the leader did not answer in time; the change may still commit. "

@@ -39,7 +39,12 @@ class ProposalDropped(RaftError):
 
 
 class MembershipChangeRejected(ProposalDropped):
-    """The membership change is invalid or another one is still pending."""
+    """The membership change is invalid, or (`busy`) cannot be made yet: another
+    one is still pending, or the leader has not committed an entry of its term."""
+
+    def __init__(self, message: str, *, busy: bool = False) -> None:
+        super().__init__(message)
+        self.busy = busy
 
 
 class InvariantViolation(RaftError):

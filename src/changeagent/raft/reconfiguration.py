@@ -25,9 +25,11 @@ def propose_membership(node: RaftNode, change: ConfChange) -> int:
     """Append `change` on the leader and send it (see `RaftNode.propose_membership`)."""
     replication.check_can_propose(node)
     if node._pending_conf_index > node._log.commit:
-        raise MembershipChangeRejected("another membership change is still pending")
+        raise MembershipChangeRejected("another membership change is still pending", busy=True)
     if not node._committed_in_term:
-        raise MembershipChangeRejected("the leader has not committed an entry of its term")
+        raise MembershipChangeRejected(
+            "the leader has not committed an entry of its term", busy=True
+        )
     reason = change.check(node._membership)
     if reason is not None:
         raise MembershipChangeRejected(reason)
