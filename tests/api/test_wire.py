@@ -13,6 +13,7 @@ from concurrent.futures import ThreadPoolExecutor
 import orjson
 import pytest
 
+from changeagent.api.wire import JsonResponse
 from tests.api.test_long_poll import wait_for_waiters
 from tests.support.server import ServerProcess
 
@@ -175,3 +176,18 @@ def test_many_woken_long_polls_each_get_one_complete_answer(server: ServerProces
         answer = connection.getresponse()
         assert answer.status == 200 and orjson.loads(answer.read()) == posted
         connection.close()
+
+
+def test_the_aiohttp_internals_the_fast_path_sets_still_mean_what_it_relies_on() -> None:
+    """`JsonResponse` marks a response it wrote itself as finished by setting three
+    private attributes of aiohttp's StreamResponse (pyproject pins the aiohttp
+    range this was checked against). If an aiohttp release renames them or
+    changes what they mean, this fails instead of responses silently breaking."""
+    response = JsonResponse(b"{}")
+    for name in ("_eof_sent", "_keep_alive", "_body_length"):
+        assert hasattr(response, name), f"aiohttp's StreamResponse has no {name} any more"
+    assert not response.prepared
+    response._finish(2)
+    assert response.prepared, "a finished response must count as prepared (no second send)"
+    assert response.keep_alive is True
+    assert response.body_length == 2
