@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from importlib import metadata
 from pathlib import Path
 
 import pytest
@@ -42,6 +43,7 @@ def test_root_and_diagnostics_links_are_absolute_and_followable(server: ServerPr
     assert links["changes"] == f"{origin}/changes"
     diagnostics = server.request("GET", links["diagnostics"].removeprefix(origin)).json()
     assert diagnostics["raft"] == f"{origin}/diagnostics/raft"
+    assert diagnostics.pop("version")  # the one value that is not a link
     for link in [*links.values(), *diagnostics.values()]:
         assert link.startswith(origin + "/"), link
         assert server.request("GET", link.removeprefix(origin)).status == 200, link
@@ -213,6 +215,27 @@ def test_help_lists_options() -> None:
     assert result.returncode == 0
     for flag in ("-p", "-d", "-f", "-P", "-v", "-logtostderr", "--max-body-bytes"):
         assert flag in result.stdout
+    # The README's form is there too.
+    assert "usage: changeagent [serve] [options]" in result.stdout
+    assert "changeagent serve --port 9000 --data-dir ./data" in result.stdout
+
+
+def test_version_on_the_command_line_and_the_api(server: ServerProcess) -> None:
+    installed = metadata.version("changeagent")
+    result = subprocess.run(
+        [sys.executable, "-m", "changeagent", "--version"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert (result.returncode, result.stdout) == (0, f"changeagent {installed}\n")
+    answer = server.request("GET", "/version")
+    assert answer.headers["Content-Type"].startswith("application/json")
+    assert answer.json() == {"version": installed}
+    assert server.request("GET", "/diagnostics").json()["version"] == installed
+    document = server.request("GET", "/openapi.json").json()
+    assert document["info"]["version"] == installed
+    assert "/version" in document["paths"]
 
 
 def test_serve_subcommand_with_long_options(tmp_path: Path) -> None:

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from changeagent import __version__
 from changeagent.ids import ID_PATTERN
+from changeagent.version import package_version
 
 ERROR = {"$ref": "#/components/schemas/Error"}
 TEXT = {"text/plain": {"schema": {"type": "string"}}}
@@ -285,7 +285,13 @@ def _paths(limit_max: int, block_max_s: float) -> dict[str, Any]:
                 },
             },
         },
-        "/diagnostics": {"get": _diagnostic(_json({"type": "object"}))},
+        "/version": {
+            "get": {
+                "summary": "The server's version",
+                "responses": {"200": _ok_json("version", VERSION)},
+            }
+        },
+        "/diagnostics": {"get": _diagnostic(_json(DIAGNOSTICS))},
         "/diagnostics/id": {"get": _diagnostic(TEXT)},
         "/diagnostics/raft": {"get": _diagnostic(_json({"type": "object"}))},
         "/diagnostics/raft/state": {"get": _diagnostic(TEXT)},
@@ -322,6 +328,18 @@ MEMBER_ID = {
     "schema": {"type": "string", "pattern": ID_PATTERN, "description": "base-36 node id"},
 }
 MEMBERS = {"type": "object", "additionalProperties": {"type": "string"}}
+VERSION = {
+    "type": "object",
+    "required": ["version"],
+    "properties": {"version": {"type": "string"}},
+    "additionalProperties": False,
+}
+DIAGNOSTICS = {
+    "type": "object",
+    "required": ["version"],
+    "properties": {"version": {"type": "string", "description": "the server's version"}},
+    "additionalProperties": {"type": "string", "description": "absolute link"},
+}
 HEALTH_STATE = {
     "type": "object",
     "required": ["up", "health"],
@@ -373,7 +391,7 @@ def openapi_document(
     their security schemes and require them everywhere they apply."""
     document: dict[str, Any] = {
         "openapi": "3.0.3",
-        "info": {"title": "changeagent", "version": __version__},
+        "info": {"title": "changeagent", "version": package_version()},
         "paths": _paths(limit_max, block_max_s),
         "components": {
             "schemas": {

@@ -20,6 +20,7 @@ from changeagent.api.errors import ApiError
 from changeagent.api.links import base_url
 from changeagent.config import settings_from_yaml, settings_to_yaml
 from changeagent.ids import format_id, parse_id
+from changeagent.version import package_version
 
 YAML_TYPES = frozenset({"application/yaml", "text/yaml", "application/x-yaml", "text/x-yaml"})
 
@@ -34,7 +35,7 @@ def text_response(text: str, status: int = 200) -> web.Response:
 
 async def root(request: web.Request) -> web.Response:
     base = base_url(request, state_of(request).prefix)
-    names = ("changes", "cluster", "config", "diagnostics", "health")
+    names = ("changes", "cluster", "config", "diagnostics", "health", "version")
     links = {name: f"{base}/{name}" for name in names}
     links["openapi"] = f"{base}/openapi.json"
     return json_response(links)
@@ -176,10 +177,17 @@ async def delete_member(request: web.Request) -> web.Response:
 # Diagnostics ---------------------------------------------------------------
 
 
+async def version(request: web.Request) -> web.Response:
+    return json_response({"version": package_version()})
+
+
 async def diagnostics(request: web.Request) -> web.Response:
+    """Links to every diagnostic, and the version (the one value that is no link)."""
     base = base_url(request, state_of(request).prefix)
     names = ("id", "raft", "raft/state", "raft/leader", "stack", "memory", "cpu")
-    return json_response({name: f"{base}/diagnostics/{name}" for name in names})
+    document = {name: f"{base}/diagnostics/{name}" for name in names}
+    document["version"] = package_version()
+    return json_response(document)
 
 
 async def node_id(request: web.Request) -> web.Response:

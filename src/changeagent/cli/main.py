@@ -14,19 +14,24 @@ import sys
 from pathlib import Path
 from typing import TypeVar
 
-from changeagent import __version__
 from changeagent.config import ConfigError
 from changeagent.node.node import NodeLimits
 from changeagent.security.tls_files import ApiTls, ClusterTls
 from changeagent.server import TAIL_CACHE_BYTES_DEFAULT, ServerOptions, serve
 from changeagent.storage import CorruptionError, StorageError
+from changeagent.version import package_version
 
 N = TypeVar("N", int, float)
 DEFAULT_LIMITS = NodeLimits()
 
+USAGE = "%(prog)s [serve] [options]"
 DESCRIPTION = """\
 Run a changeagent node: a durable, ordered change log served over HTTP.
-With no options it serves on port 8080 and stores its data in ./data."""
+With no options it serves on port 8080 and stores its data in ./data.
+ChangeAgent's single-dash flags and long options start it alike, with or
+without the word `serve`; these two are the same:
+  changeagent -p 9000 -d ./data
+  changeagent serve --port 9000 --data-dir ./data"""
 PORT_DEFAULT = 8080
 
 SECURITY_EPILOG = """\
@@ -42,6 +47,7 @@ examples:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="changeagent",
+        usage=USAGE,
         description=DESCRIPTION,
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog=SECURITY_EPILOG,
@@ -127,7 +133,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_security_arguments(parser)
     _add_cluster_arguments(parser)
-    parser.add_argument("--version", action="version", version=f"changeagent {__version__}")
+    parser.add_argument("--version", action="version", version=f"changeagent {package_version()}")
     return parser
 
 
