@@ -53,5 +53,5 @@ async def serve_cluster_port(
     bound = int(server.sockets[0].getsockname()[1])
     scheme = "tls" if context is not None else "tcp"
     # Tests and scripts read this line to learn the cluster port.
-    log.warning("changeagent cluster port listening on %s://%s:%d", scheme, host, bound)
+    log.info("changeagent cluster port listening on %s://%s:%d", scheme, host, bound)
     return bound

@@ -113,9 +113,7 @@ async def _start_site(
     bound = _bound_port([a for a in runner.addresses if a not in before], port)
     # Tests and scripts read this line to learn the port (useful with 0).
     scheme = "https" if tls is not None else "http"
-    log.warning(
-        "changeagent listening on %s://%s:%d%s", scheme, options.host, bound, options.prefix
-    )
+    log.info("changeagent listening on %s://%s:%d%s", scheme, options.host, bound, options.prefix)
     return bound
 
 

@@ -250,6 +250,18 @@ def test_serve_subcommand_with_long_options(tmp_path: Path) -> None:
     assert command_check.returncode == 0 and "--data-dir" in command_check.stdout
 
 
+def test_listening_lines_are_info_and_reach_stderr_by_default(make_server) -> None:  # type: ignore[no-untyped-def]
+    """Scripts and tests read these lines for the ports; they are routine, so INFO,
+    which the default verbosity still writes to stderr."""
+    server = make_server("-cp", "0")
+    log = "".join(server.log)
+    assert (
+        f"INFO changeagent.server: changeagent listening on http://127.0.0.1:{server.port}" in log
+    )
+    assert "INFO changeagent.peers: changeagent cluster port listening on tcp://127.0.0.1:" in log
+    assert not [line for line in server.log if "WARNING" in line and "listening" in line]
+
+
 def test_data_directory_and_files_are_private(server: ServerProcess) -> None:
     server.post_change({"data": 1})
     assert server.data_dir.stat().st_mode & 0o777 == 0o700
