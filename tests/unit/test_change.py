@@ -78,7 +78,12 @@ json_values = st.recursive(
 )
 
 
-@given(data=json_values, tags=st.lists(st.text(), max_size=5), change_type=st.integers(0, 1000))
+# A tag is at most 256 bytes: 64 characters of up to 4 bytes each.
+@given(
+    data=json_values,
+    tags=st.lists(st.text(max_size=64), max_size=5),
+    change_type=st.integers(0, 1000),
+)
 def test_encoded_change_is_the_json_it_claims(
     data: object, tags: list[str], change_type: int
 ) -> None:
