@@ -1,39 +1,72 @@
-"""CommitWaiters on its own: grouping, one read per wake-up, timeouts, cancels,
-close, and delivery hooks called inside `notify` before any waiter resumes."""
+"""CommitWaiters on its own: grouping, one read per wake-up, checks of only the new
+entries, worker-thread reads when memory cannot answer, timeouts, cancels, close,
+and delivery hooks called before any waiter resumes."""
 
 from __future__ import annotations
 
 import asyncio
+import threading
 from collections.abc import Awaitable, Callable
 
 import pytest
 
-from changeagent.node.query import ChangeQuery, PageResult
+from changeagent.node.query import ChangeQuery, KnownPrefix, PageResult
 from changeagent.node.waiters import CommitWaiters, deliver_on_wake
 
 LONG_S = 600.0  # far beyond any test: only a wake-up, a close or a cancel ends these waits
 
 
 class Log:
-    """A committed log of (index, tag) and a read function over it that counts reads."""
+    """A committed log of (index, tag) and the reads CommitWaiters needs over it, which
+    record what they were asked. `in_memory = False` plays a log whose new entries are
+    not in the hot tail: every check then needs a (worker-thread) read."""
 
     def __init__(self) -> None:
         self.entries: list[tuple[int, str]] = []
-        self.reads = 0
+        self.probes: list[tuple[int, int]] = []  # (after, upto) of each in-memory check
+        self.reads = 0  # pages read, from memory or in a thread
+        self.thread_reads: list[tuple[int, int]] = []  # (after, upto)
+        self.in_memory = True
+        self.gate = threading.Event()  # thread reads wait for it
+        self.gate.set()
+        self.fail = False
 
     def commit(self, tag: str = "") -> int:
         index = len(self.entries) + 1
         self.entries.append((index, tag))
         return index
 
-    def read(self, query: ChangeQuery, upto: int) -> PageResult:
+    def waiters(self) -> CommitWaiters:
+        return CommitWaiters(self.probe, self.read_in_memory, self.read)
+
+    def probe(self, query: ChangeQuery, after: int, upto: int) -> bool | None:
+        self.probes.append((after, upto))
+        return bool(self._matching(query, after, upto)) if self.in_memory else None
+
+    def read_in_memory(
+        self, query: ChangeQuery, upto: int, known: KnownPrefix
+    ) -> PageResult | None:
+        return self._page(query, upto, known) if self.in_memory else None
+
+    def read(self, query: ChangeQuery, upto: int, known: KnownPrefix) -> PageResult:
+        self.thread_reads.append((known.resume_after(query), upto))
+        self.gate.wait(10)
+        if self.fail:
+            raise RuntimeError("the read failed")
+        return self._page(query, upto, known)
+
+    def _page(self, query: ChangeQuery, upto: int, known: KnownPrefix) -> PageResult:
         self.reads += 1
-        bodies = [
-            b'{"_id":%d}' % index
-            for index, tag in self.entries
-            if query.since < index <= upto and (not query.tags or tag in query.tags)
-        ][: query.limit]
+        indices = self._matching(query, known.resume_after(query), upto)[: query.limit]
+        bodies = [b'{"_id":%d}' % index for index in indices]
         return PageResult(bodies, at_start=False, at_end=True, first_retained=1, missed=False)
+
+    def _matching(self, query: ChangeQuery, after: int, upto: int) -> list[int]:
+        return [
+            index
+            for index, tag in self.entries
+            if after < index <= upto and (not query.tags or tag in query.tags)
+        ]
 
 
 def run(test: Callable[[], Awaitable[None]]) -> None:
@@ -48,7 +81,7 @@ async def until(condition: Callable[[], bool]) -> None:
 def test_one_read_answers_a_whole_group_with_one_shared_page() -> None:
     async def scenario() -> None:
         log = Log()
-        waiters = CommitWaiters(log.read)
+        waiters = log.waiters()
         query = ChangeQuery(since=0)
         tasks = [asyncio.create_task(waiters.wait(query, 0, LONG_S)) for _ in range(5)]
         await until(lambda: len(waiters) == 5)
@@ -65,15 +98,18 @@ def test_one_read_answers_a_whole_group_with_one_shared_page() -> None:
 def test_non_matching_commits_keep_the_wait_and_are_not_scanned_again() -> None:
     async def scenario() -> None:
         log = Log()
-        waiters = CommitWaiters(log.read)
+        waiters = log.waiters()
         task = asyncio.create_task(waiters.wait(ChangeQuery(since=0, tags=("a",)), 0, LONG_S))
         await until(lambda: len(waiters) == 1)
-        waiters.notify(log.commit("b"))  # first check of the group: a full read
-        waiters.notify(log.commit("b"))  # then a probe of the new entries only
+        waiters.notify(log.commit("b"))
+        waiters.notify(log.commit("b"))
         assert not task.done() and len(waiters) == 1
         waiters.notify(log.commit("a"))
         page = await task
         assert page is not None and page.bodies == [b'{"_id":3}']
+        # Each commit checked only its own entry; one page read, for the wake-up.
+        assert log.probes == [(0, 1), (1, 2), (2, 3)]
+        assert log.reads == 1 and log.thread_reads == []
 
     run(scenario)
 
@@ -81,11 +117,11 @@ def test_non_matching_commits_keep_the_wait_and_are_not_scanned_again() -> None:
 def test_timeout_answers_none_and_forgets_the_waiter() -> None:
     async def scenario() -> None:
         log = Log()
-        waiters = CommitWaiters(log.read)
+        waiters = log.waiters()
         assert await waiters.wait(ChangeQuery(since=0), 0, 0.01) is None
         assert len(waiters) == 0
         waiters.notify(log.commit())
-        assert log.reads == 0  # no group left to read for
+        assert log.probes == [] and log.reads == 0  # no group left to read for
 
     run(scenario)
 
@@ -93,7 +129,7 @@ def test_timeout_answers_none_and_forgets_the_waiter() -> None:
 def test_cancelled_waiter_leaves_its_group_and_the_others_still_wake() -> None:
     async def scenario() -> None:
         log = Log()
-        waiters = CommitWaiters(log.read)
+        waiters = log.waiters()
         query = ChangeQuery(since=0)
         stays = asyncio.create_task(waiters.wait(query, 0, LONG_S))
         leaves = asyncio.create_task(waiters.wait(query, 0, LONG_S))
@@ -111,7 +147,7 @@ def test_cancelled_waiter_leaves_its_group_and_the_others_still_wake() -> None:
 
 def test_close_answers_every_waiter_with_none_and_refuses_new_ones() -> None:
     async def scenario() -> None:
-        waiters = CommitWaiters(Log().read)
+        waiters = Log().waiters()
         tasks = [
             asyncio.create_task(waiters.wait(ChangeQuery(since=n), 0, LONG_S)) for n in range(3)
         ]
@@ -126,7 +162,7 @@ def test_close_answers_every_waiter_with_none_and_refuses_new_ones() -> None:
 def test_hooks_deliver_inside_notify_before_any_waiter_resumes() -> None:
     async def scenario() -> None:
         log = Log()
-        waiters = CommitWaiters(log.read)
+        waiters = log.waiters()
         delivered: list[tuple[int, PageResult]] = []
         resumed: list[int] = []
 
@@ -157,7 +193,7 @@ def test_hooks_deliver_inside_notify_before_any_waiter_resumes() -> None:
 def test_hook_is_not_called_for_a_timed_out_waiter_or_after_close() -> None:
     async def scenario() -> None:
         log = Log()
-        waiters = CommitWaiters(log.read)
+        waiters = log.waiters()
         calls: list[PageResult] = []
 
         def hook(page: PageResult) -> bool:
@@ -178,7 +214,7 @@ def test_hook_is_not_called_for_a_timed_out_waiter_or_after_close() -> None:
 def test_a_failing_or_declining_hook_still_wakes_its_waiter() -> None:
     async def scenario() -> None:
         log = Log()
-        waiters = CommitWaiters(log.read)
+        waiters = log.waiters()
 
         def broken(page: PageResult) -> bool:
             raise RuntimeError("broken hook")
@@ -202,8 +238,9 @@ def test_a_failing_or_declining_hook_still_wakes_its_waiter() -> None:
 def test_the_hook_context_ends_with_its_block() -> None:
     async def scenario() -> None:
         log = Log()
-        waiters = CommitWaiters(log.read)
+        waiters = log.waiters()
         calls: list[PageResult] = []
+
         def hook(page: PageResult) -> bool:
             calls.append(page)
             return True
@@ -214,5 +251,67 @@ def test_the_hook_context_ends_with_its_block() -> None:
         await until(lambda: len(waiters) == 1)
         waiters.notify(log.commit())
         assert await task is not None and calls == []
+
+    run(scenario)
+
+
+def test_a_check_memory_cannot_answer_is_one_thread_read_whatever_the_commits() -> None:
+    async def scenario() -> None:
+        log = Log()
+        log.in_memory = False
+        log.gate.clear()
+        waiters = log.waiters()
+        delivered: list[PageResult] = []
+
+        def hook(page: PageResult) -> bool:
+            delivered.append(page)
+            return True
+
+        task = asyncio.create_task(
+            waiters.wait(ChangeQuery(since=0, tags=("a",)), 0, LONG_S, hook=hook)
+        )
+        await until(lambda: len(waiters) == 1)
+        for tag in ("b", "b", "a"):
+            waiters.notify(log.commit(tag))
+        await until(lambda: len(log.thread_reads) == 1)
+        assert log.thread_reads == [(0, 1)]  # the later commits wait for this read
+        log.gate.set()
+        page = await task
+        # One more read, for what committed during the first, found the change.
+        assert log.thread_reads == [(0, 1), (1, 3)] and waiters.thread_reads == 2
+        assert page is not None and page.bodies == [b'{"_id":3}']
+        assert delivered == [page] and waiters.delivered == 1
+
+    run(scenario)
+
+
+def test_a_failed_thread_read_answers_its_group_with_none() -> None:
+    async def scenario() -> None:
+        log = Log()
+        log.in_memory = False
+        log.fail = True
+        waiters = log.waiters()
+        task = asyncio.create_task(waiters.wait(ChangeQuery(since=0), 0, LONG_S))
+        await until(lambda: len(waiters) == 1)
+        waiters.notify(log.commit())
+        assert await task is None  # the caller then reads for itself and reports the error
+        assert len(waiters) == 0
+
+    run(scenario)
+
+
+def test_close_during_a_thread_read_answers_none_and_drops_the_read() -> None:
+    async def scenario() -> None:
+        log = Log()
+        log.in_memory = False
+        log.gate.clear()
+        waiters = log.waiters()
+        task = asyncio.create_task(waiters.wait(ChangeQuery(since=0), 0, LONG_S))
+        await until(lambda: len(waiters) == 1)
+        waiters.notify(log.commit())
+        await until(lambda: len(log.thread_reads) == 1)
+        waiters.close()
+        assert await task is None
+        log.gate.set()
 
     run(scenario)

@@ -14,6 +14,8 @@ QUERIES: dict[str, tuple[str, tuple[object, ...], str]] = {
     "page by tag": (reads._TAGGED_AFTER, ("a", 0, 10, 5), "PRIMARY KEY (tag=?"),
     "atStart by type": (reads._TYPE_AT_OR_BELOW, (1, 5), "entries_by_type"),
     "atStart by tag": (reads._TAG_AT_OR_BELOW, ("a", 5, 1), "PRIMARY KEY (tag=?"),
+    "seek by tag": (reads._TAGGED_FROM, ("a", 0, 10, 5), "PRIMARY KEY (tag=?"),
+    "seek by type": (reads._OF_TYPE_FROM, (1, 0, 10, 5), "COVERING INDEX entries_by_type"),
     "idempotency": (reads._KEY_INDEX, ("k",), "autoindex_idempotency"),
     "purge: nth newest": (reads.NTH_NEWEST_USER, (5, 2), "INTEGER PRIMARY KEY"),
     "truncate tags": ("DELETE FROM tags WHERE idx >= ?", (5,), "tags_by_idx"),

@@ -44,7 +44,7 @@ from changeagent.node.errors import (
     error_from_code,
 )
 from changeagent.node.limits import NodeLimits as NodeLimits  # re-exported
-from changeagent.node.query import ChangeQuery, PageResult
+from changeagent.node.query import ChangeQuery, KnownPrefix, PageResult
 from changeagent.node.ready_plan import plan_compaction
 from changeagent.node.replicated_state import (
     AddressChanged,
@@ -72,7 +72,14 @@ from changeagent.raft import (
     Role,
     Snapshot,
 )
-from changeagent.storage import ChangePage, CorruptionError, Storage, StorageFailed, WriteBatch
+from changeagent.storage import (
+    ChangePage,
+    CorruptionError,
+    KnownAtStart,
+    Storage,
+    StorageFailed,
+    WriteBatch,
+)
 from changeagent.transport import RequestFailed
 
 if TYPE_CHECKING:
@@ -122,7 +129,9 @@ class Node:
         self._apply_waiters: list[tuple[int, int, asyncio.Future[None]]] = []
         self._apply_waiter_ids = itertools.count()
         self._supervisor = Supervisor(self._fail)
-        self._waiters = CommitWaiters(self._read_committed)
+        self._waiters = CommitWaiters(
+            self._probe_in_memory, self._read_in_memory, self._read_committed
+        )
         self._web_hooks = WebHookCaller()
         self._on_leave: Callable[[], Coroutine[Any, Any, None]] | None = None
         self._leader_changed: asyncio.Future[None] | None = None  # set on any soft-state change
@@ -669,14 +678,17 @@ class Node:
 
     async def read_changes(self, query: ChangeQuery) -> PageResult:
         """Committed changes after `query.since`: from memory on the loop when the hot
-        tail can answer (consumers near the end), else from SQLite in a worker thread."""
+        tail can answer with bounded work (consumers near the end; see
+        `Storage.read_changes_in_memory`), else from SQLite in a worker thread."""
         return await self._read_upto(query, self.commit_index)
 
-    async def _read_upto(self, query: ChangeQuery, upto: int) -> PageResult:
-        page = self._read_in_memory(query, upto)
+    async def _read_upto(
+        self, query: ChangeQuery, upto: int, known: KnownPrefix | None = None
+    ) -> PageResult:
+        page = self._read_in_memory(query, upto, known)
         if page is not None:
             return page
-        return await asyncio.to_thread(self._read_committed, query, upto)
+        return await asyncio.to_thread(self._read_committed, query, upto, known)
 
     async def wait_changes(self, query: ChangeQuery, block_s: float) -> PageResult:
         """Like read_changes, but wait up to `block_s` for a matching change to commit."""
@@ -684,48 +696,68 @@ class Node:
         upto = self.commit_index
         page = await self._read_upto(query, upto)
         # A commit may land while a cold read runs in a thread, before this request is
-        # registered as a waiter: read again until the read covers the commit index,
-        # then register with no await in between, so no wake-up can be missed.
+        # registered as a waiter: read again (only what is new) until the read covers
+        # the commit index, then register with no await in between, so no wake-up can
+        # be missed.
         while not page.bodies and upto < self.commit_index:
+            known = KnownPrefix.after_read(query, page, upto)
             upto = self.commit_index
-            page = await self._read_upto(query, upto)
+            page = await self._read_upto(query, upto, known)
         remaining_s = deadline - asyncio.get_running_loop().time()
         if page.bodies or remaining_s <= 0 or self.closing:
             return page
-        woken = await self._waiters.wait(query, upto, remaining_s)
+        known = KnownPrefix.after_read(query, page, upto)
+        woken = await self._waiters.wait(query, known, remaining_s)
         if woken is not None:
             return woken
-        return await self.read_changes(query)
+        return await self._read_upto(query, self.commit_index, known)  # only what is new
 
     def get_change(self, index: int) -> bytes | None:
         if index > self.commit_index:
             return None
         return self._guard(lambda: self.storage.get_change(index))
 
-    def _read_committed(self, query: ChangeQuery, upto: int) -> PageResult:
+    def _read_committed(
+        self, query: ChangeQuery, upto: int, known: KnownPrefix | None = None
+    ) -> PageResult:
+        """The page, from SQLite where the tail cannot answer: blocking, for a worker
+        thread. With `known`, only what lies after `known.resume_after(query)`."""
+        since, at_start = self._resume_point(query, known)
         page = self._guard(
             lambda: self.storage.read_changes(
-                since=query.since, limit=query.limit, tags=query.tags, type=query.type, upto=upto
+                since, query.limit, query.tags, query.type, upto, at_start=at_start
             )
         )
         return self._page_result(query, page)
 
-    def _read_in_memory(self, query: ChangeQuery, upto: int) -> PageResult | None:
+    def _read_in_memory(
+        self, query: ChangeQuery, upto: int, known: KnownPrefix | None = None
+    ) -> PageResult | None:
+        """The page from the hot tail with bounded work, never SQLite; else None."""
+        since, at_start = self._resume_point(query, known)
         page = self._guard(
             lambda: self.storage.read_changes_in_memory(
-                since=query.since, limit=query.limit, tags=query.tags, type=query.type, upto=upto
+                since, query.limit, query.tags, query.type, upto, at_start=at_start
             )
         )
         return None if page is None else self._page_result(query, page)
 
+    def _probe_in_memory(self, query: ChangeQuery, after: int, upto: int) -> bool | None:
+        """Whether a change in (after, upto] matches, from the tail with bounded work;
+        None when only SQLite can tell. A waiting long-poll's check on each commit."""
+        return self._guard(
+            lambda: self.storage.has_changes_in_memory(after, upto, query.tags, query.type)
+        )
+
     def _page_result(self, query: ChangeQuery, page: ChangePage) -> PageResult:
-        first_index = self.storage.first_index()
+        # The page's own compaction point, not the storage's current one: it dates the
+        # page's atStart (`KnownPrefix.first_retained`).
         return PageResult(
             bodies=page.bodies,
             at_start=page.at_start,
             at_end=page.at_end,
-            first_retained=first_index,
-            missed=query.since < first_index - 1,
+            first_retained=page.compacted_through + 1,
+            missed=query.since < page.compacted_through,
         )
 
     def _guard(self, read: Callable[[], T]) -> T:
@@ -737,6 +769,18 @@ class Node:
                 f"this node found corrupted data and stopped serving it ({error}); "
                 "read from another node"
             ) from None
+
+    @staticmethod
+    def _resume_point(
+        query: ChangeQuery, known: KnownPrefix | None
+    ) -> tuple[int, KnownAtStart | None]:
+        """Where a read of `query` starts, and the atStart it may take as known."""
+        if known is None:
+            return query.since, None
+        at_start = None
+        if known.at_start is not None:
+            at_start = KnownAtStart(known.at_start, known.first_retained - 1)
+        return known.resume_after(query), at_start
 
     # Helpers ---------------------------------------------------------------------------
 

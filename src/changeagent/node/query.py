@@ -42,3 +42,31 @@ class PageResult:
             parts.append(b"}")
             self._encoded = b"".join(parts)
         return self._encoded
+
+
+@dataclass(frozen=True, slots=True)
+class KnownPrefix:
+    """What earlier reads of a query found, so that a long-poll's next read of it looks
+    only at what is new.
+
+    No change in (since, scanned_upto] matches the query: the next read starts at
+    `resume_after`. `at_start` is atStart as of the page whose first retained index
+    was `first_retained` (None if unknown). Once a read has covered `since`, appends
+    cannot change atStart and a purge can only turn it from false to true, so it
+    holds while `first_retained` does, and for good when true. It is also atStart
+    for `resume_after`: nothing in between matches.
+    """
+
+    scanned_upto: int
+    at_start: bool | None = None
+    first_retained: int = 0
+
+    @classmethod
+    def after_read(cls, query: ChangeQuery, page: PageResult, upto: int) -> KnownPrefix:
+        """What `page`, an answer to `query` read up to `upto` with no change in it,
+        establishes."""
+        at_start = page.at_start if query.since <= upto else None
+        return cls(upto, at_start, page.first_retained)
+
+    def resume_after(self, query: ChangeQuery) -> int:
+        return max(query.since, self.scanned_upto)

@@ -3,18 +3,28 @@
 Waiters are grouped by their query (since, tags, type, limit): consumers at the
 tail usually ask the same question, so one read — and one encoded response —
 answers the whole group when a matching change commits. A group whose filter
-matched nothing in a commit remembers how far it has checked, so the next commit
-only scans the new entries.
+matched nothing in a commit remembers how far it has checked (and its atStart:
+`KnownPrefix`), so the next commit only looks at the new entries.
+
+What one commit costs the event loop is bounded, whatever the filters: per group,
+a look at the new entries in the hot tail (at most TAIL_SCAN_ENTRIES_MAX of them,
+never SQLite), and for a group they wake, its page from the tail (at most
+max(TAIL_SCAN_ENTRIES_MAX, limit + 1) entries, atStart from `KnownPrefix`).
+Anything more — new entries no longer in the tail or too many of them, a sparse
+page, an atStart that a purge made stale — is one read in a worker thread for the
+group, which covers every commit up to then; the group waits for it instead of
+checking again, so a heavy read is done once, not once per commit.
 
 Waking is the hot path of fan-out (1,000 consumers woken by one commit), so each
 waiter costs one future and one timer, and `notify` wakes it with one
 `set_result`: no `asyncio.wait`, no shared future with a callback per waiter.
 
-A waiter may also carry a *delivery hook* (`deliver_on_wake`): `notify` calls it
-synchronously with the page, before any task resumes, so the API can write a
-prebuilt HTTP response straight to the consumer's socket. The task still wakes
-afterwards (to finish the request's bookkeeping); the hook's return value tells
-it whether the answer is already out.
+A waiter may also carry a *delivery hook* (`deliver_on_wake`): `notify` (or, for
+a group woken by a worker-thread read, the loop callback that takes its result)
+calls it synchronously with the page, before any task resumes, so the API can
+write a prebuilt HTTP response straight to the consumer's socket. The task still
+wakes afterwards (to finish the request's bookkeeping); the hook's return value
+tells it whether the answer is already out.
 """
 
 from __future__ import annotations
@@ -24,14 +34,20 @@ import contextlib
 import contextvars
 import logging
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
-from changeagent.node.query import ChangeQuery, PageResult
+from changeagent.node.query import ChangeQuery, KnownPrefix, PageResult
 
 log = logging.getLogger(__name__)
 
-ReadFunction = Callable[[ChangeQuery, int], PageResult]
-# Called on the event loop, inside `notify`, with the page that wakes the waiter.
+# probe(query, after, upto): whether a change in (after, upto] matches, from memory with
+# bounded work; None when memory cannot tell cheaply.
+ProbeFunction = Callable[[ChangeQuery, int, int], bool | None]
+# read_in_memory(query, upto, known): the page, from memory with bounded work, or None.
+InMemoryReadFunction = Callable[[ChangeQuery, int, KnownPrefix], PageResult | None]
+# read(query, upto, known): the page (empty if nothing new matches); blocking: a thread.
+ReadFunction = Callable[[ChangeQuery, int, KnownPrefix], PageResult]
+# Called on the event loop, before the waiter resumes, with the page that wakes it.
 # Returns True when it delivered the page itself. Must be quick and must not raise.
 DeliveryHook = Callable[[PageResult], bool]
 
@@ -64,19 +80,27 @@ class _Waiter:
 @dataclass(slots=True)
 class _Group:
     query: ChangeQuery
-    checked_upto: int
+    known: KnownPrefix
     # Insertion-ordered: consumers are woken first come, first served; O(1) removal.
     waiters: dict[_Waiter, None] = field(default_factory=dict)
+    reading: bool = False  # a worker-thread read is under way; notify leaves the group be
 
 
 class CommitWaiters:
     """Wakes long-polls whose query matches a newly committed change."""
 
-    def __init__(self, read: ReadFunction) -> None:
-        self._read = read  # read(query, upto) over committed entries, fast (hot tail)
+    def __init__(
+        self, probe: ProbeFunction, read_in_memory: InMemoryReadFunction, read: ReadFunction
+    ) -> None:
+        self._probe = probe
+        self._read_in_memory = read_in_memory
+        self._read = read
         self._groups: dict[ChangeQuery, _Group] = {}
+        self._commit_index = 0  # the last one notified
+        self._reads: set[asyncio.Task[None]] = set()
         self._closed = False
         self.delivered = 0  # pages written by delivery hooks (diagnostics, tests)
+        self.thread_reads = 0  # group reads sent to a worker thread (diagnostics, tests)
 
     def __len__(self) -> int:
         return sum(len(group.waiters) for group in self._groups.values())
@@ -84,21 +108,25 @@ class CommitWaiters:
     async def wait(
         self,
         query: ChangeQuery,
-        checked_upto: int,
+        known: KnownPrefix | int,
         timeout_s: float,
         hook: DeliveryHook | None = None,
     ) -> PageResult | None:
         """Wait until a change matching `query` commits; None on timeout or close.
 
-        `hook` (default: the one set by `deliver_on_wake`, if any) is called by
-        `notify` with the page before this coroutine resumes.
+        `known` is what the caller's read found (or just how far it read): nothing
+        in (query.since, known.scanned_upto] matches. `hook` (default: the one set
+        by `deliver_on_wake`, if any) is called with the page before this coroutine
+        resumes.
         """
         if self._closed:
             return None
         loop = asyncio.get_running_loop()
         group = self._groups.get(query)
         if group is None:
-            group = _Group(query=query, checked_upto=checked_upto)
+            if isinstance(known, int):
+                known = KnownPrefix(known)
+            group = _Group(query=query, known=known)
             self._groups[query] = group
         waiter = _Waiter(loop.create_future(), hook if hook is not None else _delivery_hook.get())
         group.waiters[waiter] = None
@@ -113,45 +141,99 @@ class CommitWaiters:
                 del self._groups[query]
 
     def notify(self, commit_index: int) -> None:
-        """Called on the event loop each time the commit index advances."""
+        """Called on the event loop each time the commit index advances.
+
+        Bounded work per group (see the module docstring): never a SQLite read.
+        """
+        self._commit_index = commit_index
         woken: list[tuple[_Group, PageResult]] = []
-        for query, group in list(self._groups.items()):
-            if group.checked_upto >= commit_index:
+        for group in list(self._groups.values()):
+            if group.reading or group.known.scanned_upto >= commit_index:
                 continue
-            page = self._matching_page(group, commit_index)
-            if page is None:
-                group.checked_upto = commit_index
-                continue
-            del self._groups[query]
-            woken.append((group, page))
+            page = self._check_in_memory(group, commit_index)
+            if page is not None:
+                del self._groups[group.query]
+                woken.append((group, page))
         for group, page in woken:
-            waiters, group.waiters = group.waiters, {}
-            for waiter in waiters:
-                if waiter.future.done():  # timed out or cancelled, not resumed yet
-                    continue
-                if waiter.hook is not None and self._deliver(waiter.hook, page):
-                    self.delivered += 1
-                waiter.future.set_result(page)
+            self._wake(group, page)
 
     def close(self) -> None:
         """Answer every waiter now (shutdown): each then returns what it has."""
         self._closed = True
+        for task in list(self._reads):
+            task.cancel()
         groups, self._groups = self._groups, {}
         for group in groups.values():
-            waiters, group.waiters = group.waiters, {}
-            for waiter in waiters:
-                if not waiter.future.done():
-                    waiter.future.set_result(None)
+            self._answer_none(group)
 
-    def _matching_page(self, group: _Group, commit_index: int) -> PageResult | None:
-        query = group.query
-        if group.checked_upto > query.since:
-            # Cheap probe over the new entries only; most tag-filtered groups stop here.
-            probe = self._read(query.with_since(group.checked_upto, limit=1), commit_index)
-            if not probe.bodies:
+    def _check_in_memory(self, group: _Group, upto: int) -> PageResult | None:
+        """The page that wakes `group`, if memory can tell with bounded work; None if
+        nothing new matches, or if a worker-thread read was started to find out."""
+        query, known = group.query, group.known
+        found = self._probe(query, known.resume_after(query), upto)
+        if found is False:
+            group.known = replace(known, scanned_upto=upto)
+            return None
+        if found:
+            page = self._read_in_memory(query, upto, known)
+            if page is not None:
+                if page.bodies:
+                    return page
+                group.known = replace(known, scanned_upto=upto)  # limit=0: nothing to show
                 return None
-        page = self._read(query, commit_index)
-        return page if page.bodies else None
+        self._read_in_thread(group, upto)
+        return None
+
+    def _read_in_thread(self, group: _Group, upto: int) -> None:
+        group.reading = True
+        self.thread_reads += 1
+        task = asyncio.get_running_loop().create_task(self._thread_read(group, upto))
+        self._reads.add(task)
+        task.add_done_callback(self._reads.discard)
+
+    async def _thread_read(self, group: _Group, upto: int) -> None:
+        query = group.query
+        try:
+            page = await asyncio.to_thread(self._read, query, upto, group.known)
+        except Exception:  # corruption, a closed storage: each waiter reads for itself
+            log.warning("a long-poll read failed; its waiters answer on their own", exc_info=True)
+            if self._groups.get(query) is group:
+                del self._groups[query]
+                self._answer_none(group)
+            return
+        finally:
+            group.reading = False
+        if self._groups.get(query) is group:  # else every waiter left meanwhile, or closed
+            self._take_thread_read(group, page, upto)
+
+    def _take_thread_read(self, group: _Group, page: PageResult, upto: int) -> None:
+        if not page.bodies:
+            group.known = KnownPrefix.after_read(group.query, page, upto)
+            if self._commit_index <= upto:
+                return
+            # Commits landed during the read: check them now, as notify would have.
+            new_page = self._check_in_memory(group, self._commit_index)
+            if new_page is None:
+                return
+            page = new_page
+        del self._groups[group.query]
+        self._wake(group, page)
+
+    def _wake(self, group: _Group, page: PageResult) -> None:
+        waiters, group.waiters = group.waiters, {}
+        for waiter in waiters:
+            if waiter.future.done():  # timed out or cancelled, not resumed yet
+                continue
+            if waiter.hook is not None and self._deliver(waiter.hook, page):
+                self.delivered += 1
+            waiter.future.set_result(page)
+
+    @staticmethod
+    def _answer_none(group: _Group) -> None:
+        waiters, group.waiters = group.waiters, {}
+        for waiter in waiters:
+            if not waiter.future.done():
+                waiter.future.set_result(None)
 
     @staticmethod
     def _deliver(hook: DeliveryHook, page: PageResult) -> bool:

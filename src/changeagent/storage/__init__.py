@@ -31,12 +31,13 @@ from changeagent.storage.errors import (
     StorageError,
     StorageFailed,
 )
-from changeagent.storage.store import ChangePage, FaultInjector, Storage
+from changeagent.storage.store import ChangePage, FaultInjector, KnownAtStart, Storage
 
 __all__ = [
     "ChangePage",
     "CorruptionError",
     "FaultInjector",
+    "KnownAtStart",
     "Storage",
     "StorageBusy",
     "StorageClosed",

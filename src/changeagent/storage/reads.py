@@ -7,6 +7,7 @@ raced with a truncation or compaction.
 
 from __future__ import annotations
 
+import bisect
 import heapq
 import itertools
 import sqlite3
@@ -32,6 +33,11 @@ _CHANGES_OF_TYPE_AFTER = (
     f"SELECT {_COLUMNS} FROM entries WHERE type = ? AND idx > ? AND idx <= ? ORDER BY idx LIMIT ?"
 )
 _TAGGED_AFTER = "SELECT idx FROM tags WHERE tag = ? AND idx > ? AND idx <= ? ORDER BY idx LIMIT ?"
+# Seeks for the tag-and-type intersection: each walks one index from a position on.
+_TAGGED_FROM = "SELECT idx FROM tags WHERE tag = ? AND idx >= ? AND idx <= ? ORDER BY idx LIMIT ?"
+_OF_TYPE_FROM = (
+    "SELECT idx FROM entries WHERE type = ? AND idx >= ? AND idx <= ? ORDER BY idx LIMIT ?"
+)
 _TYPE_AT_OR_BELOW = "SELECT 1 FROM entries WHERE type = ? AND idx <= ? LIMIT 1"
 _TAG_AT_OR_BELOW = "SELECT idx FROM tags WHERE tag = ? AND idx <= ? ORDER BY idx LIMIT ?"
 _KEY_INDEX = "SELECT idx FROM idempotency WHERE key = ?"
@@ -46,6 +52,7 @@ _NEWEST_FIRST = f"SELECT {_COLUMNS} FROM entries WHERE idx >= ? ORDER BY idx DES
 
 _IN_CHUNK = 500  # indices per `idx IN (...)` query; fixed, so the statement is cached
 _TAG_CHUNK_MIN = 64
+_SEEK_CHUNK = 256  # indices fetched per seek of the tag-and-type intersection
 
 
 class RowMissing(Exception):
@@ -136,10 +143,18 @@ def _tagged_changes_after(
     entry_type: int | None,
     upto: int,
 ) -> list[tuple[int, bytes]]:
-    """Merge each tag's index range (one index seek per chunk), then fetch the rows."""
-    chunk = max(want, _TAG_CHUNK_MIN)
-    streams = [_tag_stream(connection, tag, since, upto, chunk) for tag in tags]
-    candidates = _distinct(heapq.merge(*streams))
+    """Merge each tag's index range (one index seek per chunk), then fetch the rows.
+
+    With a type too, the candidates are the intersection of the tags' and the type's
+    indexes (`_tagged_of_type`), so rows of the tag but another type are never read.
+    """
+    candidates: Iterator[int]
+    if entry_type is None:
+        chunk = max(want, _TAG_CHUNK_MIN)
+        streams = [_tag_stream(connection, tag, since, upto, chunk) for tag in tags]
+        candidates = _distinct(heapq.merge(*streams))
+    else:
+        candidates = _tagged_of_type(connection, tags, entry_type, since, upto)
     result: list[tuple[int, bytes]] = []
     while len(result) < want:
         count = min(want - len(result), _IN_CHUNK)
@@ -189,33 +204,80 @@ def _rows_at(connection: sqlite3.Connection, indices: list[int]) -> list[Row]:
 def matching_at_or_below(
     connection: sqlite3.Connection, since: int, tags: Sequence[str], entry_type: int | None
 ) -> bool:
-    """Whether any retained user change at or below `since` matches the filter."""
+    """Whether any retained user change at or below `since` matches the filter.
+
+    One indexed LIMIT 1 seek per tag, or for the type; with both, the intersection of
+    the two indexes (`_tagged_of_type`): a type that no change of the tag has, the
+    common case for a long-poll waiting for it, costs one or two seeks. The match
+    found there is confirmed by its verified row.
+    """
+    if tags and entry_type is not None:
+        found = next(_tagged_of_type(connection, tags, entry_type, 0, since), None)
+        return found is not None and _rows_at(connection, [found])[0][2] == entry_type
     if tags:
-        return any(_tag_match_at_or_below(connection, tag, since, entry_type) for tag in tags)
+        return any(connection.execute(_TAG_AT_OR_BELOW, (tag, since, 1)).fetchall() for tag in tags)
     if entry_type is not None:
         return connection.execute(_TYPE_AT_OR_BELOW, (entry_type, since)).fetchone() is not None
     raise ValueError("an unfiltered query is answered from the first user index")
 
 
-def _tag_match_at_or_below(
-    connection: sqlite3.Connection, tag: str, since: int, entry_type: int | None
-) -> bool:
-    if entry_type is None:
-        return bool(connection.execute(_TAG_AT_OR_BELOW, (tag, since, 1)).fetchall())
-    low = 0
-    while True:
-        indices = [
-            row[0]
-            for row in connection.execute(
-                "SELECT idx FROM tags WHERE tag = ? AND idx > ? AND idx <= ? ORDER BY idx LIMIT ?",
-                (tag, low, since, _IN_CHUNK),
-            ).fetchall()
-        ]
-        if not indices:
-            return False
-        if any(row[2] == entry_type for row in _rows_at(connection, indices)):
-            return True
-        low = indices[-1]
+class _IndexRange:
+    """The sorted indices one index holds for a key within [.., high], read by seeks.
+
+    A seek fetches the next `_SEEK_CHUNK` indices from its position and answers later
+    seeks inside them from memory, so a walk costs one query per chunk or per jump.
+    """
+
+    def __init__(self, connection: sqlite3.Connection, query: str, key: object, high: int) -> None:
+        self._connection = connection
+        self._query = query
+        self._key = key
+        self._high = high
+        self._indices: list[int] = []
+        self._low = 1  # every index in [_low, _covered] the range holds is in _indices
+        self._covered = 0
+
+    def seek(self, low: int) -> int | None:
+        """The first index >= low, or None."""
+        if not self._low <= low <= self._covered:
+            self._fetch(low)
+        position = bisect.bisect_left(self._indices, low)
+        return self._indices[position] if position < len(self._indices) else None
+
+    def _fetch(self, low: int) -> None:
+        rows = self._connection.execute(
+            self._query, (self._key, low, self._high, _SEEK_CHUNK)
+        ).fetchall()
+        self._indices = [row[0] for row in rows]
+        self._low = low
+        self._covered = self._indices[-1] if len(rows) == _SEEK_CHUNK else self._high
+
+
+def _tagged_of_type(
+    connection: sqlite3.Connection, tags: Sequence[str], entry_type: int, since: int, upto: int
+) -> Iterator[int]:
+    """Indices in (since, upto] of user changes with any of `tags` and type `entry_type`.
+
+    A leapfrog join of the tags index and the type index: each side seeks to the
+    other's candidate, so neither is read further than the other reaches.
+    """
+    tag_ranges = [_IndexRange(connection, _TAGGED_FROM, tag, upto) for tag in tags]
+    of_type = _IndexRange(connection, _OF_TYPE_FROM, entry_type, upto)
+
+    def tagged(low: int) -> int | None:
+        found = [index for index in (r.seek(low) for r in tag_ranges) if index is not None]
+        return min(found, default=None)
+
+    candidate = of_type.seek(since + 1)
+    while candidate is not None:
+        other = tagged(candidate)
+        if other is None:
+            return
+        if other == candidate:
+            yield candidate
+            candidate = of_type.seek(candidate + 1)
+        else:
+            candidate = of_type.seek(other)
 
 
 def idempotency_index(connection: sqlite3.Connection, key: str) -> int | None:

@@ -69,6 +69,21 @@ class ChangePage:
 
 
 @dataclass(frozen=True, slots=True)
+class KnownAtStart:
+    """A page's `at_start` for a `since`, as an earlier read found it, so that a later
+    read of the same filter need not look below `since` again (SQLite can take a scan).
+
+    The earlier read must have covered `since` (the log then ended at or above it):
+    later appends land above `since` and cannot change the answer. A compaction can
+    only turn it from false to true, so it holds while `compacted_through` (the
+    earlier page's) is still the compaction point, and forever when true.
+    """
+
+    value: bool
+    compacted_through: int
+
+
+@dataclass(frozen=True, slots=True)
 class _TailScan:
     items: list[tuple[int, bytes]]
     resume_after: int | None  # where SQLite must continue, or None if the scan is complete
@@ -321,10 +336,12 @@ class Storage:
         tags: Sequence[str] = (),
         type: int | None = None,  # the API's own name for the filter
         upto: int | None = None,
+        at_start: KnownAtStart | None = None,
     ) -> ChangePage:
         """At most `limit` user changes with since < index <= upto matching the
         filter (any of `tags`, when given; `type`, when given), in index order.
-        `upto` is the commit index (default: the last durable index)."""
+        `upto` is the commit index (default: the last durable index). `at_start`,
+        when given and still valid, is the page's atStart (no look below `since`)."""
         self._check_readable()
         if limit < 0:
             raise ValueError(f"limit must be >= 0, got {limit}")
@@ -349,7 +366,9 @@ class Storage:
                     connection, since, resume_after, found, want, tag_filter, type, upto_index
                 )
             )
-        return self._page(state, since, limit, items, tag_filter, type)
+        return self._page(
+            state, since, limit, items, self._at_start(state, since, tag_filter, type, at_start)
+        )
 
     def read_changes_in_memory(
         self,
@@ -358,11 +377,15 @@ class Storage:
         tags: Sequence[str] = (),
         type: int | None = None,
         upto: int | None = None,
+        at_start: KnownAtStart | None = None,
     ) -> ChangePage | None:
         """Like `read_changes`, but only when the hot tail alone can answer; else None.
 
-        Cheap enough to run on the event loop: consumers near the tail are answered
-        without a thread hop, and everyone else goes to `read_changes` in a worker.
+        Cheap enough to run on the event loop, and bounded: it looks at no more than
+        max(TAIL_SCAN_ENTRIES_MAX, limit + 1) tail entries after `since` and
+        _AT_START_TAIL_PROBE at or below it, and never at SQLite. Consumers near the
+        tail are answered without a thread hop; everyone else goes to `read_changes`
+        in a worker.
         """
         self._check_readable()
         tag_filter = tuple(dict.fromkeys(tags))
@@ -372,9 +395,36 @@ class Storage:
             scan = self._tail_changes(since, limit + 1, tag_filter, type, upto_index)
         if scan is None or scan.resume_after is not None:
             return None
-        if not self._at_start_in_memory(state, since, tag_filter, type):
+        known = self._at_start_in_memory(state, since, tag_filter, type, at_start)
+        if known is None:
             return None
-        return self._page(state, since, limit, scan.items, tag_filter, type)
+        return self._page(state, since, limit, scan.items, known)
+
+    def has_changes_in_memory(
+        self,
+        after: int,
+        upto: int,
+        tags: Sequence[str] = (),
+        type: int | None = None,
+    ) -> bool | None:
+        """Whether a user change in (after, upto] matches the filter, from the tail
+        alone, looking at no more than TAIL_SCAN_ENTRIES_MAX entries; None when the
+        tail does not hold them all (then `read_changes` can tell, in a worker).
+
+        The per-commit check of a waiting long-poll: only the new entries are read.
+        """
+        self._check_readable()
+        tag_filter = tuple(dict.fromkeys(tags))
+        with self._lock:
+            upto_index = min(upto, self._state.last_index)
+            if after >= upto_index:
+                return False
+            scan = self._tail_changes(after, 1, tag_filter, type, upto_index)
+        if scan is None:
+            return None
+        if scan.items:
+            return True
+        return None if scan.resume_after is not None else False
 
     def _page(
         self,
@@ -382,29 +432,38 @@ class Storage:
         since: int,
         limit: int,
         items: list[tuple[int, bytes]],
-        tags: tuple[str, ...],
-        entry_type: int | None,
+        at_start: bool,
     ) -> ChangePage:
         shown = items[:limit]
         return ChangePage(
             bodies=[body for _, body in shown],
             last_index=shown[-1][0] if shown else since,
-            at_start=self._at_start(state, since, tags, entry_type),
+            at_start=at_start,
             at_end=len(items) <= limit,
             first_retained=state.first_user_index,
             compacted_through=state.snapshot.index,
         )
 
     def _at_start_in_memory(
-        self, state: LogState, since: int, tags: tuple[str, ...], entry_type: int | None
-    ) -> bool:
-        """Whether `_at_start` can answer without SQLite."""
+        self,
+        state: LogState,
+        since: int,
+        tags: tuple[str, ...],
+        entry_type: int | None,
+        known: KnownAtStart | None,
+    ) -> bool | None:
+        """`_at_start` without SQLite (O(1), or a probe of _AT_START_TAIL_PROBE tail
+        entries); None when only SQLite can tell."""
+        if known is not None and (known.value or known.compacted_through == state.snapshot.index):
+            return known.value
         first_user_index = state.first_user_index
         if first_user_index == 0 or first_user_index > since:
-            return True
+            return True  # no user change at all at or below `since`
         if not tags and entry_type is None:
-            return True
-        return self._tail_has_match_near(since, tags, entry_type)
+            return False
+        if self._tail_has_match_near(since, tags, entry_type):
+            return False
+        return None
 
     def get_change(self, index: int, upto: int | None = None) -> bytes | None:
         """The stored bytes of user change `index`; None if unknown, purged,
@@ -697,15 +756,17 @@ class Storage:
         return found + reads.changes_after(connection, resume_after, wanted, tags, entry_type, upto)
 
     def _at_start(
-        self, state: LogState, since: int, tags: tuple[str, ...], entry_type: int | None
+        self,
+        state: LogState,
+        since: int,
+        tags: tuple[str, ...],
+        entry_type: int | None,
+        known: KnownAtStart | None,
     ) -> bool:
-        first_user_index = state.first_user_index
-        if first_user_index == 0 or first_user_index > since:
-            return True  # no user change at all at or below `since`
-        if not tags and entry_type is None:
-            return False
-        if self._tail_has_match_near(since, tags, entry_type):
-            return False
+        """Whether no retained user change at or below `since` matches the filter."""
+        at_start = self._at_start_in_memory(state, since, tags, entry_type, known)
+        if at_start is not None:
+            return at_start
         return not self._stable(
             lambda connection: reads.matching_at_or_below(connection, since, tags, entry_type)
         )
