@@ -12,7 +12,6 @@ import asyncio
 import logging
 import ssl
 
-from changeagent.node.members import ClusterMembers
 from changeagent.node.node import Node
 from changeagent.security.tls_files import ClusterTls
 from changeagent.transport import Dialer, TcpDialer, Transport, WebSocketDialer
@@ -21,7 +20,7 @@ log = logging.getLogger(__name__)
 
 
 def build_transport(
-    node: Node, members: ClusterMembers, cluster_tls: ClusterTls | None, use_cluster_port: bool
+    node: Node, cluster_tls: ClusterTls | None, use_cluster_port: bool
 ) -> Transport:
     dialer: Dialer
     if use_cluster_port:
@@ -31,12 +30,12 @@ def build_transport(
     transport = Transport(
         node.node_id,
         on_message=node.on_peer_message,
-        on_request=members.on_request,
+        on_request=node.on_request,
         resolve_address=node.address_of,
         dialer=dialer,
         config=node.limits.transport_config(),
-        cluster_id=node.cluster_id,
-        secret=node.secret,
+        cluster_id=node.identity.cluster_id,
+        secret=node.identity.secret,
     )
     node.attach_transport(transport)
     return transport

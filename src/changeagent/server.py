@@ -19,7 +19,6 @@ from aiohttp import web
 from changeagent.api.app import build_app
 from changeagent.api.auth import Authenticator
 from changeagent.config import Settings, load_settings_file
-from changeagent.node.members import ClusterMembers
 from changeagent.node.node import Node, NodeLimits
 from changeagent.peers import build_transport, serve_cluster_port
 from changeagent.security.permissions import warn_if_data_dir_exposed
@@ -82,7 +81,6 @@ async def start_listener(
     options: ServerOptions,
     authenticator: Authenticator | None = None,
     api_tls: ssl.SSLContext | None = None,
-    members: ClusterMembers | None = None,
     transport: Transport | None = None,
 ) -> Listeners:
     """One application on up to two sites: plain HTTP (-p) and HTTPS (-sp)."""
@@ -90,7 +88,6 @@ async def start_listener(
         node,
         options.prefix,
         authenticator,
-        members,
         transport,
         client_certificates=bool(options.api_tls and options.api_tls.client_ca_file),
     )
@@ -157,22 +154,22 @@ async def serve_node(
     options: ServerOptions, authenticator: Authenticator | None, api_tls: ssl.SSLContext | None
 ) -> None:
     node = await open_node(options)
-    members = ClusterMembers(node)
     use_cluster_port = options.cluster_port is not None
-    transport = build_transport(node, members, options.cluster_tls, use_cluster_port)
+    transport = build_transport(node, options.cluster_tls, use_cluster_port)
     try:
         await node.start()
         if options.cluster_port is not None:
             # Before the API says "listening on": from then on the node can be POSTed
             # to, and forming a cluster needs the cluster port up and advertised.
-            members.advertised_port = await serve_cluster_port(
+            cluster_port = await serve_cluster_port(
                 transport, options.host, options.cluster_port, options.cluster_tls
             )
+            node.cluster.advertise(cluster_port)
         listeners = await start_listener(
-            node, options, authenticator, api_tls, members, None if use_cluster_port else transport
+            node, options, authenticator, api_tls, None if use_cluster_port else transport
         )
         if options.cluster_port is None:
-            members.advertised_port = listeners.http_port or 0
+            node.cluster.advertise(listeners.http_port or 0)
         await wait_for_stop_signal()
         log.warning("shutting down: no new connections; finishing in-flight requests")
         await listeners.runner.cleanup()

@@ -29,7 +29,7 @@ def test_a_retry_of_a_key_whose_commit_never_comes_times_out(tmp_path: Path) -> 
         node = Node(storage, Settings(), None, NodeLimits(commit_timeout_s=0.2))
         await node.start()
         never: asyncio.Future[Entry] = asyncio.get_running_loop().create_future()
-        node.core_driver.propose = lambda *arguments: never  # type: ignore[method-assign]
+        node.replica.propose = lambda *arguments: never  # type: ignore[method-assign]
         change = parse_change_body(b'{"data":"x"}')
         try:
             for _attempt in range(3):
@@ -58,7 +58,7 @@ def test_concurrent_attempts_with_one_key_propose_once(tmp_path: Path) -> None:
             calls.append("hook")
             await release.wait()
 
-        node._web_hooks.validate = slow_hooks  # type: ignore[method-assign]
+        node.changes._web_hooks.validate = slow_hooks  # type: ignore[method-assign]
         change = parse_change_body(b'{"data":"once"}')
         try:
             first = asyncio.create_task(node.append_change(change, "key-1"))

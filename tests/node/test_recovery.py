@@ -8,13 +8,9 @@ import asyncio
 from pathlib import Path
 
 from changeagent.config import Settings
-from changeagent.node.node import (
-    META_CLUSTER_ID,
-    META_NODE_ID,
-    Node,
-    NodeLimits,
-    recover_replicated_state,
-)
+from changeagent.node.identity import META_CLUSTER_ID, META_NODE_ID
+from changeagent.node.node import Node, NodeLimits
+from changeagent.node.replica import recover_replicated_state
 from changeagent.node.replicated_state import ReplicatedState
 from changeagent.node.settings_entry import ENTRY_TYPE_ADDRESS, encode_address, encode_purge
 from changeagent.raft import (
@@ -71,11 +67,11 @@ def test_a_node_removed_just_before_it_stopped_leaves_at_restart(tmp_path: Path)
         async def leave() -> None:  # what ClusterMembers does, reduced to its outcome
             left.append(True)
 
-        node.set_leave_handler(leave)
+        node.replica.set_leave_handler(leave)
         await node.start()
         try:
             assert left == [True], "the restarted node never left the cluster"
-            assert node.replicated.must_leave  # cleared only by the RESET the leave writes
+            assert node.replica.replicated.must_leave  # cleared only by the RESET the leave writes
         finally:
             await node.close()
             storage.close()

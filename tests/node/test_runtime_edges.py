@@ -52,9 +52,10 @@ def run_with_node(tmp_path: Path, body: Any) -> None:
 
 def test_read_contexts_differ_between_the_cores_a_node_runs(tmp_path: Path) -> None:
     async def body(node: Node) -> None:
-        first = node.core_driver._read_epoch
-        await node.restart_driver(applied=node.storage.hard_state().commit)  # as a join does
-        assert node.core_driver._read_epoch != first
+        first = node.replica.core_driver._read_epoch
+        # As a join does:
+        await node.replica.restart_driver(applied=node.storage.hard_state().commit)
+        assert node.replica.core_driver._read_epoch != first
 
     run_with_node(tmp_path, body)
 
@@ -63,12 +64,12 @@ def test_no_message_recreates_the_link_of_a_removed_member(tmp_path: Path) -> No
     async def body(node: Node) -> None:
         transport = RecordingTransport()
         node.attach_transport(transport)  # type: ignore[arg-type]
-        answer = Message(MessageType.PRE_VOTE_RESPONSE, node.node_id, 5, node.term)
-        await node._execute([MemberRemoved(5)])
-        node._send(answer)
-        assert transport.removed == [5] and transport.sent == []
-        await node._execute([AddressChanged(5, "127.0.0.1:9")])  # added again
-        node._send(answer)
+        answer = Message(MessageType.PRE_VOTE_RESPONSE, node.node_id, 5, node.status().term)
+        await node.replica._execute([MemberRemoved(5)])
+        node.replica._send(answer)
+        assert transport.sent == [] and set(transport.removed) == {5}
+        await node.replica._execute([AddressChanged(5, "127.0.0.1:9")])  # added again
+        node.replica._send(answer)
         assert transport.sent == [5]
 
     run_with_node(tmp_path, body)

@@ -34,35 +34,35 @@ def _raise(*arguments: Any, **keywords: Any) -> Any:
 
 
 async def _plant_in_ticker(node: Node) -> None:
-    node.core_driver.core.tick = _raise  # type: ignore[method-assign]
+    node.replica.core_driver.core.tick = _raise  # type: ignore[method-assign]
 
 
 async def _plant_in_ready_loop(node: Node) -> None:
-    core = node.core_driver.core
+    core = node.replica.core_driver.core
     core.has_ready = lambda: True  # type: ignore[method-assign]
     core.ready = _raise  # type: ignore[method-assign]
-    node.core_driver.wake()
+    node.replica.core_driver.wake()
 
 
 async def _plant_in_purge(node: Node) -> None:
-    node._propose_purge = _raise  # type: ignore[method-assign]
+    node.replica._propose_purge = _raise  # type: ignore[method-assign]
 
 
 async def _plant_in_promote(node: Node) -> None:
-    node._promote_caught_up = _raise  # type: ignore[method-assign]
+    node.cluster._promote_caught_up = _raise  # type: ignore[method-assign]
 
 
 async def _plant_in_peer_message(node: Node) -> None:
-    node.core_driver.step = _raise  # type: ignore[method-assign]
-    node.on_peer_message(2, Message(MessageType.HEARTBEAT, 2, node.node_id, node.term))
+    node.replica.core_driver.step = _raise  # type: ignore[method-assign]
+    node.on_peer_message(2, Message(MessageType.HEARTBEAT, 2, node.node_id, node.status().term))
 
 
 async def _plant_in_leave(node: Node) -> None:
     async def leave() -> None:
         raise Injected("planted by the test")
 
-    node.set_leave_handler(leave)
-    await node._execute([RemovedSelf()])
+    node.replica.set_leave_handler(leave)
+    await node.replica._execute([RemovedSelf()])
 
 
 PLANTS: dict[str, tuple[Callable[[Node], Any], str]] = {
@@ -96,7 +96,7 @@ def test_an_exception_in_a_task_fails_the_node(
                         await asyncio.sleep(0.005)
                 assert node.failure.startswith(where), node.failure
                 assert "Injected" in node.failure
-                assert node.core_driver.stopped, "Raft must stop"
+                assert node.replica.core_driver.stopped, "Raft must stop"
                 with pytest.raises(NotAvailable, match="planted by the test"):
                     await node.append_change(parse_change_body(b'{"data":"after"}'))
             failures = [r for r in caplog.records if "failing stop" in r.getMessage()]
@@ -128,12 +128,12 @@ def test_a_purge_that_cannot_be_written_fails_the_whole_node(tmp_path: Path) -> 
                 await node.append_change(parse_change_body(b'{"data":%d}' % number))
             # The purge entry's own write succeeds; the compaction after it fails.
             fail_at.append(commits[-1] + 2)
-            await node.propose_internal(ENTRY_TYPE_PURGE, encode_purge(4))
+            await node.replica.propose_internal(ENTRY_TYPE_PURGE, encode_purge(4))
             async with asyncio.timeout(DEADLINE_S):
                 while node.failure is None:
                     await asyncio.sleep(0.005)
             assert "purge to 4" in node.failure
-            assert node.core_driver.stopped, "a leader that cannot write must stop leading"
+            assert node.replica.core_driver.stopped, "a leader that cannot write must stop leading"
             with pytest.raises(NotAvailable, match="purge to 4"):
                 await node.append_change(parse_change_body(b'{"data":"after"}'))
         finally:

@@ -14,7 +14,6 @@ from changeagent.api.context import STATE_KEY, ApiState
 from changeagent.api.errors import Handler, error_middleware
 from changeagent.api.in_flight import RequestsInFlight
 from changeagent.api.openapi import openapi_document
-from changeagent.node.members import ClusterMembers
 from changeagent.node.node import Node
 from changeagent.transport import Transport, add_cluster_route
 
@@ -23,7 +22,6 @@ def build_app(
     node: Node,
     prefix: str = "",
     authenticator: Authenticator | None = None,
-    members: ClusterMembers | None = None,
     transport: Transport | None = None,
     client_certificates: bool = False,
 ) -> web.Application:
@@ -40,7 +38,7 @@ def build_app(
     if authenticator is not None:
         middlewares.append(auth_middleware(authenticator, prefix))
     app = web.Application(middlewares=middlewares, client_max_size=node.limits.body_bytes_max)
-    app[STATE_KEY] = ApiState(node=node, prefix=prefix, members=members or ClusterMembers(node))
+    app[STATE_KEY] = ApiState(node=node, prefix=prefix, members=node.cluster)
     limits = node.limits
     document = orjson.dumps(
         openapi_document(

@@ -6,14 +6,14 @@ from dataclasses import dataclass, field
 
 from aiohttp import web
 
-from changeagent.node.members import ClusterMembers
+from changeagent.node.membership import ClusterMembership
 from changeagent.node.node import Node
 
 
 @dataclass(slots=True)
 class ApiState:
     node: Node
-    members: ClusterMembers
+    members: ClusterMembership
     prefix: str = ""
     marked_down: bool = field(default=False)
 

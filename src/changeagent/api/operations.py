@@ -112,11 +112,11 @@ def _members_map(members: dict[int, str]) -> dict[str, str]:
 
 def cluster_document(request: web.Request) -> dict[str, Any]:
     state = state_of(request)
-    node, members = state.node, state.members
+    status, members = state.node.status(), state.members
     return {
-        "clusterId": format_id(node.cluster_id),
-        "leader": format_id(node.leader_id if node.cluster_id else 0),
-        "term": node.term,
+        "clusterId": format_id(status.cluster_id),
+        "leader": format_id(status.leader_id),
+        "term": status.term,
         "members": _members_map(members.members()),
         "roles": {format_id(member): role for member, role in members.roles().items()},
     }
@@ -195,33 +195,28 @@ async def node_id(request: web.Request) -> web.Response:
 
 
 async def raft_state(request: web.Request) -> web.Response:
-    return text_response(state_of(request).node.state)
+    return text_response(state_of(request).node.status().state)
 
 
 async def raft_leader(request: web.Request) -> web.Response:
-    node = state_of(request).node
-    return text_response(format_id(node.leader_id if node.cluster_id else 0))
+    return text_response(format_id(state_of(request).node.status().leader_id))
 
 
 async def raft_status(request: web.Request) -> web.Response:
-    state = state_of(request)
-    node = state.node
-    storage = node.storage
-    core = node.core_driver.core
-    membership = core.membership
+    status = state_of(request).node.status()
     return json_response(
         {
-            "id": format_id(node.node_id),
-            "clusterId": format_id(node.cluster_id),
-            "state": node.state,
-            "leader": format_id(node.leader_id if node.cluster_id else 0),
-            "term": core.term,
-            "firstIndex": storage.first_index(),
-            "lastIndex": storage.last_index(),
-            "appliedIndex": node.applied_index,
-            "committedIndex": core.commit_index,
-            "voters": sorted(format_id(member) for member in membership.voters),
-            "learners": sorted(format_id(member) for member in membership.learners),
+            "id": format_id(status.node_id),
+            "clusterId": format_id(status.cluster_id),
+            "state": status.state,
+            "leader": format_id(status.leader_id),
+            "term": status.term,
+            "firstIndex": status.first_index,
+            "lastIndex": status.last_index,
+            "appliedIndex": status.applied_index,
+            "committedIndex": status.committed_index,
+            "voters": sorted(format_id(member) for member in status.voters),
+            "learners": sorted(format_id(member) for member in status.learners),
             "peers": {
                 format_id(peer): {
                     "match": progress.match,
@@ -230,10 +225,10 @@ async def raft_status(request: web.Request) -> web.Response:
                     "recentActive": progress.recent_active,
                     "learner": progress.learner,
                 }
-                for peer, progress in core.progress.items()
+                for peer, progress in status.peers.items()
             },
-            "longPolls": node.long_poll_count,
-            "purgeChecks": node.purge_checks,
+            "longPolls": status.long_polls,
+            "purgeChecks": status.purge_checks,
         }
     )
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 from collections.abc import Callable, Coroutine
 from typing import Any, TypeVar
 
@@ -34,11 +35,15 @@ class Supervisor:
         self._on_failure = on_failure
         self._tasks: set[asyncio.Task[None]] = set()
         self._stopping = False
+        self._loop: asyncio.AbstractEventLoop | None = None  # the node's, once it runs
+        self._loop_thread = 0
         self.failure: str | None = None
 
     def spawn(self, coroutine: Coroutine[Any, Any, None], name: str) -> asyncio.Task[None]:
         """Run `coroutine` as a supervised task."""
-        task = asyncio.get_running_loop().create_task(coroutine, name=name)
+        loop = asyncio.get_running_loop()
+        self._loop, self._loop_thread = loop, threading.get_ident()
+        task = loop.create_task(coroutine, name=name)
         self._tasks.add(task)
         task.add_done_callback(self._task_done)
         return task
@@ -54,7 +59,12 @@ class Supervisor:
             return None
 
     def fail(self, where: str, error: BaseException) -> None:
-        """Report `error` from `where` as the node's failure (only the first counts)."""
+        """Report `error` from `where` as the node's failure (only the first counts).
+        Safe from any thread (a read in a worker thread may find corruption)."""
+        loop = self._loop
+        if loop is not None and threading.get_ident() != self._loop_thread:
+            loop.call_soon_threadsafe(self.fail, where, error)
+            return
         reason = f"{where} failed: {_describe(error)}"
         if self.failure is None:
             self.failure = reason

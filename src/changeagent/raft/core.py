@@ -309,6 +309,11 @@ class RaftNode:
         """Per-peer replication state on the leader (empty elsewhere)."""
         return {peer: progress.view() for peer, progress in self._progress.items()}
 
+    def replicates_to(self, peer: int) -> bool:
+        """Whether this leader still tracks `peer`: a member, or a removed one that
+        has not yet learned its removal committed (it is still replicated to)."""
+        return peer in self._progress
+
     def membership_at(self, index: int) -> Membership:
         """The membership in force at `index` (after the entries up to it)."""
         return self._memberships.at(index)

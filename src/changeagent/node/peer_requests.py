@@ -1,0 +1,87 @@
+"""Answers to what peers ask of this node: describe and join (anyone who
+completed the handshake), forwarded writes, read indexes and leader RPCs
+(members only). The transport calls `on_request`; an error goes back as a
+`RequestFailed` code that the asking node turns into the same `NodeError`.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from changeagent.change import parse_change_body
+from changeagent.ids import format_id
+from changeagent.node.changelog import ChangeLog
+from changeagent.node.errors import NodeError, NotAvailable
+from changeagent.node.membership import ClusterMembership
+from changeagent.node.replica import Replica
+from changeagent.raft import ENTRY_TYPE_CONFIG
+from changeagent.transport import (
+    Proposal,
+    ProposalReply,
+    ReadIndexReply,
+    ReadIndexRequest,
+    RequestContext,
+    RequestFailed,
+    RpcRequest,
+    RpcResponse,
+)
+
+if TYPE_CHECKING:
+    from changeagent.transport import Reply, Request, RpcValue
+
+OPEN_METHODS = ("describe", "join")  # before a node is a member, it must be asked these
+
+
+class PeerRequests:
+    def __init__(
+        self, replica: Replica, changes: ChangeLog, membership: ClusterMembership
+    ) -> None:
+        self._replica = replica
+        self._changes = changes
+        self._membership = membership
+
+    async def on_request(self, context: RequestContext, request: Request) -> Reply:
+        """Answer a forwarded write, read index or RPC (see transport's `on_request`)."""
+        if isinstance(request, RpcRequest) and request.method in OPEN_METHODS:
+            if request.method == "describe":
+                return RpcResponse(0, self._membership.describe())
+            return RpcResponse(0, await self._membership.join(request.payload))
+        if not context.member:
+            raise RequestFailed("bad_request", "only members may send this request")
+        try:
+            return await self._answer_member(request)
+        except NodeError as error:
+            raise RequestFailed(error.code, str(error)) from None
+        except ValueError as error:  # a malformed forwarded change
+            raise RequestFailed("bad_request", str(error)) from None
+        except RequestFailed:
+            raise
+        except Exception as error:  # our bug answering a well-formed request
+            where = f"answering a request from node {format_id(context.peer_id)}"
+            self._replica.fail(where, error)
+            raise RequestFailed("internal", "the request failed on the receiver") from None
+
+    async def _answer_member(self, request: Request) -> Reply:
+        if isinstance(request, Proposal):
+            entry = await self._changes.propose_change(parse_change_body(request.data), request.key)
+            return ProposalReply(0, index=entry.index)
+        if isinstance(request, ReadIndexRequest):
+            return ReadIndexReply(0, index=await self._replica.read_index())
+        if not isinstance(request, RpcRequest):
+            raise TypeError(f"no answer for a {type(request).__name__}")
+        return RpcResponse(0, await self._rpc(request.method, request.payload))
+
+    async def _rpc(self, method: str, payload: Any) -> RpcValue:
+        replica = self._replica
+        if not replica.is_leader:
+            raise NotAvailable("this node is not the leader any more", retry_after_s=1)
+        if method == "add_member":
+            await self._membership.add(str(payload["address"]))
+            return None
+        if method == "remove_member":
+            await self._membership.remove(int(payload["id"]))
+            return None
+        if method == "put_config":
+            entry = await replica.propose_internal(ENTRY_TYPE_CONFIG, str(payload).encode())
+            return entry.index
+        raise RequestFailed("unknown_method", f"unknown method {method!r}")
