@@ -25,7 +25,7 @@ import orjson
 import psutil
 
 from changeagent.raft.entry import ENTRY_TYPE_NOOP, Entry
-from changeagent.storage import Storage, WriteBatch
+from changeagent.storage import TAIL_CACHE_BYTES_DEFAULT, Storage, WriteBatch
 
 TS_BASE_NS = 1_700_000_000_000_000_000
 
@@ -143,7 +143,7 @@ def bench_purge_point(directory: Path, count: int) -> None:
 def bench_rss(directory: Path) -> None:
     process = psutil.Process()
     data_dir = directory / "rss"
-    with Storage.open(data_dir, tail_cache_bytes=16 * 1024 * 1024) as storage:
+    with Storage.open(data_dir, tail_cache_bytes=TAIL_CACHE_BYTES_DEFAULT) as storage:
         empty = process.memory_info().rss
         for start in range(1, 1_000_001, 1000):
             entries = [_change(index) for index in range(start, start + 1000)]

@@ -23,16 +23,12 @@ from changeagent.node.node import Node, NodeLimits
 from changeagent.peers import build_transport, serve_cluster_port
 from changeagent.security.permissions import warn_if_data_dir_exposed
 from changeagent.security.tls_files import ApiTls, ClusterTls
-from changeagent.storage import Storage
+from changeagent.storage import TAIL_CACHE_BYTES_DEFAULT, Storage
 from changeagent.transport import Transport
 
 log = logging.getLogger(__name__)
 
 SHUTDOWN_GRACE_S = 60.0
-# The hot tail of recent changes kept in memory. 16 MiB holds ~100,000 typical
-# changes (enough for every consumer near the tail) and keeps a node with a
-# million stored changes within ~30 MB of an empty one.
-TAIL_CACHE_BYTES_DEFAULT = 16 * 1024 * 1024
 
 
 @dataclass(frozen=True, slots=True)

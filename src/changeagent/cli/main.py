@@ -17,8 +17,8 @@ from typing import TypeVar
 from changeagent.config import ConfigError
 from changeagent.node.node import NodeLimits
 from changeagent.security.tls_files import ApiTls, ClusterTls
-from changeagent.server import TAIL_CACHE_BYTES_DEFAULT, ServerOptions, serve
-from changeagent.storage import CorruptionError, StorageError
+from changeagent.server import ServerOptions, serve
+from changeagent.storage import TAIL_CACHE_BYTES_DEFAULT, CorruptionError, StorageError
 from changeagent.version import package_version
 
 N = TypeVar("N", int, float)

@@ -31,9 +31,16 @@ from changeagent.storage.errors import (
     StorageError,
     StorageFailed,
 )
-from changeagent.storage.store import ChangePage, FaultInjector, KnownAtStart, Storage
+from changeagent.storage.store import (
+    TAIL_CACHE_BYTES_DEFAULT,
+    ChangePage,
+    FaultInjector,
+    KnownAtStart,
+    Storage,
+)
 
 __all__ = [
+    "TAIL_CACHE_BYTES_DEFAULT",
     "ChangePage",
     "CorruptionError",
     "FaultInjector",

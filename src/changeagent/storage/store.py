@@ -42,7 +42,10 @@ from changeagent.storage.writer import (
 T = TypeVar("T")
 FaultInjector = Callable[[int], None]
 
-TAIL_CACHE_BYTES_DEFAULT = 64 * 1024 * 1024
+# The hot tail of recent changes kept in memory. 16 MiB holds ~100,000 typical
+# changes (enough for every consumer near the tail) and keeps a node with a
+# million stored changes within ~30 MB of an empty one.
+TAIL_CACHE_BYTES_DEFAULT = 16 * 1024 * 1024
 TAIL_WARM_BYTES_DEFAULT = 4 * 1024 * 1024
 TAIL_SCAN_ENTRIES_MAX = 256
 QUEUE_BATCHES_MAX = 8192
