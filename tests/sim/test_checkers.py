@@ -10,6 +10,7 @@ from changeagent.sim.checkers import (
     Checkers,
     CommitMonotonicity,
     ElectionSafety,
+    FailStop,
     InvariantViolation,
     LogMatching,
     ReadIndexFreshness,
@@ -161,3 +162,10 @@ def test_committed_entry_held_by_no_quorum_member_that_outranks_a_candidate() ->
     # Once the leader's term-4 entry is durable on a quorum, node 2 cannot win.
     durable = {1: (4, 3), 2: (3, 2), 3: (4, 3)}
     checker.observe_candidates(3, 4, [Candidate(2, 3, 2, False, voters)], durable)
+
+
+def test_a_failed_node_answering_a_write() -> None:
+    checker = FailStop()
+    checker.observe_write_answered(1, None, 5)
+    with pytest.raises(InvariantViolation, match="fail-stop"):
+        checker.observe_write_answered(1, "injected storage error in CompactionWrite", 6)

@@ -115,3 +115,21 @@ def test_installing_a_conflicting_snapshot_discards_the_log() -> None:
     log.sync()
     assert (log.first_index(), log.last_index(), log.term(3)) == (4, 4, 3)
     assert log.term(4) == 3
+
+
+def test_a_noted_commit_index_survives_a_crash_and_raises_the_restart_commit() -> None:
+    log = synced([1, 1, 1])
+    log.note_commit(2)
+    log.crash()
+    assert log.durable_hard_state().commit == 0
+    assert log.restart_hard_state() == HardState(term=1, vote=1, commit=2)
+
+
+def test_a_noted_commit_index_never_lowers_the_durable_one_nor_passes_the_log() -> None:
+    log = synced([1, 1])
+    log.note_commit(9)
+    assert log.restart_hard_state().commit == 2  # storage caps it at the last index
+    log.stage(HardState(term=1, vote=1, commit=2), None, [])
+    log.sync()
+    log.note_commit(1)
+    assert log.restart_hard_state().commit == 2

@@ -1,5 +1,5 @@
 """Command line: python -m changeagent.sim --seeds N [--start S] [--nodes K] [--jobs J]
-[--verbose] [--replay SEED] [--bug NAME]."""
+[--verbose] [--replay SEED] [--bug NAME] [--profile NAME]."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import sys
 import time
 
 from changeagent.sim.bugs import PLANTED_BUGS, RARELY_CAUGHT_BUGS, options_for_bug
+from changeagent.sim.chaos import PROFILES
 from changeagent.sim.cluster import SimOptions, Simulation, SimulationFailure
 from changeagent.sim.runner import Summary, run_seeds
 
@@ -29,7 +30,10 @@ def parse_arguments(argv: list[str] | None) -> argparse.Namespace:
         default=None,
         help="plant a deliberate bug",
     )
-    parser.add_argument("--hostile", action="store_true", help="harshest fault profile")
+    parser.add_argument(
+        "--profile", choices=PROFILES, default="mixed", help="fault profile (mixed: per seed)"
+    )
+    parser.add_argument("--hostile", action="store_true", help="same as --profile hostile")
     parser.add_argument(
         "--fault-events", type=int, default=None, help="events in the fault phase (1000)"
     )
@@ -52,7 +56,7 @@ def main(argv: list[str] | None = None) -> int:
     arguments = parse_arguments(argv)
     options = options_for_bug(arguments.bug)
     options.nodes = arguments.nodes
-    options.hostile = arguments.hostile
+    options.profile = "hostile" if arguments.hostile else arguments.profile
     if arguments.fault_events is not None:
         options.fault_events = arguments.fault_events
     if arguments.replay is not None:
@@ -74,6 +78,8 @@ def main(argv: list[str] | None = None) -> int:
         f"{summary.elections} elections, {summary.acknowledged} proposals acknowledged, "
         f"{elapsed:.1f} s"
     )
+    reached = ", ".join(f"{name} {count}" for name, count in summary.seeds_reaching.items())
+    print(f"seeds reaching: {reached}")
     for category, failing in sorted(summary.categories().items()):
         shown = " ".join(str(seed) for seed in failing[:20])
         more = f" (+{len(failing) - 20} more)" if len(failing) > 20 else ""

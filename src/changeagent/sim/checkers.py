@@ -23,6 +23,8 @@ amortized per entry rather than a scan of every log:
   a premature commit (Figure 8) is caught even if no later election exploits it.
 - `ReadIndexFreshness`: a ReadIndex answer is at least the index of every proposal
   acknowledged before the read was requested.
+- `FailStop`: a node whose storage failed never answers a write with 200 (it
+  stops applying: whatever it proposed is answered 503 or by another member).
 """
 
 from __future__ import annotations
@@ -336,6 +338,20 @@ class ReadIndexFreshness:
 
 
 @dataclass(slots=True)
+class FailStop:
+    answered: int = 0  # writes answered 200 by the node that proposed them
+
+    def observe_write_answered(self, node: int, failure: str | None, index: int) -> None:
+        """`node` applied the entry it proposed at `index`: its writer gets 200 now."""
+        if failure is not None:
+            raise InvariantViolation(
+                "fail-stop",
+                f"node {node} answers the write at {index} with 200 after it failed ({failure})",
+            )
+        self.answered += 1
+
+
+@dataclass(slots=True)
 class Checkers:
     """All checkers together, sharing the simulator's per-node log views."""
 
@@ -346,6 +362,7 @@ class Checkers:
     commits: CommitMonotonicity = field(default_factory=CommitMonotonicity)
     reads: ReadIndexFreshness = field(default_factory=ReadIndexFreshness)
     electability: CommittedEntryElectability = field(default_factory=CommittedEntryElectability)
+    fail_stop: FailStop = field(default_factory=FailStop)
     completeness: LeaderCompleteness = field(init=False)
     lost: NoLostCommits = field(init=False)
 

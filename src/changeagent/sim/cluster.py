@@ -1,4 +1,4 @@
-"""The simulated cluster: hosts for Raft cores, the Ready loop, and the run's phases.
+"""The simulated cluster: its nodes (`host`), the event loop, and the run's phases.
 
 `Simulation(seed).run()` is one exact, reproducible run. Everything random comes
 from one `random.Random(seed)`; each core gets its own `random.Random` seeded
@@ -12,12 +12,14 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from changeagent.node.ready_plan import ReadyPlanner
+from changeagent.node.replicated_state import ReplicatedState
 from changeagent.raft.config import RaftConfig
 from changeagent.raft.core import RaftNode
-from changeagent.raft.entry import ENTRY_TYPE_MEMBERSHIP, Entry, HardState
+from changeagent.raft.entry import HardState
 from changeagent.raft.interfaces import Membership, Snapshot
 from changeagent.raft.messages import Message
-from changeagent.raft.ready import Ready, Role
+from changeagent.raft.ready import Role
 from changeagent.sim.checkers import Candidate, Checkers, InvariantViolation
 from changeagent.sim.client import Client
 from changeagent.sim.events import (
@@ -31,13 +33,11 @@ from changeagent.sim.events import (
     TraceRecord,
     format_record,
 )
+from changeagent.sim.host import TICK_UNITS, Runtime, SimNode
 from changeagent.sim.log import SimLog
 from changeagent.sim.network import Network, NetworkFaults
 from changeagent.sim.scheduler import Scheduler
 
-# Simulated time is in abstract units; a tick is TICK_UNITS of them, so messages and
-# fsyncs can complete between two ticks of the same node.
-TICK_UNITS = 10
 NODES_MAX = 7
 
 NodeFactory = Callable[[RaftConfig, SimLog, HardState, random.Random, int], RaftNode]
@@ -60,11 +60,16 @@ class SimOptions:
     verbose: bool = False
     election_ticks: int = 5
     heartbeat_ticks: int = 1
-    ack_before_persist: bool = False  # planted bug: send messages_after_persist at once
-    # Every seed gets the harshest profile: frequent crashes, partitions and elections,
-    # one entry per APPEND (so quorums acknowledge entries one at a time).
-    hostile: bool = False
+    # The fault profile (`chaos.PROFILES`): "mixed" draws one per seed; "hostile"
+    # gives every seed frequent crashes, partitions and elections and one entry per
+    # APPEND (so quorums acknowledge entries one at a time); "purges" makes
+    # followers apply purges while the leader's snapshots arrive.
+    profile: str = "mixed"
     node_factory: NodeFactory = default_node_factory
+    # The production pieces; the planted bugs swap in subclasses.
+    planner_factory: Callable[[HardState], ReadyPlanner] = ReadyPlanner
+    replicated_state: type[ReplicatedState] = ReplicatedState
+    compaction_failure_halts: bool = True  # planted bug: False keeps a failed node running
 
 
 class SimulationFailure(Exception):
@@ -106,29 +111,20 @@ class SimResult:
     applied_max: int
     acknowledged: int
     liveness_ticks: int
-
-
-@dataclass(slots=True)
-class SimNode:
-    """One simulated server: its disk survives crashes, its core does not."""
-
-    node_id: int
-    log: SimLog
-    raft: RaftNode | None = None  # None while crashed
-    incarnation: int = 0
-    ready: Ready | None = None  # the outstanding Ready, staged but not yet synced
-    early_sent: bool = False  # messages_after_persist already sent (planted bug)
-    applied: int = 0  # the state machine's applied index, durable with each apply
-
-    @property
-    def alive(self) -> bool:
-        return self.raft is not None
+    stats: Stats
 
 
 @dataclass(slots=True)
 class Stats:
+    """Counts of what a run did; the last four show that the scenarios the
+    production runtime once got wrong are reached."""
+
     events: int = 0
     elections: int = 0
+    storage_failures: int = 0  # injected write errors (the node fail-stops)
+    purges_superseded: int = 0  # a purge applied while a newer snapshot was pending
+    leaves_at_restart: int = 0  # removed before a crash, left at restart
+    failed_stopped_phases: int = 0  # liveness checked with failed nodes stopped
 
 
 class Simulation:
@@ -152,6 +148,7 @@ class Simulation:
         self.faults_on = True
         self.bootstrap = Snapshot()  # the founders' initial record, set by _setup
         self.chaos = ChaosDriver(self)
+        self.runtime = Runtime(self)
 
     # ---- the run ----
 
@@ -172,6 +169,7 @@ class Simulation:
             applied_max=max(self.checkers.state_machine.applied, default=0),
             acknowledged=self.client.acknowledged,
             liveness_ticks=liveness_ticks,
+            stats=self.stats,
         )
 
     def _failure(self, reason: str) -> SimulationFailure:
@@ -184,8 +182,13 @@ class Simulation:
         lines = [f"partition: {self.network.describe_partition()}"]
         for node in self.sorted_nodes():
             raft = node.raft
+            flags = _describe_flags(node)
             if raft is None:
-                lines.append(f"node {node.node_id}: down, durable {node.log.durable_hard_state()}")
+                lines.append(
+                    f"node {node.node_id}: {flags or 'down'}, applied {node.applied}, "
+                    f"log {node.log.first_index()}..{node.log.last_index()}, "
+                    f"durable {node.log.durable_hard_state()}"
+                )
                 continue
             membership = raft.membership
             lines.append(
@@ -193,6 +196,7 @@ class Simulation:
                 f"commit {raft.commit_index} applied {node.applied} "
                 f"log {node.log.first_index()}..{node.log.last_index()} "
                 f"voters {sorted(membership.voters)} learners {sorted(membership.learners)}"
+                + (f" [{flags}]" if flags else "")
             )
             for peer, progress in sorted(raft.progress.items()):
                 lines.append(
@@ -203,11 +207,13 @@ class Simulation:
 
     def _setup(self) -> int:
         count = self.options.nodes
+        if count is None and self.options.profile == "purges":
+            count = 3
         if count is None:
             count = self.random.choice([1, 2, 3, 3, 3, 4, 5, 5, 5, 6, 7])
         if not 1 <= count <= NODES_MAX:
             raise ValueError(f"a cluster has 1 to {NODES_MAX} nodes, not {count}")
-        self.chaos.choose_profile()
+        self.chaos.choose_profile(count)
         if count > 1 and self.random.random() < 0.3:
             self._bootstrap_dynamic(count)
         else:
@@ -237,24 +243,38 @@ class Simulation:
             self._step()
 
     def _liveness_phase(self) -> int:
-        """Faults off: heal, restart, and let the cluster converge within a bound."""
+        """Faults off: heal and restart crashed nodes. First, while the nodes whose
+        storage failed stay stopped, the others must make progress (when a quorum of
+        them can); then an operator restarts the failed nodes and everyone converges."""
         self.faults_on = False
         self.network.faults = NetworkFaults()
         self.network.heal()
         self.scheduler.drain(keep=(Tick, Deliver, FsyncDone))
         for node in self.sorted_nodes():
-            if not node.alive:
+            node.stop_on_removal = False
+            if not node.process_up and not node.departed:
                 self.restart(node)
         self.scheduler.push(1, ClientRound())
+        ticks = 0
+        if self.chaos.failed_nodes() and self.chaos.progress_possible_without_failed():
+            self.note("liveness: failed nodes stay stopped")
+            self.stats.failed_stopped_phases += 1
+            ticks = self._converge(include_failed=False)
+        for node in self.chaos.failed_nodes():
+            self.restart(node)
+        return ticks + self._converge(include_failed=True)
+
+    def _converge(self, *, include_failed: bool) -> int:
         start = self.scheduler.now
         deadline = start + self.options.liveness_ticks_max * TICK_UNITS
         while self.scheduler.now < deadline:
-            if self.chaos.converged():
+            if self.chaos.convergence_problem(include_failed=include_failed) is None:
                 return (self.scheduler.now - start) // TICK_UNITS
             self._step()
+        stage = "" if include_failed else " with the failed nodes stopped"
         raise self._failure(
-            f"liveness: no convergence within {self.options.liveness_ticks_max} ticks "
-            f"({self.chaos.convergence_problem()})"
+            f"liveness: no convergence within {self.options.liveness_ticks_max} ticks{stage} "
+            f"({self.chaos.convergence_problem(include_failed=include_failed)})"
         )
 
     def _step(self) -> None:
@@ -283,7 +303,7 @@ class Simulation:
         elif isinstance(event, Deliver):
             self._on_deliver(event.message)
         elif isinstance(event, FsyncDone):
-            self._on_fsync(event)
+            self.runtime.on_fsync(event)
         elif isinstance(event, Chaos):
             self.chaos.act()
             self.scheduler.push(self.random.randint(1, 2 * TICK_UNITS), Chaos())
@@ -297,6 +317,8 @@ class Simulation:
         candidates: list[Candidate] = []
         durable_last: dict[int, tuple[int, int]] = {}
         for node in self.sorted_nodes():
+            if node.departed:
+                continue  # a one-member cluster of its own: it votes in no election here
             log = node.log
             durable_last[node.node_id] = (log.term(log.last_index()), log.last_index())
             if node.raft is None:
@@ -321,46 +343,21 @@ class Simulation:
         return [self.nodes[node_id] for node_id in sorted(self.nodes)]
 
     def add_node(self, node_id: int, snapshot: Snapshot) -> SimNode:
-        log = SimLog(snapshot)
-        node = SimNode(node_id, log, applied=snapshot.index)
+        node = self.runtime.create(node_id, snapshot)
         self.nodes[node_id] = node
-        self.logs[node_id] = log
-        self.checkers.state_machine.observe_restore(node_id, snapshot.index)
-        self._boot(node)
+        self.logs[node_id] = node.log
+        self.observe(node)
         return node
 
-    def _boot(self, node: SimNode) -> None:
-        config = RaftConfig(
-            node_id=node.node_id,
-            election_ticks=self.options.election_ticks,
-            heartbeat_ticks=self.options.heartbeat_ticks,
-            max_message_entries=1 if self.options.hostile else self.random.choice([1, 4, 64]),
-            max_inflight_messages=self.random.choice([1, 4, 16]),
-        )
-        config.validate()
-        hard_state = node.log.durable_hard_state()
-        self.checkers.commits.observe_restart(node.node_id, hard_state.commit)
-        rng = random.Random(self.random.getrandbits(64))
-        node.raft = self.options.node_factory(config, node.log, hard_state, rng, node.applied)
-        node.incarnation += 1
-        first_tick = self.random.randint(1, TICK_UNITS)
-        self.scheduler.push(first_tick, Tick(node.node_id, node.incarnation))
-        self.observe(node)
-
     def crash(self, node: SimNode) -> None:
-        node.raft = None
-        node.ready = None
-        node.log.crash()
-        node.incarnation += 1
-        self.checkers.completeness.observe_role(node.node_id, 0, False)
-        self.note(f"crash {node.node_id}")
+        self.runtime.crash(node)
 
     def restart(self, node: SimNode) -> None:
-        self.note(f"restart {node.node_id}")
-        self._boot(node)
+        self.runtime.restart(node)
+        self.observe(node)
 
     def observe(self, node: SimNode) -> None:
-        """Report the node's role to the checkers and drain its Ready."""
+        """Report the node's role to the checkers and run its Ready loop."""
         raft = node.raft
         if raft is None:
             return
@@ -369,33 +366,9 @@ class Simulation:
             self.stats.elections += 1
             self.note(f"{node.node_id} leads term {raft.term}")
         self.checkers.observe_role(node.node_id, raft.term, is_leader)
-        self._pump(node)
+        self.runtime.pump(node)
 
-    # ---- the Ready loop ----
-
-    def _pump(self, node: SimNode) -> None:
-        raft = node.raft
-        if raft is None or node.ready is not None or not raft.has_ready():
-            return
-        ready = raft.ready()
-        node.ready = ready
-        for message in ready.messages:
-            self.send(message)
-        node.early_sent = self.options.ack_before_persist
-        if node.early_sent:
-            for message in ready.messages_after_persist:
-                self.send(message)
-        node.log.stage(ready.hard_state, ready.snapshot, list(ready.entries))
-        if ready.hard_state is not None:
-            self._observe_commit(node, ready.hard_state)
-        for read_state in ready.read_states:
-            self.checkers.reads.observe_read_state(
-                node.node_id, read_state.context, read_state.index
-            )
-            self.note(f"{node.node_id} read {read_state.context!r} at {read_state.index}")
-        self.scheduler.push(self.chaos.fsync_delay(), FsyncDone(node.node_id, node.incarnation))
-
-    def _observe_commit(self, node: SimNode, hard_state: HardState) -> None:
+    def observe_commit(self, node: SimNode, hard_state: HardState) -> None:
         commits = self.checkers.commits
         previous = commits.volatile.get(node.node_id, 0)
         commits.observe_commit(node.node_id, hard_state.commit)
@@ -403,44 +376,6 @@ class Simulation:
             self.checkers.completeness.observe_commit(
                 node.node_id, hard_state.term, previous, hard_state.commit
             )
-
-    def _on_fsync(self, event: FsyncDone) -> None:
-        node = self.nodes[event.node]
-        ready = node.ready
-        if event.incarnation != node.incarnation or ready is None or node.raft is None:
-            return
-        staged = node.log.sync()
-        if staged is not None and staged.entries:
-            first = staged.entries[0].index
-            previous_term = node.log.term(first - 1)
-            self.checkers.log_matching.observe_durable_append(
-                node.node_id, staged.entries, previous_term
-            )
-        if ready.hard_state is not None:
-            self.checkers.commits.observe_durable_commit(node.node_id, ready.hard_state.commit)
-        if ready.snapshot is not None and ready.snapshot.index > 0:
-            self._install_snapshot(node, ready.snapshot)
-        if not node.early_sent:
-            for message in ready.messages_after_persist:
-                self.send(message)
-        for entry in ready.committed_entries:
-            self._apply(node, entry)
-        node.ready = None
-        node.raft.advance(ready)
-        self.observe(node)
-
-    def _install_snapshot(self, node: SimNode, snapshot: Snapshot) -> None:
-        self.checkers.state_machine.observe_restore(node.node_id, snapshot.index)
-        node.applied = snapshot.index
-        self.note(f"{node.node_id} installs snapshot {snapshot.index}@t{snapshot.term}")
-
-    def _apply(self, node: SimNode, entry: Entry) -> None:
-        self.checkers.observe_apply(node.node_id, entry)
-        node.applied = entry.index
-        if entry.type >= 0 and self.client.acknowledge(entry.data):
-            self.checkers.reads.observe_acknowledged(entry.index)
-        elif entry.type == ENTRY_TYPE_MEMBERSHIP:
-            self.chaos.on_membership_applied(entry)
 
     # ---- events ----
 
@@ -455,7 +390,7 @@ class Simulation:
     def _on_deliver(self, message: Message) -> None:
         node = self.nodes.get(message.target)
         if node is None or node.raft is None:
-            self.note("target down")
+            self.note("target left" if node is not None and node.departed else "target down")
             return
         if not self.network.allows(message.source, message.target):
             self.note("cut by partition")
@@ -469,3 +404,18 @@ class Simulation:
             self.record.lost.append(message)
         for delay in delays:
             self.scheduler.push(delay, Deliver(message))
+
+
+def _describe_flags(node: SimNode) -> str:
+    flags = []
+    if node.departed:
+        flags.append("departed")
+    elif not node.process_up:
+        flags.append("crashed")
+    if node.failed is not None:
+        flags.append(f"failed: {node.failed}")
+    if node.waiting is not None:
+        flags.append(f"waiting on {type(node.waiting).__name__}")
+    if node.removal_applied:
+        flags.append("applied its own removal")
+    return ", ".join(flags)

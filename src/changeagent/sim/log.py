@@ -6,7 +6,12 @@ crash throws away. `sync()` is the `fsync()` that completes later, at a moment t
 simulator picks: only then does the buffer become durable, and only the durable
 part is visible through the `LogReader` protocol that the core reads from (its
 docstring promises "the last durable entry"). A restart rebuilds the core from
-`durable_hard_state()` and this reader alone.
+`restart_hard_state()` and this reader alone.
+
+`note_commit()` is production's `commit-index` file: a commit index written
+without an fsync, which survives a crash of the process (the page cache keeps
+it) but is not part of any staged write. A restart uses the higher of it and
+the durable hard state's commit index, as `changeagent.storage` does.
 
 The full view (`view_term`, `view_entry`) adds the staged buffer on top of the
 durable part; the checkers use it to see a leader's log as the leader sees it.
@@ -15,7 +20,7 @@ durable part; the checkers use it to see a leader's log as the leader sees it.
 from __future__ import annotations
 
 import itertools
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from changeagent.raft.entry import Entry, HardState
 from changeagent.raft.interfaces import Compacted, Snapshot, Unavailable
@@ -47,13 +52,14 @@ class SimLog:
     synced and advanced.
     """
 
-    __slots__ = ("_entries", "_hard_state", "_snapshot", "_staged")
+    __slots__ = ("_entries", "_hard_state", "_noted_commit", "_snapshot", "_staged")
 
     def __init__(self, snapshot: Snapshot | None = None) -> None:
         self._snapshot = snapshot if snapshot is not None else Snapshot()
         self._entries: list[Entry] = []
         self._hard_state = HardState(term=self._snapshot.term, vote=0, commit=self._snapshot.index)
         self._staged: StagedWrite | None = None
+        self._noted_commit = 0
 
     # ---- LogReader (durable part only) ----
 
@@ -102,6 +108,19 @@ class SimLog:
 
     def durable_hard_state(self) -> HardState:
         return self._hard_state
+
+    def restart_hard_state(self) -> HardState:
+        """What a restarted process reads: the durable hard state, its commit index
+        raised to the noted one (never beyond the last entry), as the storage does."""
+        noted = min(self._noted_commit, self.last_index())
+        if noted <= self._hard_state.commit:
+            return self._hard_state
+        return replace(self._hard_state, commit=noted)
+
+    def note_commit(self, index: int) -> None:
+        """Remember a higher commit index without an fsync (lost only on power loss,
+        which the simulator does not model: its crashes are process crashes)."""
+        self._noted_commit = max(self._noted_commit, index)
 
     def durable_entries(self) -> list[Entry]:
         """A copy of the durable entries after the snapshot."""

@@ -14,6 +14,8 @@ from changeagent.sim.cluster import (
     default_node_factory,
 )
 
+SCENARIOS = ("storage_failures", "purges_superseded", "leaves_at_restart", "failed_stopped_phases")
+
 
 @dataclass(slots=True)
 class SeedOutcome:
@@ -23,6 +25,7 @@ class SeedOutcome:
     acknowledged: int = 0
     failure: str | None = None  # the failure report, None when the seed passed
     category: str = ""  # the failure's reason without numbers
+    scenarios: dict[str, int] = field(default_factory=dict)  # `Stats` counters, by name
 
 
 @dataclass(slots=True)
@@ -32,6 +35,8 @@ class Summary:
     elections: int = 0
     acknowledged: int = 0
     failures: list[SeedOutcome] = field(default_factory=list)
+    # Per scenario counter: how many seeds reached it at least once.
+    seeds_reaching: dict[str, int] = field(default_factory=lambda: dict.fromkeys(SCENARIOS, 0))
 
     def categories(self) -> dict[str, list[int]]:
         """Failing seeds grouped by failure category."""
@@ -45,6 +50,9 @@ class Summary:
         self.events += outcome.events
         self.elections += outcome.elections
         self.acknowledged += outcome.acknowledged
+        for name, count in outcome.scenarios.items():
+            if count:
+                self.seeds_reaching[name] += 1
         if outcome.failure is not None:
             self.failures.append(outcome)
 
@@ -52,20 +60,28 @@ class Summary:
 def run_seed(seed: int, options: SimOptions | None = None) -> SeedOutcome:
     """Run one seed; a failure is captured in the outcome, not raised."""
     simulation = Simulation(seed, options)
+    stats = simulation.stats
     try:
         result = simulation.run()
     except SimulationFailure as failure:
         return SeedOutcome(
-            seed, simulation.stats.events, failure=failure.report(), category=failure.category
+            seed,
+            stats.events,
+            failure=failure.report(),
+            category=failure.category,
+            scenarios={name: getattr(stats, name) for name in SCENARIOS},
         )
-    return SeedOutcome(seed, result.events, result.elections, result.acknowledged)
+    scenarios = {name: getattr(stats, name) for name in SCENARIOS}
+    return SeedOutcome(
+        seed, result.events, result.elections, result.acknowledged, None, "", scenarios
+    )
 
 
 def _run_seed_in_worker(work: tuple[int, SimOptions, str | None]) -> SeedOutcome:
     seed, base, bug = work
     options = options_for_bug(bug)
     options.nodes = base.nodes
-    options.hostile = base.hostile
+    options.profile = base.profile
     options.fault_events = base.fault_events
     return run_seed(seed, options)
 
@@ -74,7 +90,7 @@ def run_seeds(
     seeds: range, options: SimOptions | None = None, *, jobs: int = 1, bug: str | None = None
 ) -> Iterator[SeedOutcome]:
     """Outcomes in seed order. With jobs > 1, seeds run in worker processes, which
-    rebuild their options from `bug` plus `nodes`, `hostile` and `fault_events`
+    rebuild their options from `bug` plus `nodes`, `profile` and `fault_events`
     (the planted bugs' classes do not pickle)."""
     base = options if options is not None else options_for_bug(bug)
     if jobs <= 1:
