@@ -116,6 +116,10 @@ class SimNode:
     # Ground truth, independent of ReplicatedState: it applied its own REMOVE and
     # has not left yet (survives crashes: the apply was committed and noted).
     removal_applied: bool = False
+    # Ground truth too: it was a member (committed), and a snapshot it installed
+    # says it no longer is. Production does not leave then (see DESIGN.md).
+    was_member: bool = False
+    removed_by_snapshot: bool = False
     stop_on_removal: bool = False  # chaos: the operator stops it as it applies its removal
     membership: Membership = field(default_factory=Membership)  # latest known, kept when stopped
 
@@ -147,6 +151,7 @@ class Runtime:
             node_id, snapshot.data, DEFAULT_SETTINGS
         )
         node = SimNode(node_id, log, state, applied=snapshot.index)
+        node.was_member = _member(node_id, snapshot.membership)
         self.checkers.state_machine.observe_restore(node_id, snapshot.index)
         self._boot(node, log.restart_hard_state())
         return node
@@ -393,7 +398,11 @@ class Runtime:
                 self.checkers.reads.observe_acknowledged(entry.index)
         elif entry.type == ENTRY_TYPE_MEMBERSHIP:
             change = ConfChange.decode(entry.data)
-            if change.kind is ConfChangeKind.REMOVE and change.node_id == node.node_id:
+            if change.node_id != node.node_id:
+                return
+            if change.kind is ConfChangeKind.ADD_LEARNER:
+                node.was_member = True
+            elif change.kind is ConfChangeKind.REMOVE:
                 node.removal_applied = True
                 self.sim.note(f"{node.node_id} applies its own removal at {entry.index}")
 
@@ -404,6 +413,11 @@ class Runtime:
         node.applied = snapshot.index
         node.replicated.install_snapshot(snapshot.data)
         self.sim.note(f"{node.node_id} installs snapshot {snapshot.index}@t{snapshot.term}")
+        if _member(node.node_id, snapshot.membership):
+            node.was_member = True
+        elif node.was_member and not node.removed_by_snapshot:
+            node.removed_by_snapshot = True
+            self.sim.note(f"{node.node_id} learns its removal from the snapshot")
 
     def _after_advance(self, node: SimNode) -> None:
         """`Replica._purge_applied`: compact to a purge point applied in this Ready."""
@@ -494,3 +508,7 @@ class Runtime:
                 f"node {node.node_id} left, but a restart would find must_leave="
                 f"{recovered.must_leave} and membership {core.membership}",
             )
+
+
+def _member(node_id: int, membership: Membership) -> bool:
+    return node_id in membership.voters or node_id in membership.learners
