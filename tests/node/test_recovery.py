@@ -8,10 +8,10 @@ import asyncio
 from pathlib import Path
 
 from changeagent.config import Settings
-from changeagent.node.identity import META_CLUSTER_ID, META_NODE_ID
+from changeagent.node.identity import META_CLUSTER_ID, META_NODE_ID, META_REMOVED_BY_SNAPSHOT
 from changeagent.node.node import Node, NodeLimits
 from changeagent.node.replica import recover_replicated_state
-from changeagent.node.replicated_state import ReplicatedState
+from changeagent.node.replicated_state import RemovedSelf, ReplicatedState
 from changeagent.node.settings_entry import ENTRY_TYPE_ADDRESS, encode_address, encode_purge
 from changeagent.raft import (
     ENTRY_TYPE_MEMBERSHIP,
@@ -108,3 +108,56 @@ def test_recovery_and_live_application_agree(tmp_path: Path) -> None:
         )
     finally:
         storage.close()
+
+
+def test_a_snapshot_that_lacks_a_member_removes_it_but_not_a_joiner() -> None:
+    """A member that missed its REMOVE (compacted away) learns its removal from the
+    leader's snapshot; a joining node, not yet added, gets the same kind of
+    snapshot (from before its ADD_LEARNER) and must stay."""
+    others = frozenset({OTHER, THIRD})
+    member = ReplicatedState.from_snapshot(SELF, b"", Settings(), {SELF, OTHER, THIRD})
+    assert member.removed_by(others)
+    effects = member.install_snapshot(b"", others)
+    assert any(isinstance(effect, RemovedSelf) for effect in effects)
+    assert member.must_leave and not member.member
+
+    joiner = ReplicatedState.from_snapshot(SELF, b"", Settings(), others)
+    assert not joiner.removed_by(others)
+    assert joiner.install_snapshot(b"", others) == [] and not joiner.must_leave
+    joiner.apply(_membership_entry(7, ConfChangeKind.ADD_LEARNER, SELF))
+    assert joiner.member and joiner.removed_by(others)
+
+
+def test_a_node_removed_by_a_snapshot_leaves_at_restart(tmp_path: Path) -> None:
+    """The snapshot that removed it was written with a durable mark; the process
+    stopped before it left: on restart it leaves."""
+    storage = Storage.open(tmp_path / "d")
+    removed = Snapshot(9, 2, Membership(voters=frozenset({OTHER, THIRD})))
+    storage.submit(
+        WriteBatch(
+            snapshot=removed,
+            hard_state=HardState(2, OTHER, 9),
+            meta={
+                META_NODE_ID: str(SELF).encode(),
+                META_CLUSTER_ID: b"12345",
+                META_REMOVED_BY_SNAPSHOT: b"1",
+            },
+        )
+    ).result(10)
+
+    async def scenario() -> None:
+        node = Node(storage, Settings(), None, NodeLimits(commit_timeout_s=10))
+        left: list[bool] = []
+
+        async def leave() -> None:
+            left.append(True)
+
+        node.replica.set_leave_handler(leave)
+        await node.start()
+        try:
+            assert left == [True], "the node a snapshot removed never left"
+        finally:
+            await node.close()
+            storage.close()
+
+    asyncio.run(scenario())

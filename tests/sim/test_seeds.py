@@ -70,17 +70,13 @@ def test_a_purge_superseded_by_a_pending_snapshot_is_skipped() -> None:
     assert simulation.stats.purges_superseded >= 1
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="production finding: a removed node that learns its removal from a snapshot "
-    "(ReplicatedState.install_snapshot sees data only) never leaves; see sim/DESIGN.md",
-)
 def test_a_node_removed_by_a_snapshot_leaves() -> None:
     """Seed 60: node 3 receives REMOVE 3 (index 29) but not its commit, and crashes;
     the others commit it and the leader compacts to 35. Restarted, node 3 gets the
-    snapshot at 35 (membership [1, 2]), installs it, and stays a follower of a
-    cluster that no longer has it: it never applied its removal, so it never leaves."""
-    Simulation(60, SimOptions(leave_on_snapshot_removal=True)).run()
+    snapshot at 35 (membership [1, 2]). It once stayed a follower of a cluster that
+    no longer had it (install_snapshot saw the data only); now the snapshot that
+    lacks a member removes it, with a durable mark, and it leaves."""
+    Simulation(60, SimOptions()).run()
 
 
 def trace_of(seed: int) -> list[str]:

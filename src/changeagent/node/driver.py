@@ -24,7 +24,7 @@ import asyncio
 import itertools
 import logging
 import random
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -79,6 +79,8 @@ class DriverHooks:
     apply: ApplyEntries  # committed entries, in order, after they are durable
     install_snapshot: InstallSnapshot  # a snapshot from the leader replaced the log
     on_role_change: Callable[[Role, int | None], None]
+    # Storage meta to write in the same transaction as a leader's snapshot.
+    snapshot_meta: Callable[[Snapshot], Mapping[str, bytes]]
     # After `advance()`, when the core counts this Ready's entries as applied:
     # work that needs them applied in the core too (compaction for a purge).
     after_advance: Callable[[], Awaitable[None]]
@@ -296,9 +298,12 @@ class RaftDriver:
             await self._hooks.apply(step.entries)
             self._resolve(step.entries)
         elif isinstance(step, Persist):
-            await self.storage.write(
-                WriteBatch(hard_state=step.hard_state, entries=step.entries, snapshot=step.snapshot)
+            snapshot = step.snapshot
+            meta = self._hooks.snapshot_meta(snapshot) if snapshot is not None else {}
+            batch = WriteBatch(
+                hard_state=step.hard_state, entries=step.entries, snapshot=snapshot, meta=meta
             )
+            await self.storage.write(batch)
             self._planner.persisted(step)
         else:  # InstallSnapshot
             await self._hooks.install_snapshot(step.snapshot)

@@ -15,6 +15,9 @@ from changeagent.storage import Storage
 META_NODE_ID = "node_id"
 META_CLUSTER_ID = "cluster_id"
 META_CLUSTER_SECRET = "cluster_secret"
+# Written with a leader's snapshot that removes this node, cleared when it leaves
+# (or joins): a restart between the two must still leave (ReplicatedState.recover).
+META_REMOVED_BY_SNAPSHOT = "removed_by_snapshot"
 NODE_ID_MAX = 2**63 - 1
 
 
@@ -44,5 +47,9 @@ class ClusterIdentity:
 
 
 def cluster_meta(cluster_id: int, secret: bytes) -> dict[str, bytes]:
-    """The storage meta that records a cluster identity."""
-    return {META_CLUSTER_ID: str(cluster_id).encode(), META_CLUSTER_SECRET: secret}
+    """The storage meta that records a cluster identity (a new one: not removed)."""
+    return {
+        META_CLUSTER_ID: str(cluster_id).encode(),
+        META_CLUSTER_SECRET: secret,
+        META_REMOVED_BY_SNAPSHOT: b"",
+    }

@@ -296,6 +296,7 @@ class ClusterMembership:
                 discard_log=True, snapshot=Snapshot(membership=base), hard_state=HardState()
             )
             await self.set_cluster(cluster_id, secret, fresh)
+            replica.reset_replicated_state(base)
             for node_id, address in members.items():
                 replica.expect_address(node_id, address)
             await replica.restart_driver(applied=0)

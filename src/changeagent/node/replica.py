@@ -29,7 +29,7 @@ from changeagent.ids import format_id
 from changeagent.node.applied import AppliedIndex
 from changeagent.node.driver import Build, DriverHooks, RaftDriver
 from changeagent.node.errors import CommitTimeout, NodeError, NotAvailable
-from changeagent.node.identity import META_NODE_ID, ClusterIdentity
+from changeagent.node.identity import META_NODE_ID, META_REMOVED_BY_SNAPSHOT, ClusterIdentity
 from changeagent.node.leader_link import LeaderLink
 from changeagent.node.limits import NodeLimits
 from changeagent.node.ready_plan import plan_compaction
@@ -188,6 +188,7 @@ class Replica:
             apply=self._apply,
             install_snapshot=self._install_snapshot,
             on_role_change=self._on_role_change,
+            snapshot_meta=self._snapshot_meta,
             after_advance=self._purge_applied,
         )
         self.driver = RaftDriver(
@@ -343,10 +344,24 @@ class Replica:
                 await self._execute(self.replicated.apply(entry))
         self._advance_applied(entries[-1].index)
 
+    def _snapshot_meta(self, snapshot: Snapshot) -> dict[str, bytes]:
+        """A leader's snapshot that removes this node is written with a mark that
+        makes a restart leave, should the process stop before it has left."""
+        if self.replicated.removed_by(_members(snapshot.membership)):
+            return {META_REMOVED_BY_SNAPSHOT: b"1"}
+        return {}
+
     async def _install_snapshot(self, snapshot: Snapshot) -> None:
         """The leader replaced our log with a snapshot: adopt its replicated state."""
-        await self._execute(self.replicated.install_snapshot(snapshot.data))
+        members = _members(snapshot.membership)
+        await self._execute(self.replicated.install_snapshot(snapshot.data, members))
         self._advance_applied(snapshot.index)
+
+    def reset_replicated_state(self, membership: Membership) -> None:
+        """The log was discarded to join a cluster: start over from its base membership."""
+        self.replicated = ReplicatedState.from_snapshot(
+            self.node_id, b"", self.settings, _members(membership)
+        )
 
     def _advance_applied(self, index: int) -> None:
         self.applied.advance(index)
@@ -434,7 +449,19 @@ def recover_replicated_state(
     snapshot = storage.snapshot()
     commit = max(storage.hard_state().commit, snapshot.index)
     committed = storage.internal_entries(snapshot.index + 1, commit + 1)
-    return ReplicatedState.recover(node_id, snapshot.data, default, committed), commit
+    state = ReplicatedState.recover(
+        node_id,
+        snapshot.data,
+        default,
+        committed,
+        members=_members(snapshot.membership),
+        removed_by_snapshot=storage.meta_get(META_REMOVED_BY_SNAPSHOT) == b"1",
+    )
+    return state, commit
+
+
+def _members(membership: Membership) -> frozenset[int]:
+    return membership.voters | membership.learners
 
 
 def ticks(settings: Settings) -> tuple[float, int]:

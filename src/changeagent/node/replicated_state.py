@@ -96,28 +96,52 @@ class ReplicatedState:
     settings: Settings
     addresses: dict[int, str] = field(default_factory=dict)  # member id -> host:port
     purge_index: int = 0  # highest purge point applied (compaction may lag behind it)
-    # Set by our own REMOVE, cleared by the RESET entry the node writes when it
-    # leaves: a node that crashed in between still has to leave after a restart.
+    # Set by our own REMOVE (or a snapshot that removes us), cleared by the RESET
+    # entry the node writes when it leaves: a node that crashed in between still
+    # has to leave after a restart.
     must_leave: bool = False
+    # This node is in the membership its applied state knows. A joining node is
+    # not until its ADD_LEARNER applies, so a leader's snapshot from before that
+    # (which lacks it) is no removal; for a member, such a snapshot is one.
+    member: bool = False
 
     @classmethod
-    def from_snapshot(cls, node_id: int, data: bytes, default: Settings) -> ReplicatedState:
-        """The state a compaction point recorded (`default` settings if it has none)."""
+    def from_snapshot(
+        cls, node_id: int, data: bytes, default: Settings, members: Iterable[int] = ()
+    ) -> ReplicatedState:
+        """The state a compaction point recorded (`default` settings if it has none);
+        `members` are the voters and learners of the snapshot's membership."""
         settings, addresses = decode_snapshot_data(data)
-        return cls(node_id, settings if settings is not None else default, addresses)
+        state = cls(node_id, settings if settings is not None else default, addresses)
+        state.member = node_id in set(members)
+        return state
 
     @classmethod
     def recover(
-        cls, node_id: int, snapshot_data: bytes, default: Settings, committed: Iterable[Entry]
+        cls,
+        node_id: int,
+        snapshot_data: bytes,
+        default: Settings,
+        committed: Iterable[Entry],
+        *,
+        members: Iterable[int] = (),
+        removed_by_snapshot: bool = False,
     ) -> ReplicatedState:
         """At start: the snapshot's state, then every committed internal entry after
-        it through `apply`, exactly as live application went. The caller acts on
-        what the result says is left to do (`purge_index` beyond the snapshot,
-        `must_leave`)."""
-        state = cls.from_snapshot(node_id, snapshot_data, default)
+        it through `apply`, exactly as live application went. `removed_by_snapshot`
+        is the durable mark written with a leader's snapshot that removed this node
+        (the snapshot alone cannot tell a removed node from a joining one). The
+        caller acts on what the result says is left to do (`purge_index` beyond
+        the snapshot, `must_leave`)."""
+        state = cls.from_snapshot(node_id, snapshot_data, default, members)
+        state.must_leave = removed_by_snapshot
         for entry in committed:
             state.apply(entry)
         return state
+
+    def removed_by(self, members: Iterable[int]) -> bool:
+        """Whether a leader's snapshot with these voters and learners removes this node."""
+        return self.member and self.node_id not in set(members)
 
     def snapshot_data(self) -> bytes:
         """What a compaction point records of this state (see `settings_entry`)."""
@@ -135,14 +159,23 @@ class ReplicatedState:
             return self._apply_membership(ConfChange.decode(entry.data))
         return []
 
-    def install_snapshot(self, data: bytes) -> list[Effect]:
-        """The leader replaced our log with a snapshot: adopt the state it records."""
+    def install_snapshot(self, data: bytes, members: Iterable[int]) -> list[Effect]:
+        """The leader replaced our log with a snapshot (`members`: its voters and
+        learners): adopt the state it records. A member the snapshot lacks was
+        removed while it did not hear of it (its REMOVE entry is compacted away)."""
+        members = set(members)
+        removed = self.removed_by(members)
         settings, addresses = decode_snapshot_data(data)
         effects: list[Effect] = []
         if settings is not None:
             effects += self._set_settings(settings)
         for node_id, address in sorted(addresses.items()):
             effects += self._set_address(node_id, address)
+        if removed:
+            self.member, self.must_leave = False, True
+            effects.append(RemovedSelf())
+        elif self.node_id in members:
+            self.member = True
         return effects
 
     def _set_settings(self, settings: Settings) -> list[Effect]:
@@ -161,14 +194,18 @@ class ReplicatedState:
         return [PurgeCommitted(index)]
 
     def _apply_membership(self, change: ConfChange) -> list[Effect]:
-        if change.kind is ConfChangeKind.ADD_LEARNER and change.context:
-            return self._set_address(change.node_id, change.context.decode())
+        ours = change.node_id == self.node_id
+        if change.kind is ConfChangeKind.ADD_LEARNER:
+            self.member = self.member or ours
+            if change.context:
+                return self._set_address(change.node_id, change.context.decode())
+            return []
         if change.kind is ConfChangeKind.REMOVE:
             self.addresses.pop(change.node_id, None)
-            if change.node_id == self.node_id:
-                self.must_leave = True
+            if ours:
+                self.member, self.must_leave = False, True
                 return [RemovedSelf()]
             return [MemberRemoved(change.node_id)]
-        if change.kind is ConfChangeKind.RESET and change.node_id == self.node_id:
-            self.must_leave = False
+        if change.kind is ConfChangeKind.RESET and ours:
+            self.member, self.must_leave = True, False
         return []

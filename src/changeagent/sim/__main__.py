@@ -38,11 +38,6 @@ def parse_arguments(argv: list[str] | None) -> argparse.Namespace:
         "--fault-events", type=int, default=None, help="events in the fault phase (1000)"
     )
     parser.add_argument("--keep-going", action="store_true", help="do not stop at a failure")
-    parser.add_argument(
-        "--leave-on-snapshot-removal",
-        action="store_true",
-        help="liveness: a node removed by a snapshot must leave too (production does not yet)",
-    )
     return parser.parse_args(argv)
 
 
@@ -62,7 +57,6 @@ def main(argv: list[str] | None = None) -> int:
     options = options_for_bug(arguments.bug)
     options.nodes = arguments.nodes
     options.profile = "hostile" if arguments.hostile else arguments.profile
-    options.leave_on_snapshot_removal = arguments.leave_on_snapshot_removal
     if arguments.fault_events is not None:
         options.fault_events = arguments.fault_events
     if arguments.replay is not None:

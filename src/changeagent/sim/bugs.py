@@ -158,9 +158,23 @@ class _ForgetfulRecovery(ReplicatedState):
 
     @classmethod
     def recover(
-        cls, node_id: int, snapshot_data: bytes, default: Settings, committed: Iterable[Entry]
+        cls,
+        node_id: int,
+        snapshot_data: bytes,
+        default: Settings,
+        committed: Iterable[Entry],
+        *,
+        members: Iterable[int] = (),
+        removed_by_snapshot: bool = False,
     ) -> ReplicatedState:
-        state = super().recover(node_id, snapshot_data, default, committed)
+        state = super().recover(
+            node_id,
+            snapshot_data,
+            default,
+            committed,
+            members=members,
+            removed_by_snapshot=removed_by_snapshot,
+        )
         state.must_leave = False
         return state
 

@@ -496,12 +496,11 @@ class ChaosDriver:
                 return f"member {node_id} is down"
             if node.applied < raft.commit_index:
                 return f"member {node_id} applied {node.applied} < commit {raft.commit_index}"
-        strict = self.sim.options.leave_on_snapshot_removal
         for node in self.sim.sorted_nodes():
             if node.departed or not (include_failed or node.failed is None):
                 continue
             if node.removal_applied:
                 return f"node {node.node_id} applied its own removal but has not left"
-            if strict and node.removed_by_snapshot:
+            if node.removed_by_snapshot:
                 return f"node {node.node_id} installed a snapshot that removes it but has not left"
         return None

@@ -70,9 +70,6 @@ class SimOptions:
     planner_factory: Callable[[HardState], ReadyPlanner] = ReadyPlanner
     replicated_state: type[ReplicatedState] = ReplicatedState
     compaction_failure_halts: bool = True  # planted bug: False keeps a failed node running
-    # Liveness also requires a node that learned its removal from a snapshot (not
-    # from applying it) to leave. Off: production does not do it yet (DESIGN.md).
-    leave_on_snapshot_removal: bool = False
 
 
 class SimulationFailure(Exception):

@@ -148,7 +148,7 @@ class Runtime:
     def create(self, node_id: int, snapshot: Snapshot) -> SimNode:
         log = SimLog(snapshot)
         state = self.options.replicated_state.from_snapshot(
-            node_id, snapshot.data, DEFAULT_SETTINGS
+            node_id, snapshot.data, DEFAULT_SETTINGS, _members(snapshot)
         )
         node = SimNode(node_id, log, state, applied=snapshot.index)
         node.was_member = _member(node_id, snapshot.membership)
@@ -223,6 +223,8 @@ class Runtime:
             snapshot.data,
             DEFAULT_SETTINGS,
             log.internal_entries(snapshot.index + 1, commit + 1),
+            members=_members(snapshot),
+            removed_by_snapshot=log.removed_mark,
         )
         node.applied = commit
         self._boot(node, hard_state)
@@ -309,7 +311,10 @@ class Runtime:
         self._after_advance(node)
 
     def _stage(self, node: SimNode, step: Persist) -> None:
-        node.log.stage(step.hard_state, step.snapshot, list(step.entries))
+        mark = None
+        if step.snapshot is not None and node.replicated.removed_by(_members(step.snapshot)):
+            mark = True  # as Replica._snapshot_meta writes it with the snapshot
+        node.log.stage(step.hard_state, step.snapshot, list(step.entries), mark)
         self._wait(node, step)
 
     def _wait(self, node: SimNode, write: PendingWrite) -> None:
@@ -411,7 +416,9 @@ class Runtime:
             return
         self.checkers.state_machine.observe_restore(node.node_id, snapshot.index)
         node.applied = snapshot.index
-        node.replicated.install_snapshot(snapshot.data)
+        effects = node.replicated.install_snapshot(snapshot.data, _members(snapshot))
+        if any(isinstance(effect, RemovedSelf) for effect in effects):
+            node.leave_requested = True
         self.sim.note(f"{node.node_id} installs snapshot {snapshot.index}@t{snapshot.term}")
         if _member(node.node_id, snapshot.membership):
             node.was_member = True
@@ -479,7 +486,7 @@ class Runtime:
         term = log.durable_hard_state().term + 1
         change = ConfChange(ConfChangeKind.RESET, node.node_id)
         reset = Entry(index, term, ENTRY_TYPE_MEMBERSHIP, change.encode())
-        log.stage(HardState(term, node.node_id, index), None, [reset])
+        log.stage(HardState(term, node.node_id, index), None, [reset], removed_mark=False)
         log.sync()
         node.replicated.apply(reset)
         node.departed = True
@@ -498,6 +505,8 @@ class Runtime:
             snapshot.data,
             DEFAULT_SETTINGS,
             log.internal_entries(snapshot.index + 1, hard_state.commit + 1),
+            members=_members(snapshot),
+            removed_by_snapshot=log.removed_mark,
         )
         config = RaftConfig(node_id=node.node_id, election_ticks=5, heartbeat_ticks=1)
         core = RaftNode(config, log, hard_state, random.Random(0))
@@ -508,6 +517,10 @@ class Runtime:
                 f"node {node.node_id} left, but a restart would find must_leave="
                 f"{recovered.must_leave} and membership {core.membership}",
             )
+
+
+def _members(snapshot: Snapshot) -> frozenset[int]:
+    return snapshot.membership.voters | snapshot.membership.learners
 
 
 def _member(node_id: int, membership: Membership) -> bool:

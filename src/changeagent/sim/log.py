@@ -41,6 +41,9 @@ class StagedWrite:
     hard_state: HardState | None
     snapshot: Snapshot | None
     entries: list[Entry]
+    # The node's durable "removed by a snapshot" mark (production: storage meta
+    # written with the snapshot): True sets it, False clears it, None leaves it.
+    removed_mark: bool | None = None
 
 
 class SimLog:
@@ -52,13 +55,14 @@ class SimLog:
     synced and advanced.
     """
 
-    __slots__ = ("_entries", "_hard_state", "_noted_commit", "_snapshot", "_staged")
+    __slots__ = ("_entries", "_hard_state", "_noted_commit", "_snapshot", "_staged", "removed_mark")
 
     def __init__(self, snapshot: Snapshot | None = None) -> None:
         self._snapshot = snapshot if snapshot is not None else Snapshot()
         self._entries: list[Entry] = []
         self._hard_state = HardState(term=self._snapshot.term, vote=0, commit=self._snapshot.index)
         self._staged: StagedWrite | None = None
+        self.removed_mark = False  # durable: see StagedWrite.removed_mark
         self._noted_commit = 0
 
     # ---- LogReader (durable part only) ----
@@ -140,7 +144,11 @@ class SimLog:
         return self._staged is not None
 
     def stage(
-        self, hard_state: HardState | None, snapshot: Snapshot | None, entries: list[Entry]
+        self,
+        hard_state: HardState | None,
+        snapshot: Snapshot | None,
+        entries: list[Entry],
+        removed_mark: bool | None = None,
     ) -> None:
         """Record a write that a crash before `sync()` loses."""
         if self._staged is not None:
@@ -148,7 +156,7 @@ class SimLog:
         for previous, entry in itertools.pairwise(entries):
             if entry.index != previous.index + 1:
                 raise LogCorruption(f"entries to persist are not contiguous at {entry.index}")
-        self._staged = StagedWrite(hard_state, snapshot, list(entries))
+        self._staged = StagedWrite(hard_state, snapshot, list(entries), removed_mark)
 
     def sync(self) -> StagedWrite | None:
         """Make the staged write durable; return it (None when nothing was staged)."""
@@ -162,6 +170,8 @@ class SimLog:
             self._append(staged.entries)
         if staged.hard_state is not None:
             self._hard_state = staged.hard_state
+        if staged.removed_mark is not None:
+            self.removed_mark = staged.removed_mark
         return staged
 
     def crash(self) -> None:

@@ -82,7 +82,6 @@ def _run_seed_in_worker(work: tuple[int, SimOptions, str | None]) -> SeedOutcome
     options = options_for_bug(bug)
     options.nodes = base.nodes
     options.profile = base.profile
-    options.leave_on_snapshot_removal = base.leave_on_snapshot_removal
     options.fault_events = base.fault_events
     return run_seed(seed, options)
 
@@ -91,8 +90,8 @@ def run_seeds(
     seeds: range, options: SimOptions | None = None, *, jobs: int = 1, bug: str | None = None
 ) -> Iterator[SeedOutcome]:
     """Outcomes in seed order. With jobs > 1, seeds run in worker processes, which
-    rebuild their options from `bug` plus `nodes`, `profile`, `fault_events` and
-    `leave_on_snapshot_removal` (the planted bugs' classes do not pickle)."""
+    rebuild their options from `bug` plus `nodes`, `profile` and `fault_events`
+    (the planted bugs' classes do not pickle)."""
     base = options if options is not None else options_for_bug(bug)
     if jobs <= 1:
         for seed in seeds:
