@@ -78,6 +78,7 @@ async def start_listener(
     authenticator: Authenticator | None = None,
     api_tls: ssl.SSLContext | None = None,
     transport: Transport | None = None,
+    serve_links: bool = True,
 ) -> Listeners:
     """One application on up to two sites: plain HTTP (-p) and HTTPS (-sp)."""
     app = build_app(
@@ -86,6 +87,7 @@ async def start_listener(
         authenticator,
         transport,
         client_certificates=bool(options.api_tls and options.api_tls.client_ca_file),
+        serve_links=serve_links,
     )
     runner = web.AppRunner(app, shutdown_timeout=options.shutdown_grace_s, access_log=None)
     await runner.setup()
@@ -162,7 +164,7 @@ async def serve_node(
             )
             node.cluster.advertise(cluster_port)
         listeners = await start_listener(
-            node, options, authenticator, api_tls, None if use_cluster_port else transport
+            node, options, authenticator, api_tls, transport, serve_links=not use_cluster_port
         )
         if options.cluster_port is None:
             node.cluster.advertise(listeners.http_port or 0)

@@ -4,11 +4,13 @@ Peers' links on the API port (WebSocket requests at CLUSTER_PATH) are not
 counted: they last as long as the peer does, and shutdown must not wait for
 them the way it waits for clients' requests (which may need Raft, and so those
 links, to finish).
+
+Nor is a request whose client has gone (it timed out or hung up): aiohttp does
+not cancel its handler, which may go on waiting for a commit, but nobody reads
+the answer, and aiohttp itself no longer waits for it at shutdown.
 """
 
 from __future__ import annotations
-
-import asyncio
 
 from aiohttp import web
 
@@ -18,22 +20,25 @@ from changeagent.transport import CLUSTER_PATH
 
 class RequestsInFlight:
     def __init__(self) -> None:
-        self.count = 0
-        self._idle = asyncio.Event()
-        self._idle.set()
+        self._requests: dict[int, web.Request] = {}  # by id(): requests are unhashable
 
     @web.middleware
     async def middleware(self, request: web.Request, handler: Handler) -> web.StreamResponse:
         if request.path == CLUSTER_PATH:
             return await handler(request)
-        self.count += 1
-        self._idle.clear()
+        key = id(request)
+        self._requests[key] = request
         try:
             return await handler(request)
         finally:
-            self.count -= 1
-            if self.count == 0:
-                self._idle.set()
+            del self._requests[key]
 
-    async def wait_idle(self) -> None:
-        await self._idle.wait()
+    @property
+    def busy(self) -> bool:
+        """True while a request is being answered to a client still connected."""
+        return any(_connected(request) for request in self._requests.values())
+
+
+def _connected(request: web.Request) -> bool:
+    transport = request.transport  # None once the connection is lost
+    return transport is not None and not transport.is_closing()
