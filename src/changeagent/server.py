@@ -1,8 +1,11 @@
 """Composition root: open storage, start the node, serve HTTP, shut down gracefully.
 
 Each step is a small named function so the order is readable: storage opens
-before the node, the node starts before the listener, and shutdown runs in
-reverse (stop listening, answer long-polls, finish in-flight requests, close).
+before the node, the node starts (a lone voter leads) before the cluster port and
+then the API listen, and shutdown runs in reverse: stop listening, answer
+long-polls and hand leadership over, drain clients' requests while a quorum can
+commit them, stop Raft, close the peer links, close storage. This module (with
+`shutdown.py`) alone decides that order; the node and the API only offer the steps.
 """
 
 from __future__ import annotations
@@ -18,11 +21,13 @@ from aiohttp import web
 
 from changeagent.api.app import build_app
 from changeagent.api.auth import Authenticator
+from changeagent.api.in_flight import RequestsInFlight
 from changeagent.config import Settings, load_settings_file
 from changeagent.node.node import Node, NodeLimits
 from changeagent.peers import build_transport, serve_cluster_port
 from changeagent.security.permissions import warn_if_data_dir_exposed
 from changeagent.security.tls_files import ApiTls, ClusterTls
+from changeagent.shutdown import GracefulShutdown
 from changeagent.storage import TAIL_CACHE_BYTES_DEFAULT, Storage
 from changeagent.transport import Transport
 
@@ -80,15 +85,21 @@ async def start_listener(
     transport: Transport | None = None,
     serve_links: bool = True,
 ) -> Listeners:
-    """One application on up to two sites: plain HTTP (-p) and HTTPS (-sp)."""
+    """One application on up to two sites: plain HTTP (-p) and HTTPS (-sp).
+    `transport`'s links are served here with `serve_links` (no -cp); either way
+    the shutdown closes them (see `shutdown.py`)."""
+    # aiohttp waits for peers' links on this port too: clients' requests are
+    # counted apart from them, for the shutdown's drain.
+    in_flight = RequestsInFlight() if transport is not None and serve_links else None
     app = build_app(
         node,
         options.prefix,
         authenticator,
-        transport,
+        transport if serve_links else None,
         client_certificates=bool(options.api_tls and options.api_tls.client_ca_file),
-        serve_links=serve_links,
+        in_flight=in_flight,
     )
+    GracefulShutdown(node, transport, in_flight).attach(app)
     runner = web.AppRunner(app, shutdown_timeout=options.shutdown_grace_s, access_log=None)
     await runner.setup()
     http_port = https_port = None

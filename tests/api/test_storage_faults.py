@@ -31,6 +31,7 @@ async def with_client(storage: Storage, body: Callable[[TestClient], Awaitable[N
         await body(client)
     finally:
         await client.close()
+        await node.close()  # the server orders this at shutdown; here the test does
         storage.close()
 
 
