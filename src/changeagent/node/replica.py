@@ -328,9 +328,12 @@ class Replica:
     def on_peer_message(self, peer_id: int, message: Message) -> None:
         """A well-formed message from a member (the transport closes the link on
         a malformed one): an exception here is our bug, and fails the node."""
-        if self.driver is not None:
-            where = f"handling a message from node {format_id(peer_id)}"
-            self.supervisor.call(where, self.driver.step, message)
+        if self.driver is None:
+            return
+        try:
+            self.driver.step(message)
+        except Exception as error:  # the message is named only then: this is a hot path
+            self.fail(f"handling a message from node {format_id(peer_id)}", error)
 
     def _on_role_change(self, role: Role, leader_id: int | None) -> None:
         self.leader.leadership_changed()

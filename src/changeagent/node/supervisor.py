@@ -48,16 +48,6 @@ class Supervisor:
         task.add_done_callback(self._task_done)
         return task
 
-    def call(self, where: str, function: Callable[..., T], *arguments: Any) -> T | None:
-        """Run a synchronous callback (e.g. a peer's message into Raft) under
-        supervision: an exception fails the node instead of vanishing in the
-        caller's log. Returns None then."""
-        try:
-            return function(*arguments)
-        except Exception as error:
-            self.fail(where, error)
-            return None
-
     def fail(self, where: str, error: BaseException) -> None:
         """Report `error` from `where` as the node's failure (only the first counts).
         Safe from any thread (a read in a worker thread may find corruption)."""
