@@ -1,0 +1,265 @@
+"""The sans-I/O core shared by Client and AsyncClient: it builds requests, parses
+answers, maps errors and decides retries, and does no I/O itself. A shell runs one
+call like this:
+
+    call = core.call(operation)
+    while True:
+        request = call.request()                 # method, url, params, headers, body
+        outcome = send(request)                  # status/headers/body, or a failure text
+        step = call.answered(...) or call.failed(text)
+        if isinstance(step, Done): return step.value
+        sleep(step.delay_s)                      # then the next server in turn
+
+Retries (connection failures, timeouts, 503) move to the next configured server and
+wait an exponential backoff with jitter, at least what `Retry-After` asks (capped).
+A post always carries an Idempotency-Key, the same on every attempt, so the server
+stores it once however many attempts reached it.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Generic, TypeVar
+from urllib.parse import quote
+
+import orjson
+
+from changeagent.client.errors import (
+    ChangeAgentError,
+    ConnectionFailed,
+    ServerError,
+    Unavailable,
+    error_for,
+)
+from changeagent.client.model import Change, Health, Page
+
+T = TypeVar("T")
+
+RETRY_STATUSES = frozenset({503})
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """How often and how long to retry. Invariants: attempts_max >= 1, delays >= 0.
+    The default (8 attempts, 0.1 s doubling to at most 2 s) spans a few seconds, longer
+    than a Raft election with the default timeouts."""
+
+    attempts_max: int = 8
+    backoff_initial_s: float = 0.1
+    backoff_max_s: float = 2.0
+    retry_after_max_s: float = 5.0
+
+    def __post_init__(self) -> None:
+        if self.attempts_max < 1:
+            raise ValueError("attempts_max must be at least 1")
+        if min(self.backoff_initial_s, self.backoff_max_s, self.retry_after_max_s) < 0:
+            raise ValueError("retry delays must not be negative")
+
+    def delay_s(self, retry: int, retry_after_s: float | None, rng: random.Random) -> float:
+        """The wait before retry number `retry` (1-based): a backoff drawn from its
+        upper half (jitter spreads clients apart), raised to Retry-After if larger."""
+        ceiling = min(self.backoff_max_s, self.backoff_initial_s * 2.0 ** (retry - 1))
+        delay = ceiling * rng.uniform(0.5, 1.0)
+        if retry_after_s is not None:
+            delay = max(delay, min(retry_after_s, self.retry_after_max_s))
+        return delay
+
+
+@dataclass(frozen=True)
+class Request:
+    """One HTTP request for a shell to send."""
+
+    method: str
+    url: str
+    params: tuple[tuple[str, str], ...] = ()
+    headers: tuple[tuple[str, str], ...] = ()
+    body: bytes | None = None
+
+
+@dataclass(frozen=True)
+class Operation(Generic[T]):
+    """What to ask (relative to a server's base URL) and how to read a success."""
+
+    method: str
+    path: str
+    parse: Callable[[int, bytes], T]
+    params: tuple[tuple[str, str], ...] = ()
+    headers: tuple[tuple[str, str], ...] = ()
+    body: bytes | None = None
+    retry: bool = True
+
+
+@dataclass(frozen=True)
+class Done(Generic[T]):
+    value: T
+
+
+@dataclass(frozen=True)
+class Wait:
+    delay_s: float
+
+
+def error_message(body: bytes) -> str:
+    """The server's JSON `error`, or the body's text when it is not such JSON."""
+    try:
+        document = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return body.decode(errors="replace").strip()[:500]
+    message = document.get("error") if isinstance(document, dict) else None
+    if isinstance(message, str):
+        return message
+    return str(document)[:500]
+
+
+def retry_after_s(headers: dict[str, str]) -> float | None:
+    """Retry-After in seconds; None when absent or given as an HTTP date."""
+    value = headers.get("retry-after")
+    try:
+        return max(0.0, float(value)) if value is not None else None
+    except ValueError:
+        return None
+
+
+def parse_json(parse: Callable[[Any], T]) -> Callable[[int, bytes], T]:
+    """A success parser that decodes JSON and hands it to `parse`."""
+
+    def read(status: int, body: bytes) -> T:
+        try:
+            return parse(orjson.loads(body))
+        except (orjson.JSONDecodeError, ValueError, TypeError) as error:
+            raise ServerError(status, f"unexpected answer: {error}") from error
+
+    return read
+
+
+@dataclass
+class Call(Generic[T]):
+    """One operation's attempts across the servers: the retry state machine."""
+
+    core: ClientCore
+    operation: Operation[T]
+    attempt: int = 1
+    last_error: ChangeAgentError | None = None
+
+    def request(self) -> Request:
+        operation = self.operation
+        url = self.core.servers[self.core.current] + operation.path
+        return Request(operation.method, url, operation.params, operation.headers, operation.body)
+
+    def answered(self, status: int, headers: dict[str, str], body: bytes) -> Done[T] | Wait:
+        """Headers with lower-case names."""
+        if 200 <= status < 300:
+            return Done(self.operation.parse(status, body))
+        error = error_for(status, error_message(body))
+        if status not in RETRY_STATUSES or not self.operation.retry:
+            raise error
+        return self._retry(error, retry_after_s(headers))
+
+    def failed(self, reason: str) -> Wait:
+        """The request got no answer (connection refused or reset, timeout)."""
+        url = self.core.servers[self.core.current]
+        return self._retry(ConnectionFailed(f"{url}: {reason}"), None)
+
+    def _retry(self, error: ChangeAgentError, retry_after: float | None) -> Wait:
+        self.last_error = error
+        if not self.operation.retry or self.attempt >= self.core.policy.attempts_max:
+            raise self._final_error()
+        self.core.current = (self.core.current + 1) % len(self.core.servers)
+        delay = self.core.policy.delay_s(self.attempt, retry_after, self.core.rng)
+        self.attempt += 1
+        return Wait(delay)
+
+    def _final_error(self) -> ChangeAgentError:
+        error = self.last_error
+        if isinstance(error, Unavailable):
+            return Unavailable(error.status, f"{error.message} ({self.attempt} attempts)")
+        assert error is not None
+        if isinstance(error, ConnectionFailed):
+            return ConnectionFailed(f"no server answered in {self.attempt} attempts: {error}")
+        return error
+
+
+@dataclass
+class ClientCore:
+    """The servers, the retry policy and the operations. `current` is the server
+    used next: it stays on one that answers and moves on when one fails."""
+
+    servers: list[str]
+    policy: RetryPolicy = field(default_factory=RetryPolicy)
+    rng: random.Random = field(default_factory=random.Random)
+    current: int = 0
+
+    @classmethod
+    def create(
+        cls, servers: str | Sequence[str], policy: RetryPolicy | None, seed: int | None
+    ) -> ClientCore:
+        urls = [servers] if isinstance(servers, str) else list(servers)
+        if not urls:
+            raise ValueError("give at least one server URL")
+        for url in urls:
+            if not url.startswith(("http://", "https://")):
+                raise ValueError(f"server URL must start with http:// or https://: {url!r}")
+        return cls([url.rstrip("/") for url in urls], policy or RetryPolicy(), random.Random(seed))
+
+    def call(self, operation: Operation[T]) -> Call[T]:
+        return Call(self, operation)
+
+    # The operations -------------------------------------------------------------
+
+    def post(
+        self, data: Any, tags: Sequence[str] | None, type: int, idempotency_key: str
+    ) -> Operation[Change]:
+        document: dict[str, Any] = {"data": data, "type": type}
+        if tags is not None:
+            document["tags"] = list(tags)
+        headers = (("Content-Type", "application/json"), ("Idempotency-Key", idempotency_key))
+        body = orjson.dumps(document)
+        return Operation("POST", "/changes", parse_json(Change.from_json), (), headers, body)
+
+    def get(self, id: int, consistency: str | None) -> Operation[Change]:
+        params = (("consistency", consistency),) if consistency else ()
+        path = f"/changes/{quote(str(int(id)))}"
+        return Operation("GET", path, parse_json(Change.from_json), params)
+
+    def changes(
+        self,
+        since: int,
+        limit: int,
+        tags: Sequence[str],
+        type: int | None,
+        consistency: str | None,
+    ) -> Operation[Page]:
+        if isinstance(tags, str):
+            raise TypeError("tags must be a sequence of strings, not one string")
+        params: list[tuple[str, str]] = [("since", str(since)), ("limit", str(limit))]
+        params += [("tag", tag) for tag in tags]
+        if type is not None:
+            params.append(("type", str(type)))
+        if consistency:
+            params.append(("consistency", consistency))
+        return Operation("GET", "/changes", parse_json(Page.from_json), tuple(params))
+
+    def cluster(self) -> Operation[dict[str, Any]]:
+        return Operation("GET", "/cluster", parse_json(_object))
+
+    def health_url(self, server: int | str | None) -> str:
+        """GET /health of one server: the given URL or index, else the current one."""
+        if isinstance(server, str):
+            return server.rstrip("/") + "/health"
+        return self.servers[self.current if server is None else server] + "/health"
+
+
+def _object(document: Any) -> dict[str, Any]:
+    if not isinstance(document, dict):
+        raise ValueError("expected a JSON object")
+    return document
+
+
+def health(url: str, status: int, body: bytes) -> Health:
+    """A /health answer: 200 is healthy, 503 names the reason; others are errors."""
+    text = body.decode(errors="replace").strip()
+    if status in (200, 503):
+        return Health(url.removesuffix("/health"), status == 200, text)
+    raise error_for(status, error_message(body))

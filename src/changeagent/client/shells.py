@@ -1,0 +1,253 @@
+"""The thin I/O shells over the core: Client (httpx.Client) and AsyncClient
+(httpx.AsyncClient). Each only sends the core's requests and sleeps its waits."""
+
+from __future__ import annotations
+
+import asyncio
+import ssl
+import time
+import uuid
+from collections.abc import Sequence
+from types import TracebackType
+from typing import Any, TypeVar
+
+import httpx
+
+from changeagent.client.core import (
+    ClientCore,
+    Done,
+    Operation,
+    Request,
+    RetryPolicy,
+    Wait,
+    health,
+)
+from changeagent.client.model import Change, Health, Page
+
+T = TypeVar("T")
+
+
+def _ssl_context(
+    ca_file: str | None, cert_file: str | None, key_file: str | None
+) -> ssl.SSLContext | bool:
+    """The TLS settings: system roots unless `ca_file`; a client certificate if given."""
+    if ca_file is None and cert_file is None:
+        return True
+    context = ssl.create_default_context(cafile=ca_file)
+    if cert_file is not None:
+        context.load_cert_chain(cert_file, key_file)
+    return context
+
+
+def _http_options(
+    auth: tuple[str, str] | None,
+    ca_file: str | None,
+    cert_file: str | None,
+    key_file: str | None,
+    timeout_s: float,
+    connect_timeout_s: float,
+) -> dict[str, Any]:
+    return {
+        "auth": auth,
+        "verify": _ssl_context(ca_file, cert_file, key_file),
+        "timeout": httpx.Timeout(timeout_s, connect=connect_timeout_s),
+        "trust_env": False,
+    }
+
+
+def _send_arguments(request: Request) -> dict[str, Any]:
+    return {
+        "method": request.method,
+        "url": request.url,
+        "params": list(request.params),
+        "headers": list(request.headers),
+        "content": request.body,
+    }
+
+
+def _headers(response: httpx.Response) -> dict[str, str]:
+    return {name.lower(): value for name, value in response.headers.items()}
+
+
+class Client:
+    """A synchronous client of one changeagent cluster.
+
+    `servers`: one URL or several (members of one cluster), tried in turn on failure.
+    `auth`: (user, password) for HTTP Basic. `ca_file`: CA bundle to verify HTTPS
+    servers; `cert_file`/`key_file`: a client certificate for mutual TLS.
+    `timeout_s`: per request (read, write, pool); `connect_timeout_s`: per connection.
+    Use as a context manager, or call close().
+    """
+
+    def __init__(
+        self,
+        servers: str | Sequence[str],
+        *,
+        auth: tuple[str, str] | None = None,
+        ca_file: str | None = None,
+        cert_file: str | None = None,
+        key_file: str | None = None,
+        timeout_s: float = 40.0,
+        connect_timeout_s: float = 5.0,
+        retry: RetryPolicy | None = None,
+        seed: int | None = None,
+    ) -> None:
+        self._core = ClientCore.create(servers, retry, seed)
+        options = _http_options(auth, ca_file, cert_file, key_file, timeout_s, connect_timeout_s)
+        self._http = httpx.Client(**options)
+
+    def _run(self, operation: Operation[T]) -> T:
+        call = self._core.call(operation)
+        while True:
+            request = call.request()
+            step: Done[T] | Wait
+            try:
+                response = self._http.request(**_send_arguments(request))
+            except httpx.TransportError as error:
+                step = call.failed(f"{type(error).__name__}: {error}")
+            else:
+                step = call.answered(response.status_code, _headers(response), response.content)
+            if isinstance(step, Done):
+                return step.value
+            time.sleep(step.delay_s)
+
+    def post(
+        self,
+        data: Any,
+        tags: Sequence[str] | None = None,
+        type: int = 0,
+        idempotency_key: str | None = None,
+    ) -> Change:
+        """Store one change and return it as stored. Retried across the servers on
+        connection failures, timeouts and 503 with one Idempotency-Key (a new uuid4
+        unless given), so it is stored exactly once."""
+        key = idempotency_key or str(uuid.uuid4())
+        return self._run(self._core.post(data, tags, type, key))
+
+    def get(self, id: int, consistency: str | None = None) -> Change:
+        """The change with this id; NotFound if there is none (or it was purged)."""
+        return self._run(self._core.get(id, consistency))
+
+    def changes(
+        self,
+        since: int = 0,
+        limit: int = 100,
+        tags: Sequence[str] = (),
+        type: int | None = None,
+        consistency: str | None = None,
+    ) -> Page:
+        """One page of changes after `since` (tags ORed; `type` filters);
+        `consistency="linearizable"` sees every write acknowledged before it."""
+        return self._run(self._core.changes(since, limit, tags, type, consistency))
+
+    def cluster(self) -> dict[str, Any]:
+        """The GET /cluster document."""
+        return self._run(self._core.cluster())
+
+    def health(self, server: int | str | None = None) -> Health:
+        """GET /health of one server (URL or index; default the one in use), not
+        retried: a 503 is an answer here, not an error."""
+        url = self._core.health_url(server)
+        response = self._http.get(url)
+        return health(url, response.status_code, response.content)
+
+    def close(self) -> None:
+        self._http.close()
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(
+        self,
+        kind: type[BaseException] | None,
+        value: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.close()
+
+
+class AsyncClient:
+    """The asyncio twin of Client: the same arguments, operations and errors; use
+    `async with`, or await aclose()."""
+
+    def __init__(
+        self,
+        servers: str | Sequence[str],
+        *,
+        auth: tuple[str, str] | None = None,
+        ca_file: str | None = None,
+        cert_file: str | None = None,
+        key_file: str | None = None,
+        timeout_s: float = 40.0,
+        connect_timeout_s: float = 5.0,
+        retry: RetryPolicy | None = None,
+        seed: int | None = None,
+    ) -> None:
+        self._core = ClientCore.create(servers, retry, seed)
+        options = _http_options(auth, ca_file, cert_file, key_file, timeout_s, connect_timeout_s)
+        self._http = httpx.AsyncClient(**options)
+
+    async def _run(self, operation: Operation[T]) -> T:
+        call = self._core.call(operation)
+        while True:
+            request = call.request()
+            step: Done[T] | Wait
+            try:
+                response = await self._http.request(**_send_arguments(request))
+            except httpx.TransportError as error:
+                step = call.failed(f"{type(error).__name__}: {error}")
+            else:
+                step = call.answered(response.status_code, _headers(response), response.content)
+            if isinstance(step, Done):
+                return step.value
+            await asyncio.sleep(step.delay_s)
+
+    async def post(
+        self,
+        data: Any,
+        tags: Sequence[str] | None = None,
+        type: int = 0,
+        idempotency_key: str | None = None,
+    ) -> Change:
+        """As Client.post."""
+        key = idempotency_key or str(uuid.uuid4())
+        return await self._run(self._core.post(data, tags, type, key))
+
+    async def get(self, id: int, consistency: str | None = None) -> Change:
+        """As Client.get."""
+        return await self._run(self._core.get(id, consistency))
+
+    async def changes(
+        self,
+        since: int = 0,
+        limit: int = 100,
+        tags: Sequence[str] = (),
+        type: int | None = None,
+        consistency: str | None = None,
+    ) -> Page:
+        """As Client.changes."""
+        return await self._run(self._core.changes(since, limit, tags, type, consistency))
+
+    async def cluster(self) -> dict[str, Any]:
+        """As Client.cluster."""
+        return await self._run(self._core.cluster())
+
+    async def health(self, server: int | str | None = None) -> Health:
+        """As Client.health."""
+        url = self._core.health_url(server)
+        response = await self._http.get(url)
+        return health(url, response.status_code, response.content)
+
+    async def aclose(self) -> None:
+        await self._http.aclose()
+
+    async def __aenter__(self) -> AsyncClient:
+        return self
+
+    async def __aexit__(
+        self,
+        kind: type[BaseException] | None,
+        value: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        await self.aclose()
