@@ -89,6 +89,7 @@ class Operation(Generic[T]):
     headers: tuple[tuple[str, str], ...] = ()
     body: bytes | None = None
     retry: bool = True
+    server: str | None = None  # one server's base URL instead of the rotation
 
 
 @dataclass(frozen=True)
@@ -145,7 +146,8 @@ class Call(Generic[T]):
 
     def request(self) -> Request:
         operation = self.operation
-        url = self.core.servers[self.core.current] + operation.path
+        base = operation.server or self.core.servers[self.core.current]
+        url = base + operation.path
         return Request(operation.method, url, operation.params, operation.headers, operation.body)
 
     def answered(self, status: int, headers: dict[str, str], body: bytes) -> Done[T] | Wait:
@@ -159,12 +161,14 @@ class Call(Generic[T]):
 
     def failed(self, reason: str) -> Wait:
         """The request got no answer (connection refused or reset, timeout)."""
-        url = self.core.servers[self.core.current]
+        url = self.operation.server or self.core.servers[self.core.current]
         return self._retry(ConnectionFailed(f"{url}: {reason}"), None)
 
     def _retry(self, error: ChangeAgentError, retry_after: float | None) -> Wait:
         self.last_error = error
-        if not self.operation.retry or self.attempt >= self.core.policy.attempts_max:
+        if not self.operation.retry:
+            raise error
+        if self.attempt >= self.core.policy.attempts_max:
             raise self._final_error()
         self.core.current = (self.core.current + 1) % len(self.core.servers)
         delay = self.core.policy.delay_s(self.attempt, retry_after, self.core.rng)
@@ -244,11 +248,45 @@ class ClientCore:
     def cluster(self) -> Operation[dict[str, Any]]:
         return Operation("GET", "/cluster", parse_json(_object))
 
+    def add_member(self, address: str) -> Operation[dict[str, Any]]:
+        """Not retried: an attempt cut off may have added the member already."""
+        headers = (("Content-Type", "application/json"),)
+        body = orjson.dumps({"address": address})
+        return Operation("POST", "/cluster/members", parse_json(_object), (), headers, body, False)
+
+    def remove_member(self, id: str) -> Operation[dict[str, Any]]:
+        """Not retried: an attempt cut off may have removed the member already."""
+        path = f"/cluster/members/{quote(id, safe='')}"
+        return Operation("DELETE", path, parse_json(_object), retry=False)
+
+    def config(self) -> Operation[str]:
+        return Operation("GET", "/config", _text)
+
+    def set_config(self, yaml_text: str) -> Operation[str]:
+        """Retried: setting the same configuration twice is harmless."""
+        headers = (("Content-Type", "application/yaml"),)
+        return Operation("PUT", "/config", _text, (), headers, yaml_text.encode())
+
+    def mark(self, up: bool, server: int | str | None) -> Operation[dict[str, Any]]:
+        """PUT /health on one server, not retried elsewhere."""
+        headers = (("Content-Type", "application/x-www-form-urlencoded"),)
+        body = b"up=true" if up else b"up=false"
+        base = self.server_url(server)
+        return Operation("PUT", "/health", parse_json(_object), (), headers, body, False, base)
+
+    def server_url(self, server: int | str | None) -> str:
+        """One server's base URL: the given URL or index, else the current one."""
+        if isinstance(server, str):
+            return server.rstrip("/")
+        return self.servers[self.current if server is None else server]
+
     def health_url(self, server: int | str | None) -> str:
         """GET /health of one server: the given URL or index, else the current one."""
-        if isinstance(server, str):
-            return server.rstrip("/") + "/health"
-        return self.servers[self.current if server is None else server] + "/health"
+        return self.server_url(server) + "/health"
+
+
+def _text(status: int, body: bytes) -> str:
+    return body.decode(errors="replace")
 
 
 def _object(document: Any) -> dict[str, Any]:

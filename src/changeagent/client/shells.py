@@ -144,6 +144,29 @@ class Client:
         """The GET /cluster document."""
         return self._run(self._core.cluster())
 
+    def add_member(self, address: str) -> dict[str, Any]:
+        """Add a node by its address (host:port); the /cluster document after. Not
+        retried: on ConnectionFailed, look at cluster() before trying again."""
+        return self._run(self._core.add_member(address))
+
+    def remove_member(self, id: str) -> dict[str, Any]:
+        """Remove the member with this (base-36) id; the /cluster document after. Not
+        retried, as add_member."""
+        return self._run(self._core.remove_member(id))
+
+    def config(self) -> str:
+        """The cluster's configuration as YAML text (GET /config)."""
+        return self._run(self._core.config())
+
+    def set_config(self, yaml_text: str) -> str:
+        """Replace the cluster's configuration (PUT /config); the applied YAML."""
+        return self._run(self._core.set_config(yaml_text))
+
+    def mark(self, up: bool, server: int | str | None = None) -> dict[str, Any]:
+        """Mark one server (URL or index; default the one in use) up or down for
+        load balancers: its GET /health answers 503 while down."""
+        return self._run(self._core.mark(up, server))
+
     def health(self, server: int | str | None = None) -> Health:
         """GET /health of one server (URL or index; default the one in use), not
         retried: a 503 is an answer here, not an error."""
@@ -231,6 +254,29 @@ class AsyncClient:
     async def cluster(self) -> dict[str, Any]:
         """As Client.cluster."""
         return await self._run(self._core.cluster())
+
+    async def add_member(self, address: str) -> dict[str, Any]:
+        """Add a node by its address (host:port); the /cluster document after. Not
+        retried: on ConnectionFailed, look at cluster() before trying again."""
+        return await self._run(self._core.add_member(address))
+
+    async def remove_member(self, id: str) -> dict[str, Any]:
+        """Remove the member with this (base-36) id; the /cluster document after. Not
+        retried, as add_member."""
+        return await self._run(self._core.remove_member(id))
+
+    async def config(self) -> str:
+        """The cluster's configuration as YAML text (GET /config)."""
+        return await self._run(self._core.config())
+
+    async def set_config(self, yaml_text: str) -> str:
+        """Replace the cluster's configuration (PUT /config); the applied YAML."""
+        return await self._run(self._core.set_config(yaml_text))
+
+    async def mark(self, up: bool, server: int | str | None = None) -> dict[str, Any]:
+        """Mark one server (URL or index; default the one in use) up or down for
+        load balancers: its GET /health answers 503 while down."""
+        return await self._run(self._core.mark(up, server))
 
     async def health(self, server: int | str | None = None) -> Health:
         """As Client.health."""
