@@ -11,6 +11,7 @@ import pytest
 from changeagent.client import (
     BadRequest,
     Change,
+    ChangesMissed,
     ConnectionFailed,
     NotFound,
     Page,
@@ -19,7 +20,7 @@ from changeagent.client import (
     ServerError,
     Unavailable,
 )
-from changeagent.client.core import ClientCore, Done, Wait
+from changeagent.client.core import ClientCore, Done, Follower, Wait
 
 SERVERS = ["http://127.0.0.1:1", "http://127.0.0.1:2/"]
 
@@ -101,3 +102,17 @@ def test_backoff_grows_with_jitter_and_is_capped() -> None:
     assert 0.05 <= delays[0] <= 0.1
     assert all(0.2 <= delay <= 0.4 for delay in delays[2:])
     assert policy.delay_s(1, 60.0, rng) == policy.retry_after_max_s
+
+
+def test_follower_skips_what_it_has_seen_and_reports_purge_gaps() -> None:
+    follower = Follower(since=5, tags=(), type=None, block_s=1.0, limit=10, skip_missed=False)
+    lagging = Page(tuple(Change(i, 1) for i in (4, 5, 7, 6)), False, True)
+    assert [change.id for change in follower.take(lagging)] == [6, 7]
+    follower.taken(Change(7, 1))
+    assert ("since", "7") in follower.operation(core()).params
+    gap = Page((Change(20, 1),), False, True, missed=True, first_retained=20)
+    with pytest.raises(ChangesMissed) as raised:
+        follower.take(gap)
+    assert (raised.value.since, raised.value.first_retained) == (7, 20)
+    follower.skip_missed = True
+    assert [change.id for change in follower.take(gap)] == [20]

@@ -12,6 +12,7 @@ from changeagent.client.core import RetryPolicy
 from changeagent.client.errors import (
     BadRequest,
     ChangeAgentError,
+    ChangesMissed,
     Conflict,
     ConnectionFailed,
     NotFound,
@@ -28,6 +29,7 @@ __all__ = [
     "BadRequest",
     "Change",
     "ChangeAgentError",
+    "ChangesMissed",
     "Client",
     "Conflict",
     "ConnectionFailed",

@@ -18,6 +18,7 @@ stores it once however many attempts reached it.
 
 from __future__ import annotations
 
+import os
 import random
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -28,6 +29,7 @@ import orjson
 
 from changeagent.client.errors import (
     ChangeAgentError,
+    ChangesMissed,
     ConnectionFailed,
     ServerError,
     Unavailable,
@@ -38,6 +40,8 @@ from changeagent.client.model import Change, Health, Page
 T = TypeVar("T")
 
 RETRY_STATUSES = frozenset({503})
+# A long poll's request timeout is its block time plus this, for the answer's trip.
+LONG_POLL_MARGIN_S = 10.0
 
 
 @dataclass(frozen=True)
@@ -76,6 +80,7 @@ class Request:
     params: tuple[tuple[str, str], ...] = ()
     headers: tuple[tuple[str, str], ...] = ()
     body: bytes | None = None
+    timeout_s: float | None = None
 
 
 @dataclass(frozen=True)
@@ -90,6 +95,7 @@ class Operation(Generic[T]):
     body: bytes | None = None
     retry: bool = True
     server: str | None = None  # one server's base URL instead of the rotation
+    timeout_s: float | None = None  # instead of the client's (a long poll waits longer)
 
 
 @dataclass(frozen=True)
@@ -148,7 +154,14 @@ class Call(Generic[T]):
         operation = self.operation
         base = operation.server or self.core.servers[self.core.current]
         url = base + operation.path
-        return Request(operation.method, url, operation.params, operation.headers, operation.body)
+        return Request(
+            operation.method,
+            url,
+            operation.params,
+            operation.headers,
+            operation.body,
+            operation.timeout_s,
+        )
 
     def answered(self, status: int, headers: dict[str, str], body: bytes) -> Done[T] | Wait:
         """Headers with lower-case names."""
@@ -234,6 +247,7 @@ class ClientCore:
         tags: Sequence[str],
         type: int | None,
         consistency: str | None,
+        block_s: float | None = None,
     ) -> Operation[Page]:
         if isinstance(tags, str):
             raise TypeError("tags must be a sequence of strings, not one string")
@@ -243,7 +257,12 @@ class ClientCore:
             params.append(("type", str(type)))
         if consistency:
             params.append(("consistency", consistency))
-        return Operation("GET", "/changes", parse_json(Page.from_json), tuple(params))
+        timeout_s = None
+        if block_s is not None:
+            params.append(("block", repr(float(block_s))))
+            timeout_s = block_s + LONG_POLL_MARGIN_S
+        parse = parse_json(Page.from_json)
+        return Operation("GET", "/changes", parse, tuple(params), timeout_s=timeout_s)
 
     def cluster(self) -> Operation[dict[str, Any]]:
         return Operation("GET", "/cluster", parse_json(_object))
@@ -301,3 +320,53 @@ def health(url: str, status: int, body: bytes) -> Health:
     if status in (200, 503):
         return Health(url.removesuffix("/health"), status == 200, text)
     raise error_for(status, error_message(body))
+
+
+@dataclass
+class Follower:
+    """follow()'s position, without I/O. Each page asks for changes after `since`
+    only, so a switch to a lagging member can delay changes but never repeat or
+    reorder them; `take` moves `since` past what it hands out."""
+
+    since: int
+    tags: tuple[str, ...]
+    type: int | None
+    block_s: float
+    limit: int
+    skip_missed: bool
+
+    def operation(self, core: ClientCore) -> Operation[Page]:
+        return core.changes(self.since, self.limit, self.tags, self.type, None, self.block_s)
+
+    def take(self, page: Page) -> list[Change]:
+        """The page's new changes in id order; ChangesMissed when purge removed
+        changes after `since` (unless skipping them)."""
+        if page.missed and not self.skip_missed:
+            raise ChangesMissed(self.since, page.first_retained)
+        fresh = sorted(
+            (change for change in page.changes if change.id > self.since), key=lambda c: c.id
+        )
+        return fresh
+
+    def taken(self, change: Change) -> None:
+        """The caller has the change: the position moves past it."""
+        self.since = max(self.since, change.id)
+
+
+def read_checkpoint(path: str) -> int:
+    """The id saved in a checkpoint file; 0 when there is none yet."""
+    try:
+        with open(path, encoding="ascii") as file:
+            return int(file.read().strip() or 0)
+    except FileNotFoundError:
+        return 0
+
+
+def write_checkpoint(path: str, since: int) -> None:
+    """Save the position atomically: a new file renamed over the old, made durable."""
+    temporary = f"{path}.tmp"
+    with open(temporary, "w", encoding="ascii") as file:
+        file.write(f"{since}\n")
+        file.flush()
+        os.fsync(file.fileno())
+    os.replace(temporary, path)

@@ -1,6 +1,7 @@
 """The client's exceptions, drawn once:
 
 ChangeAgentError
+├── ChangesMissed         follow(): purge removed changes it had not yet seen
 ├── ConnectionFailed      no configured server could be reached (after retries)
 └── ServerError           a server answered with an error status and JSON `error`
     ├── BadRequest        400
@@ -22,6 +23,18 @@ class ConnectionFailed(ChangeAgentError):
     """No configured server answered: connection refused, reset or timed out on every
     attempt. A post that ends here may still have been stored; retry it with the same
     idempotency key."""
+
+
+class ChangesMissed(ChangeAgentError):
+    """follow() found that purge removed changes after its position that it never
+    yielded; `first_retained` is the first id still stored."""
+
+    def __init__(self, since: int, first_retained: int | None) -> None:
+        super().__init__(
+            f"changes after {since} were purged unseen; first retained: {first_retained}"
+        )
+        self.since = since
+        self.first_retained = first_retained
 
 
 class ServerError(ChangeAgentError):

@@ -7,7 +7,7 @@ import asyncio
 import ssl
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Iterator, Sequence
 from types import TracebackType
 from typing import Any, TypeVar
 
@@ -16,15 +16,19 @@ import httpx
 from changeagent.client.core import (
     ClientCore,
     Done,
+    Follower,
     Operation,
     Request,
     RetryPolicy,
     Wait,
     health,
+    read_checkpoint,
+    write_checkpoint,
 )
 from changeagent.client.model import Change, Health, Page
 
 T = TypeVar("T")
+CONNECT_TIMEOUT_S = 5.0
 
 
 def _ssl_context(
@@ -56,13 +60,16 @@ def _http_options(
 
 
 def _send_arguments(request: Request) -> dict[str, Any]:
-    return {
+    arguments: dict[str, Any] = {
         "method": request.method,
         "url": request.url,
         "params": list(request.params),
         "headers": list(request.headers),
         "content": request.body,
     }
+    if request.timeout_s is not None:
+        arguments["timeout"] = httpx.Timeout(request.timeout_s, connect=CONNECT_TIMEOUT_S)
+    return arguments
 
 
 def _headers(response: httpx.Response) -> dict[str, str]:
@@ -139,6 +146,35 @@ class Client:
         """One page of changes after `since` (tags ORed; `type` filters);
         `consistency="linearizable"` sees every write acknowledged before it."""
         return self._run(self._core.changes(since, limit, tags, type, consistency))
+
+    def follow(
+        self,
+        since: int = 0,
+        *,
+        checkpoint: str | None = None,
+        tags: Sequence[str] = (),
+        type: int | None = None,
+        block_s: float = 30.0,
+        limit: int = 1000,
+        skip_missed: bool = False,
+    ) -> Iterator[Change]:
+        """Every change after `since` (or after the id saved in `checkpoint`, when
+        that file exists), in id order, forever: long-polls `block_s` at a time and
+        moves to another server when one fails, never yielding a change twice or
+        out of order. Raises ChangesMissed when purge removed changes it had not
+        yielded, unless `skip_missed`. With `checkpoint`, the position is saved
+        atomically when the caller asks for the next change (it has then taken the
+        previous one), so a restarted consumer resumes after the last one."""
+        if checkpoint is not None:
+            since = read_checkpoint(checkpoint) or since
+        follower = Follower(since, tuple(tags), type, block_s, limit, skip_missed)
+        while True:
+            page = self._run(follower.operation(self._core))
+            for change in follower.take(page):
+                yield change
+                follower.taken(change)
+                if checkpoint is not None:
+                    write_checkpoint(checkpoint, follower.since)
 
     def cluster(self) -> dict[str, Any]:
         """The GET /cluster document."""
@@ -250,6 +286,29 @@ class AsyncClient:
     ) -> Page:
         """As Client.changes."""
         return await self._run(self._core.changes(since, limit, tags, type, consistency))
+
+    async def follow(
+        self,
+        since: int = 0,
+        *,
+        checkpoint: str | None = None,
+        tags: Sequence[str] = (),
+        type: int | None = None,
+        block_s: float = 30.0,
+        limit: int = 1000,
+        skip_missed: bool = False,
+    ) -> AsyncIterator[Change]:
+        """As Client.follow, an async iterator."""
+        if checkpoint is not None:
+            since = read_checkpoint(checkpoint) or since
+        follower = Follower(since, tuple(tags), type, block_s, limit, skip_missed)
+        while True:
+            page = await self._run(follower.operation(self._core))
+            for change in follower.take(page):
+                yield change
+                follower.taken(change)
+                if checkpoint is not None:
+                    write_checkpoint(checkpoint, follower.since)
 
     async def cluster(self) -> dict[str, Any]:
         """As Client.cluster."""
