@@ -52,10 +52,10 @@ class ChangeLog:
                 return existing
         replica = self._replica
         replica.check_writable()
-        _check_fits(change, self.limits.entry_bytes_max)
         if replica.is_leader:
-            entry = await self.propose_change(change, key)
+            entry = await self.propose_change(change, key)  # checks the size itself
             return entry.data
+        _check_fits(change, self.limits.entry_bytes_max)  # before it travels to the leader
         timeout_s = self.limits.commit_timeout_s
         index = await replica.leader.forward_change(change, key, timeout_s)
         await replica.wait_applied(index, timeout_s)
