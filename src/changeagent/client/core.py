@@ -267,6 +267,11 @@ class ClientCore:
     def cluster(self) -> Operation[dict[str, Any]]:
         return Operation("GET", "/cluster", parse_json(_object))
 
+    def last_index(self) -> Operation[int]:
+        """The server's applied index (GET /diagnostics/raft): no change it serves
+        has a larger id, so reading after it starts at the end of the log."""
+        return Operation("GET", "/diagnostics/raft", parse_json(_applied_index))
+
     def add_member(self, address: str) -> Operation[dict[str, Any]]:
         """Not retried: an attempt cut off may have added the member already."""
         headers = (("Content-Type", "application/json"),)
@@ -308,6 +313,13 @@ def _text(status: int, body: bytes) -> str:
     return body.decode(errors="replace")
 
 
+def _applied_index(document: Any) -> int:
+    index = _object(document).get("appliedIndex")
+    if not isinstance(index, int):
+        raise ValueError("no appliedIndex in /diagnostics/raft")
+    return index
+
+
 def _object(document: Any) -> dict[str, Any]:
     if not isinstance(document, dict):
         raise ValueError("expected a JSON object")
@@ -340,9 +352,13 @@ class Follower:
 
     def take(self, page: Page) -> list[Change]:
         """The page's new changes in id order; ChangesMissed when purge removed
-        changes after `since` (unless skipping them)."""
-        if page.missed and not self.skip_missed:
-            raise ChangesMissed(self.since, page.first_retained)
+        changes after `since` (unless skipping them: the position then moves to just
+        before the first change still stored)."""
+        if page.missed:
+            if not self.skip_missed:
+                raise ChangesMissed(self.since, page.first_retained)
+            if page.first_retained is not None:
+                self.since = max(self.since, page.first_retained - 1)
         fresh = sorted(
             (change for change in page.changes if change.id > self.since), key=lambda c: c.id
         )

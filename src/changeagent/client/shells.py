@@ -167,18 +167,43 @@ class Client:
         previous one), so a restarted consumer resumes after the last one."""
         if checkpoint is not None:
             since = read_checkpoint(checkpoint) or since
+        batches = self.follow_pages(
+            since, tags=tags, type=type, block_s=block_s, limit=limit, skip_missed=skip_missed
+        )
+        for batch in batches:
+            for change in batch:
+                yield change
+                if checkpoint is not None:
+                    write_checkpoint(checkpoint, change.id)
+
+    def follow_pages(
+        self,
+        since: int = 0,
+        *,
+        tags: Sequence[str] = (),
+        type: int | None = None,
+        block_s: float = 30.0,
+        limit: int = 1000,
+        skip_missed: bool = False,
+    ) -> Iterator[list[Change]]:
+        """As follow(), one non-empty batch (at most `limit` changes, in id order) per
+        answer, for consumers that store a page at a time; the position moves past a
+        batch when the next one is asked for."""
         follower = Follower(since, tuple(tags), type, block_s, limit, skip_missed)
         while True:
-            page = self._run(follower.operation(self._core))
-            for change in follower.take(page):
-                yield change
-                follower.taken(change)
-                if checkpoint is not None:
-                    write_checkpoint(checkpoint, follower.since)
+            batch = follower.take(self._run(follower.operation(self._core)))
+            if batch:
+                yield batch
+                follower.taken(batch[-1])
 
     def cluster(self) -> dict[str, Any]:
         """The GET /cluster document."""
         return self._run(self._core.cluster())
+
+    def last_index(self) -> int:
+        """The largest id the server in use may hold (its applied index): following
+        from it starts at the end of the log."""
+        return self._run(self._core.last_index())
 
     def add_member(self, address: str) -> dict[str, Any]:
         """Add a node by its address (host:port); the /cluster document after. Not
@@ -301,18 +326,40 @@ class AsyncClient:
         """As Client.follow, an async iterator."""
         if checkpoint is not None:
             since = read_checkpoint(checkpoint) or since
+        batches = self.follow_pages(
+            since, tags=tags, type=type, block_s=block_s, limit=limit, skip_missed=skip_missed
+        )
+        async for batch in batches:
+            for change in batch:
+                yield change
+                if checkpoint is not None:
+                    write_checkpoint(checkpoint, change.id)
+
+    async def follow_pages(
+        self,
+        since: int = 0,
+        *,
+        tags: Sequence[str] = (),
+        type: int | None = None,
+        block_s: float = 30.0,
+        limit: int = 1000,
+        skip_missed: bool = False,
+    ) -> AsyncIterator[list[Change]]:
+        """As Client.follow_pages, an async iterator."""
         follower = Follower(since, tuple(tags), type, block_s, limit, skip_missed)
         while True:
-            page = await self._run(follower.operation(self._core))
-            for change in follower.take(page):
-                yield change
-                follower.taken(change)
-                if checkpoint is not None:
-                    write_checkpoint(checkpoint, follower.since)
+            batch = follower.take(await self._run(follower.operation(self._core)))
+            if batch:
+                yield batch
+                follower.taken(batch[-1])
 
     async def cluster(self) -> dict[str, Any]:
         """As Client.cluster."""
         return await self._run(self._core.cluster())
+
+    async def last_index(self) -> int:
+        """As Client.last_index."""
+        return await self._run(self._core.last_index())
 
     async def add_member(self, address: str) -> dict[str, Any]:
         """Add a node by its address (host:port); the /cluster document after. Not
