@@ -85,3 +85,14 @@ def test_follow_moves_on_when_the_member_read_is_killed(cluster: Cluster) -> Non
     thread.join(60)
     assert not thread.is_alive()
     assert [change.id for change in seen] == [change.id for change in posted]
+
+
+def test_follow_pages_stops_at_the_end_when_asked(url: str) -> None:
+    tag = uuid.uuid4().hex
+    with Client(url) as client:
+        posted = [client.post(n, tags=[tag]) for n in range(5)]
+        batches = list(client.follow_pages(tags=[tag], limit=2, stop_at_end=True))
+        assert [len(batch) for batch in batches] == [2, 2, 1]
+        assert [change for batch in batches for change in batch] == posted
+        assert list(client.follow(posted[-1].id, tags=[tag], stop_at_end=True)) == []
+        assert client.last_index() >= posted[-1].id

@@ -346,9 +346,12 @@ class Follower:
     block_s: float
     limit: int
     skip_missed: bool
+    stop_at_end: bool = False
+    done: bool = False  # stop_at_end and a page reached the end
 
     def operation(self, core: ClientCore) -> Operation[Page]:
-        return core.changes(self.since, self.limit, self.tags, self.type, None, self.block_s)
+        block_s = 0.0 if self.stop_at_end else self.block_s
+        return core.changes(self.since, self.limit, self.tags, self.type, None, block_s)
 
     def take(self, page: Page) -> list[Change]:
         """The page's new changes in id order; ChangesMissed when purge removed
@@ -362,6 +365,7 @@ class Follower:
         fresh = sorted(
             (change for change in page.changes if change.id > self.since), key=lambda c: c.id
         )
+        self.done = self.stop_at_end and page.at_end
         return fresh
 
     def taken(self, change: Change) -> None:

@@ -157,6 +157,7 @@ class Client:
         block_s: float = 30.0,
         limit: int = 1000,
         skip_missed: bool = False,
+        stop_at_end: bool = False,
     ) -> Iterator[Change]:
         """Every change after `since` (or after the id saved in `checkpoint`, when
         that file exists), in id order, forever: long-polls `block_s` at a time and
@@ -164,11 +165,19 @@ class Client:
         out of order. Raises ChangesMissed when purge removed changes it had not
         yielded, unless `skip_missed`. With `checkpoint`, the position is saved
         atomically when the caller asks for the next change (it has then taken the
-        previous one), so a restarted consumer resumes after the last one."""
+        previous one), so a restarted consumer resumes after the last one.
+        `stop_at_end` ends the iteration once the log's end is reached instead of
+        waiting for more (then nothing waits: no long-poll)."""
         if checkpoint is not None:
             since = read_checkpoint(checkpoint) or since
         batches = self.follow_pages(
-            since, tags=tags, type=type, block_s=block_s, limit=limit, skip_missed=skip_missed
+            since,
+            tags=tags,
+            type=type,
+            block_s=block_s,
+            limit=limit,
+            skip_missed=skip_missed,
+            stop_at_end=stop_at_end,
         )
         for batch in batches:
             for change in batch:
@@ -185,12 +194,13 @@ class Client:
         block_s: float = 30.0,
         limit: int = 1000,
         skip_missed: bool = False,
+        stop_at_end: bool = False,
     ) -> Iterator[list[Change]]:
         """As follow(), one non-empty batch (at most `limit` changes, in id order) per
         answer, for consumers that store a page at a time; the position moves past a
         batch when the next one is asked for."""
-        follower = Follower(since, tuple(tags), type, block_s, limit, skip_missed)
-        while True:
+        follower = Follower(since, tuple(tags), type, block_s, limit, skip_missed, stop_at_end)
+        while not follower.done:
             batch = follower.take(self._run(follower.operation(self._core)))
             if batch:
                 yield batch
@@ -322,12 +332,19 @@ class AsyncClient:
         block_s: float = 30.0,
         limit: int = 1000,
         skip_missed: bool = False,
+        stop_at_end: bool = False,
     ) -> AsyncIterator[Change]:
         """As Client.follow, an async iterator."""
         if checkpoint is not None:
             since = read_checkpoint(checkpoint) or since
         batches = self.follow_pages(
-            since, tags=tags, type=type, block_s=block_s, limit=limit, skip_missed=skip_missed
+            since,
+            tags=tags,
+            type=type,
+            block_s=block_s,
+            limit=limit,
+            skip_missed=skip_missed,
+            stop_at_end=stop_at_end,
         )
         async for batch in batches:
             for change in batch:
@@ -344,10 +361,11 @@ class AsyncClient:
         block_s: float = 30.0,
         limit: int = 1000,
         skip_missed: bool = False,
+        stop_at_end: bool = False,
     ) -> AsyncIterator[list[Change]]:
         """As Client.follow_pages, an async iterator."""
-        follower = Follower(since, tuple(tags), type, block_s, limit, skip_missed)
-        while True:
+        follower = Follower(since, tuple(tags), type, block_s, limit, skip_missed, stop_at_end)
+        while not follower.done:
             batch = follower.take(await self._run(follower.operation(self._core)))
             if batch:
                 yield batch
