@@ -25,6 +25,7 @@ from changeagent.client.core import (
     read_checkpoint,
     write_checkpoint,
 )
+from changeagent.client.errors import ConnectionFailed
 from changeagent.client.model import Change, Health, Page
 
 T = TypeVar("T")
@@ -242,7 +243,10 @@ class Client:
         """GET /health of one server (URL or index; default the one in use), not
         retried: a 503 is an answer here, not an error."""
         url = self._core.health_url(server)
-        response = self._http.get(url)
+        try:
+            response = self._http.get(url)
+        except httpx.TransportError as error:
+            raise ConnectionFailed(f"{url}: {type(error).__name__}: {error}") from error
         return health(url, response.status_code, response.content)
 
     def close(self) -> None:
@@ -405,7 +409,10 @@ class AsyncClient:
     async def health(self, server: int | str | None = None) -> Health:
         """As Client.health."""
         url = self._core.health_url(server)
-        response = await self._http.get(url)
+        try:
+            response = await self._http.get(url)
+        except httpx.TransportError as error:
+            raise ConnectionFailed(f"{url}: {type(error).__name__}: {error}") from error
         return health(url, response.status_code, response.content)
 
     async def aclose(self) -> None:
