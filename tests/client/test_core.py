@@ -20,7 +20,15 @@ from changeagent.client import (
     ServerError,
     Unavailable,
 )
-from changeagent.client.core import ClientCore, Done, Follower, Wait
+from changeagent.client.core import (
+    LAG_CHECK_S,
+    ClientCore,
+    Done,
+    Follower,
+    LagCheck,
+    Operation,
+    Wait,
+)
 
 SERVERS = ["http://127.0.0.1:1", "http://127.0.0.1:2/"]
 
@@ -116,3 +124,172 @@ def test_follower_skips_what_it_has_seen_and_reports_purge_gaps() -> None:
     assert (raised.value.since, raised.value.first_retained) == (7, 20)
     follower.skip_missed = True
     assert [change.id for change in follower.take(gap)] == [20]
+
+
+# The lag switch ------------------------------------------------------------------
+
+THREE = ["http://127.0.0.1:1", "http://127.0.0.1:2", "http://127.0.0.1:3"]
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def follower(
+    since: int = 10, lag_check_s: float | None = 2.0, stop_at_end: bool = False
+) -> tuple[Follower, Clock]:
+    clock = Clock()
+    reader = Follower(
+        since, ("t",), 4, 30.0, 100, False, stop_at_end, lag_check_s=lag_check_s, clock=clock
+    )
+    return reader, clock
+
+
+def page(*ids: int, at_end: bool = True, missed: bool = False) -> Page:
+    return Page(tuple(Change(i, 1) for i in ids), False, at_end, missed)
+
+
+def param(operation: Operation[Page], name: str) -> list[str]:
+    return [value for key, value in operation.params if key == name]
+
+
+def run(check: LagCheck, answers: dict[int, Page | None]) -> list[int]:
+    """Answer each probe from `answers` (by server index); the servers asked, in order."""
+    asked: list[int] = []
+    while (operation := check.operation()) is not None:
+        assert operation.server is not None
+        server = [url.rstrip("/") for url in THREE].index(operation.server)
+        asked.append(server)
+        check.answered(answers[server])
+    return asked
+
+
+def test_long_polls_are_capped_by_the_lag_check_only_with_several_servers() -> None:
+    reader, _ = follower(lag_check_s=2.0)
+    several = ClientCore.create(THREE, None, seed=1)
+    assert param(reader.operation(several), "block") == ["2.0"]
+    assert param(reader.operation(ClientCore.create(THREE[0], None, 1)), "block") == ["30.0"]
+    unchecked, _ = follower(lag_check_s=None)
+    assert param(unchecked.operation(several), "block") == ["30.0"]
+    assert Follower(0, (), None, 30.0, 10, False).lag_check_s == LAG_CHECK_S < 30.0
+    with pytest.raises(ValueError):
+        follower(lag_check_s=0)
+
+
+def test_a_quiet_member_behind_another_is_left() -> None:
+    client = ClientCore.create(THREE, None, seed=1)
+    reader, clock = follower(since=10)
+    assert reader.take(page()) == []  # the first end reached: check at once
+    check = reader.lag_check(client)
+    assert check is not None
+    probe = check.operation()
+    assert probe is not None and probe.server == THREE[1] and not probe.retry
+    assert (param(probe, "since"), param(probe, "limit"), param(probe, "block")) == (
+        ["10"],
+        ["1"],
+        ["0.0"],
+    )
+    assert (param(probe, "tag"), param(probe, "type")) == (["t"], ["4"])
+    # Server 1 has nothing new either, server 2 does; server 0 still has nothing.
+    assert run(check, {1: page(), 2: page(11), 0: page()}) == [1, 2, 0]
+    assert (client.current, check.switched_to, reader.switches) == (2, 2, 1)
+    # The next read goes to the new server, still after the position.
+    request = client.call(reader.operation(client)).request()
+    assert request.url == THREE[2] + "/changes" and ("since", "10") in request.params
+    # The member is trusted for lag_check_s after a check.
+    reader.take(page())
+    assert reader.lag_check(client) is None
+    clock.now += 2.0
+    reader.take(page())
+    assert reader.lag_check(client) is not None
+
+
+def test_no_switch_when_the_member_in_use_has_caught_up_meanwhile() -> None:
+    client = ClientCore.create(THREE, None, seed=1)
+    reader, _ = follower(since=10)
+    reader.take(page())
+    check = reader.lag_check(client)
+    assert check is not None
+    assert run(check, {1: page(12), 0: page(12)}) == [1, 0]  # stops at the first ahead
+    assert (client.current, check.switched_to, reader.switches) == (0, None, 0)
+
+
+def test_no_switch_when_no_other_is_ahead_and_failures_count_as_no_answer() -> None:
+    client = ClientCore.create(THREE, None, seed=1)
+    reader, _ = follower(since=10)
+    reader.take(page(9, 10))  # nothing after the position, anywhere
+    check = reader.lag_check(client)
+    assert check is not None
+    assert run(check, {1: None, 2: page(10)}) == [1, 2]
+    assert (client.current, reader.switches) == (0, 0)
+
+
+def test_an_unanswering_member_in_use_is_left_for_one_ahead() -> None:
+    client = ClientCore.create(THREE, None, seed=1)
+    client.current = 1
+    reader, _ = follower(since=10)
+    reader.take(page())
+    check = reader.lag_check(client)
+    assert check is not None
+    assert run(check, {2: page(), 0: page(15), 1: None}) == [2, 0, 1]
+    assert client.current == 0
+
+
+def test_a_member_that_delivers_but_lags_is_checked_at_its_end() -> None:
+    client = ClientCore.create(THREE, None, seed=1)
+    reader, clock = follower(since=10)
+    reader.take(page())
+    check = reader.lag_check(client)
+    assert check is not None and run(check, {1: page(), 2: page(), 0: page()}) == [1, 2]
+    clock.now += 1.0
+    batch = reader.take(page(11, 12))  # at its end, but trusted for 2 s
+    reader.taken(batch[-1])
+    assert reader.lag_check(client) is None
+    clock.now += 1.5
+    batch = reader.take(page(13, 14, at_end=False))  # a backlog: no check
+    reader.taken(batch[-1])
+    assert reader.lag_check(client) is None
+    batch = reader.take(page(15))  # its end again, 2.5 s after the check
+    reader.taken(batch[-1])
+    check = reader.lag_check(client)
+    assert check is not None
+    probe = check.operation()
+    assert probe is not None and ("since", "15") in probe.params
+    assert run(check, {1: page(16), 0: page()}) == [1, 0]
+    assert client.current == 1
+
+
+def test_a_purge_gap_on_the_other_member_counts_as_ahead() -> None:
+    client = ClientCore.create(THREE, None, seed=1)
+    reader, _ = follower(since=10)
+    reader.take(page())
+    check = reader.lag_check(client)
+    assert check is not None
+    assert run(check, {1: page(missed=True), 0: page()}) == [1, 0]
+    assert client.current == 1
+
+
+def test_stop_at_end_checks_the_others_before_stopping() -> None:
+    client = ClientCore.create(THREE, None, seed=1)
+    reader, _ = follower(since=10, stop_at_end=True)
+    assert param(reader.operation(client), "block") == ["0.0"]
+    reader.take(page())
+    assert reader.done
+    check = reader.lag_check(client)
+    assert check is not None and run(check, {1: page(), 2: page(), 0: page()}) == [1, 2]
+    assert reader.done
+    reader.take(page())  # stop_at_end checks every time it would stop
+    check = reader.lag_check(client)
+    assert check is not None and run(check, {1: page(11), 0: page()}) == [1, 0]
+    assert not reader.done and client.current == 1
+
+
+def test_one_server_never_checks() -> None:
+    client = ClientCore.create(THREE[0], None, seed=1)
+    reader, _ = follower(since=10)
+    reader.take(page())
+    assert reader.lag_check(client) is None

@@ -20,8 +20,9 @@ from __future__ import annotations
 
 import os
 import random
+import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Generic, TypeVar
 from urllib.parse import quote
 
@@ -42,6 +43,11 @@ T = TypeVar("T")
 RETRY_STATUSES = frozenset({503})
 # A long poll's request timeout is its block time plus this, for the answer's trip.
 LONG_POLL_MARGIN_S = 10.0
+# follow(): how long a member that has nothing new is trusted before the others are
+# asked whether it lags (and the longest long poll when several servers are given).
+LAG_CHECK_S = 5.0
+# A lag probe waits at most max(this, lag_check_s) for its answer.
+PROBE_TIMEOUT_MIN_S = 1.0
 
 
 @dataclass(frozen=True)
@@ -336,9 +342,24 @@ def health(url: str, status: int, body: bytes) -> Health:
 
 @dataclass
 class Follower:
-    """follow()'s position, without I/O. Each page asks for changes after `since`
-    only, so a switch to a lagging member can delay changes but never repeat or
-    reorder them; `take` moves `since` past what it hands out."""
+    """follow()'s position and its lag checks, without I/O. Each page asks for
+    changes after `since` only, so a switch to another member (one that failed, or
+    one that lags) can delay changes but never repeat or reorder them; `take`
+    moves `since` past what it hands out.
+
+    The lag rule, with several servers and `lag_check_s` set: long polls block at
+    most `lag_check_s`, and a member is trusted for `lag_check_s` after a check.
+    When a page shows the member has nothing more (`at_end`) and that time has
+    passed (or it is the first end reached, or `stop_at_end` is about to stop),
+    `lag_check` hands the shell a LagCheck: it asks the other servers, in turn,
+    for the first change after the position (same filters, no blocking); when one
+    has it, it asks the member in use again, and moves `current` to the other one
+    if the member in use still has nothing after the position (or does not answer).
+    A member that delivers but lags is caught the same way: every page that
+    reaches its end counts, not only a long poll that ran out. Comparing applied
+    indexes (last_index()) instead would be blind to tags and type filters, and a
+    member that still has a backlog for this consumer gains nothing by a switch:
+    what it delivers must be read first either way."""
 
     since: int
     tags: tuple[str, ...]
@@ -347,16 +368,35 @@ class Follower:
     limit: int
     skip_missed: bool
     stop_at_end: bool = False
+    lag_check_s: float | None = LAG_CHECK_S
+    clock: Callable[[], float] = field(default=time.monotonic, repr=False)
     done: bool = False  # stop_at_end and a page reached the end
+    checked_at: float | None = None  # when the last lag check began
+    check_due: bool = False
+    switches: int = 0  # moves to another member because the one in use lagged
+
+    def __post_init__(self) -> None:
+        if self.lag_check_s is not None and not self.lag_check_s > 0:
+            raise ValueError("lag_check_s must be positive (or None: no lag checks)")
+
+    def checks_lag(self, core: ClientCore) -> bool:
+        """Lag checks need another server to compare with."""
+        return self.lag_check_s is not None and len(core.servers) > 1
 
     def operation(self, core: ClientCore) -> Operation[Page]:
-        block_s = 0.0 if self.stop_at_end else self.block_s
+        """The next read: a long poll, at most `lag_check_s` long when lag checks
+        run (a quiet member is asked again, and the others probed, that often)."""
+        block_s = self.block_s
+        if self.stop_at_end:
+            block_s = 0.0
+        elif self.lag_check_s is not None and self.checks_lag(core):
+            block_s = min(block_s, self.lag_check_s)
         return core.changes(self.since, self.limit, self.tags, self.type, None, block_s)
 
     def take(self, page: Page) -> list[Change]:
         """The page's new changes in id order; ChangesMissed when purge removed
         changes after `since` (unless skipping them: the position then moves to just
-        before the first change still stored)."""
+        before the first change still stored). Notes whether a lag check is due."""
         if page.missed:
             if not self.skip_missed:
                 raise ChangesMissed(self.since, page.first_retained)
@@ -366,11 +406,89 @@ class Follower:
             (change for change in page.changes if change.id > self.since), key=lambda c: c.id
         )
         self.done = self.stop_at_end and page.at_end
+        self.check_due = page.at_end and (
+            self.stop_at_end
+            or self.checked_at is None
+            or self.lag_check_s is None
+            or self.clock() - self.checked_at >= self.lag_check_s
+        )
         return fresh
 
     def taken(self, change: Change) -> None:
         """The caller has the change: the position moves past it."""
         self.since = max(self.since, change.id)
+
+    def lag_check(self, core: ClientCore) -> LagCheck | None:
+        """The lag check to run now (after the last page's changes were taken), or
+        None when none is due."""
+        due, self.check_due = self.check_due, False
+        if not due or not self.checks_lag(core):
+            return None
+        self.checked_at = self.clock()
+        count = len(core.servers)
+        others = [(core.current + step) % count for step in range(1, count)]
+        return LagCheck(self, core, core.current, others)
+
+    def probe(self, core: ClientCore, server: int, timeout_s: float) -> Operation[Page]:
+        """One non-blocking read of the first change after the position, on one
+        server (an index into core.servers), not retried."""
+        operation = core.changes(self.since, 1, self.tags, self.type, None, 0.0)
+        return replace(operation, retry=False, server=core.servers[server], timeout_s=timeout_s)
+
+
+@dataclass
+class LagCheck:
+    """One lag check (see Follower), run by a shell like a Call:
+
+        while (operation := check.operation()) is not None:
+            try: page = run(operation)                  # one attempt, one server
+            except ChangeAgentError: page = None
+            check.answered(page)
+
+    It probes the other servers in turn until one has a change after the
+    position; then it asks the server in use again, and switches `core.current`
+    to the one ahead unless the server in use now has a change after the position
+    too (then it was only a moment behind, and its next long poll delivers)."""
+
+    follower: Follower
+    core: ClientCore
+    reading: int  # the server in use when the check began
+    others: list[int]
+    ahead: int | None = None  # the first other server found ahead
+    over: bool = False
+    switched_to: int | None = None
+
+    def probe_timeout_s(self) -> float:
+        assert self.follower.lag_check_s is not None
+        return max(PROBE_TIMEOUT_MIN_S, self.follower.lag_check_s)
+
+    def probing(self) -> int:
+        """The index of the server the next probe goes to."""
+        return self.reading if self.ahead is not None else self.others[0]
+
+    def operation(self) -> Operation[Page] | None:
+        if self.over or (self.ahead is None and not self.others):
+            self.over = True
+            return None
+        return self.follower.probe(self.core, self.probing(), self.probe_timeout_s())
+
+    def answered(self, page: Page | None) -> None:
+        """The probe's page, or None when it failed (no answer, an error status)."""
+        since = self.follower.since
+        has_more = page is not None and (
+            page.missed or any(change.id > since for change in page.changes)
+        )
+        if self.ahead is None:
+            server = self.others.pop(0)
+            if has_more:
+                self.ahead = server
+            return
+        self.over = True
+        if not has_more and self.core.current == self.reading:
+            self.core.current = self.ahead
+            self.switched_to = self.ahead
+            self.follower.switches += 1
+            self.follower.done = False  # the end was the lagging member's
 
 
 def read_checkpoint(path: str) -> int:

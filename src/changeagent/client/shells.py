@@ -14,9 +14,11 @@ from typing import Any, TypeVar
 import httpx
 
 from changeagent.client.core import (
+    LAG_CHECK_S,
     ClientCore,
     Done,
     Follower,
+    LagCheck,
     Operation,
     Request,
     RetryPolicy,
@@ -25,7 +27,7 @@ from changeagent.client.core import (
     read_checkpoint,
     write_checkpoint,
 )
-from changeagent.client.errors import ConnectionFailed
+from changeagent.client.errors import ChangeAgentError, ConnectionFailed
 from changeagent.client.model import Change, Health, Page
 
 T = TypeVar("T")
@@ -69,7 +71,8 @@ def _send_arguments(request: Request) -> dict[str, Any]:
         "content": request.body,
     }
     if request.timeout_s is not None:
-        arguments["timeout"] = httpx.Timeout(request.timeout_s, connect=CONNECT_TIMEOUT_S)
+        connect_s = min(CONNECT_TIMEOUT_S, request.timeout_s)
+        arguments["timeout"] = httpx.Timeout(request.timeout_s, connect=connect_s)
     return arguments
 
 
@@ -159,6 +162,7 @@ class Client:
         limit: int = 1000,
         skip_missed: bool = False,
         stop_at_end: bool = False,
+        lag_check_s: float | None = LAG_CHECK_S,
     ) -> Iterator[Change]:
         """Every change after `since` (or after the id saved in `checkpoint`, when
         that file exists), in id order, forever: long-polls `block_s` at a time and
@@ -168,7 +172,14 @@ class Client:
         atomically when the caller asks for the next change (it has then taken the
         previous one), so a restarted consumer resumes after the last one.
         `stop_at_end` ends the iteration once the log's end is reached instead of
-        waiting for more (then nothing waits: no long-poll)."""
+        waiting for more (then nothing waits: no long-poll).
+
+        With several servers, it also moves away from a member that answers but
+        lags: once the member has nothing more and `lag_check_s` has passed since
+        the last check, the others are asked (one cheap non-blocking read each)
+        for a change after the position, and the first one that has it is used
+        while the member in use still has none; long polls then last at most
+        `lag_check_s`. `lag_check_s=None` turns this off."""
         if checkpoint is not None:
             since = read_checkpoint(checkpoint) or since
         batches = self.follow_pages(
@@ -179,6 +190,7 @@ class Client:
             limit=limit,
             skip_missed=skip_missed,
             stop_at_end=stop_at_end,
+            lag_check_s=lag_check_s,
         )
         for batch in batches:
             for change in batch:
@@ -196,16 +208,31 @@ class Client:
         limit: int = 1000,
         skip_missed: bool = False,
         stop_at_end: bool = False,
+        lag_check_s: float | None = LAG_CHECK_S,
     ) -> Iterator[list[Change]]:
         """As follow(), one non-empty batch (at most `limit` changes, in id order) per
         answer, for consumers that store a page at a time; the position moves past a
         batch when the next one is asked for."""
-        follower = Follower(since, tuple(tags), type, block_s, limit, skip_missed, stop_at_end)
+        follower = Follower(
+            since, tuple(tags), type, block_s, limit, skip_missed, stop_at_end, lag_check_s
+        )
         while not follower.done:
             batch = follower.take(self._run(follower.operation(self._core)))
             if batch:
                 yield batch
                 follower.taken(batch[-1])
+            if check := follower.lag_check(self._core):
+                self._check_lag(check)
+
+    def _check_lag(self, check: LagCheck) -> None:
+        """Run a lag check's probes (one attempt each; a failure counts as no answer)."""
+        while (operation := check.operation()) is not None:
+            page: Page | None
+            try:
+                page = self._run(operation)
+            except ChangeAgentError:
+                page = None
+            check.answered(page)
 
     def cluster(self) -> dict[str, Any]:
         """The GET /cluster document."""
@@ -337,6 +364,7 @@ class AsyncClient:
         limit: int = 1000,
         skip_missed: bool = False,
         stop_at_end: bool = False,
+        lag_check_s: float | None = LAG_CHECK_S,
     ) -> AsyncIterator[Change]:
         """As Client.follow, an async iterator."""
         if checkpoint is not None:
@@ -349,6 +377,7 @@ class AsyncClient:
             limit=limit,
             skip_missed=skip_missed,
             stop_at_end=stop_at_end,
+            lag_check_s=lag_check_s,
         )
         async for batch in batches:
             for change in batch:
@@ -366,14 +395,29 @@ class AsyncClient:
         limit: int = 1000,
         skip_missed: bool = False,
         stop_at_end: bool = False,
+        lag_check_s: float | None = LAG_CHECK_S,
     ) -> AsyncIterator[list[Change]]:
         """As Client.follow_pages, an async iterator."""
-        follower = Follower(since, tuple(tags), type, block_s, limit, skip_missed, stop_at_end)
+        follower = Follower(
+            since, tuple(tags), type, block_s, limit, skip_missed, stop_at_end, lag_check_s
+        )
         while not follower.done:
             batch = follower.take(await self._run(follower.operation(self._core)))
             if batch:
                 yield batch
                 follower.taken(batch[-1])
+            if check := follower.lag_check(self._core):
+                await self._check_lag(check)
+
+    async def _check_lag(self, check: LagCheck) -> None:
+        """As Client._check_lag."""
+        while (operation := check.operation()) is not None:
+            page: Page | None
+            try:
+                page = await self._run(operation)
+            except ChangeAgentError:
+                page = None
+            check.answered(page)
 
     async def cluster(self) -> dict[str, Any]:
         """As Client.cluster."""
