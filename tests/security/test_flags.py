@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from changeagent.cli.main import build_parser, options_from_arguments
+from changeagent.cli.serve import build_parser, options_from_arguments
 from changeagent.security.tls_files import ApiTls, ClusterTls
 from changeagent.server import ServerOptions
 from tests.security.conftest import StartNode
