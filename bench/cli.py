@@ -19,6 +19,7 @@ from bench import install, procs
 from bench.report import command_line, machine_info, summarize, write_results
 from bench.scenarios.cluster import run_failover, run_join
 from bench.scenarios.common import Recorder, Settings, guarded
+from bench.scenarios.consumers import run_consumers
 from bench.scenarios.memory import run_memory
 from bench.scenarios.reads import run_catchup, run_fanout, run_notify
 from bench.scenarios.writes import run_writes
@@ -54,6 +55,7 @@ SCENARIOS: dict[str, tuple[str, list[tuple[str, Runner]]]] = {
     "join": ("f", [("f. new member catch-up", run_join)]),
     "memory": ("g", [("g. memory", run_memory)]),
     "security": ("h", [("h. security overhead", run_security)]),
+    "consumers": ("i", [("i. consumers", run_consumers)]),
 }
 
 

@@ -194,6 +194,10 @@ GOALS = [
      "p99 consumer latency, 1,000 consumers", "<=", 10.0),
     ("(stricter) last of 1,000 waiters served within 10 ms", "2",
      "time until all have the change, 1,000 consumers", "<=", 10.0),
+    ("follow() delivers >= 100,000 changes/s from one node", "12",
+     "changes/s follow() delivers", ">=", 100_000.0),
+    ("mirror writes >= 50,000 changes/s on its first sync", "12",
+     "changes/s `changeagent mirror` writes", ">=", 50_000.0),
 ]
 
 
@@ -202,7 +206,7 @@ def _find(rows: list[dict[str, Any]], prefix: str) -> dict[str, Any] | None:
 
 
 def _goal_lines(rows: list[dict[str, Any]]) -> list[str]:
-    lines = ["", "Goals (issues 2 and 6), changeagent in this run:", "",
+    lines = ["", "Goals (issues 2, 6 and 12), changeagent in this run:", "",
              "| Goal | Issue | Measured | Met |", "|---|---|---|---|"]
     for goal, issue, prefix, comparison, threshold in GOALS:
         row = _find(rows, prefix)

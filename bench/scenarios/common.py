@@ -38,6 +38,8 @@ class Settings:
     # 3 members, writes sent to a follower (forwarded to the leader): these levels, with
     # wrk when it is available (else the asyncio generator).
     follower_write_clients: list[int] = field(default_factory=lambda: [1, 16, 64, 256])
+    # i. consumers: the log that follow() and `changeagent mirror` read in full.
+    consumer_changes: int = 1_000_000
 
     def override(self, assignment: str) -> None:
         """Apply one NAME=VALUE from the command line (ints, floats, comma lists)."""
@@ -60,7 +62,8 @@ class Settings:
                    asyncio_write_clients=[16], catchup_changes=5_000, notify_changes=100,
                    fanout_consumers=[200], failover_runs=1, join_changes=2_000, join_runs=2,
                    memory_changes=10_000, preload_seconds_max=15,
-                   scenario_seconds_max=60, settle_seconds=0.1, follower_write_clients=[16])
+                   scenario_seconds_max=60, settle_seconds=0.1, follower_write_clients=[16],
+                   consumer_changes=20_000)
 
     @classmethod
     def full(cls) -> Settings:
