@@ -7,7 +7,7 @@ import asyncio
 import ssl
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncGenerator, Generator, Sequence
 from types import TracebackType
 from typing import Any, TypeVar
 
@@ -107,6 +107,12 @@ class Client:
         options = _http_options(auth, ca_file, cert_file, key_file, timeout_s, connect_timeout_s)
         self._http = httpx.Client(**options)
 
+    @property
+    def current_server(self) -> str:
+        """The URL of the server the next request goes to: the client stays on one
+        that answers and moves on when it fails (or, in follow(), when it lags)."""
+        return self._core.server_url(None)
+
     def _run(self, operation: Operation[T]) -> T:
         call = self._core.call(operation)
         while True:
@@ -163,7 +169,7 @@ class Client:
         skip_missed: bool = False,
         stop_at_end: bool = False,
         lag_check_s: float | None = LAG_CHECK_S,
-    ) -> Iterator[Change]:
+    ) -> Generator[Change, None, None]:
         """Every change after `since` (or after the id saved in `checkpoint`, when
         that file exists), in id order, forever: long-polls `block_s` at a time and
         moves to another server when one fails, never yielding a change twice or
@@ -209,7 +215,7 @@ class Client:
         skip_missed: bool = False,
         stop_at_end: bool = False,
         lag_check_s: float | None = LAG_CHECK_S,
-    ) -> Iterator[list[Change]]:
+    ) -> Generator[list[Change], None, None]:
         """As follow(), one non-empty batch (at most `limit` changes, in id order) per
         answer, for consumers that store a page at a time; the position moves past a
         batch when the next one is asked for."""
@@ -312,6 +318,11 @@ class AsyncClient:
         options = _http_options(auth, ca_file, cert_file, key_file, timeout_s, connect_timeout_s)
         self._http = httpx.AsyncClient(**options)
 
+    @property
+    def current_server(self) -> str:
+        """As Client.current_server."""
+        return self._core.server_url(None)
+
     async def _run(self, operation: Operation[T]) -> T:
         call = self._core.call(operation)
         while True:
@@ -365,7 +376,7 @@ class AsyncClient:
         skip_missed: bool = False,
         stop_at_end: bool = False,
         lag_check_s: float | None = LAG_CHECK_S,
-    ) -> AsyncIterator[Change]:
+    ) -> AsyncGenerator[Change, None]:
         """As Client.follow, an async iterator."""
         if checkpoint is not None:
             since = read_checkpoint(checkpoint) or since
@@ -396,7 +407,7 @@ class AsyncClient:
         skip_missed: bool = False,
         stop_at_end: bool = False,
         lag_check_s: float | None = LAG_CHECK_S,
-    ) -> AsyncIterator[list[Change]]:
+    ) -> AsyncGenerator[list[Change], None]:
         """As Client.follow_pages, an async iterator."""
         follower = Follower(
             since, tuple(tags), type, block_s, limit, skip_missed, stop_at_end, lag_check_s
