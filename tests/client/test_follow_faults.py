@@ -42,12 +42,17 @@ def proxied(tmp_path: Path) -> Iterator[ProxiedCluster]:
         yield cluster
 
 
+END = "end"
+
+
 class Reader:
     """follow() in a thread (Client, or AsyncClient on its own event loop), keeping
-    what it yields and the server it reads from, until it has `count` changes."""
+    what it yields and the server each came from (`server` is the latest), until it
+    has `count` changes or one whose data is END."""
 
-    def __init__(self, urls: list[str], tag: str, count: int, use_async: bool) -> None:
+    def __init__(self, urls: list[str], tag: str, count: int, use_async: bool = False) -> None:
         self.seen: list[Change] = []
+        self.servers: list[str] = []
         self.server = ""
         self.error: BaseException | None = None
         self._count = count
@@ -64,21 +69,24 @@ class Reader:
     def _follow(self, urls: list[str], tag: str) -> None:
         with Client(urls, retry=RETRY) as client:
             for change in client.follow(tags=[tag]):
-                self.seen.append(change)
-                self.server = client.current_server
-                if len(self.seen) == self._count:
+                if self._keep(change, client.current_server):
                     return
 
     def _follow_async(self, urls: list[str], tag: str) -> None:
         async def follow() -> None:
             async with AsyncClient(urls, retry=RETRY) as client:
                 async for change in client.follow(tags=[tag]):
-                    self.seen.append(change)
-                    self.server = client.current_server
-                    if len(self.seen) == self._count:
+                    if self._keep(change, client.current_server):
                         return
 
         asyncio.run(follow())
+
+    def _keep(self, change: Change, server: str) -> bool:
+        """Keep one change (and the server it came from); True when done."""
+        self.servers.append(server)
+        self.server = server
+        self.seen.append(change)
+        return len(self.seen) == self._count or change.data == END
 
     def has(self, count: int) -> bool:
         assert self.error is None, self.error
@@ -116,6 +124,70 @@ def test_follow_leaves_a_member_that_answers_but_falls_behind(proxied: ProxiedCl
     assert answer.status == 200 and answer.json()["changes"] == []
     assert behind.raft()["appliedIndex"] < posted[5].id
     print(f"\nlagging member left: all 15 delivered {delivered_s:.1f} s after the last write")
+
+
+class Writer:
+    """Posts numbered changes, one at a time, until stopped; then posts END."""
+
+    def __init__(self, urls: list[str], tag: str) -> None:
+        self.posted: list[Change] = []
+        self.error: BaseException | None = None
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, args=(urls, tag), daemon=True)
+        self._thread.start()
+
+    def _run(self, urls: list[str], tag: str) -> None:
+        try:
+            with Client(urls, retry=RETRY, timeout_s=10) as client:
+                number = 0
+                while not self._stop.wait(0.02):
+                    self.posted.append(client.post(number, tags=[tag]))
+                    number += 1
+                self.posted.append(client.post(END, tags=[tag]))
+        except BaseException as error:
+            self.error = error
+
+    def stop(self) -> list[Change]:
+        self._stop.set()
+        self._thread.join(30)
+        assert not self._thread.is_alive() and self.error is None, self.error
+        return self.posted
+
+
+def test_follow_leaves_a_member_that_delivers_but_lags(proxied: ProxiedCluster) -> None:
+    """The leader's messages reach one follower 600 ms late (below the election
+    timeout, so it stays a follower): it goes on delivering every change, each
+    600 ms after the others have it. Under steady writes, the lag check at its end
+    once the member's trust (lag_check_s) has run out finds another member ahead,
+    and follow() moves there."""
+    tag = uuid.uuid4().hex
+    leader = proxied.leader()
+    behind = next(node for node in proxied.nodes if node is not leader)
+    rest = [node for node in proxied.nodes if node is not behind]
+    with Client(url(leader)) as client:
+        before = [client.post(n, tags=[tag]) for n in range(3)]
+    proxied.wait_converged()
+    reader = Reader([url(behind), *(url(node) for node in rest)], tag, 0)
+    # Its first lag check (at the first end it reached) is over once it long-polls
+    # the member again; nothing was being written, so nobody was ahead.
+    wait_until(lambda: reader.has(3) and behind.raft()["longPolls"] >= 1, 30, 0.02)
+    assert reader.server == url(behind)
+    proxied.proxy.delay(leader.name, behind.name, 600)
+    writer = Writer([url(node) for node in rest], tag)
+    try:
+        wait_until(lambda: reader.has(4) and reader.server != url(behind), SWITCH_DEADLINE_S, 0.05)
+    finally:
+        posted = before + writer.stop()
+    wait_until(lambda: reader.has(len(posted)), 30, 0.05)
+    reader.thread.join(30)
+    assert not reader.thread.is_alive() and reader.error is None
+    assert reader.seen == posted  # in order, each once, across the switch
+    # The member delivered changes written while it lagged before it was left.
+    from_behind = reader.servers.count(url(behind))
+    assert reader.servers[:from_behind] == [url(behind)] * from_behind
+    assert from_behind > len(before)
+    assert reader.servers[-1] in {url(node) for node in rest}
+    print(f"\n600 ms behind: {from_behind} of {len(posted)} changes read there before leaving it")
 
 
 @pytest.fixture
