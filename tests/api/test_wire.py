@@ -18,6 +18,7 @@ from tests.api.test_long_poll import wait_for_waiters
 from tests.support.server import ServerProcess
 
 TIMEOUT_S = 10.0
+NO_STORE = {"cache-control": "no-store"}
 
 
 def read_response(sock: socket.socket, buffer: bytearray) -> tuple[str, dict[str, str], bytes]:
@@ -68,8 +69,18 @@ def reference_headers(server: ServerProcess) -> dict[str, str]:
     return headers
 
 
-def assert_like_aiohttp(headers: dict[str, str], body: bytes, reference: dict[str, str]) -> None:
-    assert set(headers) == set(reference)
+def assert_like_aiohttp(
+    headers: dict[str, str],
+    body: bytes,
+    reference: dict[str, str],
+    extra: dict[str, str] | None = None,
+) -> None:
+    """aiohttp's headers, plus exactly `extra` (caching: names lower-case; a value of
+    "" only checks that the header is there)."""
+    extra = extra or {}
+    assert set(headers) == set(reference) | set(extra)
+    for name, value in extra.items():
+        assert value == "" or headers[name] == value, (name, headers[name])
     assert headers["content-type"] == reference["content-type"] == "application/json"
     assert headers["server"] == reference["server"]
     assert int(headers["content-length"]) == len(body)
@@ -94,7 +105,12 @@ def test_post_and_get_answers_carry_aiohttp_headers_and_keep_the_connection(
         sock.sendall(get(f"/changes?since={stored['_id'] - 1}"))
         status, headers, body = read_response(sock, buffer)
         assert orjson.loads(body)["changes"] == [stored]
-        assert_like_aiohttp(headers, body, reference)
+        assert_like_aiohttp(headers, body, reference, {"cache-control": "no-cache", "etag": ""})
+        sock.sendall(get(f"/changes?since={stored['_id'] - 1}&limit=1"))
+        status, headers, body = read_response(sock, buffer)
+        assert orjson.loads(body)["changes"] == [stored]
+        immutable = "public, max-age=86400, immutable"
+        assert_like_aiohttp(headers, body, reference, {"cache-control": immutable, "etag": ""})
 
 
 def test_woken_long_poll_is_plain_http_and_the_connection_serves_pipelined_requests(
@@ -110,7 +126,7 @@ def test_woken_long_poll_is_plain_http_and_the_connection_serves_pipelined_reque
         posted = server.post_change({"data": "wake"}).json()
         status, headers, body = read_response(sock, buffer)
         assert status == "HTTP/1.1 200 OK"
-        assert_like_aiohttp(headers, body, reference)
+        assert_like_aiohttp(headers, body, reference, NO_STORE)
         assert orjson.loads(body) == {"changes": [posted], "atStart": False, "atEnd": True}
         status, _, body = read_response(sock, buffer)  # the pipelined one, in order
         assert status == "HTTP/1.1 404 Not Found" and b"error" in body
@@ -120,7 +136,7 @@ def test_woken_long_poll_is_plain_http_and_the_connection_serves_pipelined_reque
         again = server.post_change({"data": "again"}).json()
         status, headers, body = read_response(sock, buffer)
         assert orjson.loads(body)["changes"] == [again]
-        assert_like_aiohttp(headers, body, reference)
+        assert_like_aiohttp(headers, body, reference, NO_STORE)
         assert buffer == b""
 
 
@@ -144,6 +160,7 @@ def test_long_polls_that_need_other_headers_take_aiohttp_path(
         status, headers, body = read_response(sock, buffer)
         assert status == f"HTTP/{version} 200 OK"
         assert headers.get("connection") == connection
+        assert headers["cache-control"] == "no-store"
         assert orjson.loads(body)["changes"] == [posted]
         if connection != "keep-alive":
             assert sock.recv(1) == b""  # the server closes, as the headers said

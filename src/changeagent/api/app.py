@@ -86,4 +86,3 @@ def build_app(
     if transport is not None:
         add_cluster_route(app, transport)
     return app
-

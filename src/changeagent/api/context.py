@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 
 from aiohttp import web
 
+from changeagent.api.caching import PageCaching
 from changeagent.node.membership import ClusterMembership
 from changeagent.node.node import Node
 
@@ -16,6 +17,7 @@ class ApiState:
     members: ClusterMembership
     prefix: str = ""
     marked_down: bool = field(default=False)
+    page_caching: PageCaching = field(default_factory=PageCaching)
 
 
 STATE_KEY = web.AppKey("changeagent_state", ApiState)

@@ -31,10 +31,13 @@ from aiohttp.http import SERVER_SOFTWARE, HttpVersion11
 from changeagent.node.query import PageResult
 
 JSON = "application/json"
+# The last %s: extra header lines (caching), each ending in CRLF.
 _HEAD = (
     b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: %d\r\n"
-    b"Date: %s\r\nServer: " + SERVER_SOFTWARE.encode() + b"\r\n\r\n"
+    b"Date: %s\r\nServer: " + SERVER_SOFTWARE.encode() + b"\r\n%s\r\n"
 )
+# A long-poll's answer depends on when it was asked: no cache may keep it.
+NO_STORE_LINE = b"Cache-Control: no-store\r\n"
 
 
 class _DateCache:
@@ -57,14 +60,15 @@ class _DateCache:
 _DATE = _DateCache()
 
 
-def json_200(body: bytes) -> bytes:
-    """The complete HTTP/1.1 response carrying `body`."""
-    return _HEAD % (len(body), _DATE.value()) + body
+def json_200(body: bytes, header_lines: bytes = b"") -> bytes:
+    """The complete HTTP/1.1 response carrying `body`, with extra header lines."""
+    return _HEAD % (len(body), _DATE.value(), header_lines) + body
 
 
 class _SharedWire:
     """One-entry cache: every consumer woken by one commit with the same query gets
-    the same body object, so its response bytes are built once per wake-up."""
+    the same body object, so its response bytes are built once per wake-up. These
+    answer long-polls, so they are `no-store`."""
 
     __slots__ = ("_body", "_date", "_wire")
 
@@ -76,7 +80,7 @@ class _SharedWire:
     def wire(self, body: bytes) -> bytes:
         date = _DATE.value()
         if body is not self._body or date is not self._date:
-            self._wire = _HEAD % (len(body), date) + body
+            self._wire = _HEAD % (len(body), date, NO_STORE_LINE) + body
             self._body, self._date = body, date
         return self._wire
 
@@ -104,23 +108,27 @@ def can_write_directly(request: web.BaseRequest) -> bool:
 
 
 class JsonResponse(web.Response):
-    """`200 application/json` with `body`, written in one transport call when
-    `can_write_directly` allows; otherwise (or once a middleware has added a
-    header) exactly aiohttp's normal response."""
+    """`200 application/json` with `body` and optional caching headers, written in
+    one transport call when `can_write_directly` allows; otherwise (or once a
+    middleware has added a header) exactly aiohttp's normal response."""
 
-    def __init__(self, body: bytes, *, already_sent: bool = False) -> None:
-        super().__init__(body=body, content_type=JSON)
+    def __init__(
+        self, body: bytes, *, already_sent: bool = False, headers: dict[str, str] | None = None
+    ) -> None:
+        super().__init__(body=body, content_type=JSON, headers=headers)
         self._json = body
         self._already_sent = already_sent
+        self._extra = headers or {}
 
     async def prepare(self, request: web.BaseRequest) -> AbstractStreamWriter | None:
         if self._eof_sent:
             return None
         if self._already_sent:
             self._finish(len(self._json))
-        elif len(self.headers) == 1 and can_write_directly(request):
+        elif len(self.headers) == 1 + len(self._extra) and can_write_directly(request):
             assert request.transport is not None  # checked by can_write_directly
-            request.transport.write(json_200(self._json))
+            lines = "".join(f"{name}: {value}\r\n" for name, value in self._extra.items())
+            request.transport.write(json_200(self._json, lines.encode()))
             self._finish(len(self._json))
         else:
             return await super().prepare(request)
