@@ -94,6 +94,7 @@ def build_client_parser() -> argparse.ArgumentParser:
     changes.set_defaults(handler=_changes)
 
     _add_tail(commands, connection)
+    _add_mirror(commands, connection)
     _add_admin(commands, connection)
     return parser
 
@@ -121,6 +122,26 @@ def _add_tail(commands: Any, connection: argparse.ArgumentParser) -> None:
         help="go on past changes purged before they were printed (default: exit 1)",
     )  # fmt: skip
     tail.set_defaults(handler=_tail)
+
+
+def _add_mirror(commands: Any, connection: argparse.ArgumentParser) -> None:
+    mirror = commands.add_parser(
+        "mirror", parents=[connection],
+        help="keep a local SQLite copy of the log (docs/MIRROR.md)",
+    )  # fmt: skip
+    mirror.add_argument("--to", type=Path, required=True, metavar="FILE", help="the SQLite file")
+    _filters(mirror)
+    mirror.add_argument(
+        "--key", dest="key_path", default=None, metavar="PATH",
+        help="also keep table `latest`: the newest change per value of this JSON path "
+        "(e.g. data.name)",
+    )  # fmt: skip
+    mirror.add_argument("--once", action="store_true", help="stop when caught up")
+    mirror.add_argument(
+        "--skip-missed", action="store_true",
+        help="go on past changes purged before they were mirrored (default: exit 1)",
+    )  # fmt: skip
+    mirror.set_defaults(handler=_mirror)
 
 
 def _add_admin(commands: Any, connection: argparse.ArgumentParser) -> None:
@@ -269,6 +290,12 @@ def _tail(client: Client, arguments: argparse.Namespace, output: Output) -> int:
     from changeagent.cli.tail import tail
 
     return tail(client, arguments, output)
+
+
+def _mirror(client: Client, arguments: argparse.Namespace, output: Output) -> int:
+    from changeagent.cli.mirror import mirror
+
+    return mirror(client, arguments)
 
 
 def _cluster(client: Client, arguments: argparse.Namespace, output: Output) -> int:

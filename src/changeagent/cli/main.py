@@ -8,7 +8,7 @@ from __future__ import annotations
 import sys
 from collections.abc import Sequence
 
-COMMANDS = ("post", "get", "changes", "tail", "cluster", "config", "health")
+COMMANDS = ("post", "get", "changes", "tail", "mirror", "cluster", "config", "health")
 # The connection options, which may also come before the command name.
 VALUE_OPTIONS = frozenset({"--server", "--user", "--cacert", "--cert", "--cert-key", "--timeout"})
 FLAG_OPTIONS = frozenset({"--pretty"})

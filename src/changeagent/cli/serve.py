@@ -37,6 +37,7 @@ Client commands (talk to a running cluster; --server URL, default
 $CHANGEAGENT_SERVERS or http://localhost:8080):
   post JSON          store a change          get ID       print one change
   changes            print a page            tail [-f]    print (and follow) changes
+  mirror --to FILE   keep a local SQLite copy of the log
   cluster [status|add ADDRESS|remove ID]     config [get|set FILE]
   health [up|down]"""
 PORT_DEFAULT = 8080
