@@ -21,6 +21,7 @@ from aiohttp import web
 
 from changeagent.api.app import build_app
 from changeagent.api.auth import Authenticator
+from changeagent.api.caching import PAGE_CACHE_MAX_AGE_S_DEFAULT, PageCaching
 from changeagent.api.in_flight import RequestsInFlight
 from changeagent.config import Settings, load_settings_file
 from changeagent.node.node import Node, NodeLimits
@@ -55,6 +56,14 @@ class ServerOptions:
     # members are added by host:cluster_port; without it, a WebSocket on the API port.
     cluster_port: int | None = None
     cluster_tls: ClusterTls | None = None
+    # HTTP caching of pages of changes (--page-cache-max-age), and reads of changes
+    # without credentials under -pw (--public-reads), which lets shared caches keep them.
+    page_cache_max_age_s: int = PAGE_CACHE_MAX_AGE_S_DEFAULT
+    public_reads: bool = False
+
+    def page_caching(self) -> PageCaching:
+        shared = self.password_file is None or self.public_reads
+        return PageCaching(self.page_cache_max_age_s, shared)
 
 
 async def open_node(options: ServerOptions) -> Node:
@@ -98,6 +107,8 @@ async def start_listener(
         transport if serve_links else None,
         client_certificates=bool(options.api_tls and options.api_tls.client_ca_file),
         in_flight=in_flight,
+        page_caching=options.page_caching(),
+        public_reads=options.public_reads,
     )
     GracefulShutdown(node, transport, in_flight).attach(app)
     runner = web.AppRunner(app, shutdown_timeout=options.shutdown_grace_s, access_log=None)

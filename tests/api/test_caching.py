@@ -4,11 +4,14 @@ an ETag (304 while nothing new matches), long-polls never stored."""
 from __future__ import annotations
 
 import uuid
+from pathlib import Path
+from typing import Any
 
 import pytest
 
 from changeagent.api.caching import PageCaching, matches, page_etag
 from changeagent.node.query import PageResult
+from tests.security.support import basic, htpasswd
 from tests.support.server import ServerProcess
 
 IMMUTABLE = "public, max-age=86400, immutable"
@@ -77,3 +80,27 @@ def test_long_polls_are_never_stored(server: ServerProcess, block: str) -> None:
     assert "ETag" not in answered_at_once.headers
     timed_out = server.request("GET", f"/changes?since={last + 10}&block={block}")
     assert timed_out.json()["changes"] == [] and timed_out.headers["Cache-Control"] == "no-store"
+
+
+def test_with_passwords_pages_are_private_unless_reads_are_public(
+    make_server: Any, tmp_path: Path
+) -> None:
+    passwords = tmp_path / "htpasswd"
+    htpasswd(passwords, "alice", "secret", "-B")
+    alice = basic("alice", "secret")
+    private = make_server("-pw", str(passwords), data_dir=tmp_path / "private")
+    first = private.post_change({"data": 1}, headers=alice).json()["_id"]
+    answer = private.request("GET", f"/changes?since={first - 1}&limit=1", headers=alice)
+    assert answer.headers["Cache-Control"] == "private, max-age=86400, immutable"
+    assert private.request("GET", "/changes").status == 401
+
+    public = make_server("-pw", str(passwords), "--public-reads", "--page-cache-max-age", "60",
+                         data_dir=tmp_path / "public")  # fmt: skip
+    assert public.post_change({"data": 1}).status == 401  # writes still need credentials
+    first = public.post_change({"data": 1}, headers=alice).json()["_id"]
+    answer = public.request("GET", f"/changes?since={first - 1}&limit=1")
+    assert answer.status == 200 and answer.headers["Cache-Control"] == (
+        "public, max-age=60, immutable"
+    )
+    assert public.request("GET", f"/changes/{first}").status == 200
+    assert public.request("GET", "/config").status == 401

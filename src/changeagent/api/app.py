@@ -8,6 +8,7 @@ from aiohttp.typedefs import Middleware
 
 from changeagent.api import changes, operations
 from changeagent.api.auth import Authenticator, auth_middleware
+from changeagent.api.caching import PageCaching
 from changeagent.api.context import STATE_KEY, ApiState
 from changeagent.api.errors import Handler, error_middleware
 from changeagent.api.in_flight import RequestsInFlight
@@ -23,21 +24,26 @@ def build_app(
     transport: Transport | None = None,
     client_certificates: bool = False,
     in_flight: RequestsInFlight | None = None,
+    page_caching: PageCaching | None = None,
+    public_reads: bool = False,
 ) -> web.Application:
     """The API under `prefix`. With a `transport` (the WebSocket carrier; with -cp
     the links have their own port) peers' links are served at CLUSTER_PATH (never
     under the prefix: peers do not know each other's), and `in_flight` counts
     clients' requests apart from them for the shutdown that `server.py` orders.
     `client_certificates` (-cas) is only declared in the OpenAPI document: the TLS
-    listener enforces it."""
+    listener enforces it. `page_caching`: how HTTP caches may keep pages of
+    changes; `public_reads`: reads of changes need no credentials."""
     # Authentication runs inside the error middleware, so a 401 is mapped like any error.
     middlewares: list[Middleware] = [error_middleware]
     if in_flight is not None:
         middlewares.insert(0, in_flight.middleware)
     if authenticator is not None:
-        middlewares.append(auth_middleware(authenticator, prefix))
+        middlewares.append(auth_middleware(authenticator, prefix, public_reads))
     app = web.Application(middlewares=middlewares, client_max_size=node.limits.body_bytes_max)
-    app[STATE_KEY] = ApiState(node=node, prefix=prefix, members=node.cluster)
+    app[STATE_KEY] = ApiState(
+        node=node, prefix=prefix, members=node.cluster, page_caching=page_caching or PageCaching()
+    )
     limits = node.limits
     document = orjson.dumps(
         openapi_document(

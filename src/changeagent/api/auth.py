@@ -1,10 +1,10 @@
 """HTTP Basic authentication against an htpasswd file (`-pw`).
 
-Every request needs credentials except `GET /health` (load balancers probe it)
-and the peer channel at `CLUSTER_PATH`, whose HELLO handshake authenticates
-members its own way. A missing or wrong credential is a 401 with
-`WWW-Authenticate: Basic realm="changeagent"`, answered by the single error
-mapping (`api/errors.py`).
+Every request needs credentials except `GET /health` (load balancers probe it),
+the peer channel at `CLUSTER_PATH`, whose HELLO handshake authenticates members
+its own way, and, with `--public-reads`, reads of changes. A missing or wrong
+credential is a 401 with `WWW-Authenticate: Basic realm="changeagent"`, answered
+by the single error mapping (`api/errors.py`).
 
 bcrypt is slow on purpose, so checks run in a small dedicated thread pool (they
 never block the event loop, and a flood of bad passwords cannot starve storage
@@ -223,9 +223,15 @@ def parse_basic(authorization: str | None) -> tuple[bytes, bytes] | None:
     return user, password
 
 
-def auth_middleware(authenticator: Authenticator, prefix: str) -> Middleware:
-    """The middleware for `build_app`; it must run inside the error middleware."""
+def auth_middleware(
+    authenticator: Authenticator, prefix: str, public_reads: bool = False
+) -> Middleware:
+    """The middleware for `build_app`; it must run inside the error middleware.
+    `public_reads` (--public-reads): reading changes (GET /changes, GET
+    /changes/{id}) needs no credentials; everything else still does."""
     health = prefix + "/health"
+    changes = prefix + "/changes"
+    change = changes + "/"
     # The peer channel is exempt at both paths it may be mounted at; an exempt
     # path without a route just answers 404.
     peer_paths = {prefix + CLUSTER_PATH, CLUSTER_PATH}
@@ -233,7 +239,9 @@ def auth_middleware(authenticator: Authenticator, prefix: str) -> Middleware:
     @web.middleware
     async def authenticate(request: web.Request, handler: Handler) -> web.StreamResponse:
         path = request.path
-        if path not in peer_paths and (path != health or request.method != "GET"):
+        public = public_reads and request.method in ("GET", "HEAD")
+        public = public and (path == changes or path.startswith(change))
+        if not public and path not in peer_paths and (path != health or request.method != "GET"):
             authorization = request.headers.get("Authorization")
             if not authenticator.is_cached(authorization):
                 await authenticator.check(authorization)

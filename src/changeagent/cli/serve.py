@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 from typing import TypeVar
 
+from changeagent.api.caching import PAGE_CACHE_MAX_AGE_S_DEFAULT
 from changeagent.config import ConfigError
 from changeagent.node.node import NodeLimits
 from changeagent.security.tls_files import ApiTls, ClusterTls
@@ -134,6 +135,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="seconds between checks of the purge rule (default 1)",
     )
     parser.add_argument(
+        "--page-cache-max-age",
+        type=int,
+        default=PAGE_CACHE_MAX_AGE_S_DEFAULT,
+        metavar="S",
+        help="max-age (seconds) HTTP caches may keep a full page of changes "
+        "(default 86400; pages never change once full)",
+    )
+    parser.add_argument(
         "--tail-cache-bytes",
         type=int,
         default=TAIL_CACHE_BYTES_DEFAULT,
@@ -161,6 +170,11 @@ def _add_security_arguments(parser: argparse.ArgumentParser) -> None:
     )  # fmt: skip
     group.add_argument(
         "-key", "--tls-key", type=Path, default=None, help="PEM private key of -cert"
+    )  # fmt: skip
+    group.add_argument(
+        "--public-reads", action="store_true",
+        help="with -pw: reading changes needs no credentials (writes and the rest still do), "
+        "so shared HTTP caches may keep pages",
     )  # fmt: skip
     group.add_argument(
         "-cas", "--tls-client-cas", type=Path, default=None,
@@ -215,6 +229,8 @@ def options_from_arguments(arguments: argparse.Namespace) -> ServerOptions:
         api_tls=_api_tls(arguments),
         cluster_port=cluster_port,
         cluster_tls=cluster_tls,
+        page_cache_max_age_s=_not_negative("--page-cache-max-age", arguments.page_cache_max_age),
+        public_reads=_public_reads(arguments),
     )
 
 
@@ -258,6 +274,18 @@ def _cluster_options(
     if cluster_port is None:
         raise ConfigError("-ccert, -ckey and -cca need -cp (the cluster port)")
     return cluster_port, ClusterTls(*files)
+
+
+def _public_reads(arguments: argparse.Namespace) -> bool:
+    if arguments.public_reads and arguments.password_file is None:
+        raise ConfigError("--public-reads needs -pw (without it every read is public)")
+    return bool(arguments.public_reads)
+
+
+def _not_negative(flag: str, value: int) -> int:
+    if value < 0:
+        raise ConfigError(f"{flag} must not be negative")
+    return value
 
 
 def _port(flag: str, value: int | None) -> int | None:
