@@ -16,14 +16,13 @@ import os
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Generator, Iterator, Sequence
+from collections.abc import Callable, Generator, Sequence
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any
 
 import orjson
 
-from changeagent.client.core import Follower
 from changeagent.client.errors import ChangesMissed
 from changeagent.client.model import Change
 from changeagent.client.shells import Client
@@ -314,33 +313,16 @@ class Mirror:
         self, since: int, once: bool, stop: threading.Event | None
     ) -> Generator[list[Change], None, None]:
         wanted = self._filter
-        if once or stop is None:
-            yield from self._client.follow_pages(
-                since,
-                tags=wanted.tags,
-                type=wanted.type,
-                block_s=self._block_s,
-                limit=self._limit,
-                skip_missed=self._skip_missed,
-                stop_at_end=once,
-            )
-        else:
-            yield from self._stoppable_pages(since, stop)
-
-    def _stoppable_pages(self, since: int, stop: threading.Event) -> Iterator[list[Change]]:
-        """Client.follow_pages() (the same Follower), but looking at `stop` after every
-        answer, also an empty one: follow_pages() only returns with changes, so an
-        idle mirror would never notice `stop`. Each long poll waits at most block_s."""
-        wanted = self._filter
-        follower = Follower(
-            since, wanted.tags, wanted.type, self._block_s, self._limit, self._skip_missed
+        yield from self._client.follow_pages(
+            since,
+            tags=wanted.tags,
+            type=wanted.type,
+            block_s=self._block_s,
+            limit=self._limit,
+            skip_missed=self._skip_missed,
+            stop_at_end=once,
+            stop=stop,
         )
-        client = self._client
-        while not stop.is_set():
-            batch = follower.take(client._run(follower.operation(client._core)))
-            if batch:
-                yield batch
-                follower.taken(batch[-1])
 
     def _end_id(self) -> int | None:
         try:

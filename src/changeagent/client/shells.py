@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import ssl
+import threading
 import time
 import uuid
 from collections.abc import AsyncGenerator, Generator, Sequence
@@ -215,14 +216,18 @@ class Client:
         skip_missed: bool = False,
         stop_at_end: bool = False,
         lag_check_s: float | None = LAG_CHECK_S,
+        stop: threading.Event | None = None,
     ) -> Generator[list[Change], None, None]:
         """As follow(), one non-empty batch (at most `limit` changes, in id order) per
         answer, for consumers that store a page at a time; the position moves past a
-        batch when the next one is asked for."""
+        batch when the next one is asked for. `stop`, when set (from another thread),
+        ends the iteration after the answer in flight, also an empty one: a caught-up
+        consumer notices it within one long poll (`block_s`, or `lag_check_s` with
+        several servers)."""
         follower = Follower(
             since, tuple(tags), type, block_s, limit, skip_missed, stop_at_end, lag_check_s
         )
-        while not follower.done:
+        while not follower.done and not (stop is not None and stop.is_set()):
             batch = follower.take(self._run(follower.operation(self._core)))
             if batch:
                 yield batch
