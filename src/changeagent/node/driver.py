@@ -28,6 +28,7 @@ from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from changeagent.node.counters import RuntimeCounters
 from changeagent.node.errors import NotAvailable, Overloaded, PayloadTooLarge
 from changeagent.node.ready_plan import (
     Apply,
@@ -99,8 +100,10 @@ class RaftDriver:
         applied: int,
         pending_max: int,
         rng: random.Random | None = None,
+        counters: RuntimeCounters | None = None,
     ) -> None:
         self.storage = storage
+        self.counters = counters if counters is not None else RuntimeCounters()
         rng = rng or random.Random()
         self.core = RaftNode(config, storage, storage.hard_state(), rng, applied=applied)
         self.tick_s = tick_s
@@ -246,7 +249,7 @@ class RaftDriver:
             return
         batch, self._queued = self._queued, []
         if self.core.role is not Role.LEADER:
-            _reject(batch, NotAvailable("leadership changed; retry", retry_after_s=1))
+            self._fail_proposals(batch, NotAvailable("leadership changed; retry", retry_after_s=1))
             return
         first = self.core.last_index + 1
         term = self.core.term
@@ -257,7 +260,7 @@ class RaftDriver:
         for proposal in batch:
             data = proposal.build(first + len(fitting))
             if len(data) > entry_bytes_max:
-                _reject([proposal], _too_large(len(data), entry_bytes_max))
+                self._fail_proposals([proposal], _too_large(len(data), entry_bytes_max))
             else:
                 fitting.append((proposal, data))
         try:
@@ -265,10 +268,10 @@ class RaftDriver:
                 [(proposal.entry_type, data, proposal.key) for proposal, data in fitting]
             )
         except ProposalDropped as error:
-            _reject(batch, Overloaded(f"the write was refused: {error}"))
+            self._fail_proposals(batch, Overloaded(f"the write was refused: {error}"))
             return
         except NotLeader:
-            _reject(batch, NotAvailable("leadership changed; retry", retry_after_s=1))
+            self._fail_proposals(batch, NotAvailable("leadership changed; retry", retry_after_s=1))
             return
         for index, (proposal, _) in zip(indices, fitting, strict=True):
             proposal.index, proposal.term = index, term
@@ -312,29 +315,36 @@ class RaftDriver:
         proposed = self._proposed
         if not proposed:
             return
+        committed = 0
         for entry in entries:
             proposal = proposed.pop(entry.index, None)
             if proposal is None or proposal.future.done():
                 continue
             if proposal.term == entry.term:
                 proposal.future.set_result(entry)
+                committed += 1
             else:
+                self.counters.proposals_failed += 1
                 proposal.future.set_exception(
                     NotAvailable("leadership changed before the write committed; retry")
                 )
                 proposal.future.exception()  # the waiter may have timed out
+        self.counters.proposals_committed += committed
+
+    def _fail_proposals(self, batch: list[_Proposal], error: Exception) -> None:
+        self.counters.proposals_failed += _reject(batch, error)
 
     def _fail_waiting(self, reason: str) -> None:
         queued, proposed = self._queued, list(self._proposed.values())
         self._queued, self._proposed = [], {}
         not_stored = NotAvailable(f"the write was not stored: {reason}")
-        _reject(queued, not_stored)
+        self._fail_proposals(queued, not_stored)
         if not self.core.membership.voters - {self.core.id}:
-            _reject(proposed, not_stored)  # a lone voter: nobody else holds them
+            self._fail_proposals(proposed, not_stored)  # a lone voter: nobody else holds them
             return
         # Proposed entries went to the followers with the leader's first APPEND:
         # a new leader may still commit them.
-        _reject(
+        self._fail_proposals(
             proposed,
             NotAvailable(
                 f"{reason}; the write may have been committed by another member: retry "
@@ -356,11 +366,15 @@ def _no_build(index: int) -> bytes:
     raise AssertionError("membership entries are built by the core")
 
 
-def _reject(batch: list[_Proposal], error: Exception) -> None:
+def _reject(batch: list[_Proposal], error: Exception) -> int:
+    """Fail every proposal of `batch` still waiting; how many there were."""
+    rejected = 0
     for proposal in batch:
         if not proposal.future.done():
             proposal.future.set_exception(error)
             proposal.future.exception()  # mark retrieved: a timed-out caller may be gone
+            rejected += 1
+    return rejected
 
 
 __all__ = ["DriverHooks", "MembershipChangeRejected", "RaftDriver"]

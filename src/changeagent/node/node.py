@@ -18,12 +18,14 @@ from __future__ import annotations
 import random
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from changeagent.change import NewChange
 from changeagent.config import Settings
 from changeagent.node.changelog import ChangeLog
+from changeagent.node.counters import RuntimeCounters
 from changeagent.node.errors import NotAvailable
 from changeagent.node.identity import ClusterIdentity
 from changeagent.node.limits import NodeLimits
@@ -40,7 +42,7 @@ from changeagent.storage import Storage
 if TYPE_CHECKING:
     from changeagent.transport import Reply, Request, RequestContext, Transport
 
-__all__ = ["Node", "NodeLimits", "NodeStatus"]
+__all__ = ["Node", "NodeLimits", "NodeStatus", "RuntimeCounters"]
 
 
 class Node:
@@ -112,6 +114,10 @@ class Node:
             failure=replica.failure,
             closing=replica.closing,
         )
+
+    def counters(self) -> RuntimeCounters:
+        """A copy of the runtime's counts (leader changes, proposals, purged entries)."""
+        return replace(self.replica.counters)
 
     # Wiring and lifecycle (in the order server.py calls them) -----------------------
 

@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 from changeagent.config import SECOND_NS, Settings, write_settings_file
 from changeagent.ids import format_id
 from changeagent.node.applied import AppliedIndex
+from changeagent.node.counters import RuntimeCounters
 from changeagent.node.driver import Build, DriverHooks, RaftDriver
 from changeagent.node.errors import CommitTimeout, NodeError, NotAvailable
 from changeagent.node.identity import META_NODE_ID, META_REMOVED_BY_SNAPSHOT, ClusterIdentity
@@ -89,6 +90,8 @@ class Replica:
         self.failure: str | None = None
         self.closing = False
         self.purge_checks = 0  # how many times the purge rule was evaluated (diagnostics)
+        self.counters = RuntimeCounters()  # read by the metrics at scrape time
+        self._last_leader = 0  # the leader last seen, to count leader changes
         self._settings_path = settings_path
         self._clock_ns = clock_ns
         self._rng = rng or random.Random()
@@ -199,6 +202,7 @@ class Replica:
             applied=applied,
             pending_max=self.limits.pending_proposals_max,
             rng=self._rng,
+            counters=self.counters,
         )
         self.applied.reset(applied)
         self.driver.start(self.supervisor.spawn)
@@ -337,6 +341,9 @@ class Replica:
 
     def _on_role_change(self, role: Role, leader_id: int | None) -> None:
         self.leader.leadership_changed()
+        if leader_id and leader_id != self._last_leader:
+            self._last_leader = leader_id
+            self.counters.leader_changes += 1
         term = self.driver.core.term if self.driver is not None else 0
         leader = format_id(leader_id) if leader_id else "unknown"
         log.info("raft: %s, term %d, leader %s", role.name, term, leader)
@@ -415,10 +422,12 @@ class Replica:
         compact = plan_compaction(self.driver.core, index, self.replicated.snapshot_data())
         if compact is None:
             return  # a newer snapshot from the leader is installed or about to be
+        before = self.storage.snapshot().index
         try:
             await self.storage.write(WriteBatch(snapshot=compact.snapshot, compact_to=index))
         except (StorageFailed, OSError) as error:  # propagates: the supervisor fails the node
             raise StorageFailed(f"purge to {index}: {error}") from error
+        self.counters.purged_entries += max(0, self.storage.snapshot().index - before)
 
     # Purge -----------------------------------------------------------------------------
 

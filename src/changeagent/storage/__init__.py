@@ -34,6 +34,7 @@ from changeagent.storage.errors import (
 from changeagent.storage.store import (
     TAIL_CACHE_BYTES_DEFAULT,
     ChangePage,
+    CommitObserver,
     FaultInjector,
     KnownAtStart,
     Storage,
@@ -42,6 +43,7 @@ from changeagent.storage.store import (
 __all__ = [
     "TAIL_CACHE_BYTES_DEFAULT",
     "ChangePage",
+    "CommitObserver",
     "CorruptionError",
     "FaultInjector",
     "KnownAtStart",

@@ -8,6 +8,7 @@ import contextlib
 import os
 import sqlite3
 import threading
+import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -41,6 +42,9 @@ from changeagent.storage.writer import (
 
 T = TypeVar("T")
 FaultInjector = Callable[[int], None]
+# Called on the writer thread after each committed transaction with the seconds its
+# COMMIT took (the WAL write and its fsync) and the entries it wrote.
+CommitObserver = Callable[[float, int], None]
 
 # The hot tail of recent changes kept in memory. 16 MiB holds ~100,000 typical
 # changes (enough for every consumer near the tail) and keeps a node with a
@@ -206,6 +210,7 @@ class Storage:
         self._closed = False
         self.commit_count = 0  # transactions committed (one fsync each)
         self.batches_written = 0
+        self.commit_observer: CommitObserver | None = None  # set before writes begin
         self._writer = threading.Thread(
             target=self._run_writer, name=f"storage-writer:{data_dir}", daemon=True
         )
@@ -579,7 +584,8 @@ class Storage:
                 except BatchRejected as error:
                     rejected.append((item, error))
             transaction.prepare_commit()
-            self._commit(transaction)
+            commit_s = self._commit(transaction)
+            entries = transaction.entries_written
         except Exception as error:  # any disk, SQLite or injected failure: fail-stop
             if transaction is not None:
                 _rollback_quietly(transaction)
@@ -591,8 +597,12 @@ class Storage:
         self.batches_written += len(group) - len(rejected)
         failed: dict[int, BaseException] = {id(item): error for item, error in rejected}
         settle([(item, failed.get(id(item))) for item in group])
+        observer = self.commit_observer
+        if observer is not None:
+            observer(commit_s, entries)
 
-    def _commit(self, transaction: GroupTransaction) -> None:
+    def _commit(self, transaction: GroupTransaction) -> float:
+        """COMMIT (one fsync) and publish; the seconds the COMMIT took."""
         fence = transaction.removed
         if fence:
             self._removal_lock.acquire()
@@ -600,7 +610,9 @@ class Storage:
         try:
             if self._fault_injector is not None:
                 self._fault_injector(self.commit_count + 1)
+            started = time.perf_counter()
             transaction.commit()
+            commit_s = time.perf_counter() - started
             self.commit_count += 1
             self._publish(transaction.state, transaction.tail_ops, transaction.truncated)
             if transaction.discarded:  # a new history: the old commit index means nothing
@@ -609,6 +621,7 @@ class Storage:
             if fence:
                 self._removal_generation += 1
                 self._removal_lock.release()
+        return commit_s
 
     def _publish(self, state: LogState, tail_ops: list[TailOp], truncated: bool) -> None:
         with self._lock:

@@ -107,6 +107,7 @@ class GroupTransaction:
         self.removed = False  # whether any entry was deleted (readers must be fenced)
         self.truncated = False  # whether a suffix was deleted (entries may be rewritten)
         self.discarded = False  # whether the whole log was discarded
+        self.entries_written = 0  # entries appended by this transaction's batches
         self._rows = _Rows()
         connection.execute("BEGIN IMMEDIATE")
 
@@ -121,6 +122,7 @@ class GroupTransaction:
             self._install_snapshot(batch.snapshot)
         if batch.entries:
             self._append(list(batch.entries))
+            self.entries_written += len(batch.entries)
         if batch.hard_state is not None:
             self._write_hard_state(batch.hard_state)
         if batch.meta:
