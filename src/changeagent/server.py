@@ -23,7 +23,9 @@ from changeagent.api.app import build_app
 from changeagent.api.auth import Authenticator
 from changeagent.api.caching import PAGE_CACHE_MAX_AGE_S_DEFAULT, PageCaching
 from changeagent.api.in_flight import RequestsInFlight
+from changeagent.api.observe import ACCESS_LOGGER, request_observer
 from changeagent.config import Settings, load_settings_file
+from changeagent.metrics import NodeMetrics
 from changeagent.node.node import Node, NodeLimits
 from changeagent.peers import build_transport, serve_cluster_port
 from changeagent.security.permissions import warn_if_data_dir_exposed
@@ -60,6 +62,7 @@ class ServerOptions:
     # without credentials under -pw (--public-reads), which lets shared caches keep them.
     page_cache_max_age_s: int = PAGE_CACHE_MAX_AGE_S_DEFAULT
     public_reads: bool = False
+    access_log: bool = False  # --access-log: a record per request on ACCESS_LOGGER
 
     def page_caching(self) -> PageCaching:
         shared = self.password_file is None or self.public_reads
@@ -93,10 +96,14 @@ async def start_listener(
     api_tls: ssl.SSLContext | None = None,
     transport: Transport | None = None,
     serve_links: bool = True,
+    metrics: NodeMetrics | None = None,
 ) -> Listeners:
     """One application on up to two sites: plain HTTP (-p) and HTTPS (-sp).
     `transport`'s links are served here with `serve_links` (no -cp); either way
-    the shutdown closes them (see `shutdown.py`)."""
+    the shutdown closes them (see `shutdown.py`). Every answered request is
+    counted in `metrics` (and logged with `options.access_log`) by aiohttp's
+    access-log hook (`api/observe.py`)."""
+    metrics = metrics if metrics is not None else NodeMetrics(node)
     # aiohttp waits for peers' links on this port too: clients' requests are
     # counted apart from them, for the shutdown's drain.
     in_flight = RequestsInFlight() if transport is not None and serve_links else None
@@ -109,9 +116,15 @@ async def start_listener(
         in_flight=in_flight,
         page_caching=options.page_caching(),
         public_reads=options.public_reads,
+        metrics=metrics,
     )
     GracefulShutdown(node, transport, in_flight).attach(app)
-    runner = web.AppRunner(app, shutdown_timeout=options.shutdown_grace_s, access_log=None)
+    runner = web.AppRunner(
+        app,
+        shutdown_timeout=options.shutdown_grace_s,
+        access_log_class=request_observer(metrics, options.prefix, options.access_log),
+        access_log=logging.getLogger(ACCESS_LOGGER),
+    )
     await runner.setup()
     http_port = https_port = None
     if options.port is not None:
@@ -174,6 +187,7 @@ async def serve_node(
     options: ServerOptions, authenticator: Authenticator | None, api_tls: ssl.SSLContext | None
 ) -> None:
     node = await open_node(options)
+    metrics = NodeMetrics(node)  # before Raft starts: its first fsyncs count too
     use_cluster_port = options.cluster_port is not None
     transport = build_transport(node, options.cluster_tls, use_cluster_port)
     try:
@@ -186,7 +200,13 @@ async def serve_node(
             )
             node.cluster.advertise(cluster_port)
         listeners = await start_listener(
-            node, options, authenticator, api_tls, transport, serve_links=not use_cluster_port
+            node,
+            options,
+            authenticator,
+            api_tls,
+            transport,
+            serve_links=not use_cluster_port,
+            metrics=metrics,
         )
         if options.cluster_port is None:
             node.cluster.advertise(listeners.http_port or 0)

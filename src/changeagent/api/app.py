@@ -12,7 +12,9 @@ from changeagent.api.caching import PageCaching
 from changeagent.api.context import STATE_KEY, ApiState
 from changeagent.api.errors import Handler, error_middleware
 from changeagent.api.in_flight import RequestsInFlight
+from changeagent.api.observe import stamp_start
 from changeagent.api.openapi import openapi_document
+from changeagent.metrics import NodeMetrics
 from changeagent.node.node import Node
 from changeagent.transport import Transport, add_cluster_route
 
@@ -26,6 +28,7 @@ def build_app(
     in_flight: RequestsInFlight | None = None,
     page_caching: PageCaching | None = None,
     public_reads: bool = False,
+    metrics: NodeMetrics | None = None,
 ) -> web.Application:
     """The API under `prefix`. With a `transport` (the WebSocket carrier; with -cp
     the links have their own port) peers' links are served at CLUSTER_PATH (never
@@ -33,16 +36,23 @@ def build_app(
     clients' requests apart from them for the shutdown that `server.py` orders.
     `client_certificates` (-cas) is only declared in the OpenAPI document: the TLS
     listener enforces it. `page_caching`: how HTTP caches may keep pages of
-    changes; `public_reads`: reads of changes need no credentials."""
+    changes; `public_reads`: reads of changes need no credentials. `metrics`: the
+    node's registry for GET /metrics (a new one when not given); `api/observe.py`
+    counts the requests."""
     # Authentication runs inside the error middleware, so a 401 is mapped like any error.
     middlewares: list[Middleware] = [error_middleware]
     if in_flight is not None:
         middlewares.insert(0, in_flight.middleware)
     if authenticator is not None:
         middlewares.append(auth_middleware(authenticator, prefix, public_reads))
+    middlewares.insert(0, stamp_start)  # outermost: the request's duration starts here
     app = web.Application(middlewares=middlewares, client_max_size=node.limits.body_bytes_max)
     app[STATE_KEY] = ApiState(
-        node=node, prefix=prefix, members=node.cluster, page_caching=page_caching or PageCaching()
+        node=node,
+        prefix=prefix,
+        members=node.cluster,
+        metrics=metrics if metrics is not None else NodeMetrics(node),
+        page_caching=page_caching or PageCaching(),
     )
     limits = node.limits
     document = orjson.dumps(
@@ -83,6 +93,7 @@ def build_app(
         ("GET", "/diagnostics/stack", operations.stack),
         ("GET", "/diagnostics/memory", operations.memory),
         ("GET", "/diagnostics/cpu", operations.cpu),
+        ("GET", "/metrics", operations.metrics),
     ]
     for method, path, handler in routes:
         app.router.add_route(

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from aiohttp import web
 
 from changeagent.api.caching import PageCaching
+from changeagent.metrics import NodeMetrics
 from changeagent.node.membership import ClusterMembership
 from changeagent.node.node import Node
 
@@ -15,6 +16,7 @@ from changeagent.node.node import Node
 class ApiState:
     node: Node
     members: ClusterMembership
+    metrics: NodeMetrics
     prefix: str = ""
     marked_down: bool = field(default=False)
     page_caching: PageCaching = field(default_factory=PageCaching)

@@ -299,6 +299,22 @@ def _paths(limit_max: int, block_max_s: float) -> dict[str, Any]:
         "/diagnostics/stack": {"get": _diagnostic(TEXT)},
         "/diagnostics/memory": {"get": _diagnostic(_json({"type": "object"}))},
         "/diagnostics/cpu": {"get": _diagnostic(_json({"type": "object"}))},
+        "/metrics": {
+            "get": {
+                "summary": "Prometheus metrics of this node",
+                "description": "The text exposition format (version 0.0.4), or "
+                "OpenMetrics when the Accept header asks for it.",
+                "responses": {
+                    "200": {
+                        "description": "metrics",
+                        "content": {
+                            **TEXT,
+                            "application/openmetrics-text": {"schema": {"type": "string"}},
+                        },
+                    }
+                },
+            }
+        },
     }
 
 

@@ -1,4 +1,4 @@
-"""Operational endpoints: /, /health, /config, /cluster and /diagnostics."""
+"""Operational endpoints: /, /health, /config, /cluster, /diagnostics and /metrics."""
 
 from __future__ import annotations
 
@@ -35,7 +35,7 @@ def text_response(text: str, status: int = 200) -> web.Response:
 
 async def root(request: web.Request) -> web.Response:
     base = base_url(request, state_of(request).prefix)
-    names = ("changes", "cluster", "config", "diagnostics", "health", "version")
+    names = ("changes", "cluster", "config", "diagnostics", "health", "metrics", "version")
     links = {name: f"{base}/{name}" for name in names}
     links["openapi"] = f"{base}/openapi.json"
     return json_response(links)
@@ -179,6 +179,12 @@ async def delete_member(request: web.Request) -> web.Response:
 
 async def version(request: web.Request) -> web.Response:
     return json_response({"version": package_version()})
+
+
+async def metrics(request: web.Request) -> web.Response:
+    """Prometheus metrics (text format; OpenMetrics when the Accept header asks)."""
+    body, content_type = state_of(request).metrics.render(request.headers.get("Accept"))
+    return web.Response(body=body, headers={"Content-Type": content_type})
 
 
 async def diagnostics(request: web.Request) -> web.Response:

@@ -1,0 +1,216 @@
+"""Prometheus metrics of one node (`GET /metrics`), built with prometheus_client.
+
+Each node has its own `CollectorRegistry` (tests run several nodes in one
+process, and the library's global registry would mix them). The values come
+from four places, chosen so that the write path pays (almost) nothing:
+
+- `NodeCollector` reads `Node.status()` (a frozen picture) and `Node.counters()`
+  at scrape time: every gauge (term, indices, leadership, long-polls, each
+  peer's match index on the leader, changes stored) and the runtime's counters
+  (leader changes, proposals, purged entries). Nothing is updated per write.
+- The storage calls `observe_commit` on its writer thread once per transaction
+  (one fsync, however many writes it carries): the fsync and batch-size
+  histograms.
+- The API calls `observe_request` once per answered request with a bounded
+  route label (the route's canonical path, e.g. "/changes/{id}", never the raw
+  path); the labelled children are cached, so a request costs about 1 µs.
+- prometheus_client's process, platform and GC collectors.
+
+Ids in labels are base 36, as everywhere a person sees them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import prometheus_client
+from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.exposition import choose_encoder
+
+from changeagent.ids import format_id
+from changeagent.node.node import Node
+from changeagent.raft import Role
+from changeagent.version import package_version
+
+# The `_created` series (a timestamp per counter and histogram) only add noise here.
+prometheus_client.disable_created_metrics()  # type: ignore[no-untyped-call]
+
+FSYNC_BUCKETS_S = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
+BATCH_BUCKETS_ENTRIES = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 4096)
+# Long-polls hold a request for up to --max-block (600 s by default).
+REQUEST_BUCKETS_S = (
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+    60.0, 300.0,
+)  # fmt: skip
+# Methods outside this set (any token is a valid HTTP method) share one label value.
+METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS"})
+OTHER_METHOD = "other"
+UNMATCHED_ROUTE = "(unmatched)"  # no route matched: 404, 405, a malformed request
+
+
+class NodeMetrics:
+    """The registry of one node, and the two observation points of the hot paths."""
+
+    def __init__(self, node: Node) -> None:
+        registry = CollectorRegistry()
+        self.registry = registry
+        prometheus_client.ProcessCollector(registry=registry)
+        prometheus_client.PlatformCollector(registry=registry)
+        prometheus_client.GCCollector(registry=registry)
+        registry.register(NodeCollector(node))
+        self._fsync_s = Histogram(
+            "changeagent_storage_fsync_seconds",
+            "Time of each storage COMMIT: the WAL write and its fsync (one per transaction).",
+            buckets=FSYNC_BUCKETS_S,
+            registry=registry,
+        )
+        self._batch_entries = Histogram(
+            "changeagent_storage_batch_entries",
+            "Log entries written by each storage transaction that wrote any (group commit).",
+            buckets=BATCH_BUCKETS_ENTRIES,
+            registry=registry,
+        )
+        self._requests = Counter(
+            "changeagent_http_requests",
+            "HTTP requests answered, by route (canonical path), method and status code.",
+            ["route", "method", "code"],
+            registry=registry,
+        )
+        self._request_s = Histogram(
+            "changeagent_http_request_duration_seconds",
+            "Time from reading a request to having written its answer, by route.",
+            ["route"],
+            buckets=REQUEST_BUCKETS_S,
+            registry=registry,
+        )
+        # (route, method, status) -> its counter and histogram children: labels() takes
+        # a lock and builds a key on every call; a dict lookup is a fraction of that.
+        self._request_children: dict[tuple[str, str, int], tuple[Counter, Histogram]] = {}
+        node.storage.commit_observer = self.observe_commit
+
+    def observe_commit(self, fsync_s: float, entries: int) -> None:
+        """Storage writer thread: one transaction committed."""
+        self._fsync_s.observe(fsync_s)
+        if entries:
+            self._batch_entries.observe(entries)
+
+    def observe_request(self, route: str, method: str, status: int, duration_s: float) -> None:
+        """One answered request. `route` must come from a bounded set (see the API)."""
+        if method not in METHODS:
+            method = OTHER_METHOD
+        key = (route, method, status)
+        children = self._request_children.get(key)
+        if children is None:
+            children = (
+                self._requests.labels(route, method, str(status)),
+                self._request_s.labels(route),
+            )
+            self._request_children[key] = children
+        children[0].inc()
+        children[1].observe(duration_s)
+
+    def render(self, accept: str | None) -> tuple[bytes, str]:
+        """The exposition (text format, or OpenMetrics when `accept` asks for it)
+        and its Content-Type. On the event loop: it reads the node's state."""
+        encoder, content_type = choose_encoder(accept or "")
+        return encoder(self.registry), content_type
+
+
+class NodeCollector:
+    """Gauges and the runtime's counters, read from the node when scraped."""
+
+    def __init__(self, node: Node) -> None:
+        self._node = node
+
+    def collect(self) -> Iterator[Metric]:
+        node = self._node
+        yield from _counters(node)
+        yield _gauge(
+            "changeagent_node_failed",
+            "1 once this node has failed stop (storage failure, corrupt data, a bug); "
+            "restart it to recover.",
+            1 if node.failure else 0,
+        )
+        try:
+            status = node.status()
+        except Exception:  # Raft not started yet, or storage unreadable (corrupt)
+            return
+        info = GaugeMetricFamily(
+            "changeagent_node_info",
+            "This node's id and cluster id (base 36; cluster 0: standalone) and version.",
+            labels=["node", "cluster", "version"],
+        )
+        info.add_metric(
+            [format_id(status.node_id), format_id(status.cluster_id), package_version()], 1
+        )
+        yield info
+        yield _gauge("changeagent_raft_term", "Current Raft term.", status.term)
+        yield _gauge(
+            "changeagent_raft_commit_index", "Highest log index known committed.",
+            status.committed_index,
+        )  # fmt: skip
+        yield _gauge(
+            "changeagent_raft_applied_index", "Highest log index applied (visible to reads).",
+            status.applied_index,
+        )  # fmt: skip
+        yield _gauge(
+            "changeagent_raft_last_index", "Last index in this node's log.", status.last_index
+        )
+        yield _gauge(
+            "changeagent_raft_is_leader", "1 on the leader (a standalone node leads itself).",
+            1 if status.role is Role.LEADER else 0,
+        )  # fmt: skip
+        yield _gauge(
+            "changeagent_raft_voters", "Voting members in this node's membership.",
+            len(status.voters),
+        )  # fmt: skip
+        yield _gauge(
+            "changeagent_long_polls_waiting", "GET /changes long-polls waiting for a change.",
+            status.long_polls,
+        )  # fmt: skip
+        yield _gauge(
+            "changeagent_changes_stored",
+            "Log entries this node holds: its changes and the few internal entries "
+            "(no-ops, settings, membership, purges).",
+            max(0, status.last_index - status.first_index + 1),
+        )
+        match = GaugeMetricFamily(
+            "changeagent_peer_match_index",
+            "On the leader: the highest index known replicated on each peer (base-36 id).",
+            labels=["peer"],
+        )
+        for peer, progress in sorted(status.peers.items()):
+            match.add_metric([format_id(peer)], progress.match)
+        yield match
+
+
+def _counters(node: Node) -> Iterator[Metric]:
+    counters = node.counters()
+    for name, documentation, value in (
+        (
+            "changeagent_raft_leader_changes",
+            "Times this node saw a new leader (the first one included).",
+            counters.leader_changes,
+        ),
+        (
+            "changeagent_proposals_committed",
+            "Entries proposed on this node (as leader) and committed.",
+            counters.proposals_committed,
+        ),
+        (
+            "changeagent_proposals_failed",
+            "Entries proposed on this node that were refused or lost before committing.",
+            counters.proposals_failed,
+        ),
+        (
+            "changeagent_purged_changes",
+            "Log entries removed from this node by purges.",
+            counters.purged_entries,
+        ),
+    ):
+        yield CounterMetricFamily(name, documentation, value=value)
+
+
+def _gauge(name: str, documentation: str, value: float) -> GaugeMetricFamily:
+    return GaugeMetricFamily(name, documentation, value=value)
