@@ -13,7 +13,8 @@ comments. Commands (node ids are integers):
     deliver                process Readies and deliver until quiet, printing messages
     settle                 the same, silently
     cut A->B | isolate ID | heal
-    add-learner L ID | promote L ID | remove L ID     membership changes on leader L
+    add-learner L ID | promote L ID | demote L ID | remove L ID
+                           membership changes on leader L
     transfer L ID          leadership transfer
     read-index ID CTX      request a linearizable read
     compact ID INDEX       compaction on one node (and purge of its log)
@@ -100,6 +101,7 @@ class Interpreter:
             "add-learner": lambda a: self.do_change(ConfChangeKind.ADD_LEARNER, a),
             "promote": lambda a: self.do_change(ConfChangeKind.PROMOTE, a),
             "remove": lambda a: self.do_change(ConfChangeKind.REMOVE, a),
+            "demote": lambda a: self.do_change(ConfChangeKind.DEMOTE, a),
             "transfer": lambda a: self.cluster.node(int(a[0])).transfer_leadership(int(a[1])),
             "read-index": lambda a: self.cluster.node(int(a[0])).read_index(a[1].encode()),
             "read-states": self.do_read_states,

@@ -1,5 +1,6 @@
 """Membership changes (dissertation chapter 4): single-server changes, one at a
-time, in effect once appended; learners; promotion; removal, even of the leader."""
+time, in effect once appended; learners; promotion; demotion and removal, even
+of the leader."""
 
 from __future__ import annotations
 
@@ -26,6 +27,7 @@ from .harness import Cluster, default_config, make_node
 
 MT = MessageType
 ADD, PROMOTE, REMOVE = ConfChangeKind.ADD_LEARNER, ConfChangeKind.PROMOTE, ConfChangeKind.REMOVE
+DEMOTE = ConfChangeKind.DEMOTE
 
 
 def grown_cluster() -> Cluster:
@@ -285,6 +287,7 @@ def test_the_leader_tracks_progress_of_new_members_and_forgets_removed_ones() ->
         (ConfChange(ADD, 2), "already a member"),
         (ConfChange(PROMOTE, 2), "not a learner"),
         (ConfChange(REMOVE, 9), "not a member"),
+        (ConfChange(DEMOTE, 9), "not a voter"),
     ],
 )
 def test_invalid_changes_are_rejected(change: ConfChange, reason: str) -> None:
@@ -299,3 +302,125 @@ def test_the_last_voter_cannot_be_removed() -> None:
     cluster.elect(1)
     with pytest.raises(MembershipChangeRejected, match="last voter"):
         cluster.change(1, REMOVE, 1)
+
+
+def test_the_last_voter_cannot_be_demoted() -> None:
+    cluster = Cluster(1, learners=(2,))
+    cluster.elect(1)
+    with pytest.raises(MembershipChangeRejected, match="last voter") as refused:
+        cluster.change(1, DEMOTE, 1)
+    assert not refused.value.busy  # it can never apply as the membership stands
+
+
+def test_a_demotion_round_trips_and_only_applies_to_a_voter() -> None:
+    change = ConfChange(DEMOTE, 3)
+    assert ConfChange.decode(change.encode()) == change
+    membership = Membership(frozenset({1, 2, 3}), frozenset({4}))
+    assert change.apply(membership) == Membership(frozenset({1, 2}), frozenset({3, 4}))
+    assert ConfChange(DEMOTE, 4).check(membership) == "node 4 is not a voter"
+
+
+def test_4_1_a_demoted_follower_still_receives_the_log_but_no_longer_counts() -> None:
+    """A demotion is a removal from the voters (so a single-server change, §4.1):
+    the majority is of the remaining voters, and the demoted server goes on
+    receiving every entry as a learner."""
+    cluster = Cluster(3)
+    cluster.elect(1)
+    cluster.change(1, DEMOTE, 3)
+    cluster.deliver()
+    for node_id in (1, 2, 3):
+        assert cluster.node(node_id).membership == Membership(frozenset({1, 2}), frozenset({3}))
+    assert cluster.node(1).progress[3].learner
+    cluster.propose(1, b"a")
+    cluster.deliver()
+    assert cluster.user_data(3) == [b"a"]
+    # Node 3's copy makes no majority with node 1 any more: 2 of {1, 2} is needed.
+    cluster.isolate(2)
+    commit = cluster.node(1).commit_index
+    cluster.propose(1, b"b")
+    cluster.deliver()
+    assert cluster.node(1).commit_index == commit
+    assert cluster.node(3).last_index == cluster.node(1).last_index  # it has it, all the same
+    cluster.heal()
+    cluster.tick_all(2)
+    assert cluster.user_data(3) == [b"a", b"b"]
+
+
+def test_4_2_2_a_demoted_learner_never_campaigns_once_it_knows_the_demotion_committed() -> None:
+    """Like a removed server (§4.2.3), a demoted one that knows the change
+    committed is not needed for elections and never campaigns; before that it
+    may (its log may be the only one holding the change)."""
+    node, _ = make_node(node_id=3, voters=(1, 2, 3))
+    demotion = Entry(1, 1, ENTRY_TYPE_MEMBERSHIP, ConfChange(DEMOTE, 3).encode())
+    node.step(Message(MT.APPEND, 1, 3, 1, 0, 0, (demotion,), commit=0))
+    assert node.membership == Membership(frozenset({1, 2}), frozenset({3}))
+    for _ in range(30):
+        node.tick()
+    assert node.role is Role.PRE_CANDIDATE  # not known committed: it may be needed
+    node.step(Message(MT.HEARTBEAT, 1, 3, 2, commit=1))
+    for _ in range(100):
+        node.tick()
+    assert node.role is Role.FOLLOWER and node.term == 2  # type: ignore[comparison-overlap]
+
+
+def test_4_2_2_a_demoted_leader_steps_down_hands_over_and_stays_a_learner() -> None:
+    """The leader may demote itself: it manages the cluster until the change
+    commits, then steps down, hands over with TimeoutNow and follows as a learner."""
+    cluster = Cluster(3)
+    cluster.elect(1)
+    index = cluster.change(1, DEMOTE, 1)
+    assert cluster.node(1).role is Role.LEADER
+    cluster.deliver()
+    assert cluster.node(1).role is Role.FOLLOWER
+    assert len(cluster.leaders()) == 1 and cluster.leaders()[0] in (2, 3)
+    new_leader = cluster.leaders()[0]
+    assert cluster.node(new_leader).commit_index >= index
+    assert cluster.node(new_leader).membership == Membership(frozenset({2, 3}), frozenset({1}))
+    cluster.propose(new_leader, b"after")
+    cluster.tick_all(3)
+    assert cluster.user_data(1) == [b"after"]  # still replicated to as a learner
+    cluster.tick(1, 100)
+    assert cluster.node(1).role is Role.FOLLOWER  # and never campaigns
+
+
+def test_a_demoted_learner_can_be_promoted_again() -> None:
+    cluster = Cluster(3)
+    cluster.elect(1)
+    cluster.change(1, DEMOTE, 3)
+    cluster.deliver()
+    cluster.change(1, PROMOTE, 3)
+    cluster.deliver()
+    assert cluster.node(3).membership.voters == {1, 2, 3}
+    assert not cluster.node(1).progress[3].learner
+
+
+def test_a_demotion_that_would_leave_no_reachable_quorum_is_refused() -> None:
+    """Demotions take effect on append: demoting node 2 while node 3 is silent
+    would leave voters {1, 3} with only node 1 reachable, so nothing (not even
+    the demotion) could commit until node 3 came back. The leader refuses it as
+    busy (it may succeed later); demoting the silent node itself is fine."""
+    cluster = Cluster(3)
+    cluster.elect(1)
+    cluster.isolate(3)
+    cluster.tick_all(2 * 10)  # two check-quorum sweeps without a word from node 3
+    assert cluster.node(1).role is Role.LEADER
+    with pytest.raises(MembershipChangeRejected, match="no quorum") as refused:
+        cluster.change(1, DEMOTE, 2)
+    assert refused.value.busy
+    assert cluster.node(1).membership.voters == {1, 2, 3}
+    index = cluster.change(1, DEMOTE, 3)
+    cluster.deliver()
+    assert cluster.node(1).commit_index >= index
+    assert cluster.node(1).membership == Membership(frozenset({1, 2}), frozenset({3}))
+
+
+def test_a_peer_heard_from_before_the_last_sweep_still_counts_as_reachable() -> None:
+    """Right after a check-quorum sweep clears `recent_active`, a live peer has
+    not answered yet; the previous sweep's answer keeps it reachable."""
+    cluster = Cluster(3)
+    cluster.elect(1)
+    cluster.tick_all(10, deliver=False)  # the sweep happens with nothing delivered since
+    cluster.queue.clear()
+    assert not any(progress.recent_active for progress in cluster.node(1).progress.values())
+    cluster.change(1, DEMOTE, 3)  # not refused
+    assert cluster.node(1).membership.voters == {1, 2}

@@ -28,8 +28,9 @@ is durable); other nodes start with an empty log and are added with
 leader; a snapshot at index 0 cannot be sent, so with one — what the node layer
 uses, so that a fresh node's first entry is index 1 — every joining node must be
 given the same base membership out of band: the node layer sends it in its
-`join` request.) A removed node that continues alone writes a `RESET`
-membership entry into its own log (never proposed): membership {itself}.
+`join` request.) `DEMOTE` turns a voter (the leader too) back into a learner.
+A removed node that continues alone writes a `RESET` membership entry into
+its own log (never proposed): membership {itself}.
 
 See DESIGN.md in this directory for the decisions and trade-offs.
 """

@@ -17,7 +17,9 @@ _VERSION = 1
 
 
 class ConfChangeKind(IntEnum):
-    """The three single-server changes."""
+    """The single-server changes (each moves at most one server in or out of
+    the voters, so every majority of the old voters overlaps every majority of
+    the new ones: §4.1's argument holds for all of them)."""
 
     ADD_LEARNER = 1  # a new member that receives the log but does not vote
     PROMOTE = 2  # a learner becomes a voter
@@ -25,6 +27,9 @@ class ConfChangeKind(IntEnum):
     # Written by a removed node into its own log, never proposed: it starts a
     # one-member cluster of that node (it keeps its data, becomes standalone).
     RESET = 4
+    # A voter becomes a learner (may be the leader itself): for the voters it
+    # is a removal, and the server goes on receiving the log.
+    DEMOTE = 5
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,6 +69,11 @@ class ConfChange:
                 return f"node {self.node_id} is not a member"
             if membership.voters == {self.node_id}:
                 return "cannot remove the last voter"
+        if self.kind is ConfChangeKind.DEMOTE:
+            if self.node_id not in membership.voters:
+                return f"node {self.node_id} is not a voter"
+            if membership.voters == {self.node_id}:
+                return "cannot demote the last voter: no voter would be left to form a quorum"
         return None
 
     def apply(self, membership: Membership) -> Membership:
@@ -76,6 +86,9 @@ class ConfChange:
         elif self.kind is ConfChangeKind.PROMOTE:
             learners.discard(self.node_id)
             voters.add(self.node_id)
+        elif self.kind is ConfChangeKind.DEMOTE:
+            voters.discard(self.node_id)
+            learners.add(self.node_id)
         else:
             voters.discard(self.node_id)
             learners.discard(self.node_id)

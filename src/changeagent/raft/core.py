@@ -151,8 +151,11 @@ class RaftNode:
         It takes effect as soon as it is appended (§4.1). Raises `NotLeader`, or
         `MembershipChangeRejected` if another change is still uncommitted, the
         leader has not committed an entry of its term yet, the change does not
-        apply to the current membership, or a learner to promote is not caught
-        up (its progress is not in the replicate state).
+        apply to the current membership, a learner to promote is not caught
+        up (its progress is not in the replicate state), or a demotion would
+        leave voters of which too few were heard from recently to form a quorum.
+        The last three are `busy` (they may succeed later). A leader that
+        removes or demotes itself steps down once the change commits.
         """
         index = reconfiguration.propose_membership(self, change)
         self._checker.check()

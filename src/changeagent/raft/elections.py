@@ -69,11 +69,12 @@ def tick_election(node: RaftNode) -> None:
 
 def can_campaign(node: RaftNode) -> bool:
     """A voter may campaign; so may a server that its latest configuration removes
-    while it does not know that removal to be committed (§4.2.2): the others may
-    still need it, as its log can be the only one holding the removal. It then
-    wins with a majority of that configuration, not counting itself, and steps
-    down once the removal commits (simulator seed 772: a removed leader whose
-    entry reached no one else deadlocked a two-voter cluster)."""
+    (or demotes to learner) while it does not know that change to be committed
+    (§4.2.2): the others may still need it, as its log can be the only one
+    holding the change. It then wins with a majority of that configuration, not
+    counting itself, and steps down once the change commits (simulator seed 772:
+    a removed leader whose entry reached no one else deadlocked a two-voter
+    cluster)."""
     if node._is_voter():
         return True
     memberships = node._memberships

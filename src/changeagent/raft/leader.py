@@ -46,6 +46,7 @@ def quorum_recently_active(node: RaftNode) -> bool:
     for peer, progress in node._progress.items():
         if progress.recent_active and peer in voters:
             active += 1
+        progress.previous_active = progress.recent_active
         progress.recent_active = False
     return has_quorum(active, len(voters))
 

@@ -23,6 +23,7 @@ class Progress:
         "match",
         "next",
         "pending_snapshot",
+        "previous_active",
         "probe_sent",
         "read_round",
         "recent_active",
@@ -40,6 +41,10 @@ class Progress:
         self.snapshot_sent_tick = 0
         # Set by any response; cleared by the leader's check-quorum sweep.
         self.recent_active = False
+        # `recent_active` as the previous sweep found it: with it, a peer heard
+        # from within the last one or two election timeouts counts as reachable
+        # even just after a sweep cleared `recent_active`.
+        self.previous_active = False
         # Highest ReadIndex round this peer has echoed in a heartbeat response.
         self.read_round = 0
         self.learner = learner
@@ -112,6 +117,10 @@ class Progress:
         self.next = max(min(rejected, match_hint + 1), self.match + 1)
         self.probe_sent = False
         return True
+
+    def reachable(self) -> bool:
+        """Whether the peer answered within the last one or two election timeouts."""
+        return self.recent_active or self.previous_active
 
     def view(self) -> PeerProgress:
         return PeerProgress(

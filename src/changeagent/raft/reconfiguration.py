@@ -15,6 +15,7 @@ from changeagent.raft import replication
 from changeagent.raft.confchange import ConfChange, ConfChangeKind
 from changeagent.raft.entry import ENTRY_TYPE_MEMBERSHIP, Entry
 from changeagent.raft.errors import MembershipChangeRejected
+from changeagent.raft.quorum import has_quorum, quorum_size
 from changeagent.raft.ready import ProgressState, Role
 
 if TYPE_CHECKING:
@@ -36,7 +37,9 @@ def propose_membership(node: RaftNode, change: ConfChange) -> int:
     if change.kind is ConfChangeKind.PROMOTE:
         progress = node._progress.get(change.node_id)
         if progress is None or progress.state is not ProgressState.REPLICATE:
-            raise MembershipChangeRejected(f"learner {change.node_id} is not caught up")
+            raise MembershipChangeRejected(f"learner {change.node_id} is not caught up", busy=True)
+    elif change.kind is ConfChangeKind.DEMOTE:
+        check_quorum_after_demotion(node, change.node_id)
     index = node._log.last_index() + 1
     entry = Entry(index, node._term, ENTRY_TYPE_MEMBERSHIP, change.encode())
     node._log.append([entry])
@@ -44,6 +47,24 @@ def propose_membership(node: RaftNode, change: ConfChange) -> int:
     on_entries_appended(node, [entry])
     replication.broadcast_append(node)
     return index
+
+
+def check_quorum_after_demotion(node: RaftNode, demoted: int) -> None:
+    """Refuse a demotion after which the voters we can reach are no majority of
+    the remaining voters: it takes effect on append, so the cluster could commit
+    nothing (the demotion included) until enough of them came back."""
+    voters = node._membership.voters - {demoted}
+    reachable = sum(
+        1
+        for voter in voters
+        if voter == node._id or (voter in node._progress and node._progress[voter].reachable())
+    )
+    if not has_quorum(reachable, len(voters)):
+        raise MembershipChangeRejected(
+            f"demoting node {demoted} would leave {len(voters)} voters of which only "
+            f"{reachable} are reachable: no quorum (needs {quorum_size(len(voters))})",
+            busy=True,
+        )
 
 
 def on_entries_appended(node: RaftNode, entries: list[Entry] | tuple[Entry, ...]) -> None:

@@ -56,13 +56,13 @@ def propose(node: RaftNode, entries_data: list[tuple[int, bytes, str]]) -> range
 
 def check_can_propose(node: RaftNode) -> None:
     """Only a leader appends; not while handing over (the target must catch up) nor
-    while it is being removed (it is about to step down)."""
+    while it is being removed or demoted (it is about to step down)."""
     if node._role is not Role.LEADER:
         raise NotLeader(node._leader)
     if node._transferee is not None:
         raise ProposalDropped("a leadership transfer is in progress")
     if not node._is_voter():
-        raise ProposalDropped("this leader is being removed from the cluster")
+        raise ProposalDropped("this leader is being removed or demoted: it is no voter")
 
 
 def release_uncommitted(node: RaftNode, entries: tuple[Entry, ...]) -> None:
@@ -202,8 +202,8 @@ def after_commit(node: RaftNode) -> None:
         for context, requester in node._reads.take_waiting():
             node._leader_read(context, requester)
     if not node._is_voter() and log.commit >= node._memberships.latest_index():
-        # §4.2.2: a removed leader steps down once its removal is committed,
-        # and hands over to the most up-to-date remaining voter at once.
+        # §4.2.2: a removed (or demoted) leader steps down once its removal is
+        # committed, and hands over to the most up-to-date remaining voter at once.
         best = max(
             (peer for peer in node._membership.voters if peer in node._progress),
             key=lambda peer: node._progress[peer].match,
