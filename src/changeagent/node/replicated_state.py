@@ -1,7 +1,8 @@
 """ReplicatedState: what a node's internal log entries mean, as a pure function.
 
 Every member applies the same committed internal entries (settings, member
-addresses, purge points, membership changes) and must end in the same state,
+addresses, purge points, membership changes and the roles members are meant
+to keep) and must end in the same state,
 whether it applies them live, one Ready at a time, or rebuilds them at start from
 its snapshot record and the committed log. Both paths call `apply`, so recovery
 reaches exactly the state live application reached (a node removed just before it
@@ -23,6 +24,7 @@ from changeagent.config import Settings
 from changeagent.node.settings_entry import (
     ENTRY_TYPE_ADDRESS,
     decode_address,
+    decode_member_context,
     decode_purge,
     decode_settings,
     decode_snapshot_data,
@@ -86,7 +88,8 @@ Effect = SettingsChanged | AddressChanged | MemberRemoved | PurgeCommitted | Rem
 
 @dataclass(slots=True)
 class ReplicatedState:
-    """Settings, member addresses, the purge point and whether this node must leave.
+    """Settings, member addresses, the purge point, the learners kept as learners
+    and whether this node must leave.
 
     Invariant: equal sequences of `apply`/`install_snapshot` calls from equal
     starting states give equal states and equal effects.
@@ -96,6 +99,10 @@ class ReplicatedState:
     settings: Settings
     addresses: dict[int, str] = field(default_factory=dict)  # member id -> host:port
     purge_index: int = 0  # highest purge point applied (compaction may lag behind it)
+    # Read-only members: learners that stay learners (added with role=learner or
+    # demoted). The leader promotes every other learner once it has caught up.
+    # Replicated, so every node, and so any future leader, agrees on it.
+    kept_learners: set[int] = field(default_factory=set)
     # Set by our own REMOVE (or a snapshot that removes us), cleared by the RESET
     # entry the node writes when it leaves: a node that crashed in between still
     # has to leave after a restart.
@@ -111,8 +118,11 @@ class ReplicatedState:
     ) -> ReplicatedState:
         """The state a compaction point recorded (`default` settings if it has none);
         `members` are the voters and learners of the snapshot's membership."""
-        settings, addresses = decode_snapshot_data(data)
-        state = cls(node_id, settings if settings is not None else default, addresses)
+        recorded = decode_snapshot_data(data)
+        settings = recorded.settings if recorded.settings is not None else default
+        state = cls(
+            node_id, settings, recorded.addresses, kept_learners=set(recorded.kept_learners)
+        )
         state.member = node_id in set(members)
         return state
 
@@ -145,7 +155,7 @@ class ReplicatedState:
 
     def snapshot_data(self) -> bytes:
         """What a compaction point records of this state (see `settings_entry`)."""
-        return encode_snapshot_data(self.settings, self.addresses)
+        return encode_snapshot_data(self.settings, self.addresses, self.kept_learners)
 
     def apply(self, entry: Entry) -> list[Effect]:
         """Apply one committed entry; user changes (type >= 0) have no effect here."""
@@ -165,12 +175,15 @@ class ReplicatedState:
         removed while it did not hear of it (its REMOVE entry is compacted away)."""
         members = set(members)
         removed = self.removed_by(members)
-        settings, addresses = decode_snapshot_data(data)
+        recorded = decode_snapshot_data(data)
         effects: list[Effect] = []
-        if settings is not None:
-            effects += self._set_settings(settings)
-        for node_id, address in sorted(addresses.items()):
+        if recorded.settings is not None:
+            effects += self._set_settings(recorded.settings)
+        for node_id, address in sorted(recorded.addresses.items()):
             effects += self._set_address(node_id, address)
+        # The snapshot's record replaces ours: the entries after it, which we
+        # apply next, bring it up to date (applying one again changes nothing).
+        self.kept_learners = set(recorded.kept_learners)
         if removed:
             self.member, self.must_leave = False, True
             effects.append(RemovedSelf())
@@ -194,18 +207,36 @@ class ReplicatedState:
         return [PurgeCommitted(index)]
 
     def _apply_membership(self, change: ConfChange) -> list[Effect]:
-        ours = change.node_id == self.node_id
-        if change.kind is ConfChangeKind.ADD_LEARNER:
+        ours, kind = change.node_id == self.node_id, change.kind
+        if kind is ConfChangeKind.ADD_LEARNER:
             self.member = self.member or ours
-            if change.context:
-                return self._set_address(change.node_id, change.context.decode())
+            address, keep_learner = decode_member_context(change.context)
+            self._keep_learner(change.node_id, keep_learner)
+            return self._set_address(change.node_id, address) if address else []
+        if kind is ConfChangeKind.PROMOTE or kind is ConfChangeKind.DEMOTE:
+            self._keep_learner(change.node_id, kind is ConfChangeKind.DEMOTE)
             return []
-        if change.kind is ConfChangeKind.REMOVE:
+        if kind is ConfChangeKind.REMOVE:
             self.addresses.pop(change.node_id, None)
+            self.kept_learners.discard(change.node_id)
             if ours:
                 self.member, self.must_leave = False, True
                 return [RemovedSelf()]
             return [MemberRemoved(change.node_id)]
-        if change.kind is ConfChangeKind.RESET and ours:
+        if kind is ConfChangeKind.RESET and ours:
+            # A cluster of this node alone: nothing of the old one's roles holds.
             self.member, self.must_leave = True, False
+            self.kept_learners.clear()
         return []
+
+    def _keep_learner(self, node_id: int, keep: bool) -> None:
+        if keep:
+            self.kept_learners.add(node_id)
+        else:
+            self.kept_learners.discard(node_id)
+
+    def learners_to_promote(self, learners: Iterable[int]) -> list[int]:
+        """The learners the leader should promote once they have caught up: those
+        not kept as learners. Meaningful only once every membership entry in the
+        log is applied (the caller checks), since roles change on commit."""
+        return sorted(set(learners) - self.kept_learners)
