@@ -21,8 +21,9 @@ The network (`network.Network`) drops, delays, duplicates and reorders messages
 and cuts links for symmetric and asymmetric partitions. A chaos driver
 (`chaos.ChaosDriver`) draws a fault profile per seed and then random actions:
 client proposals and ReadIndex requests, crashes and restarts, partitions and
-heals, membership changes (add learner, promote, remove, including the leader,
-and remove-and-stop), leadership transfers, purges through the leader,
+heals, membership changes (add a learner to promote or one kept as a
+read-only learner, promote, demote and remove, including the leader, and
+remove-and-stop), leadership transfers, purges through the leader,
 compactions and forced campaigns.
 
 After every event the checkers (`checkers`) verify election safety, log
@@ -31,7 +32,8 @@ no applied entry is ever lost, that no ReadIndex answer is stale, and that a
 failed node never answers a write. After the fault phase comes a liveness phase:
 faults stop, partitions heal, crashed nodes restart, and within a bounded number
 of ticks a leader must be elected, every client proposal applied, every member
-that has not failed caught up and every removed node gone; then the failed
+that has not failed caught up (with the same kept learners as the leader) and
+every removed node gone; then the failed
 nodes are restarted and everyone must catch up.
 
 `bugs` plants deliberate bugs (without touching production files) to show the

@@ -19,7 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from changeagent.node.settings_entry import encode_purge
+from changeagent.node.settings_entry import encode_member_context, encode_purge
 from changeagent.raft.confchange import ConfChange, ConfChangeKind
 from changeagent.raft.entry import ENTRY_TYPE_PURGE
 from changeagent.raft.errors import NotLeader, ProposalDropped
@@ -305,9 +305,16 @@ class ChaosDriver:
         choices: list[ConfChange] = []
         next_id = max(self.sim.nodes) + 1
         if len(members) < MEMBERS_MAX and next_id <= NODE_IDS_MAX:
-            choices.append(ConfChange(ConfChangeKind.ADD_LEARNER, next_id))
+            # A member to promote once caught up, or a read-only one that stays a
+            # learner (the role rides in the entry, as the node layer writes it).
+            for keep_learner in (False, True):
+                context = encode_member_context(f"sim:{next_id}", keep_learner=keep_learner)
+                choices.append(ConfChange(ConfChangeKind.ADD_LEARNER, next_id, context))
         choices.extend(
             ConfChange(ConfChangeKind.PROMOTE, node_id) for node_id in sorted(membership.learners)
+        )
+        choices.extend(
+            ConfChange(ConfChangeKind.DEMOTE, node_id) for node_id in sorted(membership.voters)
         )
         choices.extend(ConfChange(ConfChangeKind.REMOVE, node_id) for node_id in members)
         change = self.random.choice(choices)
@@ -488,6 +495,10 @@ class ChaosDriver:
             return f"leader {leader.node_id} is not a voter"
         if self.sim.client.pending:
             return f"{len(self.sim.client.pending)} proposals not applied"
+        kept = leader.replicated.kept_learners
+        if not kept <= raft.membership_at(leader.applied).learners:
+            # Roles change on commit, membership on append: compare at what is applied.
+            return f"kept learners {sorted(kept)} are not all learners at {leader.applied}"
         for node_id in sorted(raft.membership.voters | raft.membership.learners):
             node = self.sim.nodes.get(node_id)
             if node is not None and node.failed is not None and not include_failed:
@@ -496,6 +507,12 @@ class ChaosDriver:
                 return f"member {node_id} is down"
             if node.applied < raft.commit_index:
                 return f"member {node_id} applied {node.applied} < commit {raft.commit_index}"
+            if node.applied == leader.applied and node.replicated.kept_learners != kept:
+                # Roles are replicated state: equal applied prefixes, equal roles.
+                return (
+                    f"member {node_id} keeps learners {sorted(node.replicated.kept_learners)}, "
+                    f"the leader {sorted(kept)}"
+                )
         for node in self.sim.sorted_nodes():
             if node.departed or not (include_failed or node.failed is None):
                 continue

@@ -141,7 +141,9 @@ class Runtime:
         self.random = simulation.random
         self.checkers = simulation.checkers
         self.options = simulation.options
-        self._snapshot_data_cache: dict[tuple[Settings, tuple[tuple[int, str], ...]], bytes] = {}
+        self._snapshot_data_cache: dict[
+            tuple[Settings, tuple[tuple[int, str], ...], tuple[int, ...]], bytes
+        ] = {}
 
     # ---- lifecycle ----
 
@@ -443,7 +445,11 @@ class Runtime:
         """`ReplicatedState.snapshot_data()`, memoized: its YAML encoding costs more
         than a whole simulated event, and the state rarely changes."""
         state = node.replicated
-        key = (state.settings, tuple(sorted(state.addresses.items())))
+        key = (
+            state.settings,
+            tuple(sorted(state.addresses.items())),
+            tuple(sorted(state.kept_learners)),
+        )
         data = self._snapshot_data_cache.get(key)
         if data is None:
             data = self._snapshot_data_cache[key] = state.snapshot_data()
