@@ -84,6 +84,7 @@ def build_app(
         ("POST", "/cluster/members", operations.add_member),
         ("GET", "/cluster/members/{id}", operations.get_member),
         ("DELETE", "/cluster/members/{id}", operations.delete_member),
+        ("PUT", "/cluster/members/{id}", operations.put_member),
         ("GET", "/version", operations.version),
         ("GET", "/diagnostics", operations.diagnostics),
         ("GET", "/diagnostics/id", operations.node_id),

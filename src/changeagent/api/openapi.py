@@ -247,6 +247,10 @@ def _paths(limit_max: int, block_max_s: float) -> dict[str, Any]:
             "get": {"summary": "Members by id", "responses": {"200": _ok_json("members", MEMBERS)}},
             "post": {
                 "summary": "Create a cluster (own address on a standalone node) or add a node",
+                "description": "A node added as a voter (the default) joins as a learner "
+                "and is promoted once it has caught up; with role=learner it stays a "
+                "read-only member: it replicates everything, serves reads and forwards "
+                "writes, but never votes nor counts toward a quorum.",
                 "requestBody": {
                     "required": True,
                     "content": {
@@ -256,8 +260,11 @@ def _paths(limit_max: int, block_max_s: float) -> dict[str, Any]:
                 },
                 "responses": {
                     "200": _ok_json("the cluster with its members", CLUSTER),
-                    "400": _error("bad address, or a node that cannot join"),
-                    "409": _error("another membership change is in progress"),
+                    "400": _error("bad address or role, or a node that cannot join"),
+                    "409": _error(
+                        "another membership change is in progress, or the node is a "
+                        "member with another role"
+                    ),
                     "415": _error("neither a form nor JSON"),
                     "503": _error("no leader, or the new member is still catching up"),
                 },
@@ -271,6 +278,32 @@ def _paths(limit_max: int, block_max_s: float) -> dict[str, Any]:
                     "200": {"description": "address", "content": TEXT},
                     "400": _error("not a base-36 id"),
                     "404": _error("not a member"),
+                },
+            },
+            "put": {
+                "summary": "Promote (role=voter) or demote (role=learner) a member",
+                "description": "A demoted member stays a read-only learner; the leader "
+                "may demote itself (it hands over once the change commits). Giving a "
+                "member the role it has changes nothing.",
+                "parameters": [MEMBER_ID],
+                "requestBody": {
+                    "required": True,
+                    "content": {
+                        "application/x-www-form-urlencoded": {"schema": ROLE},
+                        "application/json": {"schema": ROLE},
+                    },
+                },
+                "responses": {
+                    "200": _ok_json("the cluster with the member's new role", CLUSTER),
+                    "400": _error("not a base-36 id, or no such role"),
+                    "404": _error("not a member"),
+                    "409": _error(
+                        "another membership change is in progress; the learner is not "
+                        "caught up or still joining; demoting would leave no voter, or "
+                        "no quorum of reachable voters"
+                    ),
+                    "415": _error("neither a form nor JSON"),
+                    "503": _error("no leader, or not committed in time"),
                 },
             },
             "delete": {
@@ -330,13 +363,24 @@ CLUSTER = {
             "type": "object",
             "additionalProperties": {"type": "string", "enum": ["voter", "learner"]},
         },
+        "readOnly": {
+            "type": "array",
+            "items": {"type": "string"},
+            "description": "learners that stay learners (the others are joining)",
+        },
+        "quorum": {"type": "integer", "description": "voters that make a majority"},
     },
 }
+ROLE_NAME = {"type": "string", "enum": ["voter", "learner"]}
 ADDRESS = {
     "type": "object",
     "required": ["address"],
-    "properties": {"address": {"type": "string", "description": "host:port"}},
+    "properties": {
+        "address": {"type": "string", "description": "host:port"},
+        "role": {**ROLE_NAME, "default": "voter"},
+    },
 }
+ROLE = {"type": "object", "required": ["role"], "properties": {"role": ROLE_NAME}}
 MEMBER_ID = {
     "name": "id",
     "in": "path",

@@ -119,7 +119,13 @@ def cluster_document(request: web.Request) -> dict[str, Any]:
         "term": status.term,
         "members": _members_map(members.members()),
         "roles": {format_id(member): role for member, role in members.roles().items()},
+        "readOnly": _sorted_ids(members.kept_learners()),
+        "quorum": members.quorum_size(),
     }
+
+
+def _sorted_ids(ids: frozenset[int]) -> list[str]:
+    return sorted(format_id(member) for member in ids)  # as "voters" and "learners" are
 
 
 async def get_cluster(request: web.Request) -> web.Response:
@@ -145,27 +151,44 @@ async def get_member(request: web.Request) -> web.Response:
     return text_response(address)
 
 
-async def _address_from(request: web.Request) -> str:
+async def _fields_from(request: web.Request, example: str) -> dict[str, Any]:
+    """The request's form (application/x-www-form-urlencoded) or JSON object."""
     if request.content_type not in ("application/json", "application/x-www-form-urlencoded"):
-        raise ApiError(
-            415, "send address=host:port as a form (application/x-www-form-urlencoded) or JSON"
-        )
-    if request.content_type == "application/json":
-        try:
-            document = orjson.loads(await request.read())
-        except orjson.JSONDecodeError as error:
-            raise ApiError(400, f"request body is not valid JSON: {error}") from None
-        address = document.get("address") if isinstance(document, dict) else None
-    else:
-        address = (await request.post()).get("address")
-    if not isinstance(address, str) or not address:
-        raise ApiError(400, "send the new member's address as address=host:port")
-    return address
+        raise ApiError(415, f"send {example} as a form (application/x-www-form-urlencoded) or JSON")
+    if request.content_type == "application/x-www-form-urlencoded":
+        return dict(await request.post())
+    try:
+        document = orjson.loads(await request.read())
+    except orjson.JSONDecodeError as error:
+        raise ApiError(400, f"request body is not valid JSON: {error}") from None
+    if not isinstance(document, dict):
+        raise ApiError(400, f"send {example} as a JSON object")
+    return document
+
+
+def _role_field(fields: dict[str, Any], default: str | None) -> str:
+    role = fields.get("role", default)
+    if role not in ("voter", "learner"):
+        shown = repr(role)[:40] if role is not None else "nothing"
+        raise ApiError(400, f"role must be voter or learner, not {shown}")
+    return str(role)
 
 
 async def add_member(request: web.Request) -> web.Response:
-    address = await _address_from(request)
-    await state_of(request).members.add(address)
+    fields = await _fields_from(request, "address=host:port (and optionally role=learner)")
+    address = fields.get("address")
+    if not isinstance(address, str) or not address:
+        raise ApiError(400, "send the new member's address as address=host:port")
+    role = _role_field(fields, "voter")
+    await state_of(request).members.add(address, role)
+    return json_response(cluster_document(request))
+
+
+async def put_member(request: web.Request) -> web.Response:
+    """Promote (role=voter) or demote (role=learner: a read-only member) a member."""
+    node_id = _member_id(request)
+    role = _role_field(await _fields_from(request, "role=voter or role=learner"), None)
+    await state_of(request).members.set_role(node_id, role)
     return json_response(cluster_document(request))
 
 
@@ -209,7 +232,8 @@ async def raft_leader(request: web.Request) -> web.Response:
 
 
 async def raft_status(request: web.Request) -> web.Response:
-    status = state_of(request).node.status()
+    state = state_of(request)
+    status, members = state.node.status(), state.members
     return json_response(
         {
             "id": format_id(status.node_id),
@@ -223,12 +247,16 @@ async def raft_status(request: web.Request) -> web.Response:
             "committedIndex": status.committed_index,
             "voters": sorted(format_id(member) for member in status.voters),
             "learners": sorted(format_id(member) for member in status.learners),
+            "roles": {format_id(member): role for member, role in members.roles().items()},
+            "readOnly": _sorted_ids(members.kept_learners()),
+            "quorum": members.quorum_size(),
             "peers": {
                 format_id(peer): {
                     "match": progress.match,
                     "next": progress.next,
                     "state": progress.state.value,
                     "recentActive": progress.recent_active,
+                    "reachable": progress.reachable,
                     "learner": progress.learner,
                 }
                 for peer, progress in status.peers.items()

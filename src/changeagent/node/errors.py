@@ -60,7 +60,8 @@ class NotFound(NodeError):
 
 
 class Conflict(NodeError):
-    """Another operation of the same kind is in progress (a membership change): 409."""
+    """Another operation of the same kind is in progress (a membership change), or
+    the request conflicts with the cluster as it stands (demoting its last voter): 409."""
 
     status = 409
     code = "conflict"

@@ -1,4 +1,5 @@
-"""Cluster membership through the API: create, add, remove, join, leave, promote.
+"""Cluster membership through the API: create, add, remove, join, leave, promote,
+demote.
 
 ChangeAgent's walkthrough: POST /cluster/members to a standalone node with its
 own address creates a cluster (random id and secret); later POSTs (on any
@@ -12,6 +13,14 @@ member, forwarded to the leader) add a node by address:
 3. the leader proposes it as a learner (its address rides in the entry),
    streams the log or a snapshot to it, and promotes it to voter once its
    progress shows it streaming (`_promote_loop`); the POST answers then.
+   With role=learner the entry says so too: a read-only member, which
+   replicates, serves reads and forwards writes but never votes, and which
+   the leader never promotes (the POST answers once the addition commits).
+
+PUT /cluster/members/{id} with role=voter or role=learner promotes or demotes
+a member (DEMOTE in the core; the leader may demote itself: it hands over once
+the change commits). Which learners stay learners is replicated state
+(`ReplicatedState.kept_learners`), so every node and any later leader agrees.
 
 DELETE /cluster/members/{id} proposes the removal; the removed node, once it
 applies its own removal (or at its next start, if it stopped first), writes a
@@ -35,7 +44,12 @@ from changeagent.ids import format_id
 from changeagent.node.errors import BadRequest, Conflict, NodeError, NotAvailable, NotFound
 from changeagent.node.identity import NODE_ID_MAX, ClusterIdentity, cluster_meta
 from changeagent.node.replica import Replica
-from changeagent.node.settings_entry import ENTRY_TYPE_ADDRESS, encode_address, encode_settings
+from changeagent.node.settings_entry import (
+    ENTRY_TYPE_ADDRESS,
+    encode_address,
+    encode_member_context,
+    encode_settings,
+)
 from changeagent.raft import (
     ENTRY_TYPE_CONFIG,
     ENTRY_TYPE_MEMBERSHIP,
@@ -48,6 +62,7 @@ from changeagent.raft import (
     NotLeader,
     Snapshot,
 )
+from changeagent.raft.quorum import quorum_size
 from changeagent.storage import WriteBatch
 from changeagent.transport import PeerUnavailable, RequestFailed
 
@@ -59,6 +74,7 @@ log = logging.getLogger(__name__)
 SECRET_BYTES = 32
 DESCRIBE_TIMEOUT_S = 5.0
 ADDRESS_CHARS_MAX = 300
+ROLES = ("voter", "learner")
 
 
 class ClusterMembership:
@@ -89,12 +105,26 @@ class ClusterMembership:
         return {member: self._replica.address_of(member) or "" for member in ids}
 
     def roles(self) -> dict[int, str]:
+        """Each member's role now: voter or learner (read-only, or still joining)."""
         if self.identity.standalone:
             return {}
         membership = self._replica.membership
         roles = {member: "voter" for member in membership.voters}
         roles.update({member: "learner" for member in membership.learners})
         return roles
+
+    def kept_learners(self) -> frozenset[int]:
+        """The read-only members: learners that stay learners (as far as this node
+        has applied; a joining learner is not among them and becomes a voter)."""
+        if self.identity.standalone:
+            return frozenset()
+        return frozenset(self._replica.replicated.kept_learners)
+
+    def quorum_size(self) -> int:
+        """How many voters make a majority now (0 for a standalone node)."""
+        if self.identity.standalone:
+            return 0
+        return quorum_size(len(self._replica.membership.voters))
 
     # The cluster identity ---------------------------------------------------------------
 
@@ -110,16 +140,24 @@ class ClusterMembership:
 
     # Adding -------------------------------------------------------------------------------
 
-    async def add(self, address: str) -> None:
-        """POST /cluster/members: create the cluster, or add the node at `address`."""
+    async def add(self, address: str, role: str = "voter") -> None:
+        """POST /cluster/members: create the cluster, or add the node at `address`
+        as a voter (a learner until it has caught up) or a read-only learner."""
         address = _check_address(address)
+        keep_learner = _check_role(role) == "learner"
         replica = self._replica
         if self.identity.standalone:
+            if keep_learner:
+                raise BadRequest(
+                    "this node is standalone: the first member founds the cluster and "
+                    "is its voter; add read-only members (role=learner) after it"
+                )
             await self._create(address)
         elif not replica.is_leader:
-            await replica.leader.call("add_member", {"address": address}, self._call_timeout_s)
+            payload: dict[str, RpcValue] = {"address": address, "role": role}
+            await replica.leader.call("add_member", payload, self._call_timeout_s)
         else:
-            await self._add_on_leader(address)
+            await self._add_on_leader(address, keep_learner)
 
     async def _create(self, address: str) -> None:
         replica = self._replica
@@ -142,7 +180,7 @@ class ClusterMembership:
                 address,
             )
 
-    async def _add_on_leader(self, address: str) -> None:
+    async def _add_on_leader(self, address: str, keep_learner: bool) -> None:
         replica = self._replica
         transport = replica.transport
         if transport is None:
@@ -151,13 +189,15 @@ class ClusterMembership:
             node_id, cluster_id, info = await _describe(transport, address)
             membership = replica.membership
             if node_id in membership.voters or node_id in membership.learners:
-                if replica.address_of(node_id) == address:
+                if replica.address_of(node_id) != address:
+                    raise BadRequest(
+                        f"node {format_id(node_id)} is already a member, "
+                        f"at {replica.address_of(node_id)}"
+                    )
+                self._check_same_role(node_id, keep_learner)
+                if not keep_learner:
                     await self._wait_promoted(node_id)
-                    return
-                raise BadRequest(
-                    f"node {format_id(node_id)} is already a member, "
-                    f"at {replica.address_of(node_id)}"
-                )
+                return
             if cluster_id not in (0, self.identity.cluster_id):
                 raise BadRequest(f"the node at {address} belongs to another cluster")
             if isinstance(info, dict) and info.get("has_changes"):
@@ -170,18 +210,35 @@ class ClusterMembership:
             except (PeerUnavailable, RequestFailed) as error:
                 raise BadRequest(f"the node at {address} refused to join: {error}") from None
             replica.expect_address(node_id, address)
-            await self._propose(ConfChange(ConfChangeKind.ADD_LEARNER, node_id, address.encode()))
+            context = encode_member_context(address, keep_learner=keep_learner)
+            await self._propose(ConfChange(ConfChangeKind.ADD_LEARNER, node_id, context))
+            if keep_learner:
+                log.info("added node %s at %s as a read-only learner", format_id(node_id), address)
+                return
             log.info("added node %s at %s as a learner", format_id(node_id), address)
             await self._wait_promoted(node_id)
+
+    def _check_same_role(self, node_id: int, keep_learner: bool) -> None:
+        """Adding a member again is answered as done only with the role it has."""
+        kept = node_id in self._replica.replicated.kept_learners
+        if keep_learner and not kept:
+            raise Conflict(
+                f"node {format_id(node_id)} is already a member that votes (or is joining "
+                f"to vote); PUT /cluster/members/{format_id(node_id)} with role=learner "
+                "demotes it"
+            )
+        if not keep_learner and kept:
+            raise Conflict(
+                f"node {format_id(node_id)} is already a read-only learner; "
+                f"PUT /cluster/members/{format_id(node_id)} with role=voter promotes it"
+            )
 
     def _join_payload(self) -> dict[str, RpcValue]:
         base = self._replica.storage.snapshot()
         # A snapshot at index 0 cannot be sent by Raft: the joiner gets the base membership.
         never_compacted = base.index == 0
         voters: list[RpcValue] = [*sorted(base.membership.voters)] if never_compacted else []
-        learners: list[RpcValue] = (
-            [*sorted(base.membership.learners)] if never_compacted else []
-        )
+        learners: list[RpcValue] = [*sorted(base.membership.learners)] if never_compacted else []
         return {
             "cluster_id": self.identity.cluster_id,
             "secret": self.identity.secret,
@@ -216,14 +273,64 @@ class ClusterMembership:
                 self._promote_caught_up()
 
     def _promote_caught_up(self) -> None:
-        driver = self._replica.core_driver
-        for learner in driver.core.membership.learners:
-            progress = driver.core.progress.get(learner)
+        replica = self._replica
+        driver = replica.core_driver
+        core = driver.core
+        if replica.applied.index < core.membership_index:
+            # Roles change when entries apply: until every membership change in the
+            # log has applied here, a learner just added or demoted to stay a
+            # learner may not show as kept yet.
+            return
+        for learner in replica.replicated.learners_to_promote(core.membership.learners):
+            progress = core.progress.get(learner)
             if progress is None or progress.state.value != "replicate":
                 continue
             with contextlib.suppress(MembershipChangeRejected, NotLeader, NotAvailable):
                 driver.propose_membership(ConfChange(ConfChangeKind.PROMOTE, learner))
                 log.info("promoting learner %s to voter", format_id(learner))
+
+    # Changing a member's role --------------------------------------------------------------
+
+    async def set_role(self, node_id: int, role: str) -> None:
+        """PUT /cluster/members/{id} with role=voter (promote) or role=learner (demote:
+        the member stays a read-only learner). Done already: nothing to do."""
+        role = _check_role(role)
+        replica = self._replica
+        if node_id not in self.members():
+            raise NotFound(f"node {format_id(node_id)} is not a member of this cluster")
+        if not replica.is_leader:
+            payload: dict[str, RpcValue] = {"id": node_id, "role": role}
+            await replica.leader.call("set_role", payload, self._call_timeout_s)
+            return
+        async with self._exclusive():
+            change = self._role_change(node_id, role)
+            if change is None:
+                return
+            await self._propose(change, refusal=Conflict)
+            verb = "promoted" if change.kind is ConfChangeKind.PROMOTE else "demoted"
+            log.info("%s node %s to %s", verb, format_id(node_id), role)
+
+    def _role_change(self, node_id: int, role: str) -> ConfChange | None:
+        """The change that gives `node_id` the `role`, or None if it has it already."""
+        membership = self._replica.membership
+        kept = node_id in self._replica.replicated.kept_learners
+        if role == "voter":
+            if node_id in membership.voters:
+                return None
+            return ConfChange(ConfChangeKind.PROMOTE, node_id)
+        if node_id in membership.learners:
+            if kept:
+                return None
+            raise Conflict(
+                f"node {format_id(node_id)} is still joining and becomes a voter once it "
+                "has caught up; demote it after that"
+            )
+        if membership.voters == {node_id}:
+            raise Conflict(
+                f"node {format_id(node_id)} is the last voter: demoting it would leave "
+                "no voter, so no quorum"
+            )
+        return ConfChange(ConfChangeKind.DEMOTE, node_id)
 
     # Removing -----------------------------------------------------------------------------
 
@@ -325,14 +432,18 @@ class ClusterMembership:
             raise Conflict("another membership change is in progress; retry when it is done")
         return self._changing
 
-    async def _propose(self, change: ConfChange) -> None:
+    async def _propose(
+        self, change: ConfChange, refusal: type[BadRequest | Conflict] = BadRequest
+    ) -> None:
+        """Propose `change` and wait for it to apply here. The core's refusal is
+        409 when it may succeed later (busy), otherwise `refusal`."""
         replica = self._replica
         try:
             future = replica.core_driver.propose_membership(change)
         except MembershipChangeRejected as error:
             if error.busy:
                 raise Conflict(f"membership change refused: {error}") from None
-            raise BadRequest(f"membership change refused: {error}") from None
+            raise refusal(f"membership change refused: {error}") from None
         except NotLeader:
             raise NotAvailable("leadership changed; retry", retry_after_s=1) from None
         await replica.await_commit(future)
@@ -351,6 +462,12 @@ async def _describe(transport: Transport, address: str) -> tuple[int, int, Any]:
     except RequestFailed as error:
         raise BadRequest(f"the node at {address} did not describe itself: {error}") from None
     return result
+
+
+def _check_role(role: str) -> str:
+    if role not in ROLES:
+        raise BadRequest(f"role must be voter or learner, not {role[:40]!r}")
+    return role
 
 
 def _check_address(address: str) -> str:

@@ -76,10 +76,13 @@ class PeerRequests:
         if not replica.is_leader:
             raise NotAvailable("this node is not the leader any more", retry_after_s=1)
         if method == "add_member":
-            await self._membership.add(str(payload["address"]))
+            await self._membership.add(str(payload["address"]), str(payload.get("role", "voter")))
             return None
         if method == "remove_member":
             await self._membership.remove(int(payload["id"]))
+            return None
+        if method == "set_role":
+            await self._membership.set_role(int(payload["id"]), str(payload["role"]))
             return None
         if method == "put_config":
             entry = await replica.propose_internal(ENTRY_TYPE_CONFIG, str(payload).encode())

@@ -299,6 +299,12 @@ class RaftNode:
         return self._memberships.current
 
     @property
+    def membership_index(self) -> int:
+        """Index of the entry that set the current membership (committed or not),
+        or the compaction point: a node that applied it has applied every change."""
+        return self._memberships.latest_index()
+
+    @property
     def config(self) -> RaftConfig:
         return self._config
 

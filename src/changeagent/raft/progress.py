@@ -130,4 +130,5 @@ class Progress:
             recent_active=self.recent_active,
             inflight_messages=len(self.inflight),
             learner=self.learner,
+            reachable=self.reachable(),
         )

@@ -60,6 +60,7 @@ class PeerProgress:
     recent_active: bool
     inflight_messages: int
     learner: bool
+    reachable: bool = False  # heard from within the last one or two election timeouts
 
 
 @dataclass(frozen=True, slots=True)
