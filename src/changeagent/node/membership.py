@@ -60,6 +60,7 @@ from changeagent.raft import (
     Membership,
     MembershipChangeRejected,
     NotLeader,
+    ProgressState,
     Snapshot,
 )
 from changeagent.raft.quorum import quorum_size
@@ -317,6 +318,11 @@ class ClusterMembership:
         if role == "voter":
             if node_id in membership.voters:
                 return None
+            progress = self._replica.core_driver.core.progress.get(node_id)
+            if progress is None or progress.state is not ProgressState.REPLICATE:
+                raise Conflict(
+                    f"learner {format_id(node_id)} has not caught up yet; retry once it has"
+                )
             return ConfChange(ConfChangeKind.PROMOTE, node_id)
         if node_id in membership.learners:
             if kept:

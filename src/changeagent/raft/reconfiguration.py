@@ -61,8 +61,8 @@ def check_quorum_after_demotion(node: RaftNode, demoted: int) -> None:
     )
     if not has_quorum(reachable, len(voters)):
         raise MembershipChangeRejected(
-            f"demoting node {demoted} would leave {len(voters)} voters of which only "
-            f"{reachable} are reachable: no quorum (needs {quorum_size(len(voters))})",
+            f"the demotion would leave {len(voters)} voters, of which {reachable} answered "
+            f"recently: no quorum ({quorum_size(len(voters))} needed)",
             busy=True,
         )
 
