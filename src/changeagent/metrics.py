@@ -11,9 +11,11 @@ from four places, chosen so that the write path pays (almost) nothing:
 - The storage calls `observe_commit` on its writer thread once per transaction
   (one fsync, however many writes it carries): the fsync and batch-size
   histograms.
-- The API calls `observe_request` once per answered request with a bounded
-  route label (the route's canonical path, e.g. "/changes/{id}", never the raw
-  path); the labelled children are cached, so a request costs about 1 µs.
+- The API calls `RequestCounts.observe` once per answered request with a
+  bounded route label (the route's canonical path, e.g. "/changes/{id}", never
+  the raw path). It adds to plain numbers on the event loop (about 0.3 µs; a
+  prometheus_client Counter and Histogram child cost 1.1 µs, with two locks),
+  which the same object turns into metric families when scraped.
 - prometheus_client's process, platform and GC collectors.
 
 Ids in labels are base 36, as everywhere a person sees them.
@@ -21,11 +23,17 @@ Ids in labels are base 36, as everywhere a person sees them.
 
 from __future__ import annotations
 
+from bisect import bisect_left
 from collections.abc import Iterator
 
 import prometheus_client
-from prometheus_client import CollectorRegistry, Counter, Histogram
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client import CollectorRegistry, Histogram
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
 from prometheus_client.exposition import choose_encoder
 
 from changeagent.ids import format_id
@@ -71,22 +79,8 @@ class NodeMetrics:
             buckets=BATCH_BUCKETS_ENTRIES,
             registry=registry,
         )
-        self._requests = Counter(
-            "changeagent_http_requests",
-            "HTTP requests answered, by route (canonical path), method and status code.",
-            ["route", "method", "code"],
-            registry=registry,
-        )
-        self._request_s = Histogram(
-            "changeagent_http_request_duration_seconds",
-            "Time from reading a request to having written its answer, by route.",
-            ["route"],
-            buckets=REQUEST_BUCKETS_S,
-            registry=registry,
-        )
-        # (route, method, status) -> its counter and histogram children: labels() takes
-        # a lock and builds a key on every call; a dict lookup is a fraction of that.
-        self._request_children: dict[tuple[str, str, int], tuple[Counter, Histogram]] = {}
+        self.requests = RequestCounts()
+        registry.register(self.requests)
         node.storage.commit_observer = self.observe_commit
 
     def observe_commit(self, fsync_s: float, entries: int) -> None:
@@ -95,26 +89,59 @@ class NodeMetrics:
         if entries:
             self._batch_entries.observe(entries)
 
-    def observe_request(self, route: str, method: str, status: int, duration_s: float) -> None:
-        """One answered request. `route` must come from a bounded set (see the API)."""
-        if method not in METHODS:
-            method = OTHER_METHOD
-        key = (route, method, status)
-        children = self._request_children.get(key)
-        if children is None:
-            children = (
-                self._requests.labels(route, method, str(status)),
-                self._request_s.labels(route),
-            )
-            self._request_children[key] = children
-        children[0].inc()
-        children[1].observe(duration_s)
-
     def render(self, accept: str | None) -> tuple[bytes, str]:
         """The exposition (text format, or OpenMetrics when `accept` asks for it)
         and its Content-Type. On the event loop: it reads the node's state."""
         encoder, content_type = choose_encoder(accept or "")
         return encoder(self.registry), content_type
+
+
+class RequestCounts:
+    """Answered requests by (route, method, status): a count, and the duration
+    buckets of the requests' histogram. Event loop only (updates and scrapes)."""
+
+    def __init__(self) -> None:
+        # (route, method, status) -> [count, sum of seconds, bucket counts...]: one
+        # list, so a request is a dict lookup, a bisect and three increments.
+        self._stats: dict[tuple[str, str, int], list[float]] = {}
+
+    def observe(self, route: str, method: str, status: int, duration_s: float) -> None:
+        """One answered request. `route` must come from a bounded set (see the API)."""
+        if method not in METHODS:
+            method = OTHER_METHOD
+        stats = self._stats.get((route, method, status))
+        if stats is None:
+            stats = self._stats[route, method, status] = [0.0] * (len(REQUEST_BUCKETS_S) + 3)
+        stats[0] += 1
+        stats[1] += duration_s
+        stats[2 + bisect_left(REQUEST_BUCKETS_S, duration_s)] += 1  # the last: +Inf
+
+    def collect(self) -> Iterator[Metric]:
+        requests = CounterMetricFamily(
+            "changeagent_http_requests",
+            "HTTP requests answered, by route (canonical path), method and status code.",
+            labels=["route", "method", "code"],
+        )
+        by_route: dict[str, list[float]] = {}
+        for (route, method, status), stats in sorted(self._stats.items()):
+            requests.add_metric([route, method, str(status)], stats[0])
+            total = by_route.setdefault(route, [0.0] * len(stats))
+            for position, number in enumerate(stats):
+                total[position] += number
+        yield requests
+        durations = HistogramMetricFamily(
+            "changeagent_http_request_duration_seconds",
+            "Time from reading a request to having written its answer, by route.",
+            labels=["route"],
+        )
+        bounds = [*(str(bound) for bound in REQUEST_BUCKETS_S), "+Inf"]
+        for route, total in by_route.items():
+            cumulative, buckets = 0.0, []
+            for bound, number in zip(bounds, total[2:], strict=True):
+                cumulative += number
+                buckets.append((bound, cumulative))
+            durations.add_metric([route], buckets, sum_value=total[1])
+        yield durations
 
 
 class NodeCollector:

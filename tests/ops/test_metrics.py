@@ -10,6 +10,7 @@ from typing import Any
 
 from prometheus_client.parser import text_string_to_metric_families
 
+from changeagent.metrics import RequestCounts
 from tests.ops.conftest import StartServer, basic
 from tests.support.server import Response, ServerProcess, wait_until
 
@@ -171,3 +172,24 @@ def test_malformed_requests_count_as_unmatched_and_log_no_error(start_server: St
     ]
     assert codes == [("(unmatched)", "400", 2)]
     assert not [line for line in server.log if "could not count" in line]
+
+
+def test_request_counts_make_cumulative_buckets_per_route() -> None:
+    counts = RequestCounts()
+    counts.observe("/changes", "POST", 200, 0.0005)  # on a bound: counted in it (le)
+    counts.observe("/changes", "POST", 200, 0.003)
+    counts.observe("/changes", "GET", 404, 1000.0)  # above every bound: only +Inf
+    counts.observe("/changes", "MKCOL", 405, 0.0001)
+    families = {family.name: family for family in counts.collect()}
+    requests = {
+        (s.labels["method"], s.labels["code"]): s.value
+        for s in families["changeagent_http_requests"].samples
+    }
+    assert requests == {("POST", "200"): 2, ("GET", "404"): 1, ("other", "405"): 1}
+    samples = families["changeagent_http_request_duration_seconds"].samples
+    buckets = {s.labels["le"]: s.value for s in samples if s.name.endswith("_bucket")}
+    assert (buckets["0.0005"], buckets["0.001"], buckets["0.005"]) == (2, 2, 3)
+    assert (buckets["300.0"], buckets["+Inf"]) == (3, 4)
+    totals = {s.name.rsplit("_", 1)[1]: s.value for s in samples if "le" not in s.labels}
+    assert totals["count"] == 4
+    assert abs(totals["sum"] - (0.0005 + 0.003 + 1000.0 + 0.0001)) < 1e-9

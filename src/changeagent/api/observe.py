@@ -20,6 +20,7 @@ import time
 
 from aiohttp import web
 from aiohttp.abc import AbstractAccessLogger
+from aiohttp.web_urldispatcher import AbstractResource
 
 from changeagent.api.auth import parse_basic
 from changeagent.api.errors import Handler
@@ -44,12 +45,24 @@ def request_observer(
     """The class to give `web.AppRunner` as `access_log_class` (aiohttp makes the
     instance), with `access_log=logging.getLogger(ACCESS_LOGGER)`."""
 
+    requests = metrics.requests
+    # The label of each route's resource (None: no route matched), made once.
+    labels: dict[AbstractResource | None, str] = {None: UNMATCHED_ROUTE}
+
     class RequestObserver(AbstractAccessLogger):
         def log(self, request: web.BaseRequest, response: web.StreamResponse, time: float) -> None:
-            route = route_label(request, prefix)
-            metrics.observe_request(route, request.method, response.status, time)
-            if access_log:
-                log_access(self.logger, request, response, route, time)
+            try:
+                started = request.get(STARTED)  # None: no middleware ran (a malformed request)
+                duration_s = time if started is None else _perf_counter() - started
+                resource = _resource(request)
+                route = labels.get(resource)
+                if route is None:
+                    route = labels[resource] = route_label(resource, prefix)
+                requests.observe(route, request.method, response.status, duration_s)
+                if access_log:
+                    log_access(self.logger, request, response, route, duration_s)
+            except Exception:  # counting must never disturb serving
+                log.exception("could not count or log a request")
 
         @property
         def enabled(self) -> bool:
@@ -61,14 +74,18 @@ def request_observer(
 _perf_counter = time.perf_counter  # `log` has a parameter named `time`
 
 
-def route_label(request: web.BaseRequest, prefix: str) -> str:
-    """The matched route's canonical path without `prefix`, or UNMATCHED_ROUTE."""
+def _resource(request: web.BaseRequest) -> AbstractResource | None:
+    """The resource of the route the request matched, None when none did."""
     try:
         match_info = request.match_info  # type: ignore[attr-defined]  # a web.Request
     except AssertionError:  # aiohttp asserts it: a malformed request never reached the router
-        match_info = None
+        return None
     route = match_info.route if match_info is not None else None
-    resource = route.resource if route is not None else None
+    return route.resource if route is not None else None
+
+
+def route_label(resource: AbstractResource | None, prefix: str) -> str:
+    """The resource's canonical path without `prefix`, or UNMATCHED_ROUTE."""
     if resource is None:
         return UNMATCHED_ROUTE
     canonical = str(resource.canonical)
