@@ -25,6 +25,8 @@ from changeagent.api.caching import PAGE_CACHE_MAX_AGE_S_DEFAULT, PageCaching
 from changeagent.api.in_flight import RequestsInFlight
 from changeagent.api.observe import ACCESS_LOGGER, request_observer
 from changeagent.config import Settings, load_settings_file
+from changeagent.ids import format_id
+from changeagent.logs import set_log_identity
 from changeagent.metrics import NodeMetrics
 from changeagent.node.node import Node, NodeLimits
 from changeagent.peers import build_transport, serve_cluster_port
@@ -33,6 +35,7 @@ from changeagent.security.tls_files import ApiTls, ClusterTls
 from changeagent.shutdown import GracefulShutdown
 from changeagent.storage import TAIL_CACHE_BYTES_DEFAULT, Storage
 from changeagent.transport import Transport
+from changeagent.version import package_version
 
 log = logging.getLogger(__name__)
 
@@ -143,7 +146,8 @@ async def _start_site(
     bound = _bound_port([a for a in runner.addresses if a not in before], port)
     # Tests and scripts read this line to learn the port (useful with 0).
     scheme = "https" if tls is not None else "http"
-    log.info("changeagent listening on %s://%s:%d%s", scheme, options.host, bound, options.prefix)
+    url = f"{scheme}://{options.host}:{bound}{options.prefix}"
+    log.info("changeagent listening on %s", url, extra={"url": url})
     return bound
 
 
@@ -187,6 +191,16 @@ async def serve_node(
     options: ServerOptions, authenticator: Authenticator | None, api_tls: ssl.SSLContext | None
 ) -> None:
     node = await open_node(options)
+    identity = node.identity
+    set_log_identity(lambda: (identity.node_id, identity.cluster_id))
+    log.info(
+        "changeagent %s: node %s, cluster %s, data in %s",
+        package_version(),
+        format_id(identity.node_id),
+        format_id(identity.cluster_id),
+        options.data_dir,
+        extra={"version": package_version(), "data_dir": str(options.data_dir)},
+    )
     metrics = NodeMetrics(node)  # before Raft starts: its first fsyncs count too
     use_cluster_port = options.cluster_port is not None
     transport = build_transport(node, options.cluster_tls, use_cluster_port)

@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import logging
 import sys
 from pathlib import Path
 from typing import TypeVar
 
 from changeagent.api.caching import PAGE_CACHE_MAX_AGE_S_DEFAULT
 from changeagent.config import ConfigError
+from changeagent.logs import LOG_FORMATS, configure_logging
 from changeagent.node.node import NodeLimits
 from changeagent.security.tls_files import ApiTls, ClusterTls
 from changeagent.server import ServerOptions, serve
@@ -103,6 +103,19 @@ def build_parser() -> argparse.ArgumentParser:
         "--log-to-stderr",
         action="store_true",
         help="accepted for ChangeAgent compatibility; logs always go to stderr",
+    )
+    parser.add_argument(
+        "--log-format",
+        choices=LOG_FORMATS,
+        default="text",
+        help="text (default) or json: one JSON object per line, with the node and "
+        "cluster ids and each record's fields",
+    )
+    parser.add_argument(
+        "--access-log",
+        action="store_true",
+        help="log every HTTP request (method, route, status, duration, bytes, user) "
+        "on the logger changeagent.access",
     )
     parser.add_argument(
         "--max-body-bytes",
@@ -231,6 +244,7 @@ def options_from_arguments(arguments: argparse.Namespace) -> ServerOptions:
         cluster_tls=cluster_tls,
         page_cache_max_age_s=_not_negative("--page-cache-max-age", arguments.page_cache_max_age),
         public_reads=_public_reads(arguments),
+        access_log=arguments.access_log,
     )
 
 
@@ -300,14 +314,6 @@ def _positive(flag: str, value: N) -> N:
     return value
 
 
-def configure_logging(verbosity: int) -> None:
-    logging.basicConfig(
-        level=logging.DEBUG if verbosity > 0 else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
-
-
 def serve_main(argv: list[str]) -> int:
     if argv[:1] == ["serve"]:
         argv = argv[1:]
@@ -317,7 +323,7 @@ def serve_main(argv: list[str]) -> int:
         options = options_from_arguments(arguments)
     except ConfigError as error:
         parser.exit(2, f"changeagent: {error}\n")
-    configure_logging(arguments.verbosity)
+    configure_logging(arguments.verbosity, arguments.log_format)
     _install_uvloop()
     try:
         asyncio.run(serve(options))

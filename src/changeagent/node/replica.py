@@ -346,7 +346,13 @@ class Replica:
             self.counters.leader_changes += 1
         term = self.driver.core.term if self.driver is not None else 0
         leader = format_id(leader_id) if leader_id else "unknown"
-        log.info("raft: %s, term %d, leader %s", role.name, term, leader)
+        log.info(
+            "raft: %s, term %d, leader %s",
+            role.name,
+            term,
+            leader,
+            extra={"role": role.name, "term": term, "leader": leader},
+        )
 
     async def _apply(self, entries: tuple[Entry, ...]) -> None:
         for entry in entries:

@@ -298,7 +298,9 @@ class Transport:
         if link.connection is not None:
             self._close_soon(link.connection)
         for item in link.queue.drain():
-            self._fail(item.request_id, ERROR_DISCONNECTED, f"node {peer_id} was removed")
+            self._fail(
+                item.request_id, ERROR_DISCONNECTED, f"node {format_id(peer_id)} was removed"
+            )
 
     # ------------------------------------------------------------ inbound
 
@@ -670,7 +672,9 @@ class Transport:
         link.counters.messages_dropped += dropped
         if not queued:
             link.counters.requests_failed += 1
-            raise RequestFailed(ERROR_QUEUE_FULL, f"the send queue to node {peer_id} is full")
+            raise RequestFailed(
+                ERROR_QUEUE_FULL, f"the send queue to node {format_id(peer_id)} is full"
+            )
         pending = _Pending(future, reply_type, peer_id)
         self._pending[request_id] = pending
         link.wakeup.set()
@@ -686,7 +690,7 @@ class Transport:
         except TimeoutError:
             if counters is not None:
                 counters.requests_failed += 1
-            message = f"no answer from node {pending.peer_id} within {timeout_s:.3g}s"
+            message = f"no answer from node {format_id(pending.peer_id)} within {timeout_s:.3g}s"
             raise RequestFailed(ERROR_TIMEOUT, message) from None
         except RequestFailed:
             if counters is not None:
