@@ -24,6 +24,7 @@ from changeagent.api.auth import Authenticator
 from changeagent.api.caching import PAGE_CACHE_MAX_AGE_S_DEFAULT, PageCaching
 from changeagent.api.in_flight import RequestsInFlight
 from changeagent.api.observe import ACCESS_LOGGER, request_observer
+from changeagent.api.streams import MAX_STREAMS_DEFAULT, SEND_TIMEOUT_S_DEFAULT, StreamSlots
 from changeagent.config import Settings, load_settings_file
 from changeagent.ids import format_id
 from changeagent.logs import set_log_identity
@@ -65,6 +66,10 @@ class ServerOptions:
     # without credentials under -pw (--public-reads), which lets shared caches keep them.
     page_cache_max_age_s: int = PAGE_CACHE_MAX_AGE_S_DEFAULT
     public_reads: bool = False
+    # Feed streams (GET /changes?feed=...): how many at once, and how long one write
+    # may wait for a slow consumer before its stream is dropped.
+    streams_max: int = MAX_STREAMS_DEFAULT
+    stream_send_timeout_s: float = SEND_TIMEOUT_S_DEFAULT
     access_log: bool = False  # --access-log: a record per request on ACCESS_LOGGER
 
     def page_caching(self) -> PageCaching:
@@ -119,6 +124,7 @@ async def start_listener(
         in_flight=in_flight,
         page_caching=options.page_caching(),
         public_reads=options.public_reads,
+        streams=StreamSlots(options.streams_max, options.stream_send_timeout_s),
         metrics=metrics,
     )
     GracefulShutdown(node, transport, in_flight).attach(app)

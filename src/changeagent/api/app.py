@@ -14,6 +14,7 @@ from changeagent.api.errors import Handler, error_middleware
 from changeagent.api.in_flight import RequestsInFlight
 from changeagent.api.observe import stamp_start
 from changeagent.api.openapi import openapi_document
+from changeagent.api.streams import StreamSlots
 from changeagent.metrics import NodeMetrics
 from changeagent.node.node import Node
 from changeagent.transport import Transport, add_cluster_route
@@ -29,6 +30,7 @@ def build_app(
     page_caching: PageCaching | None = None,
     public_reads: bool = False,
     metrics: NodeMetrics | None = None,
+    streams: StreamSlots | None = None,
 ) -> web.Application:
     """The API under `prefix`. With a `transport` (the WebSocket carrier; with -cp
     the links have their own port) peers' links are served at CLUSTER_PATH (never
@@ -38,7 +40,7 @@ def build_app(
     listener enforces it. `page_caching`: how HTTP caches may keep pages of
     changes; `public_reads`: reads of changes need no credentials. `metrics`: the
     node's registry for GET /metrics (a new one when not given); `api/observe.py`
-    counts the requests."""
+    counts the requests. `streams`: the limits of feed streams (api/feeds.py)."""
     # Authentication runs inside the error middleware, so a 401 is mapped like any error.
     middlewares: list[Middleware] = [error_middleware]
     if in_flight is not None:
@@ -53,6 +55,7 @@ def build_app(
         members=node.cluster,
         metrics=metrics if metrics is not None else NodeMetrics(node),
         page_caching=page_caching or PageCaching(),
+        streams=streams or StreamSlots(),
     )
     limits = node.limits
     document = orjson.dumps(

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from aiohttp import web
 
 from changeagent.api.caching import PageCaching
+from changeagent.api.streams import StreamSlots
 from changeagent.metrics import NodeMetrics
 from changeagent.node.membership import ClusterMembership
 from changeagent.node.node import Node
@@ -20,6 +21,7 @@ class ApiState:
     prefix: str = ""
     marked_down: bool = field(default=False)
     page_caching: PageCaching = field(default_factory=PageCaching)
+    streams: StreamSlots = field(default_factory=StreamSlots)
 
 
 STATE_KEY = web.AppKey("changeagent_state", ApiState)

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import TypeVar
 
 from changeagent.api.caching import PAGE_CACHE_MAX_AGE_S_DEFAULT
+from changeagent.api.streams import MAX_STREAMS_DEFAULT, SEND_TIMEOUT_S_DEFAULT
 from changeagent.config import ConfigError
 from changeagent.logs import LOG_FORMATS, configure_logging
 from changeagent.node.node import NodeLimits
@@ -148,6 +149,19 @@ def build_parser() -> argparse.ArgumentParser:
         help="seconds between checks of the purge rule (default 1)",
     )
     parser.add_argument(
+        "--max-streams",
+        type=int,
+        default=MAX_STREAMS_DEFAULT,
+        help="most feed streams (GET /changes?feed=...) open at once; 503 beyond (default 10000)",
+    )
+    parser.add_argument(
+        "--stream-send-timeout",
+        type=float,
+        default=SEND_TIMEOUT_S_DEFAULT,
+        metavar="S",
+        help="a stream whose consumer takes no data for this long is dropped (default 30)",
+    )
+    parser.add_argument(
         "--page-cache-max-age",
         type=int,
         default=PAGE_CACHE_MAX_AGE_S_DEFAULT,
@@ -244,6 +258,8 @@ def options_from_arguments(arguments: argparse.Namespace) -> ServerOptions:
         cluster_tls=cluster_tls,
         page_cache_max_age_s=_not_negative("--page-cache-max-age", arguments.page_cache_max_age),
         public_reads=_public_reads(arguments),
+        streams_max=_positive("--max-streams", arguments.max_streams),
+        stream_send_timeout_s=_positive("--stream-send-timeout", arguments.stream_send_timeout),
         access_log=arguments.access_log,
     )
 

@@ -1,0 +1,187 @@
+"""Streaming feeds on GET /changes, after CouchDB's `_changes` feeds.
+
+`feed=continuous`: newline-delimited JSON, one change per line as it commits.
+`feed=eventsource` (also chosen by `Accept: text/event-stream`): Server-Sent Events,
+`id: <_id>`, `event: change`, `data: <change>`; `Last-Event-ID` resumes after that id,
+so a browser's EventSource reconnects with no client code.
+
+A stream is a long-poll that does not end: it waits (`wait_changes`, the same
+grouped waiters as long-polls) for the changes after the last one it sent, writes
+them, and waits again. When nothing commits for `heartbeat` ms it writes a heartbeat
+(an empty line; an SSE comment) so proxies keep an idle stream open. When purge
+removed changes after the stream's position, it says so first (`event: missed` /
+a `missedChanges` line) with the first id still stored. It ends after `limit`
+changes if given, when the consumer goes away (found at the next write, at the latest
+the next heartbeat), or when the node shuts down.
+
+Limits: at most `--max-streams` streams at once (503 beyond). A write waits while
+the socket's buffer is full (aiohttp's flow control bounds it), so a consumer that
+reads too slowly holds only its own buffer; one that does not take a write within
+`--stream-send-timeout` is disconnected and resumes from its last id.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import socket
+import struct
+from dataclasses import dataclass
+
+from aiohttp import web
+
+from changeagent.api.caching import NO_STORE, last_id
+from changeagent.api.context import state_of
+from changeagent.api.errors import ApiError
+from changeagent.api.params import INDEX_MAX, integer_parameter
+from changeagent.node.query import ChangeQuery, PageResult
+
+log = logging.getLogger(__name__)
+
+FEEDS = ("continuous", "eventsource")
+EVENT_STREAM = "text/event-stream"
+HEARTBEAT_MS_DEFAULT = 30_000
+HEARTBEAT_MS_MIN = 100
+
+
+@dataclass(frozen=True, slots=True)
+class FeedFormat:
+    """How one kind of feed frames changes, heartbeats and a purge gap."""
+
+    content_type: str
+    heartbeat: bytes
+
+    def change(self, body: bytes) -> bytes:
+        raise NotImplementedError
+
+    def missed(self, first_retained: int) -> bytes:
+        raise NotImplementedError
+
+
+class ContinuousFormat(FeedFormat):
+    def change(self, body: bytes) -> bytes:
+        return body + b"\n"
+
+    def missed(self, first_retained: int) -> bytes:
+        return b'{"missedChanges":true,"firstRetained":%d}\n' % first_retained
+
+
+class EventSourceFormat(FeedFormat):
+    def change(self, body: bytes) -> bytes:
+        return b"id: %s\nevent: change\ndata: %s\n\n" % (last_id(body), body)
+
+    def missed(self, first_retained: int) -> bytes:
+        return b'event: missed\ndata: {"firstRetained":%d}\n\n' % first_retained
+
+
+FORMATS: dict[str, FeedFormat] = {
+    # Stored changes are compact JSON: they never hold a raw newline.
+    "continuous": ContinuousFormat("application/x-ndjson", b"\n"),
+    "eventsource": EventSourceFormat(EVENT_STREAM, b": heartbeat\n\n"),
+}
+
+
+def reset(transport: asyncio.BaseTransport) -> None:
+    """Drop a connection at once, with what it never took: a TCP reset (SO_LINGER 0)
+    frees the kernel's send buffer too, where a close would go on sending it."""
+    sock = transport.get_extra_info("socket")
+    if sock is not None:
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    transport.abort()  # type: ignore[attr-defined]
+
+
+def feed_kind(request: web.Request) -> str | None:
+    """The feed asked for, or None for an ordinary page or long-poll."""
+    feed = request.query.get("feed")
+    if feed is None:
+        return "eventsource" if EVENT_STREAM in request.headers.get("Accept", "") else None
+    if feed not in FEEDS:
+        raise ApiError(400, f"parameter 'feed' must be continuous or eventsource, got {feed!r}")
+    return feed
+
+
+def start_position(request: web.Request, query: ChangeQuery) -> int:
+    """`since`, or after `Last-Event-ID` when an EventSource reconnects."""
+    last_event = request.headers.get("Last-Event-ID")
+    if last_event is None or last_event == "":
+        return query.since
+    if not (last_event.isascii() and last_event.isdigit()) or int(last_event) > INDEX_MAX:
+        raise ApiError(400, f"Last-Event-ID must be a change id, got {last_event[:40]!r}")
+    return int(last_event)
+
+
+async def serve_feed(request: web.Request, kind: str, query: ChangeQuery) -> web.StreamResponse:
+    state = state_of(request)
+    node = state.node
+    limits = node.limits
+    heartbeat_ms = integer_parameter(
+        request, "heartbeat", HEARTBEAT_MS_DEFAULT, HEARTBEAT_MS_MIN, int(limits.block_max_s * 1000)
+    )
+    # Without `limit` a stream goes on forever; with it, it ends after that many.
+    remaining = query.limit if "limit" in request.query else None
+    position = start_position(request, query)
+    state.streams.take()
+    try:
+        response = web.StreamResponse(
+            headers={
+                "Content-Type": FORMATS[kind].content_type,
+                "Cache-Control": NO_STORE,
+                "X-Accel-Buffering": "no",  # nginx: pass each write on at once
+            }
+        )
+        await response.prepare(request)
+        stream = FeedStream(response, FORMATS[kind], query, position, remaining)
+        await stream.run(request, heartbeat_ms / 1000)
+        return response
+    finally:
+        state.streams.give_back()
+
+
+@dataclass
+class FeedStream:
+    response: web.StreamResponse
+    format: FeedFormat
+    query: ChangeQuery
+    position: int
+    remaining: int | None
+
+    async def run(self, request: web.Request, heartbeat_s: float) -> None:
+        node = state_of(request).node
+        page_max = node.limits.limit_max
+        while not node.closing and self.remaining != 0:
+            page_limit = page_max if self.remaining is None else min(page_max, self.remaining)
+            query = self.query.with_since(self.position, page_limit)
+            page = await node.wait_changes(query, heartbeat_s)
+            if not await self._send(request, self._frame(page)):
+                return
+        if node.closing or self.remaining == 0:
+            await self.response.write_eof()
+
+    def _frame(self, page: PageResult) -> bytes:
+        parts = []
+        if page.missed:
+            parts.append(self.format.missed(page.first_retained))
+        parts += [self.format.change(body) for body in page.bodies]
+        if page.bodies:
+            self.position = int(last_id(page.bodies[-1]))
+            if self.remaining is not None:
+                self.remaining -= len(page.bodies)
+        elif not parts:
+            parts.append(self.format.heartbeat)
+        return b"".join(parts)
+
+    async def _send(self, request: web.Request, data: bytes) -> bool:
+        """Write, or end the stream of a consumer that is gone or too slow."""
+        timeout_s = state_of(request).streams.send_timeout_s
+        try:
+            await asyncio.wait_for(self.response.write(data), timeout_s)
+        except TimeoutError:
+            log.info("stream to %s dropped: no data taken in %g s", request.remote, timeout_s)
+            if request.transport is not None:
+                reset(request.transport)
+            return False
+        except ConnectionError:
+            return False
+        return True
