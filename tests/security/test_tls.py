@@ -7,6 +7,7 @@ cannot pass because the client was broken.
 
 from __future__ import annotations
 
+import http.client
 import socket
 import ssl
 import threading
@@ -181,3 +182,21 @@ def test_unusable_certificate_files_exit_2(tmp_path: Path, pki: Pki) -> None:
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("changeagent: -cert/-key/-cas: cannot load")
     assert not (tmp_path / "data").exists()  # refused before storage opened
+
+
+def test_feeds_stream_over_tls_with_a_client_certificate(start_node: StartNode, pki: Pki) -> None:
+    node = https_node(start_node, pki, "-cas", str(pki.ca.cert_file))
+    tls = client_tls(pki, pki.client)
+    first = post(node, '{"data":"first"}', tls)
+    connection = http.client.HTTPSConnection(
+        "localhost", node.ports["https"], context=tls, timeout=30
+    )
+    try:
+        connection.request("GET", f"/changes?feed=eventsource&since={first - 1}")
+        answer = connection.getresponse()
+        assert answer.status == 200
+        second = post(node, '{"data":"second"}', tls)
+        lines = [answer.readline() for _ in range(8)]
+        assert lines[0] == f"id: {first}\n".encode() and lines[4] == f"id: {second}\n".encode()
+    finally:
+        connection.close()
