@@ -24,7 +24,12 @@ from changeagent.api.auth import Authenticator
 from changeagent.api.caching import PAGE_CACHE_MAX_AGE_S_DEFAULT, PageCaching
 from changeagent.api.in_flight import RequestsInFlight
 from changeagent.api.observe import ACCESS_LOGGER, request_observer
-from changeagent.api.streams import MAX_STREAMS_DEFAULT, SEND_TIMEOUT_S_DEFAULT, StreamSlots
+from changeagent.api.streams import (
+    MAX_AGE_S_DEFAULT,
+    MAX_STREAMS_DEFAULT,
+    SEND_TIMEOUT_S_DEFAULT,
+    StreamSlots,
+)
 from changeagent.config import Settings, load_settings_file
 from changeagent.ids import format_id
 from changeagent.logs import set_log_identity
@@ -70,6 +75,7 @@ class ServerOptions:
     # may wait for a slow consumer before its stream is dropped.
     streams_max: int = MAX_STREAMS_DEFAULT
     stream_send_timeout_s: float = SEND_TIMEOUT_S_DEFAULT
+    stream_max_age_s: float = MAX_AGE_S_DEFAULT
     access_log: bool = False  # --access-log: a record per request on ACCESS_LOGGER
 
     def page_caching(self) -> PageCaching:
@@ -124,7 +130,9 @@ async def start_listener(
         in_flight=in_flight,
         page_caching=options.page_caching(),
         public_reads=options.public_reads,
-        streams=StreamSlots(options.streams_max, options.stream_send_timeout_s),
+        streams=StreamSlots(
+            options.streams_max, options.stream_send_timeout_s, options.stream_max_age_s
+        ),
         metrics=metrics,
     )
     GracefulShutdown(node, transport, in_flight).attach(app)

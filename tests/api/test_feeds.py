@@ -224,3 +224,16 @@ def test_a_follower_streams_what_the_leader_commits(cluster: Cluster) -> None:
         assert [event["data"] for event in events(answer, 3)] == posted
     finally:
         connection.close()
+
+
+def test_a_stream_ends_cleanly_at_its_max_age(make_server: Any) -> None:
+    node = make_server("--stream-max-age", "0.5")
+    posted = node.post_change({"data": "one"}).json()
+    path = f"/changes?feed=continuous&since={posted['_id'] - 1}&heartbeat=100"
+    connection, answer = open_stream(node.port, path)
+    try:
+        body = answer.read()  # ends by itself, with the chunked terminator
+        changes = [orjson.loads(line) for line in body.splitlines() if line]
+        assert changes == [posted]
+    finally:
+        connection.close()

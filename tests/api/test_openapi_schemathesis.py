@@ -56,7 +56,8 @@ def schemathesis(server: ServerProcess, *arguments: str) -> subprocess.Completed
 @pytest.fixture(scope="module")
 def fuzzed_server(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
     data_dir = tmp_path_factory.mktemp("schemathesis") / "data"
-    server = ServerProcess(data_dir, ["--max-block", "0.2", "--max-limit", "500"]).start()
+    arguments = ["--max-block", "0.2", "--max-limit", "500", "--stream-max-age", "0.5"]
+    server = ServerProcess(data_dir, arguments).start()
     yield server
     server.kill()
 

@@ -7,7 +7,7 @@ from aiohttp import web
 from changeagent.api.caching import NO_STORE, matches, page_etag
 from changeagent.api.context import state_of
 from changeagent.api.errors import ApiError
-from changeagent.api.feeds import feed_kind, serve_feed
+from changeagent.api.feeds import FeedRequest, serve_feed
 from changeagent.api.params import change_query, index_in_path, seconds_parameter
 from changeagent.api.wire import JSON, JsonResponse, LongPollDelivery, can_write_directly
 from changeagent.change import parse_change_body
@@ -53,10 +53,10 @@ async def get_changes(request: web.Request) -> web.StreamResponse:
     state = state_of(request)
     node = state.node
     query = change_query(request, node.limits)
-    kind = feed_kind(request)
-    if kind is not None:
+    feed = FeedRequest.of(request, node.limits.block_max_s)
+    if feed.kind is not None:
         await read_barrier(request)
-        return await serve_feed(request, kind, query)
+        return await serve_feed(request, feed.kind, feed, query)
     block_s = seconds_parameter(request, "block", node.limits.block_max_s)
     await read_barrier(request)
     if block_s > 0:

@@ -12,7 +12,9 @@ them, and waits again. When nothing commits for `heartbeat` ms it writes a heart
 removed changes after the stream's position, it says so first (`event: missed` /
 a `missedChanges` line) with the first id still stored. It ends after `limit`
 changes if given, when the consumer goes away (found at the next write, at the latest
-the next heartbeat), or when the node shuts down.
+the next heartbeat), when the node shuts down, or after `--stream-max-age` (default
+an hour: a consumer then reconnects, maybe to another member, and resumes after its
+last id, as EventSource does by itself).
 
 Limits: at most `--max-streams` streams at once (503 beyond). A write waits while
 the socket's buffer is full (aiohttp's flow control bounds it), so a consumer that
@@ -102,26 +104,43 @@ def feed_kind(request: web.Request) -> str | None:
     return feed
 
 
-def start_position(request: web.Request, query: ChangeQuery) -> int:
-    """`since`, or after `Last-Event-ID` when an EventSource reconnects."""
+@dataclass(frozen=True, slots=True)
+class FeedRequest:
+    """A feed's parameters, checked on every GET /changes (a bad one is a 400 also
+    when no feed is asked for, like any other parameter)."""
+
+    kind: str | None
+    heartbeat_s: float
+    last_event_id: int | None
+
+    @classmethod
+    def of(cls, request: web.Request, block_max_s: float) -> FeedRequest:
+        heartbeat_ms = integer_parameter(
+            request, "heartbeat", HEARTBEAT_MS_DEFAULT, HEARTBEAT_MS_MIN, int(block_max_s * 1000)
+        )
+        return cls(feed_kind(request), heartbeat_ms / 1000, _last_event_id(request))
+
+    def start(self, query: ChangeQuery) -> int:
+        """`since`, or after `Last-Event-ID` when an EventSource reconnects."""
+        return query.since if self.last_event_id is None else self.last_event_id
+
+
+def _last_event_id(request: web.Request) -> int | None:
     last_event = request.headers.get("Last-Event-ID")
-    if last_event is None or last_event == "":
-        return query.since
+    if not last_event:
+        return None
     if not (last_event.isascii() and last_event.isdigit()) or int(last_event) > INDEX_MAX:
         raise ApiError(400, f"Last-Event-ID must be a change id, got {last_event[:40]!r}")
     return int(last_event)
 
 
-async def serve_feed(request: web.Request, kind: str, query: ChangeQuery) -> web.StreamResponse:
+async def serve_feed(
+    request: web.Request, kind: str, feed: FeedRequest, query: ChangeQuery
+) -> web.StreamResponse:
     state = state_of(request)
-    node = state.node
-    limits = node.limits
-    heartbeat_ms = integer_parameter(
-        request, "heartbeat", HEARTBEAT_MS_DEFAULT, HEARTBEAT_MS_MIN, int(limits.block_max_s * 1000)
-    )
-    # Without `limit` a stream goes on forever; with it, it ends after that many.
+    # Without `limit` a stream goes on until it ends; with it, after that many.
     remaining = query.limit if "limit" in request.query else None
-    position = start_position(request, query)
+    position = feed.start(query)
     state.streams.take()
     try:
         response = web.StreamResponse(
@@ -133,7 +152,7 @@ async def serve_feed(request: web.Request, kind: str, query: ChangeQuery) -> web
         )
         await response.prepare(request)
         stream = FeedStream(response, FORMATS[kind], query, position, remaining)
-        await stream.run(request, heartbeat_ms / 1000)
+        await stream.run(request, feed.heartbeat_s)
         return response
     finally:
         state.streams.give_back()
@@ -148,16 +167,21 @@ class FeedStream:
     remaining: int | None
 
     async def run(self, request: web.Request, heartbeat_s: float) -> None:
-        node = state_of(request).node
+        state = state_of(request)
+        node = state.node
         page_max = node.limits.limit_max
+        loop = asyncio.get_running_loop()
+        ends_at = loop.time() + state.streams.max_age_s
         while not node.closing and self.remaining != 0:
+            left_s = ends_at - loop.time()
+            if left_s <= 0:
+                break
             page_limit = page_max if self.remaining is None else min(page_max, self.remaining)
             query = self.query.with_since(self.position, page_limit)
-            page = await node.wait_changes(query, heartbeat_s)
+            page = await node.wait_changes(query, min(heartbeat_s, left_s))
             if not await self._send(request, self._frame(page)):
                 return
-        if node.closing or self.remaining == 0:
-            await self.response.write_eof()
+        await self.response.write_eof()
 
     def _frame(self, page: PageResult) -> bytes:
         parts = []

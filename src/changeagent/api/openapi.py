@@ -113,6 +113,23 @@ def _get_changes_parameters(limit_max: int, block_max_s: float) -> list[dict[str
             "block", {"type": "number", "minimum": 0, "maximum": block_max_s}, "long-poll seconds"
         ),
         CONSISTENCY,
+        _query(
+            "feed",
+            {"type": "string", "enum": ["continuous", "eventsource"]},
+            "stream changes as they commit: NDJSON, or Server-Sent Events (also chosen by "
+            "Accept: text/event-stream); `limit` then ends the stream after that many",
+        ),
+        _query(
+            "heartbeat",
+            {"type": "integer", "minimum": 100, "maximum": int(block_max_s * 1000)},
+            "feeds: ms of quiet before a heartbeat (default 30000)",
+        ),
+        {
+            "name": "Last-Event-ID",
+            "in": "header",
+            "schema": {"type": "string", "pattern": "^[0-9]{0,19}$"},
+            "description": "eventsource: resume after this change id",
+        },
     ]
 
 
@@ -161,11 +178,17 @@ def _paths(limit_max: int, block_max_s: float) -> dict[str, Any]:
                 "summary": "List committed changes after `since`, optionally waiting",
                 "parameters": _get_changes_parameters(limit_max, block_max_s),
                 "responses": {
-                    "200": _ok_json(
-                        "a page of changes", {"$ref": "#/components/schemas/ChangeList"}
-                    ),
+                    "200": {
+                        "description": "a page of changes, or with `feed` a stream of them",
+                        "content": {
+                            **_json({"$ref": "#/components/schemas/ChangeList"}),
+                            "application/x-ndjson": {"schema": {"type": "string"}},
+                            "text/event-stream": {"schema": {"type": "string"}},
+                        },
+                    },
+                    "304": {"description": "If-None-Match: the page has not changed"},
                     "400": _error("bad parameter"),
-                    "503": _error("data unavailable"),
+                    "503": _error("data unavailable, or --max-streams streams are open"),
                 },
             },
             "post": {

@@ -14,7 +14,11 @@ from pathlib import Path
 from typing import TypeVar
 
 from changeagent.api.caching import PAGE_CACHE_MAX_AGE_S_DEFAULT
-from changeagent.api.streams import MAX_STREAMS_DEFAULT, SEND_TIMEOUT_S_DEFAULT
+from changeagent.api.streams import (
+    MAX_AGE_S_DEFAULT,
+    MAX_STREAMS_DEFAULT,
+    SEND_TIMEOUT_S_DEFAULT,
+)
 from changeagent.config import ConfigError
 from changeagent.logs import LOG_FORMATS, configure_logging
 from changeagent.node.node import NodeLimits
@@ -162,6 +166,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="a stream whose consumer takes no data for this long is dropped (default 30)",
     )
     parser.add_argument(
+        "--stream-max-age",
+        type=float,
+        default=MAX_AGE_S_DEFAULT,
+        metavar="S",
+        help="a stream ends cleanly after this long; its consumer reconnects and resumes "
+        "(default 3600)",
+    )
+    parser.add_argument(
         "--page-cache-max-age",
         type=int,
         default=PAGE_CACHE_MAX_AGE_S_DEFAULT,
@@ -260,6 +272,7 @@ def options_from_arguments(arguments: argparse.Namespace) -> ServerOptions:
         public_reads=_public_reads(arguments),
         streams_max=_positive("--max-streams", arguments.max_streams),
         stream_send_timeout_s=_positive("--stream-send-timeout", arguments.stream_send_timeout),
+        stream_max_age_s=_positive("--stream-max-age", arguments.stream_max_age),
         access_log=arguments.access_log,
     )
 
