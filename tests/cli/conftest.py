@@ -7,6 +7,7 @@ from collections.abc import Iterator
 
 import pytest
 
+from tests.security.conftest import pki, start_node  # noqa: F401  (fixtures for TLS tests)
 from tests.support.server import ServerProcess
 
 

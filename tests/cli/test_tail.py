@@ -127,3 +127,23 @@ def test_a_purge_gap_exits_1_naming_the_way_on(tmp_path: Path) -> None:
         assert ids(skipped.stdout.splitlines())[-1] == posted[-1].id
     finally:
         node.stop()
+
+
+def test_tail_follows_across_kill_of_the_leader_it_reads(cluster: Cluster) -> None:
+    tag = uuid.uuid4().hex
+    leader = cluster.leader()
+    order = [leader, *(node for node in cluster.nodes if node is not leader)]
+    urls = [f"http://127.0.0.1:{node.port}" for node in order]
+    tail = RunningCli(["tail", "-f", "--tag", tag], cli_environment(",".join(urls))).start()
+    retry = RetryPolicy(attempts_max=40, backoff_initial_s=0.05, backoff_max_s=0.5)
+    try:
+        with Client(urls[1:], retry=retry, timeout_s=10) as writer:
+            posted = [writer.post(n, tags=[tag]) for n in range(10)]
+            assert ids(tail.take(10)) == [change.id for change in posted]
+            leader.kill()  # the member read, and the leader: a new one is elected
+            posted += [writer.post(n, tags=[tag]) for n in range(10, 20)]
+            assert ids(tail.take(10)) == [change.id for change in posted[10:]]
+        assert tail.signal(signal.SIGTERM) == 0
+        assert tail.rest() == []
+    finally:
+        tail.stop()
