@@ -1,10 +1,12 @@
 """The `changeagent` command: a client subcommand (post, get, changes, tail, mirror,
-cluster, config, health) when the arguments name one, else a node (`serve`, or
+cluster, config, health) when the arguments name one; a local tool on files
+(LOCAL_COMMANDS: each a module with `main(argv) -> int`); else a node (`serve`, or
 ChangeAgent's flags alone). Each side is imported only when used, so a client
 command starts without loading the server."""
 
 from __future__ import annotations
 
+import importlib
 import sys
 from collections.abc import Sequence
 
@@ -31,8 +33,16 @@ def client_command(argv: Sequence[str]) -> list[str] | None:
     return None
 
 
+# Commands that work on local files, with no server: name -> module.
+LOCAL_COMMANDS: dict[str, str] = {}
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] in LOCAL_COMMANDS:
+        module = importlib.import_module(LOCAL_COMMANDS[argv[0]])
+        status: int = module.main(argv[1:])
+        return status
     client_argv = client_command(argv)
     if client_argv is not None:
         from changeagent.cli.client_cli import run_client
