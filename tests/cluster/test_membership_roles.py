@@ -1,8 +1,8 @@
 """Read-only members on real processes behind the LinkProxy: 3 voters and 2
 learners lose 2 voters (writes answer 503 everywhere, the learners still serve
-every committed change and hold long-polls) and converge once the voters are
-back; a member promoted and demoted through the API (the leader demoting
-itself too) shows its role in /cluster, and the quorum follows it."""
+every committed change, in pages and feeds, and hold long-polls) and converge
+once the voters are back; a member promoted and demoted through the API (the
+leader demoting itself too) shows its role in /cluster, and the quorum follows."""
 
 from __future__ import annotations
 
@@ -114,6 +114,10 @@ def test_read_only_members_serve_every_committed_change_while_the_voters_are_dow
             assert all_changes(reader) == committed, reader.name
             page = reader.request("GET", f"/changes?since={committed[-2]['_id']}&block=30")
             assert page.status == 200 and page.json()["changes"] == [committed[-1]]
+            feed = reader.request("GET", "/changes?feed=continuous&since=0&limit=30")
+            assert feed.status == 200, (reader.name, feed.body)
+            lines = [orjson.loads(line) for line in feed.body.splitlines() if line.strip()]
+            assert lines == committed, reader.name
         waiting: dict[str, list[Outcome]] = {reader.name: [] for reader in readers}
         threads = [long_poll(reader, last_id, waiting[reader.name]) for reader in readers]
 
