@@ -17,11 +17,13 @@ from pathlib import Path
 
 from bench import install, procs
 from bench.report import command_line, machine_info, summarize, write_results
+from bench.scenarios import readscale
 from bench.scenarios.cluster import run_failover, run_join
 from bench.scenarios.common import Recorder, Settings, guarded
 from bench.scenarios.consumers import run_consumers
 from bench.scenarios.memory import run_memory
 from bench.scenarios.reads import run_catchup, run_fanout, run_notify
+from bench.scenarios.readscale import run_cache, run_longpolls, run_streams
 from bench.scenarios.writes import run_writes
 from bench.security import run_security
 from bench.systems import SYSTEMS
@@ -56,6 +58,9 @@ SCENARIOS: dict[str, tuple[str, list[tuple[str, Runner]]]] = {
     "memory": ("g", [("g. memory", run_memory)]),
     "security": ("h", [("h. security overhead", run_security)]),
     "consumers": ("i", [("i. consumers", run_consumers)]),
+    "streams": ("j", [(readscale.STREAMS, run_streams)]),
+    "cache": ("k", [(readscale.CACHE, run_cache)]),
+    "longpolls": ("l", [(readscale.LONGPOLLS, run_longpolls)]),
 }
 
 
@@ -103,10 +108,11 @@ def _pick_scenarios(parser: argparse.ArgumentParser, only: str) -> list[str]:
     return [name for name in SCENARIOS if name in chosen]
 
 
-def available_systems(names: list[str], no_install: bool,
-                      recorder: Recorder) -> list[type[System]]:
-    wanted = [n for n in names if n != "changeagent"] + ["wrk"]
+def available_systems(names: list[str], no_install: bool, recorder: Recorder,
+                      tools: tuple[str, ...] = ()) -> list[type[System]]:
+    wanted = [n for n in names if n != "changeagent"] + ["wrk", *tools]
     missing = {} if no_install else install.ensure_installed(wanted, recorder.log)
+    readscale.nginx_missing_reason = missing.get("nginx")
     if "wrk" in missing:
         recorder.skip("wrk", "all", f"wrk unavailable ({missing['wrk']}); "
                       "HTTP writes use the asyncio generator only")
@@ -139,7 +145,9 @@ def main(argv: list[str] | None = None) -> int:
     recorder.log(f"bench {settings.mode} mode; open-file limit {open_files}")
     with ThreadPoolExecutor(max_workers=1) as pool:  # both start a changeagent process
         machine_future = pool.submit(machine_info, arguments.data_root or Path("/tmp"))
-        systems = available_systems(arguments.system_names, arguments.no_install, recorder)
+        tools = ("nginx",) if "cache" in arguments.scenarios else ()
+        systems = available_systems(arguments.system_names, arguments.no_install, recorder,
+                                    tools)
         machine = machine_future.result()
     try:
         for name in arguments.scenarios:

@@ -12,7 +12,7 @@ import shutil
 import subprocess
 
 PACKAGES = {"etcd": ("etcd", "etcd-server"), "redis": ("redis-server", "redis-server"),
-            "wrk": ("wrk", "wrk")}
+            "wrk": ("wrk", "wrk"), "nginx": ("nginx", "nginx")}
 
 
 def ensure_installed(names: list[str], log: object = print) -> dict[str, str]:

@@ -198,6 +198,17 @@ GOALS = [
      "changes/s follow() delivers", ">=", 100_000.0),
     ("mirror writes >= 50,000 changes/s on its first sync", "12",
      "changes/s `changeagent mirror` writes", ">=", 50_000.0),
+    ("SSE: p99 from the write's ack to the last of 1,000 consumers <= 20 ms (100 changes/s)",
+     "13", "p99 from the write's ack to the last of 1,000 SSE consumers, 100 changes/s",
+     "<=", 20.0),
+    ("catch-up of 1,000 consumers through nginx >= 10x direct (empty cache)", "13",
+     "through nginx / direct, 1,000 consumers, empty cache", ">=", 10.0),
+    ("50,000 waiting long-polls held by one node", "13",
+     "waiting consumers held at once, target 50,000", ">=", 50_000.0),
+    ("all waiting long-polls have one new change within 1 s (50,000 asked)", "13",
+     "time until all waiting consumers have one new change, target 50,000", "<=", 1000.0),
+    ("node RSS <= 600 MB while the long-polls wait (50,000 asked)", "13",
+     "server RSS while the consumers wait, target 50,000", "<=", 600.0),
 ]
 
 
@@ -206,7 +217,7 @@ def _find(rows: list[dict[str, Any]], prefix: str) -> dict[str, Any] | None:
 
 
 def _goal_lines(rows: list[dict[str, Any]]) -> list[str]:
-    lines = ["", "Goals (issues 2, 6 and 12), changeagent in this run:", "",
+    lines = ["", "Goals (issues 2, 6, 12 and 13), changeagent in this run:", "",
              "| Goal | Issue | Measured | Met |", "|---|---|---|---|"]
     for goal, issue, prefix, comparison, threshold in GOALS:
         row = _find(rows, prefix)

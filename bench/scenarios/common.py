@@ -40,6 +40,18 @@ class Settings:
     follower_write_clients: list[int] = field(default_factory=lambda: [1, 16, 64, 256])
     # i. consumers: the log that follow() and `changeagent mirror` read in full.
     consumer_changes: int = 1_000_000
+    # j. SSE streams: consumers on one node, changes/s written, seconds of writing.
+    stream_consumers: int = 1_000
+    stream_rate: float = 100.0
+    stream_seconds: float = 30.0
+    # k. catch-up through nginx: consumers, each reading this many changes from the start.
+    cache_consumers: int = 1_000
+    cache_changes: int = 10_000
+    # l. long-poll scale: waiting consumers on one node; connections per 127.0.0.x
+    # source address and per generator process.
+    longpoll_consumers: int = 50_000
+    longpoll_per_source: int = 10_000
+    longpoll_per_worker: int = 10_000
 
     def override(self, assignment: str) -> None:
         """Apply one NAME=VALUE from the command line (ints, floats, comma lists)."""
@@ -63,7 +75,9 @@ class Settings:
                    fanout_consumers=[200], failover_runs=1, join_changes=2_000, join_runs=2,
                    memory_changes=10_000, preload_seconds_max=15,
                    scenario_seconds_max=60, settle_seconds=0.1, follower_write_clients=[16],
-                   consumer_changes=20_000)
+                   consumer_changes=20_000, stream_consumers=100, stream_seconds=3.0,
+                   cache_consumers=100, cache_changes=2_000, longpoll_consumers=2_000,
+                   longpoll_per_source=1_000, longpoll_per_worker=1_000)
 
     @classmethod
     def full(cls) -> Settings:
