@@ -12,7 +12,10 @@ k. catch-up through nginx: a 3-member cluster holds M changes; nginx runs Debian
    consumers each read the first M changes in full pages of 100, (1) directly from one
    member, (2) through nginx with an empty cache, (3) again through the same nginx,
    now warm; aggregate changes/s and through-nginx / direct. nginx's access log says
-   how many requests reached a member (cache MISS).
+   how many requests reached a member (cache MISS). The consumers are one asyncio
+   process that only counts the ids of each page and takes the last as the next `since`;
+   for context, wrk (C) then replays the same page URLs on as many connections, as many
+   times, directly and through the warm nginx, to show what the Python generator hides.
 l. long-poll scale: N consumers wait on one node (changeagent: long-polls; etcd: one
    watch stream each, as in scenario d); one change is written; time until all have it
    and the node's RSS while they wait. The generator runs in several processes (each
@@ -51,6 +54,7 @@ from bench.procs import (
     BenchError,
     SkipScenario,
     Started,
+    children_cpu_seconds,
     cpu_seconds,
     free_port,
     rss_bytes,
@@ -59,6 +63,7 @@ from bench.procs import (
 )
 from bench.scenarios.common import Recorder, Settings, median, percentile, run_async, running
 from bench.systems.base import PAYLOAD, System
+from bench.wrk import run_wrk_preload, wrk_available
 
 STREAMS = "j. SSE streams"
 CACHE = "k. catch-up through nginx"
@@ -67,6 +72,7 @@ LONGPOLLS = "l. long-poll scale"
 CONNECT_BATCH = 200
 READY_SECONDS_MAX = 60.0
 DELIVERY_SECONDS_MAX = 5.0  # after the last write, for the last consumer to have it
+WRK_SECONDS_MAX = 300.0
 WRITER_CONNECTIONS = 32  # writes in flight at most: the pace holds while the node is slow
 PAGE = 100
 LONGPOLL_BLOCK_SECONDS = 300  # longer than connecting every consumer takes
@@ -465,8 +471,13 @@ async def _cache(system: System, settings: Settings, recorder: Recorder) -> None
         raise BenchError(f"preloaded {stored} of {changes + 2 * PAGE} changes")
     members = [m.port for m in system.members]
     label = f"{consumers:,} consumers each reading the first {changes:,} changes"
+    pages = await _page_paths(members[0], changes) if wrk_available() else None
+    wrk_label = (f"wrk replaying the same {changes // PAGE} page URLs on {consumers:,} "
+                 "connections (context: a generator in C)")
     for _ in range(settings.runs):
         direct = await _catch_up(members[0], consumers, changes, system.pids()[:1])
+        if pages is not None:
+            direct_wrk = await _wrk_pages(members[0], pages, consumers, system.pids()[:1])
         nginx = Nginx(members)
         try:
             nginx.start()
@@ -474,9 +485,12 @@ async def _cache(system: System, settings: Settings, recorder: Recorder) -> None
             await asyncio.sleep(1.2)  # nginx flushes its access log every second
             cold_counts = nginx.cache_counts()
             warm = await _catch_up(nginx.port, consumers, changes, nginx.pids())
+            await asyncio.sleep(1.2)
+            warm_counts = nginx.cache_counts()
+            if pages is not None:
+                warm_wrk = await _wrk_pages(nginx.port, pages, consumers, nginx.pids())
         finally:
             nginx.stop()
-            warm_counts = nginx.cache_counts()
             nginx.remove()
         rows: tuple[tuple[str, dict[str, float], dict[str, int]], ...] = (
                 ("directly from one member", direct, {}),
@@ -491,6 +505,58 @@ async def _cache(system: System, settings: Settings, recorder: Recorder) -> None
         for name, result in (("empty cache", cold), ("warm cache", warm)):
             recorder.add(CACHE, f"through nginx / direct, {consumers:,} consumers, {name}",
                          system.name, result["rate"] / direct["rate"], "x", "higher")
+        if pages is not None:
+            recorder.add(CACHE, f"changes/s directly from one member, {wrk_label}",
+                         system.name, direct_wrk["rate"], "changes/s", "higher",
+                         **{k: v for k, v in direct_wrk.items() if k != "rate"})
+            recorder.add(CACHE, f"changes/s through nginx, warm cache, {wrk_label}",
+                         system.name, warm_wrk["rate"], "changes/s", "higher",
+                         **{k: v for k, v in warm_wrk.items() if k != "rate"})
+            recorder.add(CACHE, f"through nginx / direct, warm cache, {wrk_label}",
+                         system.name, warm_wrk["rate"] / direct_wrk["rate"], "x", "higher")
+
+
+async def _page_paths(port: int, changes: int) -> Path:
+    """The URLs of the pages holding the first `changes` changes, in a file for wrk."""
+    connection = await http_connect(port)
+    paths: list[str] = []
+    cursor = 0
+    try:
+        while len(paths) * PAGE < changes:
+            path = f"/changes?since={cursor}&limit={PAGE}"
+            status, body = await connection.request("GET", path)
+            found = orjson.loads(body)["changes"] if status == 200 else []
+            if len(found) < PAGE:
+                raise BenchError(f"GET {path} answered {status} with {len(found)} changes")
+            paths.append(path)
+            cursor = int(found[-1]["_id"])
+    finally:
+        connection.close()
+    directory = PROCESSES.make_dir("pages")
+    (directory / "pages.txt").write_text("\n".join(paths) + "\n")
+    return directory / "pages.txt"
+
+
+async def _wrk_pages(port: int, pages: Path, connections: int,
+                     server_pids: list[int]) -> dict[str, float]:
+    """wrk on `connections` connections requests the listed pages round robin until it has
+    as many answers as the consumers of `_catch_up` get (each page once per consumer)."""
+    count = connections * len(pages.read_text().split())
+    server_before = cpu_seconds(server_pids)
+    wrk_before = children_cpu_seconds()
+    summary = await asyncio.to_thread(
+        run_wrk_preload, f"http://{LOOPBACK}:{port}/changes", "pages.lua", count,
+        connections, WRK_SECONDS_MAX, {"BENCH_PAGES_FILE": str(pages)})
+    seconds = summary["seconds"]
+    if summary["ok"] < count:
+        raise BenchError(f"wrk got {summary['ok']} of {count} pages in {seconds:.0f} s")
+    return {"rate": summary["ok"] * PAGE / seconds, "seconds": round(seconds, 2),
+            "generator_cpu_percent": round(100 * (children_cpu_seconds() - wrk_before)
+                                           / seconds, 1),
+            "server_cpu_percent": round(100 * (cpu_seconds(server_pids) - server_before)
+                                        / seconds, 1),
+            # wrk's socket errors (connect, read, write, timeout) and non-2xx answers
+            **{k: v for k, v in summary.items() if k.startswith("errors_") and v}}
 
 
 async def _catch_up(port: int, consumers: int, changes: int,
