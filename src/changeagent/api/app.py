@@ -15,6 +15,7 @@ from changeagent.api.in_flight import RequestsInFlight
 from changeagent.api.observe import stamp_start
 from changeagent.api.openapi import openapi_document
 from changeagent.api.streams import StreamSlots
+from changeagent.api.ui import add_ui_routes
 from changeagent.metrics import NodeMetrics
 from changeagent.node.node import Node
 from changeagent.transport import Transport, add_cluster_route
@@ -103,6 +104,7 @@ def build_app(
         app.router.add_route(
             method, prefix + path if path != "/" or not prefix else prefix, handler
         )
+    add_ui_routes(app, prefix)  # the dashboard, GET /ui/ (api/ui.py)
 
     if transport is not None:
         add_cluster_route(app, transport)

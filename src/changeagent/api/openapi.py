@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from changeagent.api.ui import UI_FILES
 from changeagent.ids import ID_PATTERN
 from changeagent.version import package_version
 
@@ -355,6 +356,7 @@ def _paths(limit_max: int, block_max_s: float) -> dict[str, Any]:
         "/diagnostics/stack": {"get": _diagnostic(TEXT)},
         "/diagnostics/memory": {"get": _diagnostic(_json({"type": "object"}))},
         "/diagnostics/cpu": {"get": _diagnostic(_json({"type": "object"}))},
+        **_ui_paths(),
         "/metrics": {
             "get": {
                 "summary": "Prometheus metrics of this node",
@@ -368,6 +370,48 @@ def _paths(limit_max: int, block_max_s: float) -> dict[str, Any]:
                             "application/openmetrics-text": {"schema": {"type": "string"}},
                         },
                     }
+                },
+            }
+        },
+    }
+
+
+def _ui_paths() -> dict[str, Any]:
+    """The dashboard (api/ui.py): an HTML page and its static files."""
+    html = {"text/html": {"schema": {"type": "string"}}}
+    return {
+        "/ui": {
+            "get": {
+                "summary": "Redirects to the dashboard, ui/",
+                "responses": {"302": {"description": "Location: ui/ (relative)"}},
+            }
+        },
+        "/ui/": {
+            "get": {
+                "summary": "The dashboard: one HTML page over this API",
+                "responses": {"200": {"description": "the page", "content": html}},
+            }
+        },
+        "/ui/{name}": {
+            "get": {
+                "summary": "A static file of the dashboard",
+                "parameters": [
+                    {
+                        "name": "name",
+                        "in": "path",
+                        "required": True,
+                        "schema": {"type": "string", "enum": sorted(UI_FILES)},
+                    }
+                ],
+                "responses": {
+                    "200": {
+                        "description": "the file (ETag; If-None-Match gets 304)",
+                        "content": {
+                            content_type.partition(";")[0]: {"schema": {"type": "string"}}
+                            for content_type in sorted(set(UI_FILES.values()))
+                        },
+                    },
+                    "404": _error("no such file"),
                 },
             }
         },

@@ -38,6 +38,7 @@ async def root(request: web.Request) -> web.Response:
     names = ("changes", "cluster", "config", "diagnostics", "health", "metrics", "version")
     links = {name: f"{base}/{name}" for name in names}
     links["openapi"] = f"{base}/openapi.json"
+    links["ui"] = f"{base}/ui/"  # the dashboard (api/ui.py)
     return json_response(links)
 
 
