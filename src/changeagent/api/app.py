@@ -6,7 +6,7 @@ import orjson
 from aiohttp import web
 from aiohttp.typedefs import Middleware
 
-from changeagent.api import changes, operations
+from changeagent.api import backup, changes, operations
 from changeagent.api.auth import Authenticator, auth_middleware
 from changeagent.api.caching import PageCaching
 from changeagent.api.context import STATE_KEY, ApiState
@@ -99,6 +99,7 @@ def build_app(
         ("GET", "/diagnostics/memory", operations.memory),
         ("GET", "/diagnostics/cpu", operations.cpu),
         ("GET", "/metrics", operations.metrics),
+        ("GET", "/backup", backup.get_backup),
     ]
     for method, path, handler in routes:
         app.router.add_route(

@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from changeagent.api.ui import UI_FILES
+from changeagent.backup_format import CONTENT_TYPE
 from changeagent.ids import ID_PATTERN
 from changeagent.version import package_version
 
@@ -372,6 +373,27 @@ def _paths(limit_max: int, block_max_s: float) -> dict[str, Any]:
                     }
                 },
             }
+        },
+        "/backup": {"get": _backup_operation()},
+    }
+
+
+def _backup_operation() -> dict[str, Any]:
+    """GET /backup (api/backup.py; the file format is changeagent/backup_format.py)."""
+    return {
+        "summary": "A backup of this node's committed log, streamed while it serves",
+        "description": "One file: a magic line, a JSON header line (commitIndex, "
+        "changes, databaseBytes, ...), the SQLite database holding the committed "
+        "prefix of the log (no cluster secret), and a trailer line `SHA256 <hex>` over "
+        "everything before it. `changeagent backup` saves and checks it; `changeagent "
+        "restore` makes a standalone node of it. One backup at a time per node.",
+        "responses": {
+            "200": {
+                "description": "the backup file (Content-Length is its size)",
+                "content": {CONTENT_TYPE: {"schema": {"type": "string", "format": "binary"}}},
+            },
+            "409": _error("a backup of this node is already running"),
+            "503": _error("the node stopped serving, or the copy failed (e.g. disk full)"),
         },
     }
 

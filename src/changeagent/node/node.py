@@ -7,6 +7,7 @@
 - `ClusterMembership` (membership.py): create, add, remove, join, leave, promote,
   and the cluster identity (`set_cluster`).
 - `PeerRequests` (peer_requests.py): answers to what other members ask.
+- `NodeBackups` (backup.py): online backups of the committed log, one at a time.
 
 `server.py` builds a Node, wires its transport, and alone decides the order of
 start-up and shutdown. Everything runs on one asyncio loop; disk work happens in
@@ -24,6 +25,7 @@ from typing import TYPE_CHECKING
 
 from changeagent.change import NewChange
 from changeagent.config import Settings
+from changeagent.node.backup import NodeBackups
 from changeagent.node.changelog import ChangeLog
 from changeagent.node.counters import RuntimeCounters
 from changeagent.node.errors import NotAvailable
@@ -67,6 +69,7 @@ class Node:
         self.reads = ChangeReader(self.replica)
         self.cluster = ClusterMembership(self.replica, self.identity)
         self._peer_requests = PeerRequests(self.replica, self.changes, self.cluster)
+        self.backups = NodeBackups(self.replica)
         self._closed = False
 
     # What the API shows ----------------------------------------------------------------
