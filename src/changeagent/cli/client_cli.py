@@ -1,5 +1,5 @@
 """The client subcommands of `changeagent`: post, get, changes, tail, mirror,
-cluster, config and health, over `changeagent.client`.
+cluster, config, health and backup, over `changeagent.client`.
 
 Errors are one line on stderr and an exit status: 2 for usage (bad flags, a
 malformed JSON argument, a missing password), 1 for a server or connection error.
@@ -171,6 +171,16 @@ def _add_admin(commands: Any, connection: argparse.ArgumentParser) -> None:
     health.add_argument("action", nargs="?", default=None, choices=("up", "down"))
     health.set_defaults(handler=_health)
 
+    backup = commands.add_parser(
+        "backup", parents=[connection],
+        help="save a backup of one node's committed log (GET /backup) to a file",
+        description="Save a backup of the --server node's committed log to FILE: written "
+        "to a temporary file, its length and SHA-256 checked, fsynced, then renamed over "
+        "FILE. `changeagent restore --from FILE -d DIR` makes a node of it.",
+    )  # fmt: skip
+    backup.add_argument("--out", type=Path, required=True, metavar="FILE", help="where to save it")
+    backup.set_defaults(handler=_backup)
+
 
 def run_client(argv: Sequence[str]) -> int:
     parser = build_client_parser()
@@ -335,6 +345,24 @@ def _yaml_file(name: str) -> str:
         return Path(name).read_text()
     except (OSError, UnicodeDecodeError) as error:
         raise UsageError(f"cannot read {name}: {error}") from error
+
+
+class BackupFailed(ChangeAgentError):
+    """The backup arrived but could not be saved locally."""
+
+
+def _backup(client: Client, arguments: argparse.Namespace, output: Output) -> int:
+    if len(_servers(arguments.server)) != 1:
+        raise UsageError("backup saves one node's log: give one --server")
+    out: Path = arguments.out
+    if out.is_dir():
+        raise UsageError(f"--out {out} is a directory; name the file to write")
+    try:
+        saved = client.backup(out)
+    except OSError as error:  # the temporary file or the rename
+        raise BackupFailed(f"cannot write {out}: {error}") from error
+    output.document(saved.document())
+    return 0
 
 
 def _health(client: Client, arguments: argparse.Namespace, output: Output) -> int:

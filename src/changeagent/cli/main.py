@@ -1,5 +1,5 @@
 """The `changeagent` command: a client subcommand (post, get, changes, tail, mirror,
-cluster, config, health) when the arguments name one; a local tool on files
+cluster, config, health, backup) when the arguments name one; a local tool on files
 (LOCAL_COMMANDS: each a module with `main(argv) -> int`); else a node (`serve`, or
 ChangeAgent's flags alone). Each side is imported only when used, so a client
 command starts without loading the server."""
@@ -10,7 +10,17 @@ import importlib
 import sys
 from collections.abc import Sequence
 
-COMMANDS = ("post", "get", "changes", "tail", "mirror", "cluster", "config", "health")
+COMMANDS = (
+    "post",
+    "get",
+    "changes",
+    "tail",
+    "mirror",
+    "cluster",
+    "config",
+    "health",
+    "backup",
+)
 # The connection options, which may also come before the command name.
 VALUE_OPTIONS = frozenset({"--server", "--user", "--cacert", "--cert", "--cert-key", "--timeout"})
 FLAG_OPTIONS = frozenset({"--pretty"})

@@ -15,17 +15,19 @@ from changeagent.client.errors import (
     ChangesMissed,
     Conflict,
     ConnectionFailed,
+    InvalidBackup,
     NotFound,
     PayloadTooLarge,
     ServerError,
     Unauthorized,
     Unavailable,
 )
-from changeagent.client.model import Change, Health, Page
+from changeagent.client.model import Backup, Change, Health, Page
 from changeagent.client.shells import AsyncClient, Client
 
 __all__ = [
     "AsyncClient",
+    "Backup",
     "BadRequest",
     "Change",
     "ChangeAgentError",
@@ -34,6 +36,7 @@ __all__ = [
     "Conflict",
     "ConnectionFailed",
     "Health",
+    "InvalidBackup",
     "NotFound",
     "Page",
     "PayloadTooLarge",

@@ -297,6 +297,12 @@ class ClientCore:
         headers = (("Content-Type", "application/yaml"),)
         return Operation("PUT", "/config", _text, (), headers, yaml_text.encode())
 
+    def backup(self, read_timeout_s: float) -> Operation[None]:
+        """GET /backup: the shell streams the answer to a file (client/backup.py), so
+        this operation only describes the request and maps its errors. Retried (a GET:
+        each attempt is a new backup); 409 (one already running) is not."""
+        return Operation("GET", "/backup", _streamed, timeout_s=read_timeout_s)
+
     def mark(self, up: bool, server: int | str | None) -> Operation[dict[str, Any]]:
         """PUT /health on one server, not retried elsewhere."""
         headers = (("Content-Type", "application/x-www-form-urlencoded"),)
@@ -313,6 +319,10 @@ class ClientCore:
     def health_url(self, server: int | str | None) -> str:
         """GET /health of one server: the given URL or index, else the current one."""
         return self.server_url(server) + "/health"
+
+
+def _streamed(status: int, body: bytes) -> None:
+    """A success whose body the shell read as a stream itself."""
 
 
 def _text(status: int, body: bytes) -> str:

@@ -3,6 +3,7 @@
 ChangeAgentError
 ├── ChangesMissed         follow(): purge removed changes it had not yet seen
 ├── ConnectionFailed      no configured server could be reached (after retries)
+├── InvalidBackup         backup(): the file did not pass its length or checksum check
 └── ServerError           a server answered with an error status and JSON `error`
     ├── BadRequest        400
     ├── Unauthorized      401 (missing or wrong Basic credentials)
@@ -35,6 +36,11 @@ class ChangesMissed(ChangeAgentError):
         )
         self.since = since
         self.first_retained = first_retained
+
+
+class InvalidBackup(ChangeAgentError):
+    """backup(): what the server sent is not a complete, intact backup file (short,
+    checksum mismatch, not a backup at all); nothing was saved."""
 
 
 class ServerError(ChangeAgentError):

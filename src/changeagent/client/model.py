@@ -68,3 +68,37 @@ class Health:
     url: str
     ok: bool
     detail: str
+
+
+@dataclass(frozen=True)
+class Backup:
+    """A backup saved by backup(): where, its size, the SHA-256 its trailer holds
+    (over everything before the trailer), and what its header says: the node it came from (base-36
+    ids), the last log index it holds (every entry up to it committed), and its
+    changes (how many, first and last `_id`; 0 when none)."""
+
+    path: str
+    bytes: int
+    sha256: str
+    node_id: str
+    cluster_id: str
+    commit_index: int
+    changes: int
+    first_change_id: int
+    last_change_id: int
+    created_ns: int
+
+    def document(self) -> dict[str, Any]:
+        """As `changeagent backup` prints it."""
+        return {
+            "file": self.path,
+            "bytes": self.bytes,
+            "sha256": self.sha256,
+            "nodeId": self.node_id,
+            "clusterId": self.cluster_id,
+            "commitIndex": self.commit_index,
+            "changes": self.changes,
+            "firstChangeId": self.first_change_id,
+            "lastChangeId": self.last_change_id,
+            "createdNs": self.created_ns,
+        }

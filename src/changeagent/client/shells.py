@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import ssl
 import threading
 import time
@@ -14,6 +15,7 @@ from typing import Any, TypeVar
 
 import httpx
 
+from changeagent.client.backup import BACKUP_READ_TIMEOUT_S, BackupFile
 from changeagent.client.core import (
     LAG_CHECK_S,
     ClientCore,
@@ -29,7 +31,7 @@ from changeagent.client.core import (
     write_checkpoint,
 )
 from changeagent.client.errors import ChangeAgentError, ConnectionFailed
-from changeagent.client.model import Change, Health, Page
+from changeagent.client.model import Backup, Change, Health, Page
 
 T = TypeVar("T")
 CONNECT_TIMEOUT_S = 5.0
@@ -277,6 +279,36 @@ class Client:
         load balancers: its GET /health answers 503 while down."""
         return self._run(self._core.mark(up, server))
 
+    def backup(
+        self, path: str | os.PathLike[str], *, read_timeout_s: float = BACKUP_READ_TIMEOUT_S
+    ) -> Backup:
+        """Save a backup of the server in use (GET /backup: its committed log) to
+        `path`, atomically: a temporary file is checked (length, SHA-256), fsynced and
+        renamed over `path`; a failed attempt leaves `path` as it was. Retried like
+        other reads (each attempt starts over); Conflict while that server makes
+        another backup; InvalidBackup when what arrived fails the check.
+        `read_timeout_s`: the longest wait for the next bytes (the server copies
+        the whole database before it sends the first)."""
+        call = self._core.call(self._core.backup(read_timeout_s))
+        while True:
+            request = call.request()
+            step: Done[None] | Wait
+            file = BackupFile(path)
+            try:
+                with self._http.stream(**_send_arguments(request)) as response:
+                    if 200 <= response.status_code < 300:
+                        for chunk in response.iter_bytes():
+                            file.write(chunk)
+                        return file.commit()
+                    headers = _headers(response)
+                    step = call.answered(response.status_code, headers, response.read())
+            except httpx.TransportError as error:
+                step = call.failed(f"{type(error).__name__}: {error}")
+            finally:
+                file.discard()
+            assert isinstance(step, Wait)  # an error status raised, a success returned
+            time.sleep(step.delay_s)
+
     def health(self, server: int | str | None = None) -> Health:
         """GET /health of one server (URL or index; default the one in use), not
         retried: a 503 is an answer here, not an error."""
@@ -465,6 +497,31 @@ class AsyncClient:
         """Mark one server (URL or index; default the one in use) up or down for
         load balancers: its GET /health answers 503 while down."""
         return await self._run(self._core.mark(up, server))
+
+    async def backup(
+        self, path: str | os.PathLike[str], *, read_timeout_s: float = BACKUP_READ_TIMEOUT_S
+    ) -> Backup:
+        """As Client.backup (the file is written from the event loop's thread, its
+        final fsync and rename on a worker thread)."""
+        call = self._core.call(self._core.backup(read_timeout_s))
+        while True:
+            request = call.request()
+            step: Done[None] | Wait
+            file = BackupFile(path)
+            try:
+                async with self._http.stream(**_send_arguments(request)) as response:
+                    if 200 <= response.status_code < 300:
+                        async for chunk in response.aiter_bytes():
+                            file.write(chunk)
+                        return await asyncio.to_thread(file.commit)
+                    headers = _headers(response)
+                    step = call.answered(response.status_code, headers, await response.aread())
+            except httpx.TransportError as error:
+                step = call.failed(f"{type(error).__name__}: {error}")
+            finally:
+                file.discard()
+            assert isinstance(step, Wait)
+            await asyncio.sleep(step.delay_s)
 
     async def health(self, server: int | str | None = None) -> Health:
         """As Client.health."""
