@@ -44,7 +44,9 @@ def client_command(argv: Sequence[str]) -> list[str] | None:
 
 
 # Commands that work on local files, with no server: name -> module.
-LOCAL_COMMANDS: dict[str, str] = {}
+LOCAL_COMMANDS: dict[str, str] = {
+    "restore": "changeagent.cli.restore",
+}
 
 
 def main(argv: list[str] | None = None) -> int:
