@@ -99,3 +99,27 @@ def test_the_files_are_package_data() -> None:
     patterns = pyproject["tool"]["setuptools"]["package-data"]["changeagent.api"]
     for name in UI_FILES:
         assert any(fnmatch.fnmatch(f"ui/{name}", pattern) for pattern in patterns), name
+
+
+@pytest.mark.parametrize("site", ["cross-site", "same-site", "CROSS-SITE"])
+def test_a_browsers_write_from_another_site_is_refused(server: ServerProcess, site: str) -> None:
+    form = {"Content-Type": "application/x-www-form-urlencoded"}
+    answer = server.request("POST", "/health", "up=false", {**form, "Sec-Fetch-Site": site})
+    assert answer.status == 403, answer.body
+    assert "another site" in answer.json()["error"]
+    assert server.request("GET", "/health").status == 200  # still up
+    change = {"Content-Type": "application/json", "Sec-Fetch-Site": site}
+    assert server.request("POST", "/changes", '{"data": 1}', change).status == 403
+    # Reads are not refused: another site's page cannot read the answer anyway.
+    read = server.request("GET", "/changes", headers={"Sec-Fetch-Site": site})
+    assert read.status == 200
+
+
+@pytest.mark.parametrize("site", ["same-origin", "none", None])
+def test_writes_from_the_same_origin_or_no_browser_are_served(
+    server: ServerProcess, site: str | None
+) -> None:
+    headers = {"Content-Type": "application/json"}
+    if site is not None:
+        headers["Sec-Fetch-Site"] = site
+    assert server.request("POST", "/changes", '{"data": 1}', headers).status == 200

@@ -15,6 +15,7 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import pytest
 
@@ -298,6 +299,22 @@ def test_marking_a_node_down_from_the_page(cluster: Cluster, driver: Any) -> Non
     finally:
         node.form("PUT", "/health", {"up": "true"})
     assert script_errors(driver) == []
+
+
+def test_a_form_on_another_site_cannot_mark_a_node_down(cluster: Cluster, driver: Any) -> None:
+    """The browser holds the page's credentials for the node's origin and would send
+    them with another site's form post: the node refuses it (api/cross_site.py)."""
+    node = cluster.nodes[0]
+    attack = (
+        f'<form method="post" action="http://127.0.0.1:{node.port}/health">'
+        '<input name="up" value="false"></form>'
+        "<script>document.forms[0].submit()</script>"
+    )
+    driver.get("data:text/html;charset=utf-8," + quote(attack))
+    wait(driver).until(lambda _: driver.current_url.endswith("/health"))
+    wait(driver).until(lambda _: "another site" in driver.page_source)
+    answer = node.request("GET", "/health")
+    assert (answer.status, answer.text) == (200, "ok")
 
 
 def test_a_read_only_learner_is_shown_with_its_role(

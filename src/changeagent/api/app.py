@@ -10,6 +10,7 @@ from changeagent.api import backup, changes, operations
 from changeagent.api.auth import Authenticator, auth_middleware
 from changeagent.api.caching import PageCaching
 from changeagent.api.context import STATE_KEY, ApiState
+from changeagent.api.cross_site import SAFE_METHODS, same_site_only
 from changeagent.api.errors import Handler, error_middleware
 from changeagent.api.in_flight import RequestsInFlight
 from changeagent.api.observe import stamp_start
@@ -102,6 +103,8 @@ def build_app(
         ("GET", "/backup", backup.get_backup),
     ]
     for method, path, handler in routes:
+        if method not in SAFE_METHODS:  # a browser's request from another site: 403
+            handler = same_site_only(handler)
         app.router.add_route(
             method, prefix + path if path != "/" or not prefix else prefix, handler
         )
