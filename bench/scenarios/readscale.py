@@ -275,7 +275,10 @@ async def _streams(system: System, settings: Settings, recorder: Recorder) -> No
     window = ended - began
     written_per_s = len(records) / outcome["seconds"] if outcome["seconds"] else 0.0
     label = f"{consumers:,} SSE consumers, {settings.stream_rate:g} changes/s"
+    writes = [acked_at - sent_at for _, sent_at, acked_at in records]
     extra = {"changes": len(records), "written_per_s": round(written_per_s, 1),
+             "write_p50_ms": round(percentile(writes, 0.50) * 1000, 2),
+             "write_p99_ms": round(percentile(writes, 0.99) * 1000, 2),
              "write_errors": outcome["errors"], "streams_dropped": dropped,
              "writer_cpu_percent": round(100 * outcome["cpu"] / outcome["seconds"], 1)}
     for name, values in (("the write's ack", after_ack), ("the write was sent", after_send)):
