@@ -2,7 +2,9 @@
 
 Settings use ChangeAgent's YAML names so that existing files keep working:
 `minPurgeRecords`, `minPurgeDuration`, `electionTimeout`, `heartbeatTimeout` and
-`webHooks` (a list of `{uri, headers}`). Durations are Go syntax. The file is
+`webHooks` (a list of `{uri, headers}`), plus `archiveDir` (where each member keeps
+what purges remove: `changeagent.archive`; relative to its data directory unless
+absolute). Durations are Go syntax. The file is
 rewritten atomically (temp file, fsync, rename) so a crash never leaves it half
 written — ChangeAgent rewrote it in place without truncating.
 """
@@ -25,13 +27,21 @@ MILLISECOND_NS = 1_000_000
 SECOND_NS = 1_000_000_000
 HEARTBEAT_MIN_NS = 100 * MILLISECOND_NS
 WEB_HOOKS_MAX = 16
+ARCHIVE_DIR_BYTES_MAX = 4096  # PATH_MAX on Linux
 
 # Defaults: see docs/ARCHITECTURE.md ("Timeouts") for why these values.
 ELECTION_TIMEOUT_DEFAULT_NS = 1 * SECOND_NS
 HEARTBEAT_TIMEOUT_DEFAULT_NS = 100 * MILLISECOND_NS
 
 KNOWN_KEYS = frozenset(
-    {"minPurgeRecords", "minPurgeDuration", "electionTimeout", "heartbeatTimeout", "webHooks"}
+    {
+        "minPurgeRecords",
+        "minPurgeDuration",
+        "electionTimeout",
+        "heartbeatTimeout",
+        "webHooks",
+        "archiveDir",
+    }
 )
 
 
@@ -54,6 +64,9 @@ class Settings:
     election_timeout_ns: int = ELECTION_TIMEOUT_DEFAULT_NS
     heartbeat_timeout_ns: int = HEARTBEAT_TIMEOUT_DEFAULT_NS
     web_hooks: tuple[WebHook, ...] = field(default_factory=tuple)
+    # Where every purge first archives what it removes ("" for nowhere). Each member
+    # resolves a relative path against its own data directory.
+    archive_dir: str = ""
 
     @property
     def purge_enabled(self) -> bool:
@@ -70,6 +83,8 @@ class Settings:
             raise ConfigError("electionTimeout must be at least twice heartbeatTimeout")
         if len(self.web_hooks) > WEB_HOOKS_MAX:
             raise ConfigError(f"at most {WEB_HOOKS_MAX} webHooks are allowed")
+        if len(self.archive_dir.encode()) > ARCHIVE_DIR_BYTES_MAX or "\0" in self.archive_dir:
+            raise ConfigError(f"archiveDir must be a path of at most {ARCHIVE_DIR_BYTES_MAX} bytes")
         return self
 
 
@@ -102,6 +117,8 @@ def settings_from_mapping(document: Mapping[Any, Any], base: Settings) -> Settin
         settings = replace(settings, heartbeat_timeout_ns=_duration(document, "heartbeatTimeout"))
     if "webHooks" in document:
         settings = replace(settings, web_hooks=_web_hooks(document["webHooks"]))
+    if "archiveDir" in document:
+        settings = replace(settings, archive_dir=_path(document, "archiveDir"))
     return settings.validate()
 
 
@@ -114,6 +131,8 @@ def settings_to_yaml(settings: Settings) -> str:
     }
     if settings.web_hooks:
         document["webHooks"] = [_web_hook_document(hook) for hook in settings.web_hooks]
+    if settings.archive_dir:
+        document["archiveDir"] = settings.archive_dir
     return yaml.safe_dump(document, sort_keys=False, allow_unicode=True)
 
 
@@ -153,6 +172,16 @@ def _integer(document: Mapping[Any, Any], key: str) -> int:
     if isinstance(value, bool) or not isinstance(value, int):
         raise ConfigError(f"{key} must be an integer")
     return int(value)
+
+
+def _path(document: Mapping[Any, Any], key: str) -> str:
+    """A file system path; null or "" for none."""
+    value = document[key]
+    if value is None:
+        return ""
+    if not isinstance(value, str):
+        raise ConfigError(f"{key} must be a directory path (text), or empty for none")
+    return value.strip()
 
 
 def _duration(document: Mapping[Any, Any], key: str) -> int:

@@ -46,6 +46,7 @@ def client_command(argv: Sequence[str]) -> list[str] | None:
 # Commands that work on local files, with no server: name -> module.
 LOCAL_COMMANDS: dict[str, str] = {
     "restore": "changeagent.cli.restore",
+    "archive": "changeagent.cli.archive",
 }
 
 

@@ -117,6 +117,7 @@ class RaftDriver:
         self._read_epoch = rng.getrandbits(64).to_bytes(8, "big")
         self._read_ids = itertools.count(1)
         self._wakeup = asyncio.Event()
+        self._after_advance_due = False  # request_after_advance: run the hook once more
         self._tasks: list[asyncio.Task[None]] = []
         self._planner = ReadyPlanner(storage.hard_state())
         self.failure: str | None = None
@@ -243,6 +244,15 @@ class RaftDriver:
             while self.core.has_ready() and not self.stopped:
                 await self._handle(self.core.ready())
                 self._propose_queued()
+            if self._after_advance_due and not self.stopped:
+                self._after_advance_due = False
+                await self._hooks.after_advance()
+
+    def request_after_advance(self) -> None:
+        """Run the after-advance step once more soon, between Readys, even when no
+        Ready comes (the archive of a purge finished: its compaction can go on)."""
+        self._after_advance_due = True
+        self._wakeup.set()
 
     def _propose_queued(self) -> None:
         if not self._queued:

@@ -11,6 +11,9 @@ lone voter begins a new term with another no-op.
 Recovery at start rebuilds the replicated state with the same `apply` that
 live application uses (`ReplicatedState.recover`), then finishes what a crash
 interrupted: a committed purge not yet compacted, a removal not yet left.
+
+With `archiveDir` set, a purge compacts only what the `Archiver` has made durable
+in the archive (`archiver.py`); the rest waits for it.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ from typing import TYPE_CHECKING, Any
 from changeagent.config import SECOND_NS, Settings, write_settings_file
 from changeagent.ids import format_id
 from changeagent.node.applied import AppliedIndex
+from changeagent.node.archiver import Archiver
 from changeagent.node.counters import RuntimeCounters
 from changeagent.node.driver import Build, DriverHooks, RaftDriver
 from changeagent.node.errors import CommitTimeout, NodeError, NotAvailable
@@ -91,6 +95,7 @@ class Replica:
         self.closing = False
         self.purge_checks = 0  # how many times the purge rule was evaluated (diagnostics)
         self.counters = RuntimeCounters()  # read by the metrics at scrape time
+        self.archiver = Archiver(storage, self._request_compaction)
         self._last_leader = 0  # the leader last seen, to count leader changes
         self._settings_path = settings_path
         self._clock_ns = clock_ns
@@ -164,6 +169,8 @@ class Replica:
         self.replicated, commit = await asyncio.to_thread(
             recover_replicated_state, self.storage, self.node_id, self.replicated.settings
         )
+        self.archiver.configure(self.settings.archive_dir)
+        self.supervisor.spawn(self.archiver.run(), "archive")
         self._start_driver(applied=commit)
         if self.replicated.purge_index > self.storage.snapshot().index:
             self._purge_to = self.replicated.purge_index  # committed before a crash
@@ -252,6 +259,7 @@ class Replica:
         if self.driver is not None:
             await self.driver.stop()
         await self.supervisor.stop()
+        await asyncio.to_thread(self.archiver.close)
         self.applied.refuse("this node stopped")
 
     # Proposals and waits ---------------------------------------------------------------
@@ -378,6 +386,7 @@ class Replica:
         self.replicated = ReplicatedState.from_snapshot(
             self.node_id, b"", self.settings, _members(membership)
         )
+        self.archiver.forget_progress()  # what it archived belongs to the old log
 
     def _advance_applied(self, index: int) -> None:
         self.applied.advance(index)
@@ -412,6 +421,7 @@ class Replica:
 
     async def _adopt_settings(self, change: SettingsChanged) -> None:
         settings = change.settings
+        self.archiver.configure(settings.archive_dir)
         if change.timeouts_changed and self.driver is not None:
             tick_s, election_ticks = ticks(settings)
             self.driver.set_timeouts(tick_s, election_ticks, 1)
@@ -422,18 +432,29 @@ class Replica:
                 log.error("could not rewrite %s: %s", self._settings_path, error)
 
     async def _purge_applied(self) -> None:
-        index, self._purge_to = self._purge_to, 0
-        if not index or self.driver is None or index <= self.storage.snapshot().index:
+        target = self._purge_to
+        before = self.storage.snapshot().index
+        if not target or self.driver is None or target <= before:
+            self._purge_to = 0
             return  # runs after every Ready: nothing to do is the usual case
+        index = self.archiver.compactable(target)  # all of it, unless an archive lags
+        if index >= target:
+            self._purge_to = 0
+        if index <= before:
+            return  # the archive has not got there yet: it asks again when it has
         compact = plan_compaction(self.driver.core, index, self.replicated.snapshot_data())
         if compact is None:
             return  # a newer snapshot from the leader is installed or about to be
-        before = self.storage.snapshot().index
         try:
             await self.storage.write(WriteBatch(snapshot=compact.snapshot, compact_to=index))
         except (StorageFailed, OSError) as error:  # propagates: the supervisor fails the node
             raise StorageFailed(f"purge to {index}: {error}") from error
         self.counters.purged_entries += max(0, self.storage.snapshot().index - before)
+
+    def _request_compaction(self) -> None:
+        """The archive caught up: run `_purge_applied` again (between Readys)."""
+        if self.driver is not None:
+            self.driver.request_after_advance()
 
     # Purge -----------------------------------------------------------------------------
 
@@ -452,7 +473,8 @@ class Replica:
         point = await asyncio.to_thread(
             self.storage.purge_point, settings.min_purge_records, cutoff_ns, self.applied.index
         )
-        if point > self.storage.snapshot().index:
+        # Not again while an earlier purge point waits for this node's archive.
+        if point > max(self.storage.snapshot().index, self.replicated.purge_index):
             with contextlib.suppress(NodeError):
                 await self.propose_internal(ENTRY_TYPE_PURGE, encode_purge(point))
 

@@ -488,6 +488,17 @@ class Storage:
         entry = self._stable(lambda connection: self._stored_change(connection, index, upto))
         return None if entry is None or entry.type < 0 else entry.data
 
+    def change_items(self, since: int, limit: int, upto: int) -> list[tuple[int, bytes]]:
+        """At most `limit` user changes with since < index <= upto, as (index, stored
+        bytes), from SQLite (worker threads only: the archive reads what a purge is
+        about to remove, which is seldom in the tail)."""
+        self._check_readable()
+        if limit < 1:
+            raise ValueError(f"limit must be >= 1, got {limit}")
+        return self._stable(
+            lambda connection: reads.changes_after(connection, since, limit, (), None, upto)
+        )
+
     def idempotency_lookup(self, key: str) -> int | None:
         """Index of the retained entry that carries idempotency key `key`, if any."""
         self._check_readable()
