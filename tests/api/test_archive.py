@@ -107,6 +107,7 @@ def test_purges_archive_every_change_exactly_once(tmp_path: Path) -> None:
             "PUT", "/config", "archiveDir: ''\n", {"Content-Type": "application/yaml"}
         )
         assert turned_off.status == 200 and "archiveDir" not in turned_off.text
+        assert server.request("GET", "/diagnostics/raft").json()["archive"] is None
         post_many(server, 30, 600, acknowledged)
         wait_until(lambda: retained(server)[0]["_id"] > max(kept_id["_id"] for kept_id in kept))
         assert len(archived(tmp_path / "data" / "archive")) == 600 - KEEP
@@ -124,9 +125,15 @@ def test_an_archive_that_cannot_be_written_holds_the_purge_back(tmp_path: Path) 
         wait_until(lambda: any("cannot archive purged changes" in line for line in server.log))
         wait_until(lambda: server.request("GET", "/diagnostics/raft").json()["purgeChecks"] >= 5)
         assert len(retained(server)) == 60  # nothing purged: nothing could be archived
+        archive = server.request("GET", "/diagnostics/raft").json()["archive"]
+        assert archive["dir"] == str(blocker) and "cannot archive" in archive["failure"]
         blocker.unlink()  # the cause goes away: the retried archive and the purge go on
         wait_until(lambda: len(retained(server)) == KEEP, timeout_s=30)
-        check_exactly_once(archived(blocker) + retained(server), acknowledged)
+        archive = server.request("GET", "/diagnostics/raft").json()["archive"]
+        in_archive = archived(blocker)
+        assert archive["failure"] is None
+        assert archive["archivedThrough"] >= in_archive[-1]["_id"]
+        check_exactly_once(in_archive + retained(server), acknowledged)
     finally:
         server.kill()
 

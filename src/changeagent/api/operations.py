@@ -20,6 +20,7 @@ from changeagent.api.errors import ApiError
 from changeagent.api.links import base_url
 from changeagent.config import settings_from_yaml, settings_to_yaml
 from changeagent.ids import format_id, parse_id
+from changeagent.node.archiver import ArchiveStatus
 from changeagent.version import package_version
 
 YAML_TYPES = frozenset({"application/yaml", "text/yaml", "application/x-yaml", "text/x-yaml"})
@@ -264,8 +265,19 @@ async def raft_status(request: web.Request) -> web.Response:
             },
             "longPolls": status.long_polls,
             "purgeChecks": status.purge_checks,
+            "archive": _archive_document(state.node.archive_status()),
         }
     )
+
+
+def _archive_document(archive: ArchiveStatus | None) -> dict[str, Any] | None:
+    if archive is None:
+        return None
+    return {
+        "dir": archive.directory,
+        "archivedThrough": archive.archived_through,
+        "failure": archive.failure,
+    }
 
 
 async def stack(request: web.Request) -> web.Response:

@@ -45,6 +45,7 @@ import os
 import signal
 import threading
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 from changeagent.archive import ArchiveError, ArchiveWriter
@@ -57,6 +58,15 @@ KILL_AFTER_ARCHIVE_ENVIRONMENT = "CHANGEAGENT_TEST_KILL_AFTER_ARCHIVE"
 PAGE_CHANGES = 1000
 RETRY_INITIAL_S = 1.0
 RETRY_MAX_S = 60.0
+
+
+@dataclass(frozen=True, slots=True)
+class ArchiveStatus:
+    """What /diagnostics/raft shows of the archive."""
+
+    directory: str
+    archived_through: int  # every change up to this index is archived (this process)
+    failure: str | None  # why the last attempt failed, while it does
 
 
 def resolve_archive_dir(setting: str, data_dir: Path) -> Path | None:
@@ -83,6 +93,11 @@ class Archiver:
         self._writer: ArchiveWriter | None = None
         self._writer_lock = threading.Lock()  # one job at a time; close waits for it
         self._kill_after_archive = os.environ.get(KILL_AFTER_ARCHIVE_ENVIRONMENT) == "1"
+
+    def status(self) -> ArchiveStatus | None:
+        if self.directory is None:
+            return None
+        return ArchiveStatus(str(self.directory), self.archived_through, self.failure)
 
     def configure(self, setting: str) -> None:
         """The replicated `archiveDir` (at start, and whenever the settings change)."""

@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING
 
 from changeagent.change import NewChange
 from changeagent.config import Settings
+from changeagent.node.archiver import ArchiveStatus
 from changeagent.node.backup import NodeBackups
 from changeagent.node.changelog import ChangeLog
 from changeagent.node.counters import RuntimeCounters
@@ -117,6 +118,10 @@ class Node:
             failure=replica.failure,
             closing=replica.closing,
         )
+
+    def archive_status(self) -> ArchiveStatus | None:
+        """The archive of purged changes (None without `archiveDir`)."""
+        return self.replica.archiver.status()
 
     def counters(self) -> RuntimeCounters:
         """A copy of the runtime's counts (leader changes, proposals, purged entries)."""
