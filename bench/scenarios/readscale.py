@@ -1,7 +1,7 @@
 """Scenarios j, k and l: read scale-out (issue 13, section 4).
 
 j. streams: N SSE consumers (`GET /changes?feed=eventsource`) on one standalone node
-   while a writer in its own process writes R changes/s (paced, up to 32 writes in
+   while a writer in its own process writes R changes/s (paced, up to 128 writes in
    flight at most); for each change, the time from the write's acknowledgement (and from it
    being sent) to the LAST consumer having it: p50 and p99 over the changes; the
    server's CPU over the window, and the generator's (consumers and writer). The
@@ -73,7 +73,7 @@ CONNECT_BATCH = 200
 READY_SECONDS_MAX = 60.0
 DELIVERY_SECONDS_MAX = 5.0  # after the last write, for the last consumer to have it
 WRK_SECONDS_MAX = 300.0
-WRITER_CONNECTIONS = 32  # writes in flight at most: the pace holds while the node is slow
+WRITER_CONNECTIONS = 128  # writes in flight at most: the pace holds while the node is slow
 PAGE = 100
 LONGPOLL_BLOCK_SECONDS = 300  # longer than connecting every consumer takes
 WORKER_SECONDS_MAX = 400.0
