@@ -17,7 +17,7 @@ import orjson
 import pytest
 
 from tests.security.support import basic, htpasswd
-from tests.support.cluster import Cluster
+from tests.support.cluster import Cluster, load_changes
 from tests.support.server import ServerProcess, wait_until
 
 READ_TIMEOUT_S = 30.0
@@ -237,3 +237,27 @@ def test_a_stream_ends_cleanly_at_its_max_age(make_server: Any) -> None:
         assert changes == [posted]
     finally:
         connection.close()
+
+
+def test_streams_at_one_position_each_get_every_change_once_in_order(
+    server: ServerProcess,
+) -> None:
+    """Streams at the tail are written by the commit notification itself, one shared
+    chunk per commit and format; a burst of concurrent writes reaches each of them
+    complete, in order, once."""
+    start = server.post_change({"data": "start"}).json()["_id"]
+    kinds = ["continuous", "eventsource"] * 3
+    streams = [open_stream(server.port, f"/changes?feed={kind}&since={start}") for kind in kinds]
+    try:
+        load_changes(server.port, 300, connections=16, tag="burst")
+        expected = [c["_id"] for c in server.get_changes(since=start, limit=1000).json()["changes"]]
+        assert len(expected) == 300
+        for kind, (_, answer) in zip(kinds, streams, strict=True):
+            if kind == "continuous":
+                got = [orjson.loads(line)["_id"] for line in lines(answer, 300)]
+            else:
+                got = [event["data"]["_id"] for event in events(answer, 300)]
+            assert got == expected
+    finally:
+        for connection, _ in streams:
+            connection.close()

@@ -11,9 +11,14 @@ from collections.abc import Awaitable, Callable
 import pytest
 
 from changeagent.node.query import ChangeQuery, KnownPrefix, PageResult
-from changeagent.node.waiters import CommitWaiters, deliver_on_wake
+from changeagent.node.waiters import KEEP, CommitWaiters, Keep, deliver_on_wake
 
 LONG_S = 600.0  # far beyond any test: only a wake-up, a close or a cancel ends these waits
+
+
+def body(index: int) -> bytes:
+    """A stored change's bytes as far as the waiters look: they begin `{"_id":N,`."""
+    return b'{"_id":%d,"data":null}' % index
 
 
 class Log:
@@ -58,7 +63,7 @@ class Log:
     def _page(self, query: ChangeQuery, upto: int, known: KnownPrefix) -> PageResult:
         self.reads += 1
         indices = self._matching(query, known.resume_after(query), upto)[: query.limit]
-        bodies = [b'{"_id":%d}' % index for index in indices]
+        bodies = [body(index) for index in indices]
         return PageResult(bodies, at_start=False, at_end=True, first_retained=1, missed=False)
 
     def _matching(self, query: ChangeQuery, after: int, upto: int) -> list[int]:
@@ -89,7 +94,7 @@ def test_one_read_answers_a_whole_group_with_one_shared_page() -> None:
         pages = await asyncio.gather(*tasks)
         assert log.reads == 1
         assert all(page is pages[0] for page in pages)
-        assert pages[0] is not None and pages[0].bodies == [b'{"_id":1}']
+        assert pages[0] is not None and pages[0].bodies == [body(1)]
         assert len(waiters) == 0
 
     run(scenario)
@@ -106,7 +111,7 @@ def test_non_matching_commits_keep_the_wait_and_are_not_scanned_again() -> None:
         assert not task.done() and len(waiters) == 1
         waiters.notify(log.commit("a"))
         page = await task
-        assert page is not None and page.bodies == [b'{"_id":3}']
+        assert page is not None and page.bodies == [body(3)]
         # Each commit checked only its own entry; one page read, for the wake-up.
         assert log.probes == [(0, 1), (1, 2), (2, 3)]
         assert log.reads == 1 and log.thread_reads == []
@@ -279,7 +284,7 @@ def test_a_check_memory_cannot_answer_is_one_thread_read_whatever_the_commits() 
         page = await task
         # One more read, for what committed during the first, found the change.
         assert log.thread_reads == [(0, 1), (1, 3)] and waiters.thread_reads == 2
-        assert page is not None and page.bodies == [b'{"_id":3}']
+        assert page is not None and page.bodies == [body(3)]
         assert delivered == [page] and waiters.delivered == 1
 
     run(scenario)
@@ -315,3 +320,36 @@ def test_close_during_a_thread_read_answers_none_and_drops_the_read() -> None:
         log.gate.set()
 
     run(scenario)
+
+
+def test_a_kept_waiter_moves_on_without_resuming_and_catches_up_past_a_full_page() -> None:
+    """A stream's hook answers KEEP: it takes every commit after its position, each
+    once and in order, while its task stays asleep; a full page (limit 2) is followed
+    at once by the rest, not at the next commit."""
+
+    async def test() -> None:
+        log = Log()
+        waiters = log.waiters()
+        delivered: list[list[bytes]] = []
+
+        def hook(page: PageResult) -> bool | Keep:
+            delivered.append(list(page.bodies))
+            return KEEP
+
+        query = ChangeQuery(since=0, limit=2)
+        waiting = asyncio.create_task(waiters.wait(query, 0, LONG_S, hook=hook))
+        await until(lambda: len(waiters) == 1)
+        waiters.notify(log.commit())
+        for _ in range(3):
+            log.commit()
+        waiters.notify(4)
+        assert delivered == [[body(1)], [body(2), body(3)], [body(4)]]
+        assert not waiting.done() and len(waiters) == 1
+        waiters.notify(log.commit())
+        assert delivered[-1] == [body(5)] and not waiting.done()
+        waiting.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await waiting
+        assert len(waiters) == 0
+
+    run(test)

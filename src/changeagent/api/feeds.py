@@ -32,12 +32,14 @@ import struct
 from dataclasses import dataclass
 
 from aiohttp import web
+from aiohttp.http import HttpVersion11
 
 from changeagent.api.caching import NO_STORE, last_id
 from changeagent.api.context import state_of
 from changeagent.api.errors import ApiError
 from changeagent.api.params import INDEX_MAX, integer_parameter
 from changeagent.node.query import ChangeQuery, PageResult
+from changeagent.node.waiters import KEEP, Keep, deliver_on_wake
 
 log = logging.getLogger(__name__)
 
@@ -150,6 +152,8 @@ async def serve_feed(
                 "X-Accel-Buffering": "no",  # nginx: pass each write on at once
             }
         )
+        if request.version >= HttpVersion11:
+            response.enable_chunked_encoding()  # chunks the commit notification writes
         await response.prepare(request)
         stream = FeedStream(response, FORMATS[kind], query, position, remaining)
         await stream.run(request, feed.heartbeat_s)
@@ -158,13 +162,46 @@ async def serve_feed(
         state.streams.give_back()
 
 
+# A stream whose socket holds more than this unsent is written by its task, which
+# waits for the consumer (and drops it after --stream-send-timeout).
+DIRECT_WRITE_BUFFER_BYTES_MAX = 1 << 20
+
+
+class SharedChunks:
+    """The chunk (HTTP/1.1 chunked framing around the frames of a page) that every
+    stream of one group writes for one commit, built once per page and format."""
+
+    def __init__(self) -> None:
+        self._last: dict[FeedFormat, tuple[PageResult, bytes]] = {}
+
+    def chunk(self, page: PageResult, format: FeedFormat) -> bytes:
+        cached = self._last.get(format)
+        if cached is not None and cached[0] is page:
+            return cached[1]
+        data = frame(page, format, page.bodies)
+        chunk = b"%x\r\n%s\r\n" % (len(data), data)
+        self._last[format] = (page, chunk)
+        return chunk
+
+
+SHARED_CHUNKS = SharedChunks()
+
+
+def frame(page: PageResult, format: FeedFormat, bodies: list[bytes]) -> bytes:
+    """The frames of `bodies` (changes of `page`), after a purge gap if it has one."""
+    parts = [format.missed(page.first_retained)] if page.missed else []
+    parts += [format.change(body) for body in bodies]
+    return b"".join(parts)
+
+
 @dataclass
 class FeedStream:
     response: web.StreamResponse
     format: FeedFormat
     query: ChangeQuery
-    position: int
+    position: int  # the last change sent
     remaining: int | None
+    transport: asyncio.Transport | None = None
 
     async def run(self, request: web.Request, heartbeat_s: float) -> None:
         state = state_of(request)
@@ -172,29 +209,51 @@ class FeedStream:
         page_max = node.limits.limit_max
         loop = asyncio.get_running_loop()
         ends_at = loop.time() + state.streams.max_age_s
+        # Written by the commit notification itself while the task waits (see hook).
+        if self.response.chunked and self.remaining is None:
+            self.transport = request.transport
         while not node.closing and self.remaining != 0:
             left_s = ends_at - loop.time()
             if left_s <= 0:
                 break
             page_limit = page_max if self.remaining is None else min(page_max, self.remaining)
             query = self.query.with_since(self.position, page_limit)
-            page = await node.wait_changes(query, min(heartbeat_s, left_s))
+            with deliver_on_wake(self.hook):
+                page = await node.wait_changes(query, min(heartbeat_s, left_s))
             if not await self._send(request, self._frame(page)):
                 return
         await self.response.write_eof()
 
+    def hook(self, page: PageResult) -> bool | Keep:
+        """Called by the commit notification with the page after this stream's
+        position: write it straight to the socket and go on waiting (KEEP), unless
+        the socket is backed up or closing (then the task writes it, and waits)."""
+        transport = self.transport
+        if (
+            transport is None
+            or transport.is_closing()
+            or transport.get_write_buffer_size() > DIRECT_WRITE_BUFFER_BYTES_MAX
+            or not page.bodies
+        ):
+            return False
+        transport.write(SHARED_CHUNKS.chunk(page, self.format))
+        self.position = page.last_id()
+        return KEEP
+
     def _frame(self, page: PageResult) -> bytes:
-        parts = []
-        if page.missed:
-            parts.append(self.format.missed(page.first_retained))
-        parts += [self.format.change(body) for body in page.bodies]
-        if page.bodies:
-            self.position = int(last_id(page.bodies[-1]))
+        """What the task writes: changes after the position (the hook may have sent
+        some while a heartbeat's wait ran), or a heartbeat when there are none."""
+        position = self.position
+        bodies = page.bodies
+        if bodies and int(last_id(bodies[0])) <= position:
+            bodies = [body for body in bodies if int(last_id(body)) > position]
+        if bodies:
+            self.position = int(last_id(bodies[-1]))
             if self.remaining is not None:
-                self.remaining -= len(page.bodies)
-        elif not parts:
-            parts.append(self.format.heartbeat)
-        return b"".join(parts)
+                self.remaining -= len(bodies)
+        elif not page.missed:
+            return self.format.heartbeat
+        return frame(page, self.format, bodies)
 
     async def _send(self, request: web.Request, data: bytes) -> bool:
         """Write, or end the stream of a consumer that is gone or too slow."""

@@ -29,6 +29,14 @@ class PageResult:
     missed: bool  # `since` lies below the purge point: the consumer missed changes
     _encoded: bytes | None = None
 
+    def last_id(self) -> int:
+        """The `_id` of the page's last change (0 when empty): stored changes begin
+        `{"_id":N,`."""
+        if not self.bodies:
+            return 0
+        body = self.bodies[-1]
+        return int(body[7 : body.index(b",", 7)])
+
     def encode(self) -> bytes:
         """The response body, built once and shared by every waiter given this page."""
         if self._encoded is None:
