@@ -68,7 +68,7 @@ def _ls(arguments: argparse.Namespace) -> int:
     listing = read_listing(directory)
     out = sys.stdout
     if not arguments.json:
-        out.write(f"{'FILE':<64} {'FIRST':>12} {'LAST':>12} {'COUNT':>9} {'BYTES':>11} STATE\n")
+        out.write(f"{'FILE':<58} {'FIRST':>12} {'LAST':>12} {'COUNT':>9} {'BYTES':>11} STATE\n")
     changes = 0
     for segment in listing.segments:
         if arguments.verify:
@@ -89,7 +89,7 @@ def _ls(arguments: argparse.Namespace) -> int:
 def _row(segment: Segment, is_open: bool) -> str:
     state = "open" if is_open else "closed"
     return (
-        f"{segment.file:<64} {segment.first:>12} {segment.last:>12} {segment.count:>9} "
+        f"{segment.file:<58} {segment.first:>12} {segment.last:>12} {segment.count:>9} "
         f"{segment.size_bytes:>11} {state}\n"
     )
 
