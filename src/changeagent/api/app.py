@@ -13,7 +13,7 @@ from changeagent.api.context import STATE_KEY, ApiState
 from changeagent.api.cross_site import SAFE_METHODS, same_site_only
 from changeagent.api.errors import Handler, error_middleware
 from changeagent.api.in_flight import RequestsInFlight
-from changeagent.api.observe import stamp_start
+from changeagent.api.observe import counting_middleware
 from changeagent.api.openapi import openapi_document
 from changeagent.api.streams import StreamSlots
 from changeagent.api.ui import add_ui_routes
@@ -33,6 +33,7 @@ def build_app(
     public_reads: bool = False,
     metrics: NodeMetrics | None = None,
     streams: StreamSlots | None = None,
+    access_log: bool = False,
 ) -> web.Application:
     """The API under `prefix`. With a `transport` (the WebSocket carrier; with -cp
     the links have their own port) peers' links are served at CLUSTER_PATH (never
@@ -41,21 +42,24 @@ def build_app(
     `client_certificates` (-cas) is only declared in the OpenAPI document: the TLS
     listener enforces it. `page_caching`: how HTTP caches may keep pages of
     changes; `public_reads`: reads of changes need no credentials. `metrics`: the
-    node's registry for GET /metrics (a new one when not given); `api/observe.py`
-    counts the requests. `streams`: the limits of feed streams (api/feeds.py)."""
+    node's registry for GET /metrics (a new one when not given), where
+    `api/observe.py` counts the requests; `access_log`: keep each request's start
+    for the access log. `streams`: the limits of feed streams (api/feeds.py)."""
     # Authentication runs inside the error middleware, so a 401 is mapped like any error.
     middlewares: list[Middleware] = [error_middleware]
     if in_flight is not None:
         middlewares.insert(0, in_flight.middleware)
     if authenticator is not None:
         middlewares.append(auth_middleware(authenticator, prefix, public_reads))
-    middlewares.insert(0, stamp_start)  # outermost: the request's duration starts here
+    metrics = metrics if metrics is not None else NodeMetrics(node)
+    # Outermost: a request's duration starts here, and it sees every answer's status.
+    middlewares.insert(0, counting_middleware(metrics, prefix, stamp=access_log))
     app = web.Application(middlewares=middlewares, client_max_size=node.limits.body_bytes_max)
     app[STATE_KEY] = ApiState(
         node=node,
         prefix=prefix,
         members=node.cluster,
-        metrics=metrics if metrics is not None else NodeMetrics(node),
+        metrics=metrics,
         page_caching=page_caching or PageCaching(),
         streams=streams or StreamSlots(),
     )
