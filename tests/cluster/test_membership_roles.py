@@ -19,6 +19,9 @@ from tests.support.server import wait_until
 FORM = {"Content-Type": "application/x-www-form-urlencoded"}
 JSON = {"Content-Type": "application/json"}
 LONG_POLL_S = 120
+# A write without a quorum answers 503 after the commit timeout (3 s); the client
+# waits longer, so a slow machine cannot turn that answer into a client timeout.
+ANSWER_S = 30.0
 
 
 def add_read_only(
@@ -105,7 +108,9 @@ def test_read_only_members_serve_every_committed_change_while_the_voters_are_dow
             assert node.stop() == 0, node.name
         remaining = [node for node in everyone if node not in stopped]
         for node in remaining:
-            refused = post(node, {"data": f"through {node.name} without a quorum"})
+            refused = post(
+                node, {"data": f"through {node.name} without a quorum"}, timeout_s=ANSWER_S
+            )
             assert refused.status == 503, (node.name, refused)
             assert isinstance(refused.body["error"], str), refused.body
         # Both learners still serve every committed change, pages and long-polls.
@@ -158,7 +163,9 @@ def test_a_member_is_promoted_and_demoted_and_the_quorum_follows(tmp_path: Path)
         )
         assert again.status == 409 and "role=voter" in again.json()["error"], again.body
 
-        # Promote it through a follower (forwarded to the leader): 4 voters, quorum 3.
+        # Promote it through a follower (forwarded to the leader) once it streams (409
+        # before that): 4 voters, quorum 3.
+        wait_until(lambda: peer_state(cluster, leader, reader) == "replicate", 15, 0.05)
         promoted = set_role(follower, reader, "voter")
         assert promoted.ok, promoted
         assert promoted.body["roles"][reader.node_id()] == "voter", promoted.body
@@ -171,7 +178,7 @@ def test_a_member_is_promoted_and_demoted_and_the_quorum_follows(tmp_path: Path)
         other = next(node for node in voters if node not in (leader, follower))
         for node in (reader, other):
             cluster.pause(node)
-        assert post(leader, {"data": "two of four"}).status == 503
+        assert post(leader, {"data": "two of four"}, timeout_s=ANSWER_S).status == 503
         for node in (reader, other):
             cluster.resume(node)
         cluster.wait_converged(timeout_s=60)
