@@ -92,6 +92,7 @@ class Archiver:
         self._reconfigured = asyncio.Event()  # ends a failure's backoff at once
         self._writer: ArchiveWriter | None = None
         self._writer_lock = threading.Lock()  # one job at a time; close waits for it
+        self._stopping = threading.Event()  # set by close: a job stops after its page
         self._kill_after_archive = os.environ.get(KILL_AFTER_ARCHIVE_ENVIRONMENT) == "1"
 
     def status(self) -> ArchiveStatus | None:
@@ -149,7 +150,7 @@ class Archiver:
                 self.archived_through = max(self.archived_through, target)
                 self._wake()
             if self.directory is None:
-                await asyncio.to_thread(self.close)
+                await asyncio.to_thread(self._release)
 
     def _failed(self, directory: Path, error: BaseException) -> None:
         reason = f"cannot archive purged changes to {directory}: {error}"
@@ -158,8 +159,13 @@ class Archiver:
         self.failure = reason
 
     def close(self) -> None:
-        """Release the archive directory (waits for a job in progress)."""
-        with self._writer_lock:
+        """At stop: end a job in progress after its current page (what it wrote so far
+        is recorded; the rest waits for the next start) and release the directory."""
+        self._stopping.set()
+        self._release()
+
+    def _release(self) -> None:
+        with self._writer_lock:  # waits for a job in progress
             if self._writer is not None:
                 self._writer.close()
                 self._writer = None
@@ -198,6 +204,8 @@ class Archiver:
 
     def _changes(self, since: int, upto: int) -> Iterator[tuple[int, bytes]]:
         while since < upto:
+            if self._stopping.is_set():
+                raise ArchiveError("the node is stopping")
             items = self._storage.change_items(since, PAGE_CHANGES, upto)
             if not items:
                 return
