@@ -44,12 +44,13 @@ def counting_middleware(metrics: NodeMetrics, prefix: str, stamp: bool = False) 
     perf_counter = time.perf_counter
     labels: dict[AbstractResource | None, str] = {None: UNMATCHED_ROUTE}  # made once each
 
+    def count_label(resource: AbstractResource | None) -> str:
+        label = labels[resource] = route_label(resource, prefix)
+        return label
+
     def count(request: web.Request, status: int, started: float) -> None:
-        route = request.match_info.route
-        resource = route.resource
-        label = labels.get(resource)
-        if label is None:
-            label = labels[resource] = route_label(resource, prefix)
+        resource = request.match_info.route.resource
+        label = labels.get(resource) or count_label(resource)
         observe(label, request.method, status, perf_counter() - started)
 
     @web.middleware
@@ -62,7 +63,10 @@ def counting_middleware(metrics: NodeMetrics, prefix: str, stamp: bool = False) 
         except web.HTTPException as error:  # a redirect (the error middleware maps the rest)
             count(request, error.status, started)
             raise
-        count(request, response.status, started)
+        # count(request, response.status, started), inline: this runs for every request.
+        resource = request.match_info.route.resource
+        label = labels.get(resource) or count_label(resource)
+        observe(label, request.method, response.status, perf_counter() - started)
         return response
 
     return counting
