@@ -115,7 +115,7 @@ async def start_listener(
     """One application on up to two sites: plain HTTP (-p) and HTTPS (-sp).
     `transport`'s links are served here with `serve_links` (no -cp); either way
     the shutdown closes them (see `shutdown.py`). Every answered request is
-    counted in `metrics` by the outermost middleware and, with
+    counted in `metrics` by the error middleware and, with
     `options.access_log`, logged by aiohttp's access-log hook (`api/observe.py`)."""
     metrics = metrics if metrics is not None else NodeMetrics(node)
     # aiohttp waits for peers' links on this port too: clients' requests are

@@ -11,7 +11,7 @@ from changeagent.api.auth import Authenticator, auth_middleware
 from changeagent.api.caching import PageCaching
 from changeagent.api.context import STATE_KEY, ApiState
 from changeagent.api.cross_site import SAFE_METHODS, same_site_only
-from changeagent.api.errors import Handler, error_middleware
+from changeagent.api.errors import Handler
 from changeagent.api.in_flight import RequestsInFlight
 from changeagent.api.observe import counting_middleware
 from changeagent.api.openapi import openapi_document
@@ -45,15 +45,14 @@ def build_app(
     node's registry for GET /metrics (a new one when not given), where
     `api/observe.py` counts the requests; `access_log`: keep each request's start
     for the access log. `streams`: the limits of feed streams (api/feeds.py)."""
-    # Authentication runs inside the error middleware, so a 401 is mapped like any error.
-    middlewares: list[Middleware] = [error_middleware]
+    # The error middleware, which also counts every answer for the metrics (one layer
+    # fewer than two). Authentication runs inside it, so a 401 is mapped like any error.
+    metrics = metrics if metrics is not None else NodeMetrics(node)
+    middlewares: list[Middleware] = [counting_middleware(metrics, prefix, stamp=access_log)]
     if in_flight is not None:
         middlewares.insert(0, in_flight.middleware)
     if authenticator is not None:
         middlewares.append(auth_middleware(authenticator, prefix, public_reads))
-    metrics = metrics if metrics is not None else NodeMetrics(node)
-    # Outermost: a request's duration starts here, and it sees every answer's status.
-    middlewares.insert(0, counting_middleware(metrics, prefix, stamp=access_log))
     app = web.Application(middlewares=middlewares, client_max_size=node.limits.body_bytes_max)
     app[STATE_KEY] = ApiState(
         node=node,

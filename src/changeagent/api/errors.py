@@ -89,13 +89,21 @@ def _too_large_message(error: web.HTTPException, request: web.Request) -> str:
 async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     try:
         return await handler(request)
-    except web.HTTPException as error:
-        if error.status < 400:
-            raise
-        return _from_http_exception(error, request)
     except Exception as error:
-        response = _from_exception(error)
-        if response is not None:
-            return response
-        log.exception("unexpected error serving %s %s", request.method, request.path)
-        return json_error(500, "internal error; the server log has the details")
+        return error_response(error, request)
+
+
+def error_response(error: Exception, request: web.Request) -> web.Response:
+    """The answer to `error`, raised while serving `request`: the mapping of the
+    error middleware, also called by the metrics' middleware that takes its
+    place (`api/observe.py`). An HTTPException below 400 (a redirect) is raised
+    again for aiohttp to send."""
+    if isinstance(error, web.HTTPException):
+        if error.status < 400:
+            raise error
+        return _from_http_exception(error, request)
+    response = _from_exception(error)
+    if response is not None:
+        return response
+    log.error("unexpected error serving %s %s", request.method, request.path, exc_info=error)
+    return json_error(500, "internal error; the server log has the details")
