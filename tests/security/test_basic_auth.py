@@ -46,7 +46,7 @@ def operations(node: Node) -> list[tuple[str, str]]:
     document = node.request("GET", "/openapi.json", headers=basic("alice", PASSWORD)).json()
     found = []
     for template, item in document["paths"].items():
-        path = template.replace("{id}", "2")
+        path = template.replace("{id}", "2").replace("{name}", "app.js")
         assert "{" not in path, f"unexpected path parameter in {template}"
         for method in item:
             if method in ("get", "put", "post", "delete", "patch"):
