@@ -138,6 +138,13 @@ class StorageCommits:
         yield batch
 
 
+def add_duration(numbers: list[float], duration_s: float) -> None:
+    """One request of `duration_s` into `RequestCounts.numbers(...)`. The API's
+    middleware does the same inline: this runs for every request."""
+    numbers[0] += duration_s
+    numbers[1 + bisect_left(REQUEST_BUCKETS_S, duration_s)] += 1  # the last: +Inf
+
+
 class RequestCounts:
     """Answered requests by (route, method, status): the duration histogram's
     numbers (see `new_buckets`), whose total is the count. Event loop only."""
@@ -145,15 +152,19 @@ class RequestCounts:
     def __init__(self) -> None:
         self._stats: dict[tuple[str, str, int], list[float]] = {}
 
-    def observe(self, route: str, method: str, status: int, duration_s: float) -> None:
-        """One answered request. `route` must come from a bounded set (see the API)."""
+    def numbers(self, route: str, method: str, status: int) -> list[float]:
+        """The numbers (see `new_buckets`) of (route, method, status), made on first
+        use, for `add_duration`. `route` must come from a bounded set (see the API)."""
         if method not in METHODS:
             method = OTHER_METHOD
         stats = self._stats.get((route, method, status))
         if stats is None:
             stats = self._stats[route, method, status] = new_buckets(REQUEST_BUCKETS_S)
-        stats[0] += duration_s
-        stats[1 + bisect_left(REQUEST_BUCKETS_S, duration_s)] += 1  # the last: +Inf
+        return stats
+
+    def observe(self, route: str, method: str, status: int, duration_s: float) -> None:
+        """One answered request."""
+        add_duration(self.numbers(route, method, status), duration_s)
 
     def collect(self) -> Iterator[Metric]:
         requests = CounterMetricFamily(

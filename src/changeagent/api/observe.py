@@ -20,15 +20,16 @@ from __future__ import annotations
 
 import logging
 import time
+from bisect import bisect_left
 
 from aiohttp import web
 from aiohttp.abc import AbstractAccessLogger
 from aiohttp.typedefs import Middleware
-from aiohttp.web_urldispatcher import AbstractResource
+from aiohttp.web_urldispatcher import AbstractResource, AbstractRoute
 
 from changeagent.api.auth import parse_basic
 from changeagent.api.errors import Handler, error_response
-from changeagent.metrics import UNMATCHED_ROUTE, NodeMetrics
+from changeagent.metrics import REQUEST_BUCKETS_S, UNMATCHED_ROUTE, NodeMetrics, add_duration
 
 log = logging.getLogger(__name__)
 
@@ -42,18 +43,23 @@ def counting_middleware(metrics: NodeMetrics, prefix: str, stamp: bool = False) 
     fewer for every request) and counts each answer in `metrics` by route, method
     and status, with its duration. `stamp` (--access-log) also keeps the start
     time in the request for the access log."""
-    observe = metrics.requests.observe
+    counts = metrics.requests
     perf_counter = time.perf_counter
     labels: dict[AbstractResource | None, str] = {None: UNMATCHED_ROUTE}  # made once each
+    # (aiohttp route, status) -> its numbers in `counts`: a route object stands for its
+    # path and method, so most requests need one lookup. Only routes of the router go
+    # in (bounded); aiohttp makes a new route object for each request none matched.
+    by_route: dict[tuple[AbstractRoute, int], list[float]] = {}
 
-    def count_label(resource: AbstractResource | None) -> str:
-        label = labels[resource] = route_label(resource, prefix)
-        return label
-
-    def count(request: web.Request, status: int, started: float) -> None:
-        resource = request.match_info.route.resource
-        label = labels.get(resource) or count_label(resource)
-        observe(label, request.method, status, perf_counter() - started)
+    def numbers(request: web.Request, route: AbstractRoute, status: int) -> list[float]:
+        resource = route.resource
+        label = labels.get(resource)
+        if label is None:
+            label = labels[resource] = route_label(resource, prefix)
+        found = counts.numbers(label, request.method, status)
+        if resource is not None and route.method == request.method:  # not a "*" route
+            by_route[route, status] = found
+        return found
 
     @web.middleware
     async def counting(request: web.Request, handler: Handler) -> web.StreamResponse:
@@ -66,12 +72,16 @@ def counting_middleware(metrics: NodeMetrics, prefix: str, stamp: bool = False) 
             try:
                 response = error_response(error, request)
             except web.HTTPException as redirect:
-                count(request, redirect.status, started)
+                route = request.match_info.route
+                add_duration(numbers(request, route, redirect.status), perf_counter() - started)
                 raise
-        # count(request, response.status, started), inline: this runs for every request.
-        resource = request.match_info.route.resource
-        label = labels.get(resource) or count_label(resource)
-        observe(label, request.method, response.status, perf_counter() - started)
+        route = request.match_info.route
+        status = response.status
+        found = by_route.get((route, status)) or numbers(request, route, status)
+        # add_duration(found, ...), inline: this runs for every request.
+        duration_s = perf_counter() - started
+        found[0] += duration_s
+        found[1 + bisect_left(REQUEST_BUCKETS_S, duration_s)] += 1
         return response
 
     return counting
