@@ -1,7 +1,8 @@
 """Pages of changes through a real HTTP cache: Debian's nginx with deploy/nginx.conf
 in front of a 3-member cluster. 1,000 consumers catching up through it read exactly
-what direct reads give, with every full page after its first read served by nginx's
-cache; long-polls pass through and wake; a member stopping behind nginx is invisible."""
+what direct reads give, with every full page served by nginx's cache after one
+consumer's first read of it; long-polls pass through and wake; a member stopping
+behind nginx is invisible."""
 
 from __future__ import annotations
 
@@ -70,21 +71,27 @@ def test_a_thousand_consumers_catch_up_through_the_cache(cluster: Cluster, nginx
     direct_port = cluster.nodes[0].port
 
     async def run() -> tuple[list[dict[str, Any]], list[list[dict[str, Any]]], Counter[str]]:
-        statuses: Counter[str] = Counter()
         connector = aiohttp.TCPConnector(limit=CONNECTIONS)
         timeout = aiohttp.ClientTimeout(total=120)
         async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
             direct = await catch_up(session, f"http://127.0.0.1:{direct_port}", tag, Counter())
+            # One consumer first: each full page goes to a member exactly once.
+            first: Counter[str] = Counter()
+            assert await catch_up(session, nginx.url, tag, first) == direct
+            assert first == Counter({"full MISS": CHANGES // PAGE, "partial MISS": 1})
+            statuses: Counter[str] = Counter()
             consumers = [catch_up(session, nginx.url, tag, statuses) for _ in range(CONSUMERS)]
             return direct, await asyncio.gather(*consumers), statuses
 
     direct, through, statuses = asyncio.run(run())
     assert len(direct) == CHANGES
     assert all(read == direct for read in through)
-    # Each of the 20 full pages went to a member once; every other read was a HIT.
+    # Then every full page of the 1,000 consumers comes from nginx's cache. (Cold, all at
+    # once, nginx's cache lock lets a waiting request through uncached after a timeout;
+    # the bench (scenario k) counts that case.)
     full_pages = CHANGES // PAGE
-    assert statuses["full MISS"] == full_pages
-    assert statuses["full HIT"] == CONSUMERS * full_pages - full_pages
+    assert statuses["full HIT"] == CONSUMERS * full_pages
+    assert statuses["full MISS"] == 0
     # The partial page at the end is never taken from the cache.
     assert statuses["partial HIT"] == 0
     assert sum(count for key, count in statuses.items() if key.startswith("partial")) == CONSUMERS
