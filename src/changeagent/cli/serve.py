@@ -45,7 +45,11 @@ $CHANGEAGENT_SERVERS or http://localhost:8080):
   changes            print a page            tail [-f]    print (and follow) changes
   mirror --to FILE   keep a local SQLite copy of the log
   cluster [status|add ADDRESS|remove ID]     config [get|set FILE]
-  health [up|down]"""
+  health [up|down]   backup --out FILE  save a consistent copy of a node's log
+
+Local tools (no server):
+  restore --from FILE -d DIR   make a standalone node of a backup
+  archive ls|cat DIR           read an archive of purged history"""
 PORT_DEFAULT = 8080
 
 SECURITY_EPILOG = """\
