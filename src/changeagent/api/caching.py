@@ -45,14 +45,9 @@ class PageCaching:
         return f"{scope}, max-age={self.max_age_s}, immutable"
 
 
-def last_id(body: bytes) -> bytes:
-    """The `_id` of one stored change: its bytes begin `{"_id":N,`."""
-    return body[7 : body.index(b",", 7)]
-
-
 def page_etag(page: PageResult) -> str:
     """A strong ETag for this page's bytes under its URL (see the module's note)."""
-    last = last_id(page.bodies[-1]).decode() if page.bodies else "0"
+    last = page.last_id()
     flags = (1 if page.at_start else 0) | (2 if page.at_end else 0)
     tag = f'"{last}-{len(page.bodies)}-{flags}'
     if page.missed:

@@ -34,11 +34,11 @@ from dataclasses import dataclass
 from aiohttp import web
 from aiohttp.http import HttpVersion11
 
-from changeagent.api.caching import NO_STORE, last_id
+from changeagent.api.caching import NO_STORE
 from changeagent.api.context import state_of
 from changeagent.api.errors import ApiError
 from changeagent.api.params import INDEX_MAX, integer_parameter
-from changeagent.node.query import ChangeQuery, PageResult
+from changeagent.node.query import ChangeQuery, PageResult, change_id
 from changeagent.node.waiters import KEEP, Keep, deliver_on_wake
 
 log = logging.getLogger(__name__)
@@ -73,7 +73,7 @@ class ContinuousFormat(FeedFormat):
 
 class EventSourceFormat(FeedFormat):
     def change(self, body: bytes) -> bytes:
-        return b"id: %s\nevent: change\ndata: %s\n\n" % (last_id(body), body)
+        return b"id: %s\nevent: change\ndata: %s\n\n" % (change_id(body), body)
 
     def missed(self, first_retained: int) -> bytes:
         return b'event: missed\ndata: {"firstRetained":%d}\n\n' % first_retained
@@ -245,10 +245,10 @@ class FeedStream:
         some while a heartbeat's wait ran), or a heartbeat when there are none."""
         position = self.position
         bodies = page.bodies
-        if bodies and int(last_id(bodies[0])) <= position:
-            bodies = [body for body in bodies if int(last_id(body)) > position]
+        if bodies and int(change_id(bodies[0])) <= position:
+            bodies = [body for body in bodies if int(change_id(body)) > position]
         if bodies:
-            self.position = int(last_id(bodies[-1]))
+            self.position = int(change_id(bodies[-1]))
             if self.remaining is not None:
                 self.remaining -= len(bodies)
         elif not page.missed:

@@ -18,6 +18,11 @@ class ChangeQuery:
         return replace(self, since=since, limit=self.limit if limit is None else limit)
 
 
+def change_id(body: bytes) -> bytes:
+    """The `_id` (its digits) of one stored change: its bytes begin `{"_id":N,`."""
+    return body[7 : body.index(b",", 7)]
+
+
 @dataclass(slots=True)
 class PageResult:
     """One page of changes, as stored bytes, plus what the response reports about it."""
@@ -32,10 +37,7 @@ class PageResult:
     def last_id(self) -> int:
         """The `_id` of the page's last change (0 when empty): stored changes begin
         `{"_id":N,`."""
-        if not self.bodies:
-            return 0
-        body = self.bodies[-1]
-        return int(body[7 : body.index(b",", 7)])
+        return int(change_id(self.bodies[-1])) if self.bodies else 0
 
     def encode(self) -> bytes:
         """The response body, built once and shared by every waiter given this page."""
