@@ -4,12 +4,22 @@ print the table, write JSON (+ markdown and PNG charts) under bench/results/.
     python -m bench --quick                       # < 60 s, what the test suite runs
     python -m bench                               # full run (3 runs per figure)
     python -m bench --only writes,notify --systems changeagent,etcd
+    python -m bench --only writes --systems changeagent --base HEAD~1   # before/after
+
+With --base, that tree of changeagent (a git revision of this repository, or a
+directory holding src/changeagent) runs as system "base" beside this one, and the
+runs of each figure alternate between the systems (one run each, in turn, the
+first system changing every round), so both see the same machine: the table's
+changeagent/base column is the change's effect, from one run.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -28,6 +38,7 @@ from bench.scenarios.writes import run_writes
 from bench.security import run_security
 from bench.systems import SYSTEMS
 from bench.systems.base import System
+from bench.systems.changeagent import variant
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 
@@ -39,7 +50,7 @@ def _writes_standalone(cls: type[System], settings: Settings, recorder: Recorder
 
 
 def _writes_cluster(cls: type[System], settings: Settings, recorder: Recorder) -> None:
-    if cls.name == "redis":
+    if cls.family == "redis":
         recorder.skip("a. durable writes, 3 members", "redis",
                       "not applicable: single node (no Raft)")
         return
@@ -83,13 +94,18 @@ def parse_arguments(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--no-install", action="store_true",
                         help="do not apt-get install missing peers; skip them")
     parser.add_argument("--no-charts", action="store_true")
+    parser.add_argument("--base", default=None, metavar="REV_OR_DIR",
+                        help="also run this tree of changeagent as system 'base' (a git "
+                        "revision, or a directory holding src/changeagent), runs alternating")
     parser.add_argument("--set", action="append", default=[], metavar="NAME=VALUE",
                         help="override one setting, e.g. --set fanout_consumers=10000 or "
                         "--set write_clients=1,64 (names: see bench/scenarios/common.py)")
     arguments = parser.parse_args(argv)
     arguments.scenarios = _pick_scenarios(parser, arguments.only)
     arguments.system_names = [s.strip() for s in arguments.systems.split(",") if s.strip()]
-    unknown = [s for s in arguments.system_names if s not in SYSTEMS]
+    if arguments.base and "base" not in arguments.system_names:
+        arguments.system_names.append("base")
+    unknown = [s for s in arguments.system_names if s not in SYSTEMS and s != "base"]
     if unknown:
         parser.error(f"unknown system(s) {', '.join(unknown)}; known: {', '.join(SYSTEMS)}")
     return arguments
@@ -110,7 +126,7 @@ def _pick_scenarios(parser: argparse.ArgumentParser, only: str) -> list[str]:
 
 def available_systems(names: list[str], no_install: bool, recorder: Recorder,
                       tools: tuple[str, ...] = ()) -> list[type[System]]:
-    wanted = [n for n in names if n != "changeagent"] + ["wrk", *tools]
+    wanted = [n for n in names if n not in ("changeagent", "base")] + ["wrk", *tools]
     missing = {} if no_install else install.ensure_installed(wanted, recorder.log)
     readscale.nginx_missing_reason = missing.get("nginx")
     if "wrk" in missing:
@@ -118,13 +134,61 @@ def available_systems(names: list[str], no_install: bool, recorder: Recorder,
                       "HTTP writes use the asyncio generator only")
     systems = []
     for name in names:
-        cls = SYSTEMS[name]
+        cls = SYSTEMS[name] if name != "base" else BASE_SYSTEM[0]
         reason = cls.missing_reason() or missing.get(name)
         if reason:
             recorder.skip("all scenarios", name, f"skipped: {reason}")
             continue
         systems.append(cls)
     return systems
+
+
+BASE_SYSTEM: list[type[System]] = []  # the --base tree, once prepared
+
+
+def prepare_base(revision_or_dir: str, into: Path) -> tuple[type[System], str]:
+    """System "base": changeagent from a git revision (exported into `into`) or a
+    directory holding src/changeagent. Returns it and what it is, for the results."""
+    given = Path(revision_or_dir)
+    if (given / "src" / "changeagent").is_dir():
+        source, what = given.resolve() / "src", f"directory {given.resolve()}"
+    else:
+        repository = Path(__file__).resolve().parent.parent
+        try:
+            commit = subprocess.run(
+                ["git", "-C", str(repository), "rev-parse", "--verify",
+                 f"{revision_or_dir}^{{commit}}"],
+                capture_output=True, text=True, check=True).stdout.strip()
+            archive = subprocess.run(["git", "-C", str(repository), "archive", commit, "src"],
+                                     capture_output=True, check=True).stdout
+            subprocess.run(["tar", "-x", "-C", str(into)], input=archive, check=True)
+        except subprocess.CalledProcessError as error:
+            raise SystemExit(f"--base {revision_or_dir}: not a directory with "
+                             f"src/changeagent nor a git revision ({error})") from None
+        source, what = into / "src", f"commit {commit[:12]}"
+    command = ["env", f"PYTHONPATH={source}", sys.executable, "-m", "changeagent"]
+    return variant("base", command), what
+
+
+def _run_scenarios(names: list[str], systems: list[type[System]], settings: Settings,
+                   recorder: Recorder, alternate: bool) -> None:
+    """Each scenario's runners on each system; with `alternate` (--base) one run at a
+    time, the systems taking turns and a different one first each round."""
+    for name in names:
+        letter, runners = SCENARIOS[name]
+        recorder.log(f"== {letter}. {name}")
+        for title, runner in runners:
+            if not alternate:
+                for cls in systems:
+                    guarded(recorder, title, cls.name,
+                            lambda r=runner, c=cls: r(c, settings, recorder))  # type: ignore[misc]
+                continue
+            one_run = dataclasses.replace(settings, runs=1, failover_runs=1, join_runs=1)
+            for round_index in range(max(settings.runs, 1)):
+                shift = round_index % len(systems)
+                for cls in systems[shift:] + systems[:shift]:
+                    guarded(recorder, title, cls.name,
+                            lambda r=runner, c=cls, s=one_run: r(c, s, recorder))  # type: ignore[misc]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -140,6 +204,11 @@ def main(argv: list[str] | None = None) -> int:
     procs.PROCESSES.data_root = arguments.data_root
     open_files = procs.raise_open_file_limit()
     recorder = Recorder(log=lambda message: print(message, flush=True))
+    base_tree = tempfile.TemporaryDirectory(prefix="bench-base-")
+    base_what = None
+    if arguments.base:
+        base_system, base_what = prepare_base(arguments.base, Path(base_tree.name))
+        BASE_SYSTEM[:] = [base_system]
     started = time.strftime("%Y-%m-%d %H:%M:%S %Z")
     began = time.monotonic()
     recorder.log(f"bench {settings.mode} mode; open-file limit {open_files}")
@@ -149,16 +218,14 @@ def main(argv: list[str] | None = None) -> int:
         systems = available_systems(arguments.system_names, arguments.no_install, recorder,
                                     tools)
         machine = machine_future.result()
+    if base_what:
+        machine["base"] = base_what
     try:
-        for name in arguments.scenarios:
-            letter, runners = SCENARIOS[name]
-            recorder.log(f"== {letter}. {name}")
-            for title, runner in runners:
-                for cls in systems:
-                    guarded(recorder, title, cls.name,
-                            lambda r=runner, c=cls: r(c, settings, recorder))  # type: ignore[misc]
+        _run_scenarios(arguments.scenarios, systems, settings, recorder,
+                       alternate=bool(arguments.base))
     finally:
         procs.PROCESSES.cleanup()
+        base_tree.cleanup()
     results = {
         "started": started, "mode": settings.mode, "command": command_line(),
         "seconds": round(time.monotonic() - began, 1), "settings": vars(settings),

@@ -18,7 +18,7 @@ import psutil
 
 from bench.scenarios.common import Recorder, median
 
-SYSTEM_ORDER = ["changeagent", "etcd", "redis"]
+SYSTEM_ORDER = ["changeagent", "base", "etcd", "redis"]
 
 
 def _first_line(argv: list[str]) -> str:
@@ -358,7 +358,7 @@ def charts(results: dict[str, Any], samples: dict[str, dict[str, Any]],
     return written
 
 
-COLORS = {"changeagent": "tab:blue", "etcd": "tab:orange", "redis": "tab:green"}
+COLORS = {"changeagent": "tab:blue", "base": "tab:gray", "etcd": "tab:orange", "redis": "tab:green"}
 
 
 def _style(topology: str, generator: str) -> str:

@@ -33,7 +33,7 @@ FAILOVER_SECONDS_MAX = 60.0
 
 
 def run_failover(system_cls: type[System], settings: Settings, recorder: Recorder) -> None:
-    if system_cls.name == "redis":
+    if system_cls.family == "redis":
         recorder.skip(FAILOVER, "redis", "not applicable: single node (no Raft)")
         return
     for _ in range(settings.failover_runs):
@@ -83,7 +83,7 @@ async def _failover(system: System) -> tuple[float, int]:
 def run_join(system_cls: type[System], settings: Settings, recorder: Recorder) -> None:
     """One cluster, preloaded once; each run adds a fresh member and, before the next
     run, removes it again (so N changes are written once, not once per run)."""
-    members = 1 if system_cls.name == "redis" else 3
+    members = 1 if system_cls.family == "redis" else 3
     system = system_cls(PROCESSES, members)
     with running(system, recorder, JOIN) as ok:
         if not ok:
@@ -119,7 +119,7 @@ def _join_once(system: System, settings: Settings, recorder: Recorder, stored: i
             raise BenchError("the new member did not catch up in time")
         time.sleep(0.02)
     seconds = time.perf_counter() - began
-    how = "redis replica full sync (not Raft)" if system.name == "redis" else "4th joins 3"
+    how = "redis replica full sync (not Raft)" if system.family == "redis" else "4th joins 3"
     label = f"changes/s caught up by a new member, {settings.join_changes:,} changes"
     recorder.add(JOIN, label, system.name, stored / seconds, "changes/s", "higher", changes=stored,
                  seconds=round(seconds, 3), how=how, preload_seconds=round(preload_seconds, 1))

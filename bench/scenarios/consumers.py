@@ -21,14 +21,14 @@ from pathlib import Path
 from bench.procs import PROCESSES, BenchError, self_cpu_seconds
 from bench.scenarios.common import Recorder, Settings, run_async, running
 from bench.systems.base import System
-from bench.systems.changeagent import LOOPBACK, changeagent_command
+from bench.systems.changeagent import LOOPBACK
 
 CONSUMERS = "i. consumers"
 MIRROR_SECONDS_MAX = 900.0
 
 
 def run_consumers(system_cls: type[System], settings: Settings, recorder: Recorder) -> None:
-    if system_cls.name != "changeagent":
+    if system_cls.family != "changeagent":
         recorder.skip(CONSUMERS, system_cls.name,
                       "not applicable: changeagent's own client and mirror")
         return
@@ -49,7 +49,8 @@ async def _consumers(system: System, settings: Settings, recorder: Recorder) -> 
         recorder.add(CONSUMERS, f"changes/s follow() delivers reading {stored:,} changes",
                      system.name, delivered / seconds, "changes/s", "higher",
                      generator_cpu_percent=round(100 * cpu / seconds, 1), changes=delivered)
-        written, seconds = await asyncio.to_thread(mirror_everything, url)
+        program = system.node_command()  # type: ignore[attr-defined]
+        written, seconds = await asyncio.to_thread(mirror_everything, url, program)
         if written < stored:
             raise BenchError(f"the mirror holds {written} of {stored} changes")
         recorder.add(CONSUMERS, f"changes/s `changeagent mirror` writes, first sync of "
@@ -70,11 +71,11 @@ def follow_everything(url: str) -> tuple[int, float, float]:
     return delivered, time.perf_counter() - began, self_cpu_seconds() - cpu_before
 
 
-def mirror_everything(url: str) -> tuple[int, float]:
+def mirror_everything(url: str, program: list[str]) -> tuple[int, float]:
     """(changes in the new mirror file, seconds the command took)."""
     with tempfile.TemporaryDirectory(prefix="bench-mirror-") as directory:
         path = Path(directory) / "mirror.sqlite"
-        command = [*changeagent_command(), "mirror", "--once", "--to", str(path),
+        command = [*program, "mirror", "--once", "--to", str(path),
                    "--server", url]
         began = time.perf_counter()
         result = subprocess.run(command, capture_output=True, text=True,

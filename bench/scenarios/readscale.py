@@ -98,7 +98,7 @@ _SPAWN = multiprocessing.get_context("spawn")
 
 def _only_changeagent(system_cls: type[System], recorder: Recorder, scenario: str,
                       why: str) -> bool:
-    if system_cls.name == "changeagent":
+    if system_cls.family == "changeagent":
         return True
     recorder.skip(scenario, system_cls.name, f"not applicable: {why}")
     return False
@@ -670,7 +670,7 @@ def _wait_released(system: System, baseline: int, recorder: Recorder) -> None:
 
 
 def run_longpolls(system_cls: type[System], settings: Settings, recorder: Recorder) -> None:
-    if system_cls.name not in ("changeagent", "etcd"):
+    if system_cls.family not in ("changeagent", "etcd"):
         recorder.skip(LONGPOLLS, system_cls.name,
                       "not run: etcd is the peer here (scenario d has Redis's XREAD BLOCK)")
         return
@@ -738,7 +738,7 @@ async def _longpolls(system: System, settings: Settings, recorder: Recorder, cou
         if held < count:
             why = (f"{why}; " if why else "") + (
                 f"{count - held:,} connections failed: {errors[0] if errors else '?'}")
-        if system.name == "changeagent":
+        if system.family == "changeagent":
             confirmed = await _wait_waiting(system, already + held) - already
         else:
             confirmed = sum(h["confirmed"] for h in helds)

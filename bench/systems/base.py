@@ -73,6 +73,8 @@ class System(ABC):
     """A system under test: changeagent, etcd or Redis."""
 
     name: str = "?"
+    # The program this is: "changeagent" also for a pinned tree of it ("base", --base).
+    family: str = "?"
     # A write that does not complete within this time counts as failed (failover uses it).
     write_timeout_seconds = 10.0
 

@@ -114,7 +114,14 @@ class LongPoll(Subscription):
 
 class ChangeAgent(System):
     name = "changeagent"
+    family = "changeagent"
     help_text = ""
+    # None: `changeagent_command()`; set for another tree of changeagent (`variant`).
+    command: list[str] | None = None
+
+    @classmethod
+    def node_command(cls) -> list[str]:
+        return cls.command or changeagent_command()
 
     def __init__(self, processes: Any, members: int = 1) -> None:
         super().__init__(processes, members)
@@ -123,7 +130,7 @@ class ChangeAgent(System):
 
     @classmethod
     def missing_reason(cls) -> str | None:
-        command = changeagent_command()
+        command = cls.node_command()
         try:
             result = subprocess.run([*command, "--help"], capture_output=True, timeout=30,
                                     env=env_without_proxies())
@@ -158,7 +165,7 @@ class ChangeAgent(System):
         if member is None:
             data_dir = self.base_dir / f"node{index}"
             member = Member(index=index, port=free_port(), data_dir=data_dir)
-        argv = [*changeagent_command(), "-p", str(member.port), "-d", str(member.data_dir)]
+        argv = [*self.node_command(), "-p", str(member.port), "-d", str(member.data_dir)]
         if "--host" in self.help_text:
             argv += ["--host", LOOPBACK]  # loopback only
         if self.member_count > 1:
@@ -350,3 +357,10 @@ class ChangeAgent(System):
 
     def last_cursor(self) -> Any:
         return self.last_id
+
+
+def variant(name: str, command: list[str]) -> type[ChangeAgent]:
+    """changeagent started with another command (another tree of it, e.g. the one before
+    a change: `python -m bench --base REV`), measured beside this one as system `name`."""
+    return type(f"ChangeAgent_{name}", (ChangeAgent,),
+                {"name": name, "command": command, "help_text": ""})

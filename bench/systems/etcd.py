@@ -101,6 +101,7 @@ class Watch(Subscription):
 
 class Etcd(System):
     name = "etcd"
+    family = "etcd"
 
     def __init__(self, processes: Any, members: int = 1) -> None:
         super().__init__(processes, members)

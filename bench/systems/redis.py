@@ -78,6 +78,7 @@ class StreamRead(Subscription):
 
 class Redis(System):
     name = "redis"
+    family = "redis"
 
     def __init__(self, processes: Any, members: int = 1) -> None:
         super().__init__(processes, members)
