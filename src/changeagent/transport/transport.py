@@ -51,7 +51,13 @@ from changeagent.transport.frames import (
     RpcValue,
 )
 from changeagent.transport.link import Backoff, LinkCounters, Outgoing, PeerStats, SendQueue
-from changeagent.transport.streams import ConnectionClosed, Dialer, FrameStream, TcpFrameStream
+from changeagent.transport.streams import (
+    ConnectionClosed,
+    Dialer,
+    FrameStream,
+    TcpFrameStream,
+    start_now,
+)
 
 logger = logging.getLogger("changeagent.transport")
 
@@ -97,10 +103,38 @@ class Connection:
         self.closed = False
         self.requests_in_flight = 0
         self._write_lock = asyncio.Lock()
+        self._flushing: asyncio.Task[None] | None = None  # a `send_now` waiting on drain
 
     async def send(self, bodies: list[bytes]) -> None:
         async with self._write_lock:
+            flushing = self._flushing
+            if flushing is not None and not flushing.done():
+                await asyncio.shield(flushing)  # its bytes are queued first: keep order
             await self.stream.write_bodies(bodies)
+
+    def idle(self) -> bool:
+        """Open, and nothing is being written: a frame written now goes out in order."""
+        flushing = self._flushing
+        return (
+            not self.closed
+            and not self._write_lock.locked()
+            and (flushing is None or flushing.done())
+        )
+
+    def send_now(self, bodies: list[bytes], on_failure: Callable[[], None]) -> None:
+        """Write at once, in this call (only when `idle()`); raises `ConnectionClosed`.
+        The rare write that must wait for the socket's buffer to drain finishes in a
+        task that `send` waits for, so frames stay in order; `on_failure` is called
+        if that task fails."""
+        flushing = start_now(self.stream.write_bodies(bodies))
+        if flushing is not None:
+            self._flushing = flushing
+
+            def flushed(task: asyncio.Task[None]) -> None:
+                if task.cancelled() or task.exception() is not None:
+                    on_failure()
+
+            flushing.add_done_callback(flushed)
 
     async def close(self) -> None:
         self.closed = True
@@ -213,10 +247,27 @@ class Transport:
                 format_id(peer_id),
             )
             return
+        connection = link.connection
+        if connection is not None and not link.queue and connection.idle():
+            self._send_now(link, connection, body)
+            return
         queued, dropped = link.queue.push(Outgoing(body))
         link.counters.messages_dropped += dropped
         if queued:
             link.wakeup.set()
+
+    def _send_now(self, link: _Link, connection: Connection, body: bytes) -> None:
+        """Nothing waits before `body`: it goes out in this loop iteration, not one
+        hop later in the link's writer (a follower's APPEND before the leader's own
+        disk write starts; an acknowledgement as soon as it is durable)."""
+        try:
+            connection.send_now([body], lambda: self._close_soon(connection))
+        except ConnectionClosed as error:
+            link.counters.messages_dropped += 1
+            link.counters.last_error = f"send: {error}"
+            self._close_soon(connection)
+        else:
+            link.counters.messages_sent += 1
 
     async def propose(
         self, peer_id: int, entry_type: int, data: bytes, key: str = "", timeout_s: float = 10.0
