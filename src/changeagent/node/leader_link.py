@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import orjson
 
 from changeagent.change import NewChange
+from changeagent.eager import eager_future
 from changeagent.node.errors import CommitTimeout, NodeError, NotAvailable, error_from_code
 from changeagent.transport import RequestFailed
 
@@ -61,7 +62,7 @@ class LeaderLink:
         return leader, self.transport
 
     async def _while_leader(self, leader: int, call: Coroutine[Any, Any, T]) -> T:
-        request = asyncio.ensure_future(call)
+        request = eager_future(call)  # sent now, not when a task first runs
         try:
             while not request.done():
                 changed = self._next_change()

@@ -16,8 +16,7 @@ import contextlib
 import ssl
 from abc import ABC, abstractmethod
 from collections import deque
-from collections.abc import Coroutine, Generator, Sequence
-from typing import Any
+from collections.abc import Sequence
 
 import aiohttp
 from aiohttp import web
@@ -41,52 +40,6 @@ def split_address(address: str) -> tuple[str, int]:
     if not separator or not host or not port.isdigit() or not 0 < int(port) < 65536:
         raise ValueError(f"not a host:port address: {address!r}")
     return host.strip("[]"), int(port)
-
-
-def start_now(coroutine: Coroutine[Any, Any, None]) -> asyncio.Task[None] | None:
-    """Run `coroutine` in this call up to its first suspension, as Python 3.12's
-    eager tasks do: None when it finished, else a task that finishes it.
-
-    Writing a frame hands it to the socket before the first await (the await is
-    flow control: drain, only when the socket's buffer is full), so a message
-    can leave in the very loop iteration that produced it instead of one hop
-    later in a writer task. Exceptions raised before the suspension propagate."""
-    try:
-        suspended_on = coroutine.send(None)
-    except StopIteration:
-        return None
-    except BaseException:
-        coroutine.close()
-        raise
-    return asyncio.ensure_future(_Resumed(coroutine, suspended_on).run())
-
-
-class _Resumed:
-    """Continues a coroutine that `start_now` ran up to a suspension: the future
-    it suspended on is handed to the task, and the task's results back to it."""
-
-    def __init__(self, coroutine: Coroutine[Any, Any, None], suspended_on: Any) -> None:
-        self._coroutine = coroutine
-        self._suspended_on = suspended_on
-
-    async def run(self) -> None:
-        await self
-
-    def __await__(self) -> Generator[Any, Any, None]:
-        coroutine, waiting = self._coroutine, self._suspended_on
-        while True:
-            try:
-                sent = yield waiting
-            except BaseException as error:  # cancelled, or the future failed
-                try:
-                    waiting = coroutine.throw(error)
-                except StopIteration:
-                    return
-            else:
-                try:
-                    waiting = coroutine.send(sent)
-                except StopIteration:
-                    return
 
 
 class FrameStream(ABC):

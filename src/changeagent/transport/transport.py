@@ -18,6 +18,7 @@ from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, replace
 from typing import Any, TypeVar, cast
 
+from changeagent.eager import start_now
 from changeagent.ids import format_id
 from changeagent.raft.messages import Message
 from changeagent.transport.auth import (
@@ -56,7 +57,6 @@ from changeagent.transport.streams import (
     Dialer,
     FrameStream,
     TcpFrameStream,
-    start_now,
 )
 
 logger = logging.getLogger("changeagent.transport")
@@ -256,18 +256,22 @@ class Transport:
         if queued:
             link.wakeup.set()
 
-    def _send_now(self, link: _Link, connection: Connection, body: bytes) -> None:
+    def _send_now(
+        self, link: _Link, connection: Connection, body: bytes, message: bool = True
+    ) -> None:
         """Nothing waits before `body`: it goes out in this loop iteration, not one
         hop later in the link's writer (a follower's APPEND before the leader's own
-        disk write starts; an acknowledgement as soon as it is durable)."""
+        disk write starts; an acknowledgement as soon as it is durable; a forwarded
+        write). A request (`message` False) on a connection that fails is failed by
+        `_close_soon`, as one the link's writer had sent."""
         try:
             connection.send_now([body], lambda: self._close_soon(connection))
         except ConnectionClosed as error:
-            link.counters.messages_dropped += 1
+            link.counters.messages_dropped += message
             link.counters.last_error = f"send: {error}"
             self._close_soon(connection)
         else:
-            link.counters.messages_sent += 1
+            link.counters.messages_sent += message
 
     async def propose(
         self, peer_id: int, entry_type: int, data: bytes, key: str = "", timeout_s: float = 10.0
@@ -719,16 +723,23 @@ class Transport:
         link = self._link(peer_id)
         request_id = next(self._request_ids)
         future: asyncio.Future[Reply] = asyncio.get_running_loop().create_future()
-        queued, dropped = link.queue.push(Outgoing(encode_frame(build(request_id)), request_id))
-        link.counters.messages_dropped += dropped
-        if not queued:
-            link.counters.requests_failed += 1
-            raise RequestFailed(
-                ERROR_QUEUE_FULL, f"the send queue to node {format_id(peer_id)} is full"
-            )
+        body = encode_frame(build(request_id))
         pending = _Pending(future, reply_type, peer_id)
-        self._pending[request_id] = pending
-        link.wakeup.set()
+        connection = link.connection
+        if connection is not None and not link.queue and connection.idle():
+            pending.connection = connection  # claimed: losing the connection fails it
+            self._pending[request_id] = pending
+            self._send_now(link, connection, body, message=False)
+        else:
+            queued, dropped = link.queue.push(Outgoing(body, request_id))
+            link.counters.messages_dropped += dropped
+            if not queued:
+                link.counters.requests_failed += 1
+                raise RequestFailed(
+                    ERROR_QUEUE_FULL, f"the send queue to node {format_id(peer_id)} is full"
+                )
+            self._pending[request_id] = pending
+            link.wakeup.set()
         reply = await self._await_reply(request_id, pending, timeout_s, link.counters)
         return cast(ReplyT, reply)
 
