@@ -73,7 +73,7 @@ def verify(row: Row) -> Row:
 
 def row_entry(row: Row) -> Entry:
     index, term, entry_type, key, body, _ = row
-    return Entry(index=index, term=term, type=entry_type, data=body, key=key)
+    return Entry(index, term, entry_type, body, key)
 
 
 def entry_at(connection: sqlite3.Connection, index: int) -> Entry | None:

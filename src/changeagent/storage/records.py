@@ -10,7 +10,7 @@ from __future__ import annotations
 import struct
 import sys
 import zlib
-from dataclasses import dataclass
+from typing import NamedTuple
 
 import orjson
 
@@ -28,15 +28,16 @@ def entry_crc(index: int, term: int, entry_type: int, key: str, body: bytes) -> 
     return zlib.crc32(body, zlib.crc32(key_bytes, zlib.crc32(header)))
 
 
-@dataclass(frozen=True, slots=True)
-class ChangeFields:
-    """What the writer derives from a user change's JSON: its timestamp and tags."""
+class ChangeFields(NamedTuple):
+    """What the writer derives from a user change's JSON: its timestamp and tags.
+    A named tuple: made once per stored change (catch-up makes ~100,000 a second),
+    and a tuple is made several times faster than a frozen dataclass."""
 
     ts: int
     tags: tuple[str, ...]
 
 
-_NO_FIELDS = ChangeFields(ts=0, tags=())
+_NO_FIELDS = ChangeFields(0, ())
 
 
 def derive_fields(body: bytes) -> ChangeFields:
@@ -50,29 +51,41 @@ def derive_fields(body: bytes) -> ChangeFields:
         document = orjson.loads(body)
     except orjson.JSONDecodeError:
         return _NO_FIELDS
-    if not isinstance(document, dict):
+    if type(document) is not dict:
         return _NO_FIELDS
     ts = document.get("_ts", 0)
-    if not isinstance(ts, int) or isinstance(ts, bool):
+    if type(ts) is not int:  # not a bool, not a float
         ts = 0
-    raw_tags = document.get("tags", ())
-    if not isinstance(raw_tags, list) or not raw_tags:
-        return ChangeFields(ts=ts, tags=())
-    tags = tuple(dict.fromkeys(sys.intern(tag) for tag in raw_tags if isinstance(tag, str)))
-    return ChangeFields(ts=ts, tags=_shared_tags(tags))
+    raw_tags = document.get("tags")
+    if type(raw_tags) is not list or not raw_tags:
+        return ChangeFields(ts, ())
+    try:
+        tags = _TAG_TUPLES[tuple(raw_tags)]  # the common case: a tag list seen before
+    except (KeyError, TypeError):  # new, or unhashable items (not strings)
+        tags = _shared_tags(raw_tags)
+    return ChangeFields(ts, tags)
 
 
-_TAG_TUPLES: dict[tuple[str, ...], tuple[str, ...]] = {}
+# One tuple object per distinct tag list (the tail then holds each only once),
+# found by the list's items as stored (so the lookup needs no cleaning).
+_TAG_TUPLES: dict[tuple[object, ...], tuple[str, ...]] = {}
 _TAG_TUPLES_MAX = 4096
 
 
-def _shared_tags(tags: tuple[str, ...]) -> tuple[str, ...]:
-    """One tuple object per distinct tag list, so the tail holds each only once."""
-    shared = _TAG_TUPLES.get(tags)
-    if shared is None:
-        if len(_TAG_TUPLES) >= _TAG_TUPLES_MAX:
-            _TAG_TUPLES.clear()
-        _TAG_TUPLES[tags] = shared = tags
+def _shared_tags(raw_tags: list[object]) -> tuple[str, ...]:
+    """The cleaned tags of a list (strings only, interned, each once, in order),
+    remembered under the raw items when they are hashable."""
+    tags = tuple(dict.fromkeys(sys.intern(tag) for tag in raw_tags if isinstance(tag, str)))
+    shared = _TAG_TUPLES.get(tags, tags)
+    try:
+        key = tuple(raw_tags)
+        hash(key)
+    except TypeError:  # a list or an object among the tags: not remembered
+        return shared
+    if len(_TAG_TUPLES) >= _TAG_TUPLES_MAX:
+        _TAG_TUPLES.clear()
+    _TAG_TUPLES[key] = shared
+    _TAG_TUPLES.setdefault(shared, shared)
     return shared
 
 

@@ -55,9 +55,7 @@ def make_record(entry: Entry, tags: tuple[str, ...]) -> TailRecord:
 
 
 def record_entry(index: int, record: TailRecord) -> Entry:
-    return Entry(
-        index=index, term=record[TERM], type=record[TYPE], data=record[DATA], key=record[KEY]
-    )
+    return Entry(index, record[TERM], record[TYPE], record[DATA], record[KEY])
 
 
 class TailCache:

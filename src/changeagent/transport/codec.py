@@ -221,15 +221,35 @@ def _decode_message(fields: list[Any]) -> Message:
 
 
 def _decode_entry(value: Any) -> Entry:
+    # The checks of `_checked_entry`, inline: an APPEND carries up to 1,024 entries,
+    # and a catching-up member decodes ~100,000 a second. A failed check goes
+    # through `_checked_entry`, which names the field.
+    if type(value) is list and len(value) == 5:
+        index, term, kind, data, key = value
+        if (
+            type(index) is int
+            and 0 <= index <= UINT64_MAX
+            and type(term) is int
+            and 0 <= term <= UINT64_MAX
+            and type(kind) is int
+            and INT64_MIN <= kind <= INT64_MAX
+            and type(data) is bytes
+            and type(key) is str
+        ):
+            return Entry(index, term, kind, data, key)
+    return _checked_entry(value)
+
+
+def _checked_entry(value: Any) -> Entry:
     fields = _list(value, "entry")
     _arity(fields, 5, "entry")
     index, term, kind, data, key = fields
     return Entry(
-        index=_int(index, "entry index"),
-        term=_int(term, "entry term"),
-        type=_int(kind, "entry type", INT64_MIN, INT64_MAX),
-        data=_bytes(data, "entry data"),
-        key=_str(key, "entry key"),
+        _int(index, "entry index"),
+        _int(term, "entry term"),
+        _int(kind, "entry type", INT64_MIN, INT64_MAX),
+        _bytes(data, "entry data"),
+        _str(key, "entry key"),
     )
 
 
