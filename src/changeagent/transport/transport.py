@@ -267,11 +267,9 @@ class Transport:
         try:
             connection.send_now([body], lambda: self._close_soon(connection))
         except ConnectionClosed as error:
-            link.counters.messages_dropped += message
-            link.counters.last_error = f"send: {error}"
-            self._close_soon(connection)
+            self._sent(link, connection, message, error)
         else:
-            link.counters.messages_sent += message
+            self._sent(link, connection, message)
 
     async def propose(
         self, peer_id: int, entry_type: int, data: bytes, key: str = "", timeout_s: float = 10.0
@@ -584,11 +582,25 @@ class Transport:
         try:
             await connection.send(bodies)
         except ConnectionClosed as error:
-            link.counters.messages_dropped += messages
-            link.counters.last_error = f"send: {error}"
-            self._close_soon(connection)
+            self._sent(link, connection, messages, error)
         else:
+            self._sent(link, connection, messages)
+
+    def _sent(
+        self,
+        link: _Link,
+        connection: Connection,
+        messages: int,
+        error: ConnectionClosed | None = None,
+    ) -> None:
+        """Count `messages` Raft messages as sent, or as dropped with the
+        connection when writing failed with `error`."""
+        if error is None:
             link.counters.messages_sent += messages
+            return
+        link.counters.messages_dropped += messages
+        link.counters.last_error = f"send: {error}"
+        self._close_soon(connection)
 
     # ------------------------------------------------------------ reading
 
