@@ -2,9 +2,14 @@
 
 On Python 3.11 every `create_task` first runs a coroutine one loop iteration
 later. Where the first steps of a coroutine are what matters (writing a frame
-hands it to the socket before its first await; sending a forwarded write), the
-helpers here run it at once, up to its first suspension, and hand only the rest
-to a task.
+hands it to the socket before its first await), `start_now` runs it at once, up to
+its first suspension, and hands only the rest to a task.
+
+Only for coroutines that do not depend on which task runs them before that first
+suspension: unlike 3.12's eager tasks, the eager part runs in the *caller's* task,
+so an `asyncio.timeout` entered there would cancel the caller (a forwarded write
+run this way once lost its HTTP connection when its leader never answered).
+Writing frames qualifies: the socket takes the bytes, then at most a drain waits.
 """
 
 from __future__ import annotations
@@ -28,22 +33,6 @@ def start_now(coroutine: Coroutine[Any, Any, None]) -> asyncio.Task[None] | None
         coroutine.close()
         raise
     return asyncio.ensure_future(_Resumed(coroutine, suspended_on).run())
-
-
-def eager_future(coroutine: Coroutine[Any, Any, T]) -> asyncio.Future[T]:
-    """Like `asyncio.ensure_future(coroutine)`, but the coroutine runs at once up to
-    its first suspension; its outcome, then or later, is the future's."""
-    try:
-        suspended_on = coroutine.send(None)
-    except StopIteration as stop:
-        done: asyncio.Future[T] = asyncio.get_running_loop().create_future()
-        done.set_result(stop.value)
-        return done
-    except BaseException as error:
-        failed: asyncio.Future[T] = asyncio.get_running_loop().create_future()
-        failed.set_exception(error)
-        return failed
-    return asyncio.ensure_future(_Resumed[T](coroutine, suspended_on).run())
 
 
 class _Resumed(Generic[T]):

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 import changeagent.transport.transport as transport_module
-from changeagent.eager import eager_future, start_now
+from changeagent.eager import start_now
 from changeagent.raft import Entry, Message, MessageType
 from tests.transport.harness import Node, run, started, stop_all
 
@@ -90,34 +90,6 @@ def test_cancelling_the_task_reaches_the_suspended_coroutine() -> None:
         with pytest.raises(asyncio.CancelledError):
             await task
         assert seen == ["cancelled"]
-
-    run(scenario())
-
-
-def test_eager_future_runs_at_once_and_carries_the_outcome() -> None:
-    steps: list[str] = []
-
-    async def answer(value: int) -> int:
-        steps.append(f"ran {value}")
-        return value
-
-    async def later(reply: asyncio.Future[int]) -> int:
-        steps.append("sent")
-        return 2 * await reply
-
-    async def fails() -> int:
-        raise ValueError("refused")
-
-    async def scenario() -> None:
-        future = eager_future(answer(1))
-        assert steps == ["ran 1"] and future.done() and future.result() == 1
-        reply: asyncio.Future[int] = asyncio.get_running_loop().create_future()
-        pending = eager_future(later(reply))
-        assert steps[-1] == "sent" and not pending.done()
-        reply.set_result(21)
-        assert await pending == 42
-        with pytest.raises(ValueError, match="refused"):
-            await eager_future(fails())
 
     run(scenario())
 

@@ -15,7 +15,6 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import orjson
 
 from changeagent.change import NewChange
-from changeagent.eager import eager_future
 from changeagent.node.errors import CommitTimeout, NodeError, NotAvailable, error_from_code
 from changeagent.transport import RequestFailed
 
@@ -62,7 +61,11 @@ class LeaderLink:
         return leader, self.transport
 
     async def _while_leader(self, leader: int, call: Coroutine[Any, Any, T]) -> T:
-        request = eager_future(call)  # sent now, not when a task first runs
+        # A task of its own, never run eagerly in the caller's: the request's
+        # `asyncio.timeout` must cancel the request, not the caller's task (run
+        # eagerly, it captured the HTTP handler's, and a forwarded write whose
+        # leader never answered lost its connection instead of getting a 503).
+        request = asyncio.ensure_future(call)
         try:
             while not request.done():
                 changed = self._next_change()
