@@ -104,3 +104,32 @@ def test_every_process_and_directory_was_cleaned_up(quick_results: dict) -> None
         if any(data_root in part for part in process.info["cmdline"] or []):
             leftovers.append(process.info)
     assert not leftovers, leftovers
+
+
+def test_base_runs_another_tree_beside_this_one(tmp_path: Path) -> None:
+    """`--base REV` exports that revision's src/ and runs it as system "base", the runs
+    alternating with this tree's: both appear in every row, with their ratio."""
+    completed = subprocess.run(
+        [sys.executable, "-m", "bench", "--quick", "--only", "writes", "--systems",
+         "changeagent", "--base", "HEAD", "--runs", "2", "--set", "write_clients=1",
+         "--set", "asyncio_write_clients=1", "--set", "follower_write_clients=1",
+         "--no-install", "--no-charts", "--results-dir", str(tmp_path / "results"),
+         "--data-root", str(tmp_path)],
+        cwd=REPO, capture_output=True, text=True, timeout=300)
+    output = completed.stdout + completed.stderr
+    assert completed.returncode == 0, output[-4000:]
+    results = json.loads((tmp_path / "results" / "latest.json").read_text())
+    assert results["systems"] == ["changeagent", "base"], results["skipped"]
+    assert results["machine"]["base"].startswith("commit "), results["machine"]
+    rows = [row for row in results["rows"] if row["metric"].startswith("writes/s")]
+    assert len(rows) == 5, [row["metric"] for row in rows]  # standalone 2, 3 members 3
+    for row in rows:
+        for system in ("changeagent", "base"):
+            values = row["systems"][system]["values"]
+            assert len(values) == 2 and all(v > 0 for v in values), (row["metric"], system)
+        assert row["ratios"]["base"] > 0, row["metric"]
+    # Alternating: the log shows base's first run before changeagent's second.
+    order = [line.split()[0] for line in completed.stdout.splitlines()
+             if "writes/s, standalone, 1 client (wrk)" in line and line.split()[0] in
+             ("changeagent", "base")]
+    assert order == ["changeagent", "base", "base", "changeagent"], order
