@@ -16,9 +16,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Coroutine, Generator
-from typing import Any, Generic, TypeVar
-
-T = TypeVar("T")
+from typing import Any
 
 
 def start_now(coroutine: Coroutine[Any, Any, None]) -> asyncio.Task[None] | None:
@@ -35,18 +33,18 @@ def start_now(coroutine: Coroutine[Any, Any, None]) -> asyncio.Task[None] | None
     return asyncio.ensure_future(_Resumed(coroutine, suspended_on).run())
 
 
-class _Resumed(Generic[T]):
+class _Resumed:
     """Continues a coroutine that was run up to a suspension: the future it
     suspended on is handed to the task, and the task's results back to it."""
 
-    def __init__(self, coroutine: Coroutine[Any, Any, T], suspended_on: Any) -> None:
+    def __init__(self, coroutine: Coroutine[Any, Any, None], suspended_on: Any) -> None:
         self._coroutine = coroutine
         self._suspended_on = suspended_on
 
-    async def run(self) -> T:
-        return await self
+    async def run(self) -> None:
+        await self
 
-    def __await__(self) -> Generator[Any, Any, T]:
+    def __await__(self) -> Generator[Any, Any, None]:
         coroutine, waiting = self._coroutine, self._suspended_on
         while True:
             try:
@@ -54,10 +52,10 @@ class _Resumed(Generic[T]):
             except BaseException as error:  # cancelled, or the awaited future failed
                 try:
                     waiting = coroutine.throw(error)
-                except StopIteration as stop:
-                    return stop.value  # type: ignore[no-any-return]
+                except StopIteration:
+                    return
             else:
                 try:
                     waiting = coroutine.send(sent)
-                except StopIteration as stop:
-                    return stop.value  # type: ignore[no-any-return]
+                except StopIteration:
+                    return

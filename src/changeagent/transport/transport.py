@@ -52,12 +52,7 @@ from changeagent.transport.frames import (
     RpcValue,
 )
 from changeagent.transport.link import Backoff, LinkCounters, Outgoing, PeerStats, SendQueue
-from changeagent.transport.streams import (
-    ConnectionClosed,
-    Dialer,
-    FrameStream,
-    TcpFrameStream,
-)
+from changeagent.transport.streams import ConnectionClosed, Dialer, FrameStream, TcpFrameStream
 
 logger = logging.getLogger("changeagent.transport")
 
@@ -151,6 +146,14 @@ class _Link:
         self.reconnect = asyncio.Event()  # an inbound connection or a new address
         self.counters = LinkCounters()
         self.task: asyncio.Task[None] | None = None
+
+    def idle_connection(self) -> Connection | None:
+        """The connection, when a frame written to it now goes out in order:
+        nothing queued before it and nothing being written."""
+        connection = self.connection
+        if connection is not None and not self.queue and connection.idle():
+            return connection
+        return None
 
 
 @dataclass(slots=True)
@@ -247,8 +250,8 @@ class Transport:
                 format_id(peer_id),
             )
             return
-        connection = link.connection
-        if connection is not None and not link.queue and connection.idle():
+        connection = link.idle_connection()
+        if connection is not None:
             self._send_now(link, connection, body)
             return
         queued, dropped = link.queue.push(Outgoing(body))
@@ -257,19 +260,19 @@ class Transport:
             link.wakeup.set()
 
     def _send_now(
-        self, link: _Link, connection: Connection, body: bytes, message: bool = True
+        self, link: _Link, connection: Connection, body: bytes, messages: int = 1
     ) -> None:
         """Nothing waits before `body`: it goes out in this loop iteration, not one
         hop later in the link's writer (a follower's APPEND before the leader's own
         disk write starts; an acknowledgement as soon as it is durable; a forwarded
-        write). A request (`message` False) on a connection that fails is failed by
-        `_close_soon`, as one the link's writer had sent."""
+        write). A request (`messages` 0: it is no Raft message) on a connection that
+        fails is failed by `_close_soon`, as one the link's writer had sent."""
         try:
             connection.send_now([body], lambda: self._close_soon(connection))
         except ConnectionClosed as error:
-            self._sent(link, connection, message, error)
+            self._sent(link, connection, messages, error)
         else:
-            self._sent(link, connection, message)
+            self._sent(link, connection, messages)
 
     async def propose(
         self, peer_id: int, entry_type: int, data: bytes, key: str = "", timeout_s: float = 10.0
@@ -737,11 +740,11 @@ class Transport:
         future: asyncio.Future[Reply] = asyncio.get_running_loop().create_future()
         body = encode_frame(build(request_id))
         pending = _Pending(future, reply_type, peer_id)
-        connection = link.connection
-        if connection is not None and not link.queue and connection.idle():
+        connection = link.idle_connection()
+        if connection is not None:
             pending.connection = connection  # claimed: losing the connection fails it
             self._pending[request_id] = pending
-            self._send_now(link, connection, body, message=False)
+            self._send_now(link, connection, body, messages=0)
         else:
             queued, dropped = link.queue.push(Outgoing(body, request_id))
             link.counters.messages_dropped += dropped
