@@ -15,6 +15,7 @@ import shutil
 import signal
 import subprocess
 from collections.abc import Iterator
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode
@@ -29,6 +30,12 @@ from tests.support.server import wait_until
 REPO = Path(__file__).resolve().parents[2]
 DEPLOY = REPO / "deploy"
 DEADLINE_S = 90.0  # first scrapes, rule evaluation, on a shared 2-core machine
+
+
+def _unix_s(rfc3339: str) -> float:
+    """Prometheus' RFC 3339 time (nanoseconds, Z) as Unix seconds; fromisoformat keeps
+    microseconds, which is finer than an evaluation interval needs."""
+    return datetime.fromisoformat(rfc3339).timestamp()
 
 
 def _binary(name: str) -> str:
@@ -258,20 +265,28 @@ def test_prometheus_scrapes_every_member_and_sees_one_leader(
     # Every member has applied what the leader had committed after the writes.
     committed = leader.raft()["committedIndex"]
 
+    applied_at_s = 0.0  # Prometheus' clock when its samples showed all three applied
+
     def all_applied() -> bool:
+        nonlocal applied_at_s
         result = prometheus.query(f"count(changeagent_raft_applied_index >= {committed})")
-        return bool(result) and float(result[0]["value"][1]) == 3
+        if not result or float(result[0]["value"][1]) != 3:
+            return False
+        applied_at_s = float(result[0]["value"][0])
+        return True
 
     wait_until(all_applied, DEADLINE_S, 0.2)
 
+    # Alerts are what the last rule evaluation saw. One that ran before the leader's first
+    # scrape landed sees no leader (a pending ChangeagentNoLeader until the next one), so
+    # wait for an evaluation that started after the samples above were queryable.
     def rules_evaluated() -> bool:
         answer = prometheus.get("/api/v1/rules")
         if answer is None:
             return False
         rules = [rule for group in answer["data"]["groups"] for rule in group["rules"]]
-        never = "0001-01-01"  # the evaluation time of a rule not evaluated yet
         return len(rules) == 6 and all(
-            rule["health"] == "ok" and not rule["lastEvaluation"].startswith(never)
+            rule["health"] == "ok" and _unix_s(rule["lastEvaluation"]) > applied_at_s
             for rule in rules
         )
 
