@@ -57,6 +57,27 @@ def test_a_commit_alone_is_noted_applied_then_sent_without_a_write() -> None:
 
 
 def test_committed_entries_already_durable_apply_before_the_next_fsync() -> None:
+    """A leader's Ready: the previous batch committed, the next one to append."""
+    planner = ReadyPlanner(HardState(3, 1, 4))
+    ready = Ready(
+        hard_state=HardState(3, 1, 7),
+        entries=entries(7, 8),
+        committed_entries=entries(5, 7),
+        messages=(APPEND,),
+    )
+    assert planner.plan(ready, durable_last_index=6) == [
+        Send((APPEND,)),
+        NoteCommit(6),
+        Apply(entries(5, 6)),  # on disk before this Ready: answered first
+        Persist(HardState(3, 1, 7), entries(7, 8), None),
+        NoteCommit(7),
+        Apply(entries(7, 7)),  # arrives with this Ready: only after the fsync
+    ]
+
+
+def test_a_follower_acknowledges_before_it_applies() -> None:
+    """The same on a follower: its acknowledgement is on the leader's path to the
+    next commit, its readers are not, so it goes first."""
     planner = ReadyPlanner(HardState(3, 1, 4))
     ready = Ready(
         hard_state=HardState(3, 1, 7),
@@ -65,12 +86,10 @@ def test_committed_entries_already_durable_apply_before_the_next_fsync() -> None
         messages_after_persist=(ANSWER,),
     )
     assert planner.plan(ready, durable_last_index=6) == [
-        NoteCommit(6),
-        Apply(entries(5, 6)),  # on disk before this Ready: answered first
         Persist(HardState(3, 1, 7), entries(7, 8), None),
         Send((ANSWER,)),
         NoteCommit(7),
-        Apply(entries(7, 7)),  # arrives with this Ready: only after the fsync
+        Apply(entries(5, 7)),
     ]
 
 

@@ -13,7 +13,10 @@ The order, and why:
   2. `Apply(durable prefix)`: under load a Ready carries the previous batch, now
      committed and already durable, with the next batch to append: answer the
      first before the fsync of the second. Only entries on disk and not
-     rewritten by this Ready's append qualify.
+     rewritten by this Ready's append qualify. Not when the Ready holds
+     messages that wait for the write (a follower's acknowledgement): those
+     are on the leader's path to its next commit, and this node's readers are
+     not, so everything is applied after they are sent (step 5).
   3. `Persist(hard state, entries, snapshot)`: one transaction, one fsync. A
      hard state whose only change was the commit index rides here.
   4. `Send(messages_after_persist)`: votes and acknowledgements promise what is
@@ -25,6 +28,9 @@ The order, and why:
   safe; a second fsync per write for the commit index alone is not needed: the
   commit index is volatile in Raft, §5.3, and noted without fsync, etcd's rule,
   so that a restarted process never shows fewer changes than it served).
+  The executor routes every `Send` through `CommitNotices`
+  (`commit_notices.py`), which holds those commit-only APPENDs briefly for the
+  next APPEND to carry instead.
 
 Every `Apply` is preceded by a `NoteCommit` of its last index: what is served
 from then on must be served again after a restart.
@@ -122,7 +128,7 @@ class ReadyPlanner:
         if ready.messages:
             steps.append(Send(ready.messages))
         committed = ready.committed_entries
-        if ready.entries and ready.snapshot is None:
+        if ready.entries and ready.snapshot is None and not ready.messages_after_persist:
             durable = _durable_prefix(committed, durable_last_index, ready.entries[0].index)
             if durable:
                 steps += _apply(durable)
