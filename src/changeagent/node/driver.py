@@ -28,6 +28,7 @@ from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from changeagent.node.commit_notices import HOLD_S, CommitNotices
 from changeagent.node.counters import RuntimeCounters
 from changeagent.node.errors import NotAvailable, Overloaded, PayloadTooLarge
 from changeagent.node.ready_plan import (
@@ -120,6 +121,9 @@ class RaftDriver:
         self._after_advance_due = False  # request_after_advance: run the hook once more
         self._tasks: list[asyncio.Task[None]] = []
         self._planner = ReadyPlanner(storage.hard_state())
+        self._notices = CommitNotices()
+        self._notices_due: asyncio.TimerHandle | None = None
+        self._callback_error: Exception | None = None
         self.failure: str | None = None
         self.stopped = False
 
@@ -143,6 +147,7 @@ class RaftDriver:
         self._wakeup.set()
         for task in self._tasks:
             task.cancel()
+        self._drop_notices()
         self._fail_waiting(reason)
 
     async def stop(self) -> None:
@@ -153,6 +158,7 @@ class RaftDriver:
             task.cancel()
         # Errors were reported to the supervisor when the tasks ended.
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._drop_notices()
         self._fail_waiting("this node is shutting down")
 
     # Inputs ---------------------------------------------------------------------------
@@ -222,6 +228,13 @@ class RaftDriver:
     def wake(self) -> None:
         self._wakeup.set()
 
+    def release_commit_notice(self, peer: int) -> None:
+        """`peer` is about to be answered a forwarded write or a read index: the
+        commit index it must apply first goes out now (see `commit_notices`)."""
+        notice = self._notices.release(peer)
+        if notice is not None and not self.stopped:
+            self._hooks.send(notice)
+
     def _check_running(self) -> None:
         if self.failure is not None:
             raise NotAvailable(f"this node stopped taking writes: {self.failure}")
@@ -240,6 +253,8 @@ class RaftDriver:
         while not self.stopped:
             await self._wakeup.wait()
             self._wakeup.clear()
+            if self._callback_error is not None:
+                raise self._callback_error
             self._propose_queued()
             while self.core.has_ready() and not self.stopped:
                 await self._handle(self.core.ready())
@@ -296,6 +311,8 @@ class RaftDriver:
             if future is not None and not future.done():
                 future.set_result(read_state.index)
         if ready.soft_state is not None:
+            if ready.soft_state.role is not Role.LEADER:
+                self._drop_notices()
             self._hooks.on_role_change(ready.soft_state.role, ready.soft_state.leader_id)
         self.core.advance(ready)
         await self._hooks.after_advance()
@@ -303,8 +320,9 @@ class RaftDriver:
     async def _execute(self, step: Step) -> None:
         if isinstance(step, Send):
             send = self._hooks.send
-            for message in step.messages:
+            for message in self._notices.route(step.messages):
                 send(message)
+            self._time_notices()
         elif isinstance(step, NoteCommit):
             self.storage.note_commit(step.index)
         elif isinstance(step, Apply):
@@ -320,6 +338,39 @@ class RaftDriver:
             self._planner.persisted(step)
         else:  # InstallSnapshot
             await self._hooks.install_snapshot(step.snapshot)
+
+    def _time_notices(self) -> None:
+        """A timer runs while notices are held, from the first one held: once
+        every one was superseded, it stops, so that it never cuts short the
+        hold of a notice of a later write."""
+        due = self._notices_due
+        if self._notices.holding:
+            if due is None:
+                loop = asyncio.get_running_loop()
+                self._notices_due = loop.call_later(HOLD_S, self._release_notices)
+        elif due is not None:
+            due.cancel()
+            self._notices_due = None
+
+    def _release_notices(self) -> None:
+        """The timer's callback: an error here is raised again in the Ready loop,
+        whose task is supervised (a callback's error would only be logged)."""
+        self._notices_due = None
+        if self.stopped:
+            return
+        send = self._hooks.send
+        try:
+            for notice in self._notices.release_all():
+                send(notice)
+        except Exception as error:
+            self._callback_error = error
+            self._wakeup.set()
+
+    def _drop_notices(self) -> None:
+        self._notices.clear()
+        if self._notices_due is not None:
+            self._notices_due.cancel()
+            self._notices_due = None
 
     def _resolve(self, entries: tuple[Entry, ...]) -> None:
         proposed = self._proposed

@@ -33,9 +33,7 @@ OPEN_METHODS = ("describe", "join")  # before a node is a member, it must be ask
 
 
 class PeerRequests:
-    def __init__(
-        self, replica: Replica, changes: ChangeLog, membership: ClusterMembership
-    ) -> None:
+    def __init__(self, replica: Replica, changes: ChangeLog, membership: ClusterMembership) -> None:
         self._replica = replica
         self._changes = changes
         self._membership = membership
@@ -49,7 +47,7 @@ class PeerRequests:
         if not context.member:
             raise RequestFailed("bad_request", "only members may send this request")
         try:
-            return await self._answer_member(request)
+            return await self._answer_member(context.peer_id, request)
         except NodeError as error:
             raise RequestFailed(error.code, str(error)) from None
         except ValueError as error:  # a malformed forwarded change
@@ -61,12 +59,17 @@ class PeerRequests:
             self._replica.fail(where, error)
             raise RequestFailed("internal", "the request failed on the receiver") from None
 
-    async def _answer_member(self, request: Request) -> Reply:
+    async def _answer_member(self, peer_id: int, request: Request) -> Reply:
+        # The asking member answers its client once it has applied the index: the
+        # commit notice held for it (commit_notices.py) goes out ahead of the reply.
         if isinstance(request, Proposal):
             entry = await self._changes.propose_change(parse_change_body(request.data), request.key)
+            self._replica.release_commit_notice(peer_id)
             return ProposalReply(0, index=entry.index)
         if isinstance(request, ReadIndexRequest):
-            return ReadIndexReply(0, index=await self._replica.read_index())
+            index = await self._replica.read_index()
+            self._replica.release_commit_notice(peer_id)
+            return ReadIndexReply(0, index=index)
         if not isinstance(request, RpcRequest):
             raise TypeError(f"no answer for a {type(request).__name__}")
         return RpcResponse(0, await self._rpc(request.method, request.payload))

@@ -299,6 +299,10 @@ class Replica:
             raise NotAvailable(f"this node stopped serving: {self.failure}")
         return await self.core_driver.read_index(self.limits.commit_timeout_s)
 
+    def release_commit_notice(self, peer: int) -> None:
+        if self.driver is not None:
+            self.driver.release_commit_notice(peer)
+
     def check_writable(self) -> None:
         if self.failure is not None:
             raise NotAvailable(f"this node stopped taking writes: {self.failure}")

@@ -28,6 +28,7 @@ from changeagent.sim.events import (
     Deliver,
     Event,
     FsyncDone,
+    NoticesDue,
     Tick,
     Trace,
     TraceRecord,
@@ -249,7 +250,7 @@ class Simulation:
         self.faults_on = False
         self.network.faults = NetworkFaults()
         self.network.heal()
-        self.scheduler.drain(keep=(Tick, Deliver, FsyncDone))
+        self.scheduler.drain(keep=(Tick, Deliver, FsyncDone, NoticesDue))
         for node in self.sorted_nodes():
             node.stop_on_removal = False
             if not node.process_up and not node.departed:
@@ -304,6 +305,8 @@ class Simulation:
             self._on_deliver(event.message)
         elif isinstance(event, FsyncDone):
             self.runtime.on_fsync(event)
+        elif isinstance(event, NoticesDue):
+            self.runtime.on_notices_due(event)
         elif isinstance(event, Chaos):
             self.chaos.act()
             self.scheduler.push(self.random.randint(1, 2 * TICK_UNITS), Chaos())

@@ -32,6 +32,15 @@ class FsyncDone:
 
 
 @dataclass(frozen=True, slots=True)
+class NoticesDue:
+    """A leader's held commit notices go out (the driver's `HOLD_S` timer)."""
+
+    node: int
+    incarnation: int
+    timer: int  # void unless the node's timer still has this value
+
+
+@dataclass(frozen=True, slots=True)
 class Chaos:
     """The fault and workload driver: picks one random action when it fires."""
 
@@ -41,7 +50,7 @@ class ClientRound:
     """Liveness phase: the client (re)submits its pending proposals to the leader."""
 
 
-Event = Tick | Deliver | FsyncDone | Chaos | ClientRound
+Event = Tick | Deliver | FsyncDone | NoticesDue | Chaos | ClientRound
 
 
 def describe_message(message: Message) -> str:
@@ -72,6 +81,8 @@ def describe_event(event: Event) -> str:
         return "deliver " + describe_message(event.message)
     if isinstance(event, FsyncDone):
         return f"fsync {event.node}"
+    if isinstance(event, NoticesDue):
+        return f"commit notices {event.node}"
     if isinstance(event, Chaos):
         return "chaos"
     return "client round"

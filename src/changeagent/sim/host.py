@@ -33,6 +33,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from changeagent.config import Settings
+from changeagent.node.commit_notices import CommitNotices
 from changeagent.node.ready_plan import (
     Apply,
     InstallSnapshot,
@@ -49,9 +50,9 @@ from changeagent.raft.config import RaftConfig
 from changeagent.raft.core import RaftNode
 from changeagent.raft.entry import ENTRY_TYPE_MEMBERSHIP, Entry, HardState
 from changeagent.raft.interfaces import Membership, Snapshot
-from changeagent.raft.ready import Ready
+from changeagent.raft.ready import Ready, Role
 from changeagent.sim.checkers import InvariantViolation
-from changeagent.sim.events import FsyncDone, Tick
+from changeagent.sim.events import FsyncDone, NoticesDue, Tick
 from changeagent.sim.log import SimLog
 
 if TYPE_CHECKING:
@@ -122,6 +123,11 @@ class SimNode:
     removed_by_snapshot: bool = False
     stop_on_removal: bool = False  # chaos: the operator stops it as it applies its removal
     membership: Membership = field(default_factory=Membership)  # latest known, kept when stopped
+    # A leader's commit notices held for the next APPEND (the driver's CommitNotices).
+    notices: CommitNotices = field(default_factory=CommitNotices)
+    # The driver's timer: running or not; a NoticesDue not of the latest one is void.
+    notices_timing: bool = False
+    notices_timer: int = 0
 
     @property
     def alive(self) -> bool:
@@ -191,6 +197,8 @@ class Runtime:
             node.membership = node.raft.membership
         node.raft = None
         node.planner = None
+        node.notices = CommitNotices()
+        node.notices_timing = False
         node.plan = None
         node.waiting = None
         node.purge_to = 0
@@ -291,8 +299,9 @@ class Runtime:
 
     def _execute(self, node: SimNode, step: Step) -> None:
         if isinstance(step, Send):
-            for message in step.messages:
+            for message in node.notices.route(step.messages):
                 self.sim.send(message)
+            self._time_notices(node)
         elif isinstance(step, NoteCommit):
             node.log.note_commit(step.index)
         elif isinstance(step, Apply):
@@ -301,9 +310,37 @@ class Runtime:
         elif isinstance(step, InstallSnapshot):
             self._install_snapshot(node, step.snapshot)
 
+    def _time_notices(self, node: SimNode) -> None:
+        """As `RaftDriver._time_notices`: a timer from the first notice held,
+        stopped (its event made void) once every one was superseded."""
+        if node.notices.holding:
+            if not node.notices_timing:
+                node.notices_timing = True
+                node.notices_timer += 1
+                delay = self.random.randint(1, TICK_UNITS // 2)
+                event = NoticesDue(node.node_id, node.incarnation, node.notices_timer)
+                self.sim.scheduler.push(delay, event)
+        elif node.notices_timing:
+            node.notices_timing = False
+
+    def on_notices_due(self, event: NoticesDue) -> None:
+        node = self.sim.nodes[event.node]
+        if (
+            event.incarnation != node.incarnation
+            or not node.notices_timing
+            or event.timer != node.notices_timer
+            or node.raft is None
+        ):
+            return
+        node.notices_timing = False
+        for notice in node.notices.release_all():
+            self.sim.send(notice)
+
     def _finish(self, node: SimNode, ready: Ready) -> None:
         raft = node.raft
         assert raft is not None
+        if ready.soft_state is not None and ready.soft_state.role is not Role.LEADER:
+            node.notices.clear()  # as the driver does when the node stops leading
         for read_state in ready.read_states:
             self.checkers.reads.observe_read_state(
                 node.node_id, read_state.context, read_state.index

@@ -1,0 +1,123 @@
+"""`python -m bench.cpu_per_write`: the CPU one write costs, per process and thread.
+
+Starts each system as the bench does (3 members by default), writes one change at a
+time from one client (the bench's asyncio client, after warm-up writes), and prints
+the median latency and, from /proc, the user and system CPU microseconds per write
+of every member and of each of its busy threads, beside etcd's. On two cores a
+3-member write's processes share the CPU, so CPU per write bounds latency as much as
+the network and the disk do.
+
+    python -m bench.cpu_per_write                         # changeagent and etcd, 3 members
+    python -m bench.cpu_per_write --systems changeagent --members 1 --writes 5000
+
+What it showed is in docs/BENCHMARKS.md, "Where a 1-client write's time goes".
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import statistics
+import sys
+import time
+from dataclasses import dataclass
+
+import psutil
+
+from bench import procs
+from bench.procs import PROCESSES
+from bench.systems import SYSTEMS
+from bench.systems.base import System
+
+BUSY_US_MIN = 5.0  # threads below this per write are left out of the listing
+
+
+@dataclass
+class Sample:
+    process_s: list[float]  # user + system, per member
+    threads_s: list[dict[int, tuple[float, float]]]  # per member: thread id -> (user, system)
+
+
+def _sample(pids: list[int]) -> Sample:
+    process_s, threads_s = [], []
+    for pid in pids:
+        process = psutil.Process(pid)
+        times = process.cpu_times()
+        process_s.append(times.user + times.system)
+        threads_s.append({t.id: (t.user_time, t.system_time) for t in process.threads()})
+    return Sample(process_s, threads_s)
+
+
+async def _write(system: System, count: int, first: int) -> list[float]:
+    connection = await system.connect()
+    latencies = []
+    for sequence in range(first, first + count):
+        started = time.perf_counter()
+        await system.write(connection, sequence)
+        latencies.append(time.perf_counter() - started)
+    return latencies
+
+
+def _measure(name: str, members: int, writes: int, warmup: int) -> list[str]:
+    system = SYSTEMS[name](PROCESSES, members)
+    system.start()
+    try:
+        asyncio.run(_write(system, warmup, 0))
+        pids = system.pids()
+        leader = system.leader_index() if members > 1 else 0
+        before = _sample(pids)
+        latencies = asyncio.run(_write(system, writes, warmup))
+        after = _sample(pids)
+    finally:
+        system.stop()
+    spent = zip(after.process_s, before.process_s, strict=True)
+    per_write = [(a - b) * 1e6 / writes for a, b in spent]
+    lines = [f"{name}: p50 {statistics.median(latencies) * 1000:.3f} ms, CPU per write "
+             f"{sum(per_write):.0f} us in all"]
+    for index, pid in enumerate(pids):
+        role = "leader" if index == leader else "follower"
+        threads = []
+        for tid, (user, system_s) in after.threads_s[index].items():
+            user0, system0 = before.threads_s[index].get(tid, (0.0, 0.0))
+            user_us = (user - user0) * 1e6 / writes
+            system_us = (system_s - system0) * 1e6 / writes
+            if user_us + system_us >= BUSY_US_MIN:
+                label = "main" if tid == pid else f"thread {tid}"
+                threads.append(f"{label} {user_us:.0f}+{system_us:.0f}")
+        lines.append(f"  member {index} ({role}): {per_write[index]:.0f} us "
+                     f"(user+system: {', '.join(threads)})")
+    return lines
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.cpu_per_write", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--systems", default="changeagent,etcd")
+    parser.add_argument("--members", type=int, choices=(1, 3), default=3)
+    parser.add_argument("--writes", type=int, default=3000)
+    parser.add_argument("--warmup", type=int, default=300)
+    parser.add_argument("--rounds", type=int, default=2,
+                        help="measure each system this many times, in turn")
+    arguments = parser.parse_args(argv)
+    names = [name for name in arguments.systems.split(",") if name]
+    unknown = [name for name in names if name not in SYSTEMS]
+    if unknown:
+        print(f"unknown systems: {', '.join(unknown)}", file=sys.stderr)
+        return 2
+    procs.install_cleanup_hooks()
+    try:
+        for _ in range(arguments.rounds):
+            for name in names:
+                missing = SYSTEMS[name].missing_reason()
+                if missing:
+                    print(f"{name}: skipped, {missing}")
+                    continue
+                lines = _measure(name, arguments.members, arguments.writes, arguments.warmup)
+                print("\n".join(lines), flush=True)
+    finally:
+        PROCESSES.cleanup()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,224 @@
+"""Commit notices held for the next APPEND (changeagent/node/commit_notices.py): the
+pure router, the driver's timer, and the release before a member's forwarded write
+or read index is answered."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from pathlib import Path
+from typing import Any
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from changeagent.node.commit_notices import HOLD_S, CommitNotices, is_commit_notice
+from changeagent.node.driver import DriverHooks, RaftDriver
+from changeagent.node.peer_requests import PeerRequests
+from changeagent.node.ready_plan import Send
+from changeagent.raft import Entry, Message, MessageType, RaftConfig
+from changeagent.storage import Storage
+from changeagent.transport import (
+    Proposal,
+    ProposalReply,
+    ReadIndexReply,
+    ReadIndexRequest,
+    RequestContext,
+)
+
+ENTRY = Entry(4, 3, 0, b"{}")
+
+
+def notice(target: int, commit: int) -> Message:
+    return Message(MessageType.APPEND, 1, target, 3, log_term=3, index=4, commit=commit)
+
+
+def append(target: int, commit: int) -> Message:
+    return Message(MessageType.APPEND, 1, target, 3, index=3, entries=(ENTRY,), commit=commit)
+
+
+def heartbeat(target: int, commit: int) -> Message:
+    return Message(MessageType.HEARTBEAT, 1, target, 3, commit=commit)
+
+
+def test_a_notice_is_held_and_the_next_append_to_that_follower_replaces_it() -> None:
+    notices = CommitNotices()
+    assert is_commit_notice(notice(2, 4)) and not is_commit_notice(append(2, 4))
+    assert notices.route([notice(2, 4), notice(3, 4)]) == []
+    assert notices.holding
+    # The APPEND carries commit 4 as well: the notice is not needed any more.
+    assert notices.route([append(2, 4)]) == [append(2, 4)]
+    assert notices.release_all() == [notice(3, 4)]
+    assert not notices.holding
+
+
+def test_a_newer_notice_replaces_an_older_one() -> None:
+    notices = CommitNotices()
+    notices.route([notice(2, 4)])
+    notices.route([notice(2, 5)])
+    assert notices.release(2) == notice(2, 5)
+    assert notices.release(2) is None
+
+
+def test_any_other_message_to_that_follower_goes_after_the_notice() -> None:
+    notices = CommitNotices()
+    notices.route([notice(2, 4)])
+    out = notices.route([heartbeat(3, 4), heartbeat(2, 4)])
+    assert out == [heartbeat(3, 4), notice(2, 4), heartbeat(2, 4)]
+    assert not notices.holding
+
+
+def test_clear_forgets_what_is_held() -> None:
+    notices = CommitNotices()
+    notices.route([notice(2, 4)])
+    notices.clear()
+    assert notices.release_all() == []
+
+
+KINDS = st.sampled_from(["notice", "append", "heartbeat"])
+
+
+@given(st.lists(st.tuples(KINDS, st.integers(2, 4)), max_size=40))
+def test_no_follower_learns_less_and_other_messages_keep_their_order(
+    plan: list[tuple[str, int]],
+) -> None:
+    """Whatever the Readies send, once the held notices are released every follower
+    has been sent the highest commit index meant for it, and every message that is
+    not a notice went out, in its order."""
+    make = {"notice": notice, "append": append, "heartbeat": heartbeat}
+    messages = [make[kind](target, commit) for commit, (kind, target) in enumerate(plan, 1)]
+    notices = CommitNotices()
+    sent: list[Message] = []
+    for start in range(0, len(messages), 3):  # a few messages per Ready
+        sent += notices.route(messages[start : start + 3])
+    sent += notices.release_all()
+    others = [message for message in messages if not is_commit_notice(message)]
+    assert [message for message in sent if not is_commit_notice(message)] == others
+    for target in (2, 3, 4):
+        meant = [message.commit for message in messages if message.target == target]
+        learned = [message.commit for message in sent if message.target == target]
+        assert max(learned, default=0) == max(meant, default=0)
+        assert learned == sorted(learned)  # never an older commit after a newer one
+
+
+# The driver: a timer releases held notices; a member being answered gets its own now.
+
+
+def run_driver(tmp_path: Path, body: Any) -> list[Message]:
+    sent: list[Message] = []
+
+    async def scenario() -> None:
+        storage = Storage.open(tmp_path / "d")
+
+        async def nothing(*_: Any) -> None:
+            return None
+
+        hooks = DriverHooks(
+            send=sent.append,
+            apply=nothing,
+            install_snapshot=nothing,
+            on_role_change=lambda role, leader: None,
+            snapshot_meta=lambda snapshot: {},
+            after_advance=nothing,
+        )
+        config = RaftConfig(node_id=1, election_ticks=10, heartbeat_ticks=1)
+        driver = RaftDriver(
+            storage, config, 0.05, hooks, applied=0, pending_max=10, rng=random.Random(1)
+        )
+        try:
+            await body(driver, sent)
+        finally:
+            await driver.stop()
+            storage.close()
+
+    asyncio.run(scenario())
+    return sent
+
+
+async def wait_for(condition: Any, deadline_s: float = 5.0) -> None:
+    deadline = time.monotonic() + deadline_s
+    while not condition():
+        assert time.monotonic() < deadline, "condition not met in time"
+        await asyncio.sleep(HOLD_S / 4)
+
+
+def test_the_driver_sends_a_held_notice_when_its_hold_ends(tmp_path: Path) -> None:
+    async def body(driver: RaftDriver, sent: list[Message]) -> None:
+        await driver._execute(Send((notice(2, 4), heartbeat(3, 4))))
+        assert sent == [heartbeat(3, 4)]
+        began = time.monotonic()
+        await wait_for(lambda: notice(2, 4) in sent)
+        assert time.monotonic() - began >= HOLD_S * 0.9
+
+    run_driver(tmp_path, body)
+
+
+def test_the_driver_sends_no_notice_an_append_replaced(tmp_path: Path) -> None:
+    async def body(driver: RaftDriver, sent: list[Message]) -> None:
+        await driver._execute(Send((notice(2, 4),)))
+        await driver._execute(Send((append(2, 4),)))
+        assert driver._notices_due is None  # nothing held: the timer stopped
+        await driver._execute(Send((notice(2, 5),)))  # a later write's notice
+        await wait_for(lambda: len(sent) == 2)
+        assert sent == [append(2, 4), notice(2, 5)]
+
+    run_driver(tmp_path, body)
+
+
+def test_a_member_about_to_be_answered_gets_its_notice_at_once(tmp_path: Path) -> None:
+    async def body(driver: RaftDriver, sent: list[Message]) -> None:
+        await driver._execute(Send((notice(2, 4), notice(3, 4))))
+        driver.release_commit_notice(2)
+        assert sent == [notice(2, 4)]
+        driver.release_commit_notice(2)  # nothing more held for it
+        assert sent == [notice(2, 4)]
+
+    run_driver(tmp_path, body)
+
+
+def test_halting_drops_what_is_held(tmp_path: Path) -> None:
+    async def body(driver: RaftDriver, sent: list[Message]) -> None:
+        await driver._execute(Send((notice(2, 4),)))
+        driver.halt("a test")
+        assert driver._notices_due is None
+        driver.release_commit_notice(2)
+        assert sent == []
+
+    run_driver(tmp_path, body)
+
+
+class FakeReplica:
+    def __init__(self, events: list[str]) -> None:
+        self.events = events
+
+    async def read_index(self) -> int:
+        self.events.append("read index")
+        return 9
+
+    def release_commit_notice(self, peer: int) -> None:
+        self.events.append(f"release {peer}")
+
+
+class FakeChanges:
+    def __init__(self, events: list[str]) -> None:
+        self.events = events
+
+    async def propose_change(self, change: Any, key: str) -> Entry:
+        self.events.append("committed")
+        return Entry(9, 3, 0, b"{}")
+
+
+def test_peer_requests_release_the_notice_before_answering() -> None:
+    events: list[str] = []
+    requests = PeerRequests(FakeReplica(events), FakeChanges(events), None)  # type: ignore[arg-type]
+    member = RequestContext(peer_id=7, member=True, address="127.0.0.1:1")
+
+    async def scenario() -> None:
+        reply = await requests.on_request(member, Proposal(1, 0, b'{"data": 1}'))
+        assert reply == ProposalReply(0, index=9)
+        reply = await requests.on_request(member, ReadIndexRequest(2))
+        assert reply == ReadIndexReply(0, index=9)
+
+    asyncio.run(scenario())
+    assert events == ["committed", "release 7", "read index", "release 7"]
