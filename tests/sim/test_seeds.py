@@ -61,24 +61,27 @@ def test_seeds_reach_the_runtime_scenarios() -> None:
 
 
 def test_a_purge_superseded_by_a_pending_snapshot_is_skipped() -> None:
-    """Scenario 1: node 2 of seed 3 (purges profile) applies a purge to 1 in a Ready
-    that also writes entries; the leader's snapshot at 17 arrives during the fsync.
-    The compaction after advance is a no-op, and the follower goes on (with the
-    old `compact` it raised Compacted: planted bug compact-over-pending-snapshot)."""
-    simulation = Simulation(3, SimOptions(profile="purges"))
+    """Scenario 1 (seed 61 of the purges profile; seed 3 until the simulator held
+    commit notices, which changed every run): a follower applies a purge in a
+    Ready that also writes entries, and the leader's snapshot arrives during the
+    fsync. The compaction after advance is a no-op, and the follower goes on
+    (with the old `compact` it raised Compacted: planted bug
+    compact-over-pending-snapshot)."""
+    simulation = Simulation(61, SimOptions(profile="purges"))
     simulation.run()
     assert simulation.stats.purges_superseded >= 1
 
 
 def test_a_node_removed_by_a_snapshot_leaves() -> None:
-    """Seed 338: the APPEND carrying REMOVE 2 (index 44) to node 2 is lost; the
-    others commit it and the leader compacts to 46, so node 2 gets the snapshot
-    at 46 (membership without it). Such a node once stayed a follower of a
-    cluster that no longer had it (install_snapshot saw the data only; found as
-    seed 60, whose run changed when demotions joined the membership changes);
-    now the snapshot that lacks a member removes it, with a durable mark, and
-    it leaves."""
-    simulation = Simulation(338, SimOptions(trace_length=100_000))
+    """Seed 295 (338 until the simulator held commit notices, which changed every
+    run): node 2 has not got the APPEND carrying its own REMOVE (index 11) when
+    the others commit it and the leader compacts to 12, so node 2 gets the
+    snapshot at 12, whose membership lacks it. Such a node once stayed a
+    follower of a cluster that no longer had it (install_snapshot saw the data
+    only; found as seed 60, whose run changed when demotions joined the
+    membership changes); now the snapshot that lacks a member removes it, with a
+    durable mark, and it leaves."""
+    simulation = Simulation(295, SimOptions(trace_length=100_000))
     simulation.run()
     lines = simulation.trace.lines()
     assert any("2 learns its removal from the snapshot; 2 leaves" in line for line in lines)
