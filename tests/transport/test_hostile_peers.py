@@ -21,7 +21,7 @@ from changeagent.transport import (
 )
 from changeagent.transport.auth import Credentials, dial_handshake
 from changeagent.transport.codec import PREFIX, FrameDecoder
-from changeagent.transport.streams import TcpDialer
+from changeagent.transport.streams import Dialer, TcpDialer, WebSocketDialer
 from tests.transport.harness import (
     CLUSTER,
     SECRET,
@@ -57,9 +57,10 @@ async def still_serves(node: Node, friend: Node) -> None:
             return
 
 
-async def member_stream(node: Node, node_id: int = 9) -> object:
+async def member_stream(node: Node, node_id: int = 9, dialer: Dialer | None = None) -> object:
     """An authenticated link to `node`, made by hand (we hold the secret)."""
-    stream = await TcpDialer().connect(f"127.0.0.1:{node.port}", 1 << 20)
+    dialer = dialer or TcpDialer()
+    stream = await dialer.connect(f"127.0.0.1:{node.port}", 1 << 20)
     await dial_handshake(stream, Credentials(node_id, CLUSTER, SECRET), 5.0, link=True)
     return stream
 
@@ -207,23 +208,29 @@ def test_members_cannot_spoof_the_source_of_raft_messages() -> None:
     run(scenario())
 
 
-def test_silent_connections_time_out() -> None:
+@pytest.mark.parametrize("carrier", ["tcp", "ws"])
+def test_silent_connections_time_out(carrier: str, caplog: pytest.LogCaptureFixture) -> None:
     async def scenario() -> None:
         addresses: dict[int, str] = {}
         config = TransportConfig(handshake_timeout_s=0.3, read_timeout_s=0.5, keepalive_s=0.1)
-        b = await Node(2, "tcp", addresses, config=config).start()
+        b = await Node(2, carrier, addresses, config=config).start()
+        dialer = TcpDialer() if carrier == "tcp" else WebSocketDialer()
         try:
-            reader, writer = await raw(b)  # never says HELLO
-            assert await closed_by_peer(reader)
-            writer.close()
-            stream = await member_stream(b)  # says HELLO, then nothing
+            if carrier == "tcp":
+                reader, writer = await raw(b)  # never says HELLO
+                assert await closed_by_peer(reader)
+                writer.close()
+            stream = await member_stream(b, dialer=dialer)  # says HELLO, then nothing
             await wait_until(lambda: b.transport.stats().connections == 1)
             await wait_until(lambda: b.transport.stats().connections == 0)
             await stream.close()  # type: ignore[attr-defined]
         finally:
+            await dialer.close()
             await b.stop()
 
-    run(scenario())
+    with caplog.at_level(logging.WARNING, logger="changeagent.transport"):
+        run(scenario())
+    assert any("nothing received for 0.5s" in r.getMessage() for r in caplog.records)
 
 
 def test_idle_links_stay_up_through_keepalives() -> None:
