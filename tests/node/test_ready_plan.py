@@ -56,15 +56,20 @@ def test_a_commit_alone_is_noted_applied_then_sent_without_a_write() -> None:
     assert planner.unsynced_hard_state is None
 
 
-def test_committed_entries_already_durable_apply_before_the_next_fsync() -> None:
-    """A leader's Ready: the previous batch committed, the next one to append."""
-    planner = ReadyPlanner(HardState(3, 1, 4))
-    ready = Ready(
+def committing_and_appending(**messages: tuple[Message, ...]) -> Ready:
+    """A Ready under load: entries 5..7 committed (5 and 6 on disk), 7..8 to append."""
+    return Ready(
         hard_state=HardState(3, 1, 7),
         entries=entries(7, 8),
         committed_entries=entries(5, 7),
-        messages=(APPEND,),
+        **messages,
     )
+
+
+def test_committed_entries_already_durable_apply_before_the_next_fsync() -> None:
+    """A leader's Ready: the previous batch committed, the next one to append."""
+    planner = ReadyPlanner(HardState(3, 1, 4))
+    ready = committing_and_appending(messages=(APPEND,))
     assert planner.plan(ready, durable_last_index=6) == [
         Send((APPEND,)),
         NoteCommit(6),
@@ -79,12 +84,7 @@ def test_a_follower_acknowledges_before_it_applies() -> None:
     """The same on a follower: its acknowledgement is on the leader's path to the
     next commit, its readers are not, so it goes first."""
     planner = ReadyPlanner(HardState(3, 1, 4))
-    ready = Ready(
-        hard_state=HardState(3, 1, 7),
-        entries=entries(7, 8),
-        committed_entries=entries(5, 7),
-        messages_after_persist=(ANSWER,),
-    )
+    ready = committing_and_appending(messages_after_persist=(ANSWER,))
     assert planner.plan(ready, durable_last_index=6) == [
         Persist(HardState(3, 1, 7), entries(7, 8), None),
         Send((ANSWER,)),
