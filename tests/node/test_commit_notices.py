@@ -13,7 +13,7 @@ from typing import Any
 from hypothesis import given
 from hypothesis import strategies as st
 
-from changeagent.node.commit_notices import HOLD_S, CommitNotices, is_commit_notice
+from changeagent.node.commit_notices import HOLD_S, CommitNotices, Timer, is_commit_notice
 from changeagent.node.driver import DriverHooks, RaftDriver
 from changeagent.node.peer_requests import PeerRequests
 from changeagent.node.ready_plan import Send
@@ -74,6 +74,25 @@ def test_clear_forgets_what_is_held() -> None:
     notices.route([notice(2, 4)])
     notices.clear()
     assert notices.release_all() == []
+
+
+def test_one_timer_runs_from_the_first_notice_held_until_none_is() -> None:
+    notices = CommitNotices()
+    notices.route([notice(2, 4)])
+    assert notices.timer_change() is Timer.START
+    notices.route([notice(3, 4)])
+    assert notices.timer_change() is None  # the running timer covers it
+    notices.route([append(2, 5), append(3, 5)])
+    assert notices.timer_change() is Timer.STOP  # both superseded
+    assert notices.timer_change() is None
+    notices.route([notice(2, 5)])
+    assert notices.timer_change() is Timer.START
+    notices.release_all()  # the timer fired
+    notices.route([notice(2, 6)])
+    assert notices.timer_change() is Timer.START
+    notices.clear()  # stopped leading: the executor stops its timer
+    notices.route([notice(2, 7)])
+    assert notices.timer_change() is Timer.START
 
 
 KINDS = st.sampled_from(["notice", "append", "heartbeat"])

@@ -25,6 +25,7 @@ all three); what it costs is that a follower's readers see an isolated write up 
 from __future__ import annotations
 
 from collections.abc import Iterable
+from enum import Enum
 
 from changeagent.raft import Message, MessageType
 
@@ -35,9 +36,17 @@ def is_commit_notice(message: Message) -> bool:
     return message.type is MessageType.APPEND and not message.entries
 
 
+class Timer(Enum):
+    """What the executor's one timer must do after a `route` (`timer_change`)."""
+
+    START = "start"  # notices are held and no timer runs: release them in HOLD_S
+    STOP = "stop"  # every held notice was superseded: the running timer is not needed
+
+
 class CommitNotices:
     def __init__(self) -> None:
         self._held: dict[int, Message] = {}  # follower -> its newest notice
+        self._timing = False  # the executor's timer runs
 
     @property
     def holding(self) -> bool:
@@ -57,14 +66,30 @@ class CommitNotices:
             out.append(message)
         return out
 
+    def timer_change(self) -> Timer | None:
+        """One timer runs from the first notice held until the notices go out or
+        are all superseded; stopping it then keeps it from cutting short the
+        hold of a later write's notice."""
+        if self._held and not self._timing:
+            self._timing = True
+            return Timer.START
+        if not self._held and self._timing:
+            self._timing = False
+            return Timer.STOP
+        return None
+
     def release(self, peer: int) -> Message | None:
         return self._held.pop(peer, None)
 
     def release_all(self) -> list[Message]:
+        """The timer fired: everything held goes out."""
         released = list(self._held.values())
         self._held.clear()
+        self._timing = False
         return released
 
     def clear(self) -> None:
-        """This node stopped leading: its notices are of no use any more."""
+        """This node stopped leading: its notices are of no use any more (the
+        executor stops its timer)."""
         self._held.clear()
+        self._timing = False

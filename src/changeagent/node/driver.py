@@ -28,7 +28,7 @@ from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from changeagent.node.commit_notices import HOLD_S, CommitNotices
+from changeagent.node.commit_notices import HOLD_S, CommitNotices, Timer
 from changeagent.node.counters import RuntimeCounters
 from changeagent.node.errors import NotAvailable, Overloaded, PayloadTooLarge
 from changeagent.node.ready_plan import (
@@ -340,17 +340,12 @@ class RaftDriver:
             await self._hooks.install_snapshot(step.snapshot)
 
     def _time_notices(self) -> None:
-        """A timer runs while notices are held, from the first one held: once
-        every one was superseded, it stops, so that it never cuts short the
-        hold of a notice of a later write."""
-        due = self._notices_due
-        if self._notices.holding:
-            if due is None:
-                loop = asyncio.get_running_loop()
-                self._notices_due = loop.call_later(HOLD_S, self._release_notices)
-        elif due is not None:
-            due.cancel()
-            self._notices_due = None
+        change = self._notices.timer_change()
+        if change is Timer.START:
+            loop = asyncio.get_running_loop()
+            self._notices_due = loop.call_later(HOLD_S, self._release_notices)
+        elif change is Timer.STOP:
+            self._cancel_notices_timer()
 
     def _release_notices(self) -> None:
         """The timer's callback: an error here is raised again in the Ready loop,
@@ -368,6 +363,9 @@ class RaftDriver:
 
     def _drop_notices(self) -> None:
         self._notices.clear()
+        self._cancel_notices_timer()
+
+    def _cancel_notices_timer(self) -> None:
         if self._notices_due is not None:
             self._notices_due.cancel()
             self._notices_due = None

@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from changeagent.config import Settings
-from changeagent.node.commit_notices import CommitNotices
+from changeagent.node.commit_notices import CommitNotices, Timer
 from changeagent.node.ready_plan import (
     Apply,
     InstallSnapshot,
@@ -125,8 +125,7 @@ class SimNode:
     membership: Membership = field(default_factory=Membership)  # latest known, kept when stopped
     # A leader's commit notices held for the next APPEND (the driver's CommitNotices).
     notices: CommitNotices = field(default_factory=CommitNotices)
-    # The driver's timer: running or not; a NoticesDue not of the latest one is void.
-    notices_timing: bool = False
+    # The driver's timer: a NoticesDue whose number is not this one is void.
     notices_timer: int = 0
 
     @property
@@ -198,7 +197,6 @@ class Runtime:
         node.raft = None
         node.planner = None
         node.notices = CommitNotices()
-        node.notices_timing = False
         node.plan = None
         node.waiting = None
         node.purge_to = 0
@@ -311,28 +309,23 @@ class Runtime:
             self._install_snapshot(node, step.snapshot)
 
     def _time_notices(self, node: SimNode) -> None:
-        """As `RaftDriver._time_notices`: a timer from the first notice held,
-        stopped (its event made void) once every one was superseded."""
-        if node.notices.holding:
-            if not node.notices_timing:
-                node.notices_timing = True
-                node.notices_timer += 1
-                delay = self.random.randint(1, TICK_UNITS // 2)
-                event = NoticesDue(node.node_id, node.incarnation, node.notices_timer)
-                self.sim.scheduler.push(delay, event)
-        elif node.notices_timing:
-            node.notices_timing = False
+        """As `RaftDriver._time_notices`; a stopped timer's event is made void."""
+        change = node.notices.timer_change()
+        if change is not None:
+            node.notices_timer += 1
+        if change is Timer.START:
+            delay = self.random.randint(1, TICK_UNITS // 2)
+            event = NoticesDue(node.node_id, node.incarnation, node.notices_timer)
+            self.sim.scheduler.push(delay, event)
 
     def on_notices_due(self, event: NoticesDue) -> None:
         node = self.sim.nodes[event.node]
         if (
             event.incarnation != node.incarnation
-            or not node.notices_timing
             or event.timer != node.notices_timer
             or node.raft is None
         ):
             return
-        node.notices_timing = False
         for notice in node.notices.release_all():
             self.sim.send(notice)
 
@@ -341,6 +334,7 @@ class Runtime:
         assert raft is not None
         if ready.soft_state is not None and ready.soft_state.role is not Role.LEADER:
             node.notices.clear()  # as the driver does when the node stops leading
+            node.notices_timer += 1
         for read_state in ready.read_states:
             self.checkers.reads.observe_read_state(
                 node.node_id, read_state.context, read_state.index

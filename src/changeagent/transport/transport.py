@@ -619,7 +619,7 @@ class Transport:
         loop = asyncio.get_running_loop()
         timeout_s = self._config.read_timeout_s
         read_at_s = loop.time()
-        watchdog: asyncio.TimerHandle | None = None
+        watchdog: asyncio.TimerHandle
 
         def check_idle() -> None:
             nonlocal watchdog
