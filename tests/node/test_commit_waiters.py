@@ -11,7 +11,7 @@ from collections.abc import Awaitable, Callable
 import pytest
 
 from changeagent.node.query import ChangeQuery, KnownPrefix, PageResult
-from changeagent.node.waiters import KEEP, CommitWaiters, Keep, deliver_on_wake
+from changeagent.node.waiters import KEEP, CommitWaiters, Keep
 
 LONG_S = 600.0  # far beyond any test: only a wake-up, a close or a cancel ends these waits
 
@@ -176,8 +176,7 @@ def test_hooks_deliver_inside_notify_before_any_waiter_resumes() -> None:
                 delivered.append((number, page))
                 return True
 
-            with deliver_on_wake(hook):
-                page = await waiters.wait(ChangeQuery(since=0), 0, LONG_S)
+            page = await waiters.wait(ChangeQuery(since=0), 0, LONG_S, hook=hook)
             assert page is not None
             resumed.append(number)
 
@@ -236,26 +235,6 @@ def test_a_failing_or_declining_hook_still_wakes_its_waiter() -> None:
         pages = await asyncio.gather(*tasks)
         assert all(page is not None and len(page.bodies) == 1 for page in pages)
         assert waiters.delivered == 0
-
-    run(scenario)
-
-
-def test_the_hook_context_ends_with_its_block() -> None:
-    async def scenario() -> None:
-        log = Log()
-        waiters = log.waiters()
-        calls: list[PageResult] = []
-
-        def hook(page: PageResult) -> bool:
-            calls.append(page)
-            return True
-
-        with deliver_on_wake(hook):
-            pass
-        task = asyncio.create_task(waiters.wait(ChangeQuery(since=0), 0, LONG_S))
-        await until(lambda: len(waiters) == 1)
-        waiters.notify(log.commit())
-        assert await task is not None and calls == []
 
     run(scenario)
 

@@ -18,7 +18,7 @@ from changeagent.change import parse_change_body
 from changeagent.config import Settings
 from changeagent.node.node import Node, NodeLimits
 from changeagent.node.query import ChangeQuery, PageResult
-from changeagent.node.waiters import CommitWaiters, deliver_on_wake
+from changeagent.node.waiters import CommitWaiters
 from changeagent.storage import Storage, schema
 
 BLOCK_S = 600.0  # far beyond the test's deadline: only a wake-up ends the wait
@@ -113,9 +113,8 @@ def test_tag_and_type_long_poll_reads_no_sqlite_on_the_loop_per_commit(
             return True
 
         async def poll() -> PageResult:
-            with deliver_on_wake(hook):
-                query = ChangeQuery(since=5, tags=("common",), type=7)
-                return await node.wait_changes(query, BLOCK_S)
+            query = ChangeQuery(since=5, tags=("common",), type=7)
+            return await node.wait_changes(query, BLOCK_S, hook)
 
         waiting = asyncio.create_task(poll())
         (waiters,) = probe.waiters

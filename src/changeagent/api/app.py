@@ -48,9 +48,9 @@ def build_app(
     # The error middleware, which also counts every answer for the metrics (one layer
     # fewer than two). Authentication runs inside it, so a 401 is mapped like any error.
     metrics = metrics if metrics is not None else NodeMetrics(node)
-    middlewares: list[Middleware] = [counting_middleware(metrics, prefix, stamp=access_log)]
-    if in_flight is not None:
-        middlewares.insert(0, in_flight.middleware)
+    middlewares: list[Middleware] = [
+        counting_middleware(metrics, prefix, stamp=access_log, in_flight=in_flight)
+    ]
     if authenticator is not None:
         middlewares.append(auth_middleware(authenticator, prefix, public_reads))
     app = web.Application(middlewares=middlewares, client_max_size=node.limits.body_bytes_max)

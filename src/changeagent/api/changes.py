@@ -11,8 +11,6 @@ from changeagent.api.feeds import FeedRequest, serve_feed
 from changeagent.api.params import change_query, index_in_path, seconds_parameter
 from changeagent.api.wire import JSON, JsonResponse, LongPollDelivery, can_write_directly
 from changeagent.change import parse_change_body
-from changeagent.node.query import ChangeQuery
-from changeagent.node.waiters import deliver_on_wake
 
 NO_STORE_HEADERS = {"Cache-Control": NO_STORE}
 
@@ -60,26 +58,19 @@ async def get_changes(request: web.Request) -> web.StreamResponse:
     block_s = seconds_parameter(request, "block", node.limits.block_max_s)
     await read_barrier(request)
     if block_s > 0:
-        return await _long_poll(request, query, block_s)
+        # A long-poll, answered as soon as a matching change commits; never cached.
+        # Inline, not a function of its own: a frame less for every waiting request.
+        # Where it can, the commit notification itself writes the answer (`delivery`).
+        delivery = LongPollDelivery(request) if can_write_directly(request) else None
+        page = await node.wait_changes(query, block_s, delivery)
+        sent = delivery is not None and delivery.sent
+        return JsonResponse(page.encode(), already_sent=sent, headers=NO_STORE_HEADERS)
     page = await node.wait_changes(query, 0)
     etag = page_etag(page)
     headers = {"Cache-Control": state.page_caching.cache_control(page, query.limit), "ETag": etag}
     if matches(request.headers.get("If-None-Match"), etag):
         return web.Response(status=304, headers=headers)
     return JsonResponse(page.encode(), headers=headers)
-
-
-async def _long_poll(request: web.Request, query: ChangeQuery, block_s: float) -> web.Response:
-    """Answered as soon as a matching change commits; never cached (`no-store`)."""
-    node = state_of(request).node
-    if can_write_directly(request):
-        # A woken long-poll is answered from inside the commit notification.
-        delivery = LongPollDelivery(request)
-        with deliver_on_wake(delivery):
-            page = await node.wait_changes(query, block_s)
-        return JsonResponse(page.encode(), already_sent=delivery.sent, headers=NO_STORE_HEADERS)
-    page = await node.wait_changes(query, block_s)
-    return JsonResponse(page.encode(), headers=NO_STORE_HEADERS)
 
 
 async def get_change(request: web.Request) -> web.Response:

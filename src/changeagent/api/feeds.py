@@ -39,7 +39,7 @@ from changeagent.api.context import state_of
 from changeagent.api.errors import ApiError
 from changeagent.api.params import INDEX_MAX, integer_parameter
 from changeagent.node.query import ChangeQuery, PageResult, change_id
-from changeagent.node.waiters import KEEP, Keep, deliver_on_wake
+from changeagent.node.waiters import KEEP, Keep
 
 log = logging.getLogger(__name__)
 
@@ -218,8 +218,7 @@ class FeedStream:
                 break
             page_limit = page_max if self.remaining is None else min(page_max, self.remaining)
             query = self.query.with_since(self.position, page_limit)
-            with deliver_on_wake(self.hook):
-                page = await node.wait_changes(query, min(heartbeat_s, left_s))
+            page = await node.wait_changes(query, min(heartbeat_s, left_s), self.hook)
             if not await self._send(request, self._frame(page)):
                 return
         await self.response.write_eof()

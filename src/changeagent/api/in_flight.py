@@ -14,23 +14,27 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from changeagent.api.errors import Handler
 from changeagent.transport import CLUSTER_PATH
 
 
 class RequestsInFlight:
+    """Counted by the API's one middleware (`api/observe.py`), which calls `enter`
+    and `leave` around each request: a middleware of its own would cost every
+    request a coroutine, and keep a frame for each waiting long-poll."""
+
     def __init__(self) -> None:
         self._requests: dict[int, web.Request] = {}  # by id(): requests are unhashable
 
-    @web.middleware
-    async def middleware(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+    def enter(self, request: web.Request) -> int | None:
+        """Counts `request` (unless it is a peer's link); the key for `leave`."""
         if request.path == CLUSTER_PATH:
-            return await handler(request)
+            return None
         key = id(request)
         self._requests[key] = request
-        try:
-            return await handler(request)
-        finally:
+        return key
+
+    def leave(self, key: int | None) -> None:
+        if key is not None:
             del self._requests[key]
 
     @property

@@ -4,7 +4,7 @@ The metrics are counted by `counting_middleware`, which is also the error
 middleware (one middleware layer costs every request a coroutine and a frame
 on each resume): it times the handler with `time.perf_counter()`, maps errors
 to answers, and counts the status it answers with (also aiohttp's own 404/405
-and the long-polls answered straight to the socket by `deliver_on_wake`).
+and the long-polls answered straight to the socket by a delivery hook).
 aiohttp's access-log hook (which also sees malformed requests and the bytes
 written) cost ~1.7 µs a request more in a bare aiohttp server, so it is used
 only for the access log (`--access-log`), whose records carry the bytes.
@@ -29,6 +29,7 @@ from aiohttp.web_urldispatcher import AbstractResource, AbstractRoute
 
 from changeagent.api.auth import parse_basic
 from changeagent.api.errors import Handler, error_response
+from changeagent.api.in_flight import RequestsInFlight
 from changeagent.metrics import REQUEST_BUCKETS_S, UNMATCHED_ROUTE, NodeMetrics, add_duration
 
 log = logging.getLogger(__name__)
@@ -37,12 +38,18 @@ ACCESS_LOGGER = "changeagent.access"
 STARTED = web.RequestKey("changeagent_started", float)  # time.perf_counter() at the start
 
 
-def counting_middleware(metrics: NodeMetrics, prefix: str, stamp: bool = False) -> Middleware:
+def counting_middleware(
+    metrics: NodeMetrics,
+    prefix: str,
+    stamp: bool = False,
+    in_flight: RequestsInFlight | None = None,
+) -> Middleware:
     """The error middleware with counting: maps errors to answers as
     `api/errors.py`'s `error_middleware` does (whose place it takes: one layer
     fewer for every request) and counts each answer in `metrics` by route, method
     and status, with its duration. `stamp` (--access-log) also keeps the start
-    time in the request for the access log."""
+    time in the request for the access log. `in_flight`: the requests shutdown
+    waits for, counted here too (one layer, one frame per waiting request)."""
     counts = metrics.requests
     perf_counter = time.perf_counter
     labels: dict[AbstractResource | None, str] = {None: UNMATCHED_ROUTE}  # made once each
@@ -66,6 +73,7 @@ def counting_middleware(metrics: NodeMetrics, prefix: str, stamp: bool = False) 
         started = perf_counter()
         if stamp:
             request[STARTED] = started
+        key = None if in_flight is None else in_flight.enter(request)
         try:
             response: web.StreamResponse = await handler(request)
         except Exception as error:
@@ -75,6 +83,9 @@ def counting_middleware(metrics: NodeMetrics, prefix: str, stamp: bool = False) 
                 route = request.match_info.route
                 add_duration(numbers(request, route, redirect.status), perf_counter() - started)
                 raise
+        finally:
+            if key is not None and in_flight is not None:
+                in_flight.leave(key)
         route = request.match_info.route
         status = response.status
         found = by_route.get((route, status)) or numbers(request, route, status)

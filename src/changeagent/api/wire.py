@@ -13,7 +13,7 @@ Anything else (HTTP/1.0, `Connection: close`, HEAD, a closing transport, an
 normal path, so the shortcut never changes what a client sees.
 
 Long-polls go one step further: the API registers a delivery hook with the node's
-`CommitWaiters` (`deliver_on_wake`), which writes the group's shared response
+`CommitWaiters` (`wait(..., hook=...)`), which writes the group's shared response
 bytes to every woken consumer inside `notify`, before any task resumes. The
 woken handler then returns an already-sent `JsonResponse`, which only finishes
 aiohttp's bookkeeping.
@@ -142,7 +142,7 @@ class JsonResponse(web.Response):
 
 
 class LongPollDelivery:
-    """The delivery hook of one waiting GET /changes (see `deliver_on_wake`)."""
+    """The delivery hook of one waiting GET /changes (see `CommitWaiters.wait`)."""
 
     __slots__ = ("_request", "sent")
 

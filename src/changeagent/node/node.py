@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -39,6 +39,7 @@ from changeagent.node.reads import ChangeReader
 from changeagent.node.replica import Replica
 from changeagent.node.settings_entry import encode_settings
 from changeagent.node.status import NodeStatus, state_name
+from changeagent.node.waiters import DeliveryHook
 from changeagent.raft import ENTRY_TYPE_CONFIG, Message, Role
 from changeagent.storage import Storage
 
@@ -164,14 +165,19 @@ class Node:
 
     # Changes ---------------------------------------------------------------------------
 
-    async def append_change(self, change: NewChange, key: str = "") -> bytes:
-        return await self.changes.append_change(change, key)
+    # These hand back their part's coroutine instead of awaiting it: no frame of their
+    # own kept by every write in flight and every waiting long-poll.
+    def append_change(self, change: NewChange, key: str = "") -> Coroutine[None, None, bytes]:
+        return self.changes.append_change(change, key)
 
-    async def read_changes(self, query: ChangeQuery) -> PageResult:
-        return await self.reads.read_changes(query)
+    def read_changes(self, query: ChangeQuery) -> Coroutine[None, None, PageResult]:
+        return self.reads.read_changes(query)
 
-    async def wait_changes(self, query: ChangeQuery, block_s: float) -> PageResult:
-        return await self.reads.wait_changes(query, block_s)
+    def wait_changes(
+        self, query: ChangeQuery, block_s: float, hook: DeliveryHook | None = None
+    ) -> Coroutine[None, None, PageResult]:
+        """Wait up to `block_s` for a matching change; `hook`: see `CommitWaiters.wait`."""
+        return self.reads.wait_changes(query, block_s, hook)
 
     def get_change(self, index: int) -> bytes | None:
         return self.reads.get_change(index)

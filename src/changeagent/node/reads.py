@@ -17,7 +17,7 @@ from typing import TypeVar
 from changeagent.node.errors import DataCorrupted
 from changeagent.node.query import ChangeQuery, KnownPrefix, PageResult
 from changeagent.node.replica import Replica
-from changeagent.node.waiters import CommitWaiters
+from changeagent.node.waiters import CommitWaiters, DeliveryHook
 from changeagent.storage import ChangePage, CorruptionError, KnownAtStart
 
 T = TypeVar("T")
@@ -62,8 +62,11 @@ class ChangeReader:
             return page
         return await asyncio.to_thread(self._read_committed, query, upto, known)
 
-    async def wait_changes(self, query: ChangeQuery, block_s: float) -> PageResult:
-        """Like read_changes, but wait up to `block_s` for a matching change to commit."""
+    async def wait_changes(
+        self, query: ChangeQuery, block_s: float, hook: DeliveryHook | None = None
+    ) -> PageResult:
+        """Like read_changes, but wait up to `block_s` for a matching change to commit;
+        `hook` delivers the page the moment it commits (`CommitWaiters.wait`)."""
         applied = self._replica.applied
         deadline = asyncio.get_running_loop().time() + block_s
         upto = applied.index
@@ -80,9 +83,16 @@ class ChangeReader:
         if page.bodies or remaining_s <= 0 or self._replica.closing:
             return page
         known = KnownPrefix.after_read(query, page, upto)
-        woken = await self._waiters.wait(query, known, remaining_s)
-        if woken is not None:
-            return woken
+        del page  # not kept by each of thousands of waiting requests
+        # `register` and the future, not `CommitWaiters.wait`: a frame less for each.
+        waiter = self._waiters.register(query, known, remaining_s, hook)
+        if waiter is not None:
+            try:
+                woken = await waiter.future
+            finally:
+                self._waiters.unregister(waiter)
+            if woken is not None:
+                return woken
         return await self._read_upto(query, applied.index, known)  # only what is new
 
     def get_change(self, index: int) -> bytes | None:

@@ -16,10 +16,11 @@ group, which covers every commit up to then; the group waits for it instead of
 checking again, so a heavy read is done once, not once per commit.
 
 Waking is the hot path of fan-out (1,000 consumers woken by one commit), so each
-waiter costs one future and one timer, and `notify` wakes it with one
+waiter costs one future and an entry in the shared deadlines (`node/deadlines.py`:
+one loop timer for all, not one each), and `notify` wakes it with one
 `set_result`: no `asyncio.wait`, no shared future with a callback per waiter.
 
-A waiter may also carry a *delivery hook* (`deliver_on_wake`): `notify` (or, for
+A waiter may also carry a *delivery hook* (`wait(..., hook=...)`): `notify` (or, for
 a group woken by a worker-thread read, the loop callback that takes its result)
 calls it synchronously with the page, before any task resumes, so the API can
 write a prebuilt HTTP response straight to the consumer's socket. The task still
@@ -34,12 +35,11 @@ socket writes, and no task switch.
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import contextvars
 import logging
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
+from changeagent.node.deadlines import Deadlines
 from changeagent.node.query import ChangeQuery, KnownPrefix, PageResult
 
 log = logging.getLogger(__name__)
@@ -64,31 +64,15 @@ KEEP = Keep()
 # Must be quick and must not raise.
 DeliveryHook = Callable[[PageResult], "bool | Keep"]
 
-_delivery_hook: contextvars.ContextVar[DeliveryHook | None] = contextvars.ContextVar(
-    "changeagent_delivery_hook", default=None
-)
-
-
-@contextlib.contextmanager
-def deliver_on_wake(hook: DeliveryHook) -> Iterator[None]:
-    """Within this block, a long-poll registered by the current task is delivered by
-    `hook` the moment a matching commit wakes it (see the module docstring).
-
-    A context variable carries the hook so that the node's `wait_changes` signature
-    stays as it is; `CommitWaiters.wait(..., hook=...)` is the explicit form.
-    """
-    token = _delivery_hook.set(hook)
-    try:
-        yield
-    finally:
-        _delivery_hook.reset(token)
-
 
 @dataclass(slots=True, eq=False)  # hashed by identity: a dict key in its group
-class _Waiter:
+class Waiter:
+    """One registered long-poll: its future gets the page that wakes it, or None."""
+
     future: asyncio.Future[PageResult | None]
     hook: DeliveryHook | None
-    group: _Group | None = None  # where it waits now (a kept waiter moves on)
+    group: _Group  # where it waits now (a kept waiter moves on)
+    deadline: int = 0  # its key in `Deadlines`
 
 
 @dataclass(slots=True)
@@ -96,7 +80,7 @@ class _Group:
     query: ChangeQuery
     known: KnownPrefix
     # Insertion-ordered: consumers are woken first come, first served; O(1) removal.
-    waiters: dict[_Waiter, None] = field(default_factory=dict)
+    waiters: dict[Waiter, None] = field(default_factory=dict)
     reading: bool = False  # a worker-thread read is under way; notify leaves the group be
 
 
@@ -110,6 +94,7 @@ class CommitWaiters:
         self._read_in_memory = read_in_memory
         self._read = read
         self._groups: dict[ChangeQuery, _Group] = {}
+        self._deadlines: Deadlines[Waiter] = Deadlines(_expire)  # one timer for all
         self._commit_index = 0  # the last one notified
         self._reads: set[asyncio.Task[None]] = set()
         self._closed = False
@@ -127,34 +112,53 @@ class CommitWaiters:
         hook: DeliveryHook | None = None,
     ) -> PageResult | None:
         """Wait until a change matching `query` commits; None on timeout or close.
+        (`register`, the future, `unregister`; callers that keep thousands of
+        requests waiting use those themselves, a coroutine frame less each.)"""
+        waiter = self.register(query, known, timeout_s, hook)
+        if waiter is None:
+            return None
+        try:
+            return await waiter.future
+        finally:
+            self.unregister(waiter)
+
+    def register(
+        self,
+        query: ChangeQuery,
+        known: KnownPrefix | int,
+        timeout_s: float,
+        hook: DeliveryHook | None = None,
+    ) -> Waiter | None:
+        """A waiter whose future gets the page once a change matching `query`
+        commits, or None after `timeout_s` or at close; None if already closed.
+        The caller must `unregister` it once the future is done or abandoned.
 
         `known` is what the caller's read found (or just how far it read): nothing
-        in (query.since, known.scanned_upto] matches. `hook` (default: the one set
-        by `deliver_on_wake`, if any) is called with the page before this coroutine
-        resumes.
+        in (query.since, known.scanned_upto] matches. `hook`, if given, is called
+        with the page before the future's owner resumes (an argument, not a context
+        variable: setting one costs every waiting request a context and a token).
         """
         if self._closed:
             return None
-        loop = asyncio.get_running_loop()
         group = self._groups.get(query)
         if group is None:
             if isinstance(known, int):
                 known = KnownPrefix(known)
             group = _Group(query=query, known=known)
             self._groups[query] = group
-        waiter = _Waiter(loop.create_future(), hook if hook is not None else _delivery_hook.get())
-        waiter.group = group
+        loop = asyncio.get_running_loop()
+        waiter = Waiter(loop.create_future(), hook, group)
         group.waiters[waiter] = None
-        timer = loop.call_later(timeout_s, _expire, waiter.future)
-        try:
-            return await waiter.future
-        finally:
-            timer.cancel()
-            # Still registered after a timeout or a cancel; a woken group is gone.
-            group = waiter.group
-            registered = group.waiters.pop(waiter, 0) is None
-            if registered and not group.waiters and self._groups.get(group.query) is group:
-                del self._groups[group.query]
+        waiter.deadline = self._deadlines.add(waiter, loop.time() + timeout_s)
+        return waiter
+
+    def unregister(self, waiter: Waiter) -> None:
+        self._deadlines.remove(waiter, waiter.deadline)
+        # Still registered after a timeout or a cancel; a woken group is gone.
+        group = waiter.group
+        registered = group.waiters.pop(waiter, 0) is None
+        if registered and not group.waiters and self._groups.get(group.query) is group:
+            del self._groups[group.query]
 
     def notify(self, commit_index: int) -> None:
         """Called on the event loop each time the commit index advances.
@@ -176,6 +180,7 @@ class CommitWaiters:
     def close(self) -> None:
         """Answer every waiter now (shutdown): each then returns what it has."""
         self._closed = True
+        self._deadlines.close()
         for task in list(self._reads):
             task.cancel()
         groups, self._groups = self._groups, {}
@@ -239,7 +244,7 @@ class CommitWaiters:
     def _wake(self, group: _Group, page: PageResult, upto: int) -> None:
         """Answer the group with `page` (read up to `upto`); kept waiters move on."""
         waiters, group.waiters = group.waiters, {}
-        kept: list[_Waiter] = []
+        kept: list[Waiter] = []
         for waiter in waiters:
             if waiter.future.done():  # timed out or cancelled, not resumed yet
                 continue
@@ -254,7 +259,7 @@ class CommitWaiters:
             self._keep_waiting(group.query, page, upto, kept)
 
     def _keep_waiting(
-        self, query: ChangeQuery, page: PageResult, upto: int, kept: list[_Waiter]
+        self, query: ChangeQuery, page: PageResult, upto: int, kept: list[Waiter]
     ) -> None:
         """Register `kept` for what comes after `page`: no change in (its last id,
         upto] matches unless the page was full, and atStart is false from then on."""
@@ -293,6 +298,6 @@ class CommitWaiters:
             return False
 
 
-def _expire(future: asyncio.Future[PageResult | None]) -> None:
-    if not future.done():
-        future.set_result(None)
+def _expire(waiter: Waiter) -> None:
+    if not waiter.future.done():
+        waiter.future.set_result(None)
