@@ -713,7 +713,7 @@ async def _longpolls(system: System, settings: Settings, recorder: Recorder, cou
     _next_source += sources
     control = await system.connect()
     template = await system.subscribe(await system.connect())
-    spec = {"system": system.name, "port": system.members[0].port,
+    spec = {"family": system.family, "port": system.members[0].port,
             "cursor": getattr(template, "cursor", 0),
             "revision": getattr(template, "start_revision", 0),
             "per_source": per_source, "source_base": source_base}
@@ -848,7 +848,7 @@ async def _hold_waits(pipe: Connection, spec: dict[str, Any]) -> None:
         for connection in made:
             if isinstance(connection, BaseException):
                 error = error or f"{type(connection).__name__}: {connection}"
-            elif spec["system"] == "changeagent":
+            elif spec["family"] == "changeagent":  # also --base's tree, named "base"
                 subscriptions.append(LongPoll(connection, spec["cursor"],
                                               LONGPOLL_BLOCK_SECONDS))
             else:
