@@ -6,9 +6,11 @@ system calls of every member with `perf record -e syscalls:...` (the kernel's
 tracepoints: no ptrace stops, ~1.4x slower writes instead of strace's ~3x), and
 prints the timeline of the traced write with the median latency: each read,
 write, pwrite64, fdatasync and futex of the members' event loops and threads, in
-ms from the moment the leader read the request.
+ms from the moment the leader (or with --via-follower, the follower posted to)
+read the request.
 
     python -m bench.trace_write                 # 3 members
+    python -m bench.trace_write --via-follower  # 3 members, posted to a follower
     python -m bench.trace_write --members 1 --writes 100
 
 Needs `perf` (Debian `linux-perf`) and permission to trace (root). What the
@@ -137,6 +139,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.trace_write", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--members", type=int, choices=(1, 3), default=3)
+    parser.add_argument("--via-follower", action="store_true",
+                        help="post to a follower, which forwards to the leader (3 members)")
     parser.add_argument("--writes", type=int, default=50, help="traced writes (default 50)")
     parser.add_argument("--warmup", type=int, default=300, help="untraced writes first")
     arguments = parser.parse_args(argv)
@@ -153,10 +157,15 @@ def main(argv: list[str] | None = None) -> int:
         system.start()
         leader_index = system.leader_index()
         leader = system.members[leader_index]
-        names = {m.process.pid: ("leader" if m is leader else f"member {m.index}")
+        entry = leader
+        if arguments.via_follower and arguments.members > 1:
+            entry = system.members[system.follower_index()]
+        names = {m.process.pid: ("leader" if m is leader else
+                                 "entry" if m is entry else f"member {m.index}")
                  for m in system.members if m.process is not None}
-        leader_pid = next(pid for pid, name in names.items() if name == "leader")
-        connection = socket.create_connection((LOOPBACK, leader.port))
+        entry_pid = next(m.process.pid for m in system.members
+                         if m is entry and m.process is not None)
+        connection = socket.create_connection((LOOPBACK, entry.port))
         connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         untraced = sorted(_post(connection, n) for n in range(arguments.warmup))
         with tempfile.TemporaryDirectory(prefix="bench-trace-") as directory:
@@ -173,7 +182,7 @@ def main(argv: list[str] | None = None) -> int:
         PROCESSES.cleanup()
     print(f"untraced p50 {untraced[len(untraced) // 2] * 1000:.3f} ms; "
           f"traced p50 {sorted(traced)[len(traced) // 2] * 1000:.3f} ms")
-    starts = _request_reads(events, leader_pid, len(_request(arguments.warmup)))
+    starts = _request_reads(events, entry_pid, len(_request(arguments.warmup)))
     if len(starts) < 2:
         print("the trace holds no whole write (perf attached too late?)", file=sys.stderr)
         return 1
