@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import re
+import socket
+
+import orjson
 import pytest
 
 from tests.support.server import ServerProcess
@@ -192,3 +196,53 @@ def test_unknown_path_404_and_wrong_method_405_are_json(server: ServerProcess) -
     assert wrong.status == 405
     assert "GET" in wrong.headers["Allow"] and "POST" in wrong.headers["Allow"]
     assert "error" in wrong.json()
+
+
+def _read_response(connection: socket.socket, buffered: bytes) -> tuple[bytes, bytes, bytes]:
+    """(head, body, what follows) of one HTTP/1.1 response read from `connection`."""
+    data = buffered
+    while b"\r\n\r\n" not in data:
+        chunk = connection.recv(65536)
+        assert chunk, "the server closed the connection"
+        data += chunk
+    head, _, rest = data.partition(b"\r\n\r\n")
+    length = int(re.search(rb"(?i)\r\ncontent-length: *(\d+)", head).group(1))  # type: ignore[union-attr]
+    while len(rest) < length:
+        chunk = connection.recv(65536)
+        assert chunk, "the server closed the connection"
+        rest += chunk
+    return head, rest[:length], rest[length:]
+
+
+@pytest.mark.parametrize("version", ["HTTP/1.1", "HTTP/1.0"])
+def test_pipelined_writes_are_each_answered_once_in_order(
+    server: ServerProcess, version: str
+) -> None:
+    # On a keep-alive HTTP/1.1 connection the answer is written by the Ready loop the
+    # moment the change is applied (api/wire.py WriteDelivery) and aiohttp only
+    # finishes its bookkeeping: a second copy of an answer, or one out of order,
+    # would show up here as a wrong body or a stray response.
+    count = 20
+    requests = b"".join(
+        b"POST /changes %s\r\nHost: x\r\nContent-Type: application/json\r\n"
+        b"Connection: keep-alive\r\nContent-Length: %d\r\n\r\n%s"
+        % (version.encode(), len(body), body)
+        for body in (b'{"data":%d}' % n for n in range(count))
+    )
+    with socket.create_connection(("127.0.0.1", server.port), timeout=30) as connection:
+        connection.sendall(requests)
+        answers, rest = [], b""
+        for _ in range(count if version == "HTTP/1.1" else 1):
+            head, body, rest = _read_response(connection, rest)
+            assert head.startswith(version.encode() + b" 200 OK"), head
+            answers.append(orjson.loads(body))
+        assert rest == b""
+        if version == "HTTP/1.1":  # a stray copy of an answer would come before this one
+            connection.sendall(b"GET /changes/2 HTTP/1.1\r\nHost: x\r\n\r\n")
+            head, body, rest = _read_response(connection, rest)
+            assert head.startswith(b"HTTP/1.1 200 OK") and orjson.loads(body)["_id"] == 2
+            assert rest == b""
+    assert [answer["data"] for answer in answers] == list(range(len(answers)))
+    for answer in answers:
+        stored = server.request("GET", f"/changes/{answer['_id']}").json()
+        assert stored == answer

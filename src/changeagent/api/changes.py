@@ -9,7 +9,13 @@ from changeagent.api.context import state_of
 from changeagent.api.errors import ApiError
 from changeagent.api.feeds import FeedRequest, serve_feed
 from changeagent.api.params import change_query, index_in_path, seconds_parameter
-from changeagent.api.wire import JSON, JsonResponse, LongPollDelivery, can_write_directly
+from changeagent.api.wire import (
+    JSON,
+    JsonResponse,
+    LongPollDelivery,
+    WriteDelivery,
+    can_write_directly,
+)
 from changeagent.change import parse_change_body
 
 NO_STORE_HEADERS = {"Cache-Control": NO_STORE}
@@ -29,8 +35,14 @@ async def post_change(request: web.Request) -> web.Response:
     body = await request.read()
     change = parse_change_body(body)
     key = idempotency_key(request, node.limits.idempotency_key_bytes_max)
-    stored = await node.append_change(change, key)
-    return JsonResponse(stored)
+    # Where it can, the Ready loop itself writes the answer once the change is applied.
+    delivery = WriteDelivery(request) if can_write_directly(request) else None
+    try:
+        stored = await node.append_change(change, key, delivery)
+    finally:
+        if delivery is not None:
+            delivery.close()
+    return JsonResponse(stored, already_sent=delivery is not None and delivery.sent)
 
 
 CONSISTENCY_VALUES = ("local", "linearizable")

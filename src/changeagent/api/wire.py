@@ -29,6 +29,7 @@ from aiohttp.abc import AbstractStreamWriter
 from aiohttp.http import SERVER_SOFTWARE, HttpVersion11
 
 from changeagent.node.query import PageResult
+from changeagent.raft import Entry
 
 JSON = "application/json"
 # The last %s: extra header lines (caching), each ending in CRLF.
@@ -139,6 +140,31 @@ class JsonResponse(web.Response):
         self._eof_sent = True
         self._keep_alive = True
         self._body_length = body_length
+
+
+class WriteDelivery:
+    """Writes the answer to one POST /changes the moment its change is applied
+    (`RaftDriver.propose`'s `on_applied`), from inside the Ready loop: the handler's
+    task resumes two loop iterations later (the commit wait's shield, then the task)
+    and only finishes aiohttp's bookkeeping. Once the handler stops waiting (an error,
+    a timeout) it calls `close`, and a late call writes nothing."""
+
+    __slots__ = ("_request", "closed", "sent")
+
+    def __init__(self, request: web.BaseRequest) -> None:
+        self._request = request
+        self.sent = False
+        self.closed = False
+
+    def __call__(self, entry: Entry) -> None:
+        transport = self._request.transport
+        if self.closed or self.sent or transport is None or transport.is_closing():
+            return  # the handler answers (or aiohttp notices the disconnect)
+        transport.write(json_200(entry.data))
+        self.sent = True
+
+    def close(self) -> None:
+        self.closed = True
 
 
 class LongPollDelivery:

@@ -23,6 +23,7 @@ from collections.abc import Callable
 import orjson
 
 from changeagent.change import NewChange, encode_change, stored_bytes_max
+from changeagent.node.driver import OnApplied
 from changeagent.node.errors import NotAvailable, PayloadTooLarge
 from changeagent.node.replica import Replica
 from changeagent.node.webhooks import WebHookCaller
@@ -44,8 +45,13 @@ class ChangeLog:
     async def close(self) -> None:
         await self._web_hooks.close()
 
-    async def append_change(self, change: NewChange, key: str = "") -> bytes:
-        """Store a change durably; return its stored bytes. Retries with `key` get the original."""
+    async def append_change(
+        self, change: NewChange, key: str = "", on_applied: OnApplied | None = None
+    ) -> bytes:
+        """Store a change durably; return its stored bytes. Retries with `key` get the
+        original. `on_applied(entry)`: called the moment a new change (no key) proposed
+        here is applied, before this returns (see `RaftDriver.propose`); never for a
+        forwarded write or a keyed one."""
         if key:
             existing = self._applied_for_key(key)
             if existing is not None:
@@ -53,7 +59,7 @@ class ChangeLog:
         replica = self._replica
         replica.check_writable()
         if replica.is_leader:
-            entry = await self.propose_change(change, key)  # checks the size itself
+            entry = await self.propose_change(change, key, on_applied)  # checks the size
             return entry.data
         _check_fits(change, self.limits.entry_bytes_max)  # before it travels to the leader
         timeout_s = self.limits.commit_timeout_s
@@ -61,12 +67,15 @@ class ChangeLog:
         await replica.wait_applied(index, timeout_s)
         return self._stored_answer(index)
 
-    async def propose_change(self, change: NewChange, key: str = "") -> Entry:
+    async def propose_change(
+        self, change: NewChange, key: str = "", on_applied: OnApplied | None = None
+    ) -> Entry:
         """On the leader (also for writes forwarded by followers): web hooks,
-        propose, wait until committed and applied. See the module docstring."""
+        propose, wait until committed and applied. See the module docstring.
+        `on_applied` is passed on for a change with no key (see `append_change`)."""
         await_commit = self._replica.await_commit
         if not key:
-            return await await_commit(await self._proposal(change, ""))
+            return await await_commit(await self._proposal(change, "", on_applied))
         claim = self._claims.get(key)
         if claim is not None:
             return await await_commit(claim)
@@ -95,12 +104,14 @@ class ChangeLog:
         done.set_result(Entry(stored, 0, change.type, self._stored_answer(stored), key))
         return done
 
-    async def _proposal(self, change: NewChange, key: str) -> asyncio.Future[Entry]:
+    async def _proposal(
+        self, change: NewChange, key: str, on_applied: OnApplied | None = None
+    ) -> asyncio.Future[Entry]:
         _check_fits(change, self.limits.entry_bytes_max)
         await self._web_hooks.validate(self._replica.settings.web_hooks, change)
         timestamp_ns = self._next_timestamp_ns()
         return self._replica.propose(
-            change.type, lambda index: encode_change(index, timestamp_ns, change), key
+            change.type, lambda index: encode_change(index, timestamp_ns, change), key, on_applied
         )
 
     def _applied_for_key(self, key: str) -> bytes | None:

@@ -57,6 +57,9 @@ from changeagent.storage import Storage, WriteBatch
 log = logging.getLogger(__name__)
 
 Build = Callable[[int], bytes]
+# Called with a proposal's entry the moment it is applied here, before its future's
+# waiter resumes (see `RaftDriver.propose`). Must be quick and must not raise.
+OnApplied = Callable[[Entry], None]
 ApplyEntries = Callable[[tuple[Entry, ...]], Awaitable[None]]
 InstallSnapshot = Callable[[Snapshot], Awaitable[None]]
 SendMessage = Callable[[Message], None]
@@ -71,6 +74,7 @@ class _Proposal:
     future: asyncio.Future[Entry]
     index: int = 0
     term: int = 0
+    on_applied: OnApplied | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -169,15 +173,20 @@ class RaftDriver:
         self.core.step(message)
         self._wakeup.set()
 
-    def propose(self, entry_type: int, build: Build, key: str = "") -> asyncio.Future[Entry]:
-        """Queue one entry; the future gives it back once committed and applied here."""
+    def propose(
+        self, entry_type: int, build: Build, key: str = "", on_applied: OnApplied | None = None
+    ) -> asyncio.Future[Entry]:
+        """Queue one entry; the future gives it back once committed and applied here.
+        `on_applied(entry)`, if given, is called in the same step, before the future's
+        waiter resumes (two loop iterations later): the API writes the answer to a
+        write from there (`api/wire.py` `WriteDelivery`)."""
         self._check_running()
         if self.core.role is not Role.LEADER:
             raise NotAvailable("this node is not the leader", retry_after_s=1)
         if len(self._queued) + len(self._proposed) >= self._pending_max:
             raise Overloaded("too many writes are waiting to commit; retry later")
         future: asyncio.Future[Entry] = asyncio.get_running_loop().create_future()
-        self._queued.append(_Proposal(entry_type, build, key, future))
+        self._queued.append(_Proposal(entry_type, build, key, future, on_applied=on_applied))
         self._wakeup.set()
         return future
 
@@ -380,6 +389,8 @@ class RaftDriver:
             if proposal is None or proposal.future.done():
                 continue
             if proposal.term == entry.term:
+                if proposal.on_applied is not None:
+                    _call_on_applied(proposal.on_applied, entry)
                 proposal.future.set_result(entry)
                 committed += 1
             else:
@@ -415,6 +426,13 @@ class RaftDriver:
             if not future.done():
                 future.set_exception(NotAvailable(f"the read was not served: {reason}"))
                 future.exception()
+
+
+def _call_on_applied(on_applied: OnApplied, entry: Entry) -> None:
+    try:
+        on_applied(entry)
+    except Exception:  # the writer is still answered, the usual way
+        log.exception("a write's on_applied hook failed; the request answers normally")
 
 
 def _too_large(size: int, limit: int) -> PayloadTooLarge:

@@ -29,6 +29,7 @@ from changeagent.node.archiver import ArchiveStatus
 from changeagent.node.backup import NodeBackups
 from changeagent.node.changelog import ChangeLog
 from changeagent.node.counters import RuntimeCounters
+from changeagent.node.driver import OnApplied
 from changeagent.node.errors import NotAvailable
 from changeagent.node.identity import ClusterIdentity
 from changeagent.node.limits import NodeLimits
@@ -167,8 +168,11 @@ class Node:
 
     # These hand back their part's coroutine instead of awaiting it: no frame of their
     # own kept by every write in flight and every waiting long-poll.
-    def append_change(self, change: NewChange, key: str = "") -> Coroutine[None, None, bytes]:
-        return self.changes.append_change(change, key)
+    def append_change(
+        self, change: NewChange, key: str = "", on_applied: OnApplied | None = None
+    ) -> Coroutine[None, None, bytes]:
+        """Store `change`; `on_applied`: see `ChangeLog.append_change`."""
+        return self.changes.append_change(change, key, on_applied)
 
     def read_changes(self, query: ChangeQuery) -> Coroutine[None, None, PageResult]:
         return self.reads.read_changes(query)
