@@ -7,7 +7,14 @@ import logging
 
 import pytest
 
-from changeagent.transport import ERROR_TIMEOUT, RequestFailed, TransportConfig
+from changeagent.transport import (
+    ERROR_TIMEOUT,
+    ProposalReply,
+    RequestContext,
+    RequestFailed,
+    TransportConfig,
+)
+from changeagent.transport.transport import Reply, Request
 from tests.transport.harness import Node, message, run, started, stop_all, wait_until
 
 CARRIERS = ["tcp", "ws"]
@@ -68,6 +75,31 @@ def test_requests_are_answered_on_the_link(carrier: str) -> None:
                 *(a.transport.propose(2, 0, b"x" * n) for n in range(50))
             )
             assert indexes == list(range(50))
+        finally:
+            await stop_all([a, b])
+
+    run(scenario())
+
+
+@pytest.mark.parametrize("carrier", CARRIERS)
+def test_a_request_answered_early_gets_that_answer_once(carrier: str) -> None:
+    async def scenario() -> None:
+        addresses: dict[int, str] = {}
+        answered = asyncio.Event()  # set by the test once the caller has the answer
+
+        async def early(context: RequestContext, request: Request) -> Reply:
+            assert context.reply_now(ProposalReply(0, index=7))
+            assert context.reply_now(ProposalReply(0, index=8))  # already sent: nothing
+            await answered.wait()  # the caller is answered although this has not returned
+            return ProposalReply(0, index=9)  # not sent
+
+        a, b = await started(
+            Node(1, carrier, addresses), Node(2, carrier, addresses, on_request=early)
+        )
+        try:
+            assert await a.transport.propose(2, 0, b"x") == 7
+            answered.set()
+            assert await a.transport.propose(2, 0, b"y") == 7  # its own early answer
         finally:
             await stop_all([a, b])
 

@@ -14,7 +14,7 @@ from changeagent.node.changelog import ChangeLog
 from changeagent.node.errors import NodeError, NotAvailable
 from changeagent.node.membership import ClusterMembership
 from changeagent.node.replica import Replica
-from changeagent.raft import ENTRY_TYPE_CONFIG
+from changeagent.raft import ENTRY_TYPE_CONFIG, Entry
 from changeagent.transport import (
     Proposal,
     ProposalReply,
@@ -47,7 +47,7 @@ class PeerRequests:
         if not context.member:
             raise RequestFailed("bad_request", "only members may send this request")
         try:
-            return await self._answer_member(context.peer_id, request)
+            return await self._answer_member(context, request)
         except NodeError as error:
             raise RequestFailed(error.code, str(error)) from None
         except ValueError as error:  # a malformed forwarded change
@@ -59,12 +59,21 @@ class PeerRequests:
             self._replica.fail(where, error)
             raise RequestFailed("internal", "the request failed on the receiver") from None
 
-    async def _answer_member(self, peer_id: int, request: Request) -> Reply:
+    async def _answer_member(self, context: RequestContext, request: Request) -> Reply:
         # The asking member answers its client once it has applied the index: the
         # commit notice held for it (commit_notices.py) goes out ahead of the reply.
+        peer_id = context.peer_id
         if isinstance(request, Proposal):
-            entry = await self._changes.propose_change(parse_change_body(request.data), request.key)
-            self._replica.release_commit_notice(peer_id)
+
+            def answer_now(entry: Entry) -> None:
+                # From the Ready loop, the moment the write is applied here (a change
+                # with no key): two loop iterations before this coroutine resumes.
+                self._replica.release_commit_notice(peer_id)
+                context.reply_now(ProposalReply(0, index=entry.index))
+
+            change = parse_change_body(request.data)
+            entry = await self._changes.propose_change(change, request.key, answer_now)
+            self._replica.release_commit_notice(peer_id)  # nothing, if answered already
             return ProposalReply(0, index=entry.index)
         if isinstance(request, ReadIndexRequest):
             index = await self._replica.read_index()

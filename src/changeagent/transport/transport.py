@@ -65,13 +65,24 @@ _DIAL_ERRORS = (ConnectionClosed, OSError, HandshakeError, FrameError, TimeoutEr
 _READ_ERRORS = (FrameError, ConnectionClosed, TimeoutError)
 
 
+def _no_early_reply(reply: Reply) -> bool:
+    return False
+
+
 @dataclass(frozen=True, slots=True)
 class RequestContext:
-    """Who sent a request. `peer_id` is proven only when `member` is True."""
+    """Who sent a request. `peer_id` is proven only when `member` is True.
+
+    `reply_now(reply)` answers before `on_request` returns, from wherever the answer
+    is known first (a forwarded write: the moment it is applied, inside the Ready
+    loop): written at once when the connection is idle, True then, and whatever
+    `on_request` returns afterwards is not sent. False: nothing was written, the
+    returned reply goes as usual."""
 
     peer_id: int
     member: bool
     address: str
+    reply_now: Callable[[Reply], bool] = _no_early_reply
 
 
 OnMessage = Callable[[int, Message], None]
@@ -720,7 +731,8 @@ class Transport:
 
     async def _answer(self, connection: Connection, request: Request) -> None:
         identity = connection.identity
-        context = RequestContext(identity.node_id, identity.member, identity.address)
+        early = _EarlyReply(self, connection, request)
+        context = RequestContext(identity.node_id, identity.member, identity.address, early)
         try:
             reply = await self._on_request(context, request)
             if not isinstance(reply, _REPLY_TYPES[type(request)]):
@@ -735,7 +747,8 @@ class Transport:
             reply = _error_reply(request, ERROR_INTERNAL, "the request failed on the receiver")
         finally:
             connection.requests_in_flight -= 1
-        await self._send_reply(connection, reply)
+        if not early.sent:
+            await self._send_reply(connection, reply)
 
     async def _send_reply(self, connection: Connection, reply: Reply) -> None:
         if not connection.closed:
@@ -855,6 +868,33 @@ async def _wait(event: asyncio.Event, timeout_s: float) -> bool:
     except TimeoutError:
         return False
     return True
+
+
+class _EarlyReply:
+    """`RequestContext.reply_now` for one request: writes its reply in this call
+    when nothing else is being written on the connection (frames never interleave)."""
+
+    __slots__ = ("_connection", "_request", "_transport", "sent")
+
+    def __init__(self, transport: Transport, connection: Connection, request: Request) -> None:
+        self._transport = transport
+        self._connection = connection
+        self._request = request
+        self.sent = False
+
+    def __call__(self, reply: Reply) -> bool:
+        connection, request = self._connection, self._request
+        if self.sent or not connection.idle():
+            return self.sent
+        if not isinstance(reply, _REPLY_TYPES[type(request)]):
+            raise TypeError(f"a {type(request).__name__} answered early with {reply!r}")
+        body = encode_frame(replace(reply, request_id=request.request_id))
+        try:
+            connection.send_now([body], lambda: self._transport._close_soon(connection))
+        except ConnectionClosed:
+            return False
+        self.sent = True
+        return True
 
 
 _REPLY_TYPES: dict[type[Request], type[Reply]] = {
