@@ -7,18 +7,16 @@ from __future__ import annotations
 import asyncio
 import random
 import time
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
 from changeagent.node.commit_notices import HOLD_S, CommitNotices, Timer, is_commit_notice
 from changeagent.node.driver import DriverHooks, RaftDriver
 from changeagent.node.peer_requests import PeerRequests
-from changeagent.node.ready_plan import Persist, Send
+from changeagent.node.ready_plan import Send
 from changeagent.raft import Entry, Message, MessageType, RaftConfig
 from changeagent.storage import Storage
 from changeagent.transport import (
@@ -260,42 +258,3 @@ def test_peer_requests_release_the_notice_before_answering() -> None:
         "read index", "release 7",
     ]  # fmt: skip
 
-
-# What waits for a write goes out from the storage's completion callback.
-
-
-def test_an_acknowledgement_goes_out_once_durable_before_the_driver_resumes(
-    tmp_path: Path,
-) -> None:
-    order: list[str] = []
-
-    async def body(driver: RaftDriver, sent: list[Message]) -> None:
-        storage = driver.storage
-        ack = Message(MessageType.APPEND_RESPONSE, 1, 2, 3, index=1)
-        persisted = driver._planner.persisted
-
-        def recording(step: Persist) -> None:
-            order.append("driver resumed")
-            persisted(step)
-
-        driver._planner.persisted = recording  # type: ignore[method-assign]
-        driver._hooks = replace(
-            driver._hooks,
-            send=lambda message: order.append(f"sent, durable through {storage.last_index()}"),
-        )
-        entry = Entry(1, 3, 0, b'{"_id":1,"_ts":1}')
-        await driver._run_steps([Persist(None, (entry,), None), Send((ack,))])
-        assert order == ["sent, durable through 1", "driver resumed"]
-
-    run_driver(tmp_path, body)
-
-
-def test_no_acknowledgement_when_the_write_fails(tmp_path: Path) -> None:
-    async def body(driver: RaftDriver, sent: list[Message]) -> None:
-        ack = Message(MessageType.APPEND_RESPONSE, 1, 2, 3, index=5)
-        gap = Entry(5, 3, 0, b'{"_id":5,"_ts":1}')  # leaves a gap: the batch is refused
-        with pytest.raises(ValueError):
-            await driver._run_steps([Persist(None, (gap,), None), Send((ack,))])
-        assert sent == []
-
-    run_driver(tmp_path, body)

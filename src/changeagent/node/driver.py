@@ -313,7 +313,8 @@ class RaftDriver:
 
     async def _handle(self, ready: Ready) -> None:
         """Execute the plan for `ready` (see `ready_plan`), then `advance`."""
-        await self._run_steps(self._planner.plan(ready, self.storage.last_index()))
+        for step in self._planner.plan(ready, self.storage.last_index()):
+            await self._execute(step)
         for read_state in ready.read_states:
             future = self._reads.get(read_state.context)
             if future is not None and not future.done():
@@ -325,62 +326,27 @@ class RaftDriver:
         self.core.advance(ready)
         await self._hooks.after_advance()
 
-    async def _run_steps(self, steps: list[Step]) -> None:
-        position = 0
-        while position < len(steps):
-            step = steps[position]
-            position += 1
-            after = steps[position] if position < len(steps) else None
-            if isinstance(step, Persist) and isinstance(after, Send):
-                # What waits for the write (a follower's acknowledgement, a vote) goes
-                # out from the storage's completion callback, a loop step before this
-                # task resumes: it is on the leader's path to its next commit.
-                await self._persist(step, then=after)
-                position += 1
-            else:
-                await self._execute(step)
-
     async def _execute(self, step: Step) -> None:
         if isinstance(step, Send):
-            self._send(step)
+            send = self._hooks.send
+            for message in self._notices.route(step.messages):
+                send(message)
+            self._time_notices()
         elif isinstance(step, NoteCommit):
             self.storage.note_commit(step.index)
         elif isinstance(step, Apply):
             await self._hooks.apply(step.entries)
             self._resolve(step.entries)
         elif isinstance(step, Persist):
-            await self._persist(step)
+            snapshot = step.snapshot
+            meta = self._hooks.snapshot_meta(snapshot) if snapshot is not None else {}
+            batch = WriteBatch(
+                hard_state=step.hard_state, entries=step.entries, snapshot=snapshot, meta=meta
+            )
+            await self.storage.write(batch)
+            self._planner.persisted(step)
         else:  # InstallSnapshot
             await self._hooks.install_snapshot(step.snapshot)
-
-    async def _persist(self, step: Persist, then: Send | None = None) -> None:
-        """One durable write; `then`, the plan's next step, is sent the moment the
-        write is durable, from the storage's completion callback."""
-        snapshot = step.snapshot
-        meta = self._hooks.snapshot_meta(snapshot) if snapshot is not None else {}
-        batch = WriteBatch(
-            hard_state=step.hard_state, entries=step.entries, snapshot=snapshot, meta=meta
-        )
-        if then is None:
-            await self.storage.write(batch)
-        else:
-
-            def send_then() -> None:
-                try:
-                    self._send(then)
-                except Exception as error:  # raised below, in the supervised task
-                    self._callback_error = error
-
-            await self.storage.write(batch, send_then)
-            if self._callback_error is not None:
-                raise self._callback_error
-        self._planner.persisted(step)
-
-    def _send(self, step: Send) -> None:
-        send = self._hooks.send
-        for message in self._notices.route(step.messages):
-            send(message)
-        self._time_notices()
 
     def _time_notices(self) -> None:
         change = self._notices.timer_change()

@@ -552,20 +552,16 @@ class Storage:
         self._writes.put(Queued(batch, future=future), timeout_s)
         return future
 
-    async def write(
-        self, batch: WriteBatch, on_durable: Callable[[], None] | None = None
-    ) -> None:
+    async def write(self, batch: WriteBatch) -> None:
         """Persist `batch` durably (group-committed with concurrent writes).
 
         All writers of one event loop that share a commit are woken by one
         callback, not one cross-thread wake-up each. Cancelling the awaiting
-        task does not withdraw the batch. `on_durable()`, if given, is called in
-        that callback once the batch is durable, a loop step before this returns
-        (a follower's acknowledgement goes out from there); it must not raise.
+        task does not withdraw the batch.
         """
         batch.validate()
         loop = asyncio.get_running_loop()
-        item = Queued(batch, loop=loop, waiter=loop.create_future(), on_durable=on_durable)
+        item = Queued(batch, loop=loop, waiter=loop.create_future())
         try:
             self._writes.put(item, 0.0)
         except StorageBusy:

@@ -14,7 +14,6 @@ import collections
 import concurrent.futures
 import contextlib
 import threading
-from collections.abc import Callable
 from dataclasses import dataclass
 
 from changeagent.storage.batch import WriteBatch
@@ -31,9 +30,6 @@ class Queued:
     future: concurrent.futures.Future[None] | None = None
     loop: asyncio.AbstractEventLoop | None = None
     waiter: asyncio.Future[None] | None = None
-    # Called on the loop once the batch is durable, before `waiter` is resolved;
-    # must not raise (it runs in the callback that wakes every writer of a commit).
-    on_durable: Callable[[], None] | None = None
 
 
 class WriteQueue:
@@ -150,8 +146,6 @@ def _settle_waiters(waiting: list[tuple[Queued, Outcome]]) -> None:
         if waiter is None or waiter.done():
             continue
         if error is None:
-            if item.on_durable is not None:
-                item.on_durable()  # in this callback: the waiter resumes a step later
             waiter.set_result(None)
         else:
             waiter.set_exception(fresh_error(error))
