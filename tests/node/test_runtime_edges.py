@@ -4,19 +4,15 @@ when a purge races an idempotent retry."""
 
 from __future__ import annotations
 
-import asyncio
-import random
 from pathlib import Path
-from typing import Any
 
 import orjson
 
 from changeagent.change import parse_change_body
-from changeagent.config import Settings
-from changeagent.node.node import Node, NodeLimits
+from changeagent.node.node import Node
 from changeagent.node.replicated_state import AddressChanged, MemberRemoved
 from changeagent.raft import Message, MessageType
-from changeagent.storage import Storage
+from tests.support.node import run_with_node
 
 
 class RecordingTransport:
@@ -34,20 +30,6 @@ class RecordingTransport:
 
     def address_changed(self, peer_id: int) -> None:
         pass
-
-
-def run_with_node(tmp_path: Path, body: Any) -> None:
-    async def scenario() -> None:
-        storage = Storage.open(tmp_path / "d")
-        node = Node(storage, Settings(), None, NodeLimits(), rng=random.Random(7))
-        await node.start()
-        try:
-            await body(node)
-        finally:
-            await node.close()
-            storage.close()
-
-    asyncio.run(scenario())
 
 
 def test_read_contexts_differ_between_the_cores_a_node_runs(tmp_path: Path) -> None:

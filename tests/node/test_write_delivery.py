@@ -6,32 +6,15 @@ its handler stopped waiting."""
 from __future__ import annotations
 
 import asyncio
-import random
 from pathlib import Path
-from typing import Any
 
 import orjson
 
 from changeagent.api.wire import WriteDelivery, json_200
 from changeagent.change import parse_change_body
-from changeagent.config import Settings
-from changeagent.node.node import Node, NodeLimits
+from changeagent.node.node import Node
 from changeagent.raft import Entry
-from changeagent.storage import Storage
-
-
-def run_with_node(tmp_path: Path, body: Any) -> None:
-    async def scenario() -> None:
-        storage = Storage.open(tmp_path / "d")
-        node = Node(storage, Settings(), None, NodeLimits(), rng=random.Random(7))
-        await node.start()
-        try:
-            await body(node)
-        finally:
-            await node.close()
-            storage.close()
-
-    asyncio.run(scenario())
+from tests.support.node import run_with_node
 
 
 def test_on_applied_gets_the_entry_before_the_writer_resumes(tmp_path: Path) -> None:
