@@ -7,12 +7,22 @@ from __future__ import annotations
 
 import asyncio
 from pathlib import Path
+from typing import Any
+from unittest import mock
 
 import orjson
+from aiohttp import web
+from aiohttp.streams import StreamReader
+from aiohttp.test_utils import make_mocked_request
 
+from changeagent.api import changes
+from changeagent.api.caching import PageCaching
+from changeagent.api.context import STATE_KEY, ApiState
+from changeagent.api.streams import StreamSlots
 from changeagent.api.wire import WriteDelivery, json_200
 from changeagent.change import parse_change_body
-from changeagent.node.node import Node
+from changeagent.node.errors import CommitTimeout
+from changeagent.node.node import Node, NodeLimits
 from changeagent.raft import Entry
 from tests.support.node import run_with_node
 
@@ -61,6 +71,9 @@ class FakeTransport:
     def is_closing(self) -> bool:
         return self.closing
 
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        return default
+
 
 class FakeRequest:
     def __init__(self) -> None:
@@ -92,3 +105,48 @@ def test_write_delivery_writes_nothing_once_closed_or_on_a_closing_connection() 
     delivery = WriteDelivery(closing)  # type: ignore[arg-type]
     delivery(entry(b'{"_id":1}'))
     assert not delivery.sent and closing.transport.written == []
+
+
+class AnsweredThenTimedOut:
+    """A node whose write is applied (the hook answers) and whose wait then fails, as
+    when the commit timeout fires between the answer and the handler resuming."""
+
+    limits = NodeLimits()
+
+    async def append_change(self, change: Any, key: str, on_applied: Any) -> bytes:
+        on_applied(entry(b'{"_id":7}'))
+        raise CommitTimeout("the change was not committed in time")
+
+
+def test_a_write_answered_from_the_ready_loop_is_never_answered_twice() -> None:
+    async def scenario() -> None:
+        app = web.Application()
+        app[STATE_KEY] = ApiState(
+            node=AnsweredThenTimedOut(),  # type: ignore[arg-type]
+            prefix="",
+            members=None,  # type: ignore[arg-type]
+            metrics=None,  # type: ignore[arg-type]
+            page_caching=PageCaching(),
+            streams=StreamSlots(),
+        )
+        transport = FakeTransport()
+        payload = StreamReader(
+            mock.Mock(_reading_paused=False), 2**16, loop=asyncio.get_running_loop()
+        )
+        payload.feed_data(b'{"data":1}')
+        payload.feed_eof()
+        request = make_mocked_request(
+            "POST",
+            "/changes",
+            headers={"Content-Type": "application/json"},
+            app=app,
+            transport=transport,
+            payload=payload,
+        )
+        response = await changes.post_change(request)
+        # The 200 went out from the hook; the handler's response only finishes the
+        # bookkeeping (no 503 after it on the same connection).
+        assert transport.written == [json_200(b'{"_id":7}')]
+        assert response.status == 200 and response.body == b'{"_id":7}'
+
+    asyncio.run(scenario())

@@ -100,6 +100,11 @@ def test_a_request_answered_early_gets_that_answer_once(carrier: str) -> None:
             assert await a.transport.propose(2, 0, b"x") == 7
             answered.set()
             assert await a.transport.propose(2, 0, b"y") == 7  # its own early answer
+            # A handler that answered the usual way: a later early answer is dropped.
+            b.on_request = b.echo
+            assert await a.transport.propose(2, 0, b"zzz") == 3
+            context, _ = b.requests[-1]  # its reply went out before `a` had it: closed
+            assert not context.reply_now(ProposalReply(0, index=99))
         finally:
             await stop_all([a, b])
 

@@ -39,6 +39,12 @@ async def post_change(request: web.Request) -> web.Response:
     delivery = WriteDelivery(request) if can_write_directly(request) else None
     try:
         stored = await node.append_change(change, key, delivery)
+    except Exception:
+        if delivery is None or delivery.sent_body is None:
+            raise
+        # Answered already, the change applied: a failure of the wait after that (a
+        # commit timeout firing in between) must not write a second answer.
+        stored = delivery.sent_body
     finally:
         if delivery is not None:
             delivery.close()

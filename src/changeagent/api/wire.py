@@ -147,21 +147,27 @@ class WriteDelivery:
     (`RaftDriver.propose`'s `on_applied`), from inside the Ready loop: the handler's
     task resumes two loop iterations later (the commit wait's shield, then the task)
     and only finishes aiohttp's bookkeeping. Once the handler stops waiting (an error,
-    a timeout) it calls `close`, and a late call writes nothing."""
+    a timeout) it calls `close`, and a late call writes nothing. Once `sent`, the
+    handler must not answer again, even if its wait then fails (a commit timeout
+    firing between the two): `sent_body` is the answer the client has."""
 
-    __slots__ = ("_request", "closed", "sent")
+    __slots__ = ("_request", "closed", "sent_body")
 
     def __init__(self, request: web.BaseRequest) -> None:
         self._request = request
-        self.sent = False
+        self.sent_body: bytes | None = None
         self.closed = False
+
+    @property
+    def sent(self) -> bool:
+        return self.sent_body is not None
 
     def __call__(self, entry: Entry) -> None:
         transport = self._request.transport
         if self.closed or self.sent or transport is None or transport.is_closing():
             return  # the handler answers (or aiohttp notices the disconnect)
         transport.write(json_200(entry.data))
-        self.sent = True
+        self.sent_body = entry.data
 
     def close(self) -> None:
         self.closed = True

@@ -748,6 +748,7 @@ class Transport:
         finally:
             connection.requests_in_flight -= 1
         if not early.sent:
+            early.closed = True  # a late `reply_now` (the handler gave up first) is dropped
             await self._send_reply(connection, reply)
 
     async def _send_reply(self, connection: Connection, reply: Reply) -> None:
@@ -874,17 +875,18 @@ class _EarlyReply:
     """`RequestContext.reply_now` for one request: writes its reply in this call
     when nothing else is being written on the connection (frames never interleave)."""
 
-    __slots__ = ("_connection", "_request", "_transport", "sent")
+    __slots__ = ("_connection", "_request", "_transport", "closed", "sent")
 
     def __init__(self, transport: Transport, connection: Connection, request: Request) -> None:
         self._transport = transport
         self._connection = connection
         self._request = request
         self.sent = False
+        self.closed = False  # answered the usual way: nothing more may go out
 
     def __call__(self, reply: Reply) -> bool:
         connection, request = self._connection, self._request
-        if self.sent or not connection.idle():
+        if self.sent or self.closed or not connection.idle():
             return self.sent
         if not isinstance(reply, _REPLY_TYPES[type(request)]):
             raise TypeError(f"a {type(request).__name__} answered early with {reply!r}")
