@@ -84,7 +84,7 @@ def counting_middleware(
                 add_duration(numbers(request, route, redirect.status), perf_counter() - started)
                 raise
         finally:
-            if key is not None and in_flight is not None:
+            if in_flight is not None:
                 in_flight.leave(key)
         route = request.match_info.route
         status = response.status

@@ -734,10 +734,7 @@ class Transport:
         early = _EarlyReply(self, connection, request)
         context = RequestContext(identity.node_id, identity.member, identity.address, early)
         try:
-            reply = await self._on_request(context, request)
-            if not isinstance(reply, _REPLY_TYPES[type(request)]):
-                raise TypeError(f"on_request answered a {type(request).__name__} with {reply!r}")
-            reply = replace(reply, request_id=request.request_id)
+            reply = _addressed(request, await self._on_request(context, request))
         except RequestFailed as failure:
             reply = _error_reply(request, failure.code, failure.message)
         except Exception:
@@ -888,9 +885,7 @@ class _EarlyReply:
         connection, request = self._connection, self._request
         if self.sent or self.closed or not connection.idle():
             return self.sent
-        if not isinstance(reply, _REPLY_TYPES[type(request)]):
-            raise TypeError(f"a {type(request).__name__} answered early with {reply!r}")
-        body = encode_frame(replace(reply, request_id=request.request_id))
+        body = encode_frame(_addressed(request, reply))
         try:
             connection.send_now([body], lambda: self._transport._close_soon(connection))
         except ConnectionClosed:
@@ -904,6 +899,13 @@ _REPLY_TYPES: dict[type[Request], type[Reply]] = {
     ReadIndexRequest: ReadIndexReply,
     RpcRequest: RpcResponse,
 }
+
+
+def _addressed(request: Request, reply: Reply) -> Reply:
+    """`reply`, checked to be the kind `request` takes, with its request id."""
+    if not isinstance(reply, _REPLY_TYPES[type(request)]):
+        raise TypeError(f"on_request answered a {type(request).__name__} with {reply!r}")
+    return replace(reply, request_id=request.request_id)
 
 
 def _error_reply(request: Request, code: str, message: str) -> Reply:
