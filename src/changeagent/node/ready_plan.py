@@ -37,8 +37,8 @@ Every `Apply` is preceded by a `NoteCommit` of its last index: what is served
 from then on must be served again after a restart. So a commit index in the
 database is only a floor for after a power loss (which may lose the noted one);
 writing it with every write was one more upsert and two more pages per write on
-each member (~6-9 % of a 1-client write through 3 members, measured beside the
-tree before). It goes to the database at most every `COMMIT_STORED_LAG_MAX`
+each member (1 client through 3 members: 1.04x writes/s without it, measured
+beside the tree before). It goes to the database at most every `COMMIT_STORED_LAG_MAX`
 entries: after a power loss a node alone shows at most that many fewer changes
 than it served, until it hears the commit from a leader again (a standalone node
 at once: it commits its whole log with the first entry of its new term).
