@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import re
 import socket
 
 import orjson
 import pytest
 
-from tests.support.server import ServerProcess
+from tests.support.server import ServerProcess, read_response
 
 
 def post_ok(server: ServerProcess, document: object, **headers: str) -> dict:
@@ -198,22 +197,6 @@ def test_unknown_path_404_and_wrong_method_405_are_json(server: ServerProcess) -
     assert "error" in wrong.json()
 
 
-def _read_response(connection: socket.socket, buffered: bytes) -> tuple[bytes, bytes, bytes]:
-    """(head, body, what follows) of one HTTP/1.1 response read from `connection`."""
-    data = buffered
-    while b"\r\n\r\n" not in data:
-        chunk = connection.recv(65536)
-        assert chunk, "the server closed the connection"
-        data += chunk
-    head, _, rest = data.partition(b"\r\n\r\n")
-    length = int(re.search(rb"(?i)\r\ncontent-length: *(\d+)", head).group(1))  # type: ignore[union-attr]
-    while len(rest) < length:
-        chunk = connection.recv(65536)
-        assert chunk, "the server closed the connection"
-        rest += chunk
-    return head, rest[:length], rest[length:]
-
-
 @pytest.mark.parametrize("version", ["HTTP/1.1", "HTTP/1.0"])
 def test_pipelined_writes_are_each_answered_once_in_order(
     server: ServerProcess, version: str
@@ -233,13 +216,13 @@ def test_pipelined_writes_are_each_answered_once_in_order(
         connection.sendall(requests)
         answers, rest = [], b""
         for _ in range(count if version == "HTTP/1.1" else 1):
-            head, body, rest = _read_response(connection, rest)
+            head, body, rest = read_response(connection, rest)
             assert head.startswith(version.encode() + b" 200 OK"), head
             answers.append(orjson.loads(body))
         assert rest == b""
         if version == "HTTP/1.1":  # a stray copy of an answer would come before this one
             connection.sendall(b"GET /changes/2 HTTP/1.1\r\nHost: x\r\n\r\n")
-            head, body, rest = _read_response(connection, rest)
+            head, body, rest = read_response(connection, rest)
             assert head.startswith(b"HTTP/1.1 200 OK") and orjson.loads(body)["_id"] == 2
             assert rest == b""
     assert [answer["data"] for answer in answers] == list(range(len(answers)))

@@ -7,11 +7,14 @@ they write through a follower (real processes behind the LinkProxy):
 - `consistency=linearizable` is refused (503) by a leader cut off from its
   quorum, never answered from its stale copy;
 - a write sent to a follower is answered only once that follower has applied it
-  (the leader's link to it is delayed, so its copy lags the commit).
+  (the leader's link to it is delayed, so its copy lags the commit);
+- writes pipelined on one connection to a follower are answered once each, in
+  order (the follower may write an answer from its apply step).
 """
 
 from __future__ import annotations
 
+import socket
 import threading
 import time
 from pathlib import Path
@@ -21,7 +24,7 @@ import orjson
 
 from tests.cluster.harness import COMMIT_TIMEOUT_S, all_changes, post, proxied_cluster
 from tests.support.cluster import ClusterNode
-from tests.support.server import Response, wait_until
+from tests.support.server import Response, read_response, wait_until
 
 FORM = {"Content-Type": "application/x-www-form-urlencoded"}
 YAML = {"Content-Type": "application/yaml"}
@@ -223,3 +226,39 @@ def test_a_write_through_a_follower_is_answered_once_that_follower_applied_it(
         stored = {change["_id"]: change for change in cluster.assert_same_lists()}
         assert all(stored[change["_id"]] == change for change in written)
         assert len(all_changes(other)) == 30
+
+
+def test_pipelined_writes_through_a_follower_are_each_answered_once_in_order(
+    tmp_path: Path,
+) -> None:
+    # The follower writes a forwarded write's answer from the apply step that reaches
+    # its index (`AppliedIndex.wait`'s hook) and aiohttp only finishes its
+    # bookkeeping: a second copy, or an answer out of order, would show up here.
+    count = 20
+    requests = b"".join(
+        b"POST /changes HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        b"Content-Length: %d\r\n\r\n%s" % (len(body), body)
+        for body in (b'{"data":%d}' % n for n in range(count))
+    )
+    with proxied_cluster(tmp_path, 3) as cluster:
+        leader = cluster.leader()
+        follower = next(node for node in cluster.nodes if node is not leader)
+        with socket.create_connection(("127.0.0.1", follower.port), timeout=30) as connection:
+            connection.sendall(requests)
+            answers, rest = [], b""
+            for _ in range(count):
+                head, body, rest = read_response(connection, rest)
+                assert head.startswith(b"HTTP/1.1 200 OK"), head
+                answers.append(orjson.loads(body))
+            assert rest == b""
+            first = answers[0]["_id"]
+            connection.sendall(b"GET /changes/%d HTTP/1.1\r\nHost: x\r\n\r\n" % first)
+            head, body, rest = read_response(connection, rest)
+            assert head.startswith(b"HTTP/1.1 200 OK") and orjson.loads(body) == answers[0]
+            assert rest == b""
+        assert [answer["data"] for answer in answers] == list(range(count))
+        ids = [answer["_id"] for answer in answers]
+        assert ids == sorted(set(ids)), ids
+        cluster.wait_converged()
+        stored = {change["_id"]: change for change in cluster.assert_same_lists()}
+        assert all(stored[answer["_id"]] == answer for answer in answers)

@@ -231,7 +231,7 @@ class FakeChanges:
         return entry
 
 
-def test_peer_requests_release_the_notice_before_answering() -> None:
+def test_peer_requests_release_the_notice_with_the_answer() -> None:
     events: list[str] = []
     requests = PeerRequests(FakeReplica(events), FakeChanges(events), None)  # type: ignore[arg-type]
 
@@ -251,8 +251,9 @@ def test_peer_requests_release_the_notice_before_answering() -> None:
 
     asyncio.run(scenario())
     assert events == [
-        # a new change: answered from its on_applied, the notice first
-        "committed", "release 7", "answered early: 9", "release 7",
+        # a new change: answered from its on_applied, then the notice (the asking
+        # member waits with its client's answer ready, written when it applies)
+        "committed", "answered early: 9", "release 7", "release 7",
         # a keyed one: answered when the handler returns, the notice first
         "committed", "release 7",
         "read index", "release 7",

@@ -7,6 +7,7 @@ import http.client
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -158,3 +159,19 @@ def wait_until(condition: Any, timeout_s: float = 10.0, interval_s: float = 0.01
         if time.monotonic() > deadline:
             raise AssertionError(f"condition not met within {timeout_s} s")
         time.sleep(interval_s)
+
+
+def read_response(connection: socket.socket, buffered: bytes) -> tuple[bytes, bytes, bytes]:
+    """(head, body, what follows) of one HTTP/1.1 response read from `connection`."""
+    data = buffered
+    while b"\r\n\r\n" not in data:
+        chunk = connection.recv(65536)
+        assert chunk, "the server closed the connection"
+        data += chunk
+    head, _, rest = data.partition(b"\r\n\r\n")
+    length = int(re.search(rb"(?i)\r\ncontent-length: *(\d+)", head).group(1))  # type: ignore[union-attr]
+    while len(rest) < length:
+        chunk = connection.recv(65536)
+        assert chunk, "the server closed the connection"
+        rest += chunk
+    return head, rest[:length], rest[length:]

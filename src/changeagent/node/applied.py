@@ -11,8 +11,14 @@ from __future__ import annotations
 import asyncio
 import heapq
 import itertools
+import logging
+from collections.abc import Callable
 
 from changeagent.node.errors import CommitTimeout, NotAvailable
+
+log = logging.getLogger(__name__)
+
+OnReached = Callable[[], None]
 
 
 class AppliedIndex:
@@ -20,7 +26,7 @@ class AppliedIndex:
 
     def __init__(self, index: int = 0) -> None:
         self.index = index
-        self._waiters: list[tuple[int, int, asyncio.Future[None]]] = []
+        self._waiters: list[tuple[int, int, asyncio.Future[None], OnReached | None]] = []
         self._order = itertools.count()
         self._refusal: str | None = None  # set once the node stops applying
 
@@ -29,23 +35,28 @@ class AppliedIndex:
         self.index = max(self.index, index)
         waiters = self._waiters
         while waiters and waiters[0][0] <= self.index:
-            future = heapq.heappop(waiters)[2]
+            _, _, future, on_reached = heapq.heappop(waiters)
             if not future.done():
+                if on_reached is not None:
+                    _call_on_reached(on_reached)
                 future.set_result(None)
 
     def reset(self, index: int) -> None:
         """A new Raft core starts at `index` (join: from nothing; leave: one further)."""
         self.index = index
 
-    async def wait(self, index: int, timeout_s: float) -> None:
+    async def wait(self, index: int, timeout_s: float, on_reached: OnReached | None = None) -> None:
         """Until `index` is applied; CommitTimeout after `timeout_s`, NotAvailable
-        when the node stops applying."""
+        when the node stops applying. `on_reached()`, if given, is called inside
+        `advance` (from the Ready loop's apply step, before anything else that step
+        sends), only if this call is still waiting: a forwarded write's answer is
+        written from there (`api/wire.py` `WriteDelivery`)."""
         if self.index >= index:
             return
         if self._refusal is not None:
             raise NotAvailable(self._refusal, retry_after_s=1)
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        heapq.heappush(self._waiters, (index, next(self._order), future))
+        heapq.heappush(self._waiters, (index, next(self._order), future, on_reached))
         try:
             async with asyncio.timeout(timeout_s):
                 await future
@@ -58,7 +69,14 @@ class AppliedIndex:
         """The node stopped applying: end every wait now, refuse new ones."""
         self._refusal = self._refusal or reason
         waiters, self._waiters = self._waiters, []
-        for _, _, future in waiters:
+        for _, _, future, _ in waiters:
             if not future.done():
                 future.set_exception(NotAvailable(reason, retry_after_s=1))
                 future.exception()  # marked retrieved: its waiter may be gone
+
+
+def _call_on_reached(on_reached: OnReached) -> None:
+    try:
+        on_reached()
+    except Exception:  # the waiter still resumes and answers the usual way
+        log.exception("an applied-index hook failed; the request answers normally")

@@ -23,6 +23,7 @@ from collections.abc import Callable
 import orjson
 
 from changeagent.change import NewChange, encode_change, stored_bytes_max
+from changeagent.node.applied import OnReached
 from changeagent.node.driver import OnApplied
 from changeagent.node.errors import NotAvailable, PayloadTooLarge
 from changeagent.node.replica import Replica
@@ -50,8 +51,10 @@ class ChangeLog:
     ) -> bytes:
         """Store a change durably; return its stored bytes. Retries with `key` get the
         original. `on_applied(entry)`: called the moment a new change (no key) proposed
-        here is applied, before this returns (see `RaftDriver.propose`); never for a
-        forwarded write or a keyed one."""
+        here is applied, before this returns (see `RaftDriver.propose`), and for a
+        write forwarded to the leader the moment this node applies the index the
+        leader answered (`AppliedIndex.wait`), if it had not yet; never for a keyed
+        write on the leader."""
         if key:
             existing = self._applied_for_key(key)
             if existing is not None:
@@ -64,8 +67,14 @@ class ChangeLog:
         _check_fits(change, self.limits.entry_bytes_max)  # before it travels to the leader
         timeout_s = self.limits.commit_timeout_s
         index = await replica.leader.forward_change(change, key, timeout_s)
-        await replica.wait_applied(index, timeout_s)
+        await replica.wait_applied(index, timeout_s, self._answer_hook(index, on_applied))
         return self._stored_answer(index)
+
+    def _answer_hook(self, index: int, on_applied: OnApplied | None) -> OnReached | None:
+        """`on_applied` with the stored change at `index`, for `AppliedIndex.wait`."""
+        if on_applied is None:
+            return None
+        return lambda: on_applied(Entry(index, 0, 0, self._stored_answer(index)))
 
     async def propose_change(
         self, change: NewChange, key: str = "", on_applied: OnApplied | None = None

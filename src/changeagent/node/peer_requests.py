@@ -61,15 +61,18 @@ class PeerRequests:
 
     async def _answer_member(self, context: RequestContext, request: Request) -> Reply:
         # The asking member answers its client once it has applied the index: the
-        # commit notice held for it (commit_notices.py) goes out ahead of the reply.
+        # commit notice held for it (commit_notices.py) goes out with the reply.
         peer_id = context.peer_id
         if isinstance(request, Proposal):
 
             def answer_now(entry: Entry) -> None:
                 # From the Ready loop, the moment the write is applied here (a change
                 # with no key): two loop iterations before this coroutine resumes.
-                self._replica.release_commit_notice(peer_id)
+                # The answer goes first: the asking member then waits for the index
+                # with its client's answer ready, and writes it from the apply step
+                # the commit notice causes, ahead of its acknowledgement of the notice.
                 context.reply_now(ProposalReply(0, index=entry.index))
+                self._replica.release_commit_notice(peer_id)
 
             change = parse_change_body(request.data)
             entry = await self._changes.propose_change(change, request.key, answer_now)

@@ -1,0 +1,75 @@
+"""AppliedIndex: waits for an applied index, and the hook a forwarded write's
+answer is written from (called inside `advance`, before the waiter resumes)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+import pytest
+
+from changeagent.node.applied import AppliedIndex
+from changeagent.node.errors import CommitTimeout, NotAvailable
+
+
+def test_the_hook_runs_inside_advance_once_before_the_waiter_resumes() -> None:
+    async def scenario() -> list[str]:
+        events: list[str] = []
+        applied = AppliedIndex(3)
+
+        async def waiter() -> None:
+            await applied.wait(5, 10, lambda: events.append("hook"))
+            events.append("resumed")
+
+        task = asyncio.create_task(waiter())
+        await asyncio.sleep(0)
+        applied.advance(4)
+        events.append("advanced to 4")
+        applied.advance(6)
+        events.append("advanced to 6")
+        applied.advance(7)
+        await task
+        return events
+
+    assert asyncio.run(scenario()) == ["advanced to 4", "hook", "advanced to 6", "resumed"]
+
+
+def test_no_hook_when_applied_already_timed_out_or_refused() -> None:
+    async def scenario() -> list[str]:
+        calls: list[str] = []
+        applied = AppliedIndex(5)
+        await applied.wait(5, 10, lambda: calls.append("already"))
+        with pytest.raises(CommitTimeout):
+            await applied.wait(6, 0.01, lambda: calls.append("timed out"))
+        applied.advance(6)  # the timed-out waiter is gone: its hook must not run
+
+        async def refused() -> None:
+            await applied.wait(9, 10, lambda: calls.append("refused"))
+
+        task = asyncio.create_task(refused())
+        await asyncio.sleep(0)
+        applied.refuse("stopping")
+        with pytest.raises(NotAvailable):
+            await task
+        applied.advance(9)
+        return calls
+
+    assert asyncio.run(scenario()) == []
+
+
+def test_a_failing_hook_is_logged_and_the_waiter_still_resumes(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    def broken() -> None:
+        raise RuntimeError("broken hook")
+
+    async def scenario() -> None:
+        applied = AppliedIndex(0)
+        task = asyncio.create_task(applied.wait(1, 10, broken))
+        await asyncio.sleep(0)
+        applied.advance(1)
+        await task
+
+    with caplog.at_level(logging.ERROR, logger="changeagent.node.applied"):
+        asyncio.run(scenario())
+    assert "applied-index hook failed" in caplog.text
