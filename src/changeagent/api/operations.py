@@ -303,6 +303,8 @@ async def memory(request: web.Request) -> web.Response:
             "vmsBytes": info.vms,
             "gcCounts": list(gc.get_count()),
             "gcObjects": len(gc.get_objects()),
+            "gcThresholds": list(gc.get_threshold()),
+            "gcFrozenObjects": gc.get_freeze_count(),
         }
     )
 
