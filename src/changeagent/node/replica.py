@@ -48,6 +48,7 @@ from changeagent.node.replicated_state import (
 )
 from changeagent.node.settings_entry import encode_purge
 from changeagent.node.supervisor import Supervisor
+from changeagent.node.timed import wait_shielded
 from changeagent.raft import (
     ENTRY_TYPE_PURGE,
     Entry,
@@ -279,14 +280,7 @@ class Replica:
     async def await_commit(self, future: asyncio.Future[Entry]) -> Entry:
         """The proposal's entry once applied; CommitTimeout after the commit timeout
         (the proposal goes on: waiting again is safe)."""
-        try:
-            async with asyncio.timeout(self.limits.commit_timeout_s):
-                return await asyncio.shield(future)
-        except TimeoutError:
-            raise CommitTimeout(
-                "the change was not committed in time; it may still commit. "
-                "Retry with the same Idempotency-Key to get it exactly once"
-            ) from None
+        return await wait_shielded(future, self.limits.commit_timeout_s, _commit_timeout)
 
     async def wait_applied(
         self, index: int, timeout_s: float, on_reached: OnReached | None = None
@@ -519,3 +513,10 @@ def ticks(settings: Settings) -> tuple[float, int]:
     tick_s = settings.heartbeat_timeout_ns / SECOND_NS
     election_ticks = max(2, round(settings.election_timeout_ns / settings.heartbeat_timeout_ns))
     return tick_s, election_ticks
+
+
+def _commit_timeout() -> CommitTimeout:
+    return CommitTimeout(
+        "the change was not committed in time; it may still commit. "
+        "Retry with the same Idempotency-Key to get it exactly once"
+    )
