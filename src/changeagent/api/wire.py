@@ -145,7 +145,7 @@ class JsonResponse(web.Response):
 class WriteDelivery:
     """Writes the answer to one POST /changes the moment its change is applied
     (`RaftDriver.propose`'s `on_applied`), from inside the Ready loop: the handler's
-    task resumes two loop iterations later (the commit wait's shield, then the task)
+    task resumes two loop iterations later (the commit wait's callback, then the task)
     and only finishes aiohttp's bookkeeping. Once the handler stops waiting (an error,
     a timeout) it calls `close`, and a late call writes nothing. Once `sent`, the
     handler must not answer again, even if its wait then fails (a commit timeout
