@@ -55,15 +55,16 @@ class AppliedIndex:
             return
         if self._refusal is not None:
             raise NotAvailable(self._refusal, retry_after_s=1)
-        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[None] = loop.create_future()
         heapq.heappush(self._waiters, (index, next(self._order), future, on_reached))
+        # A loop timer on our own future, not `asyncio.timeout` (see `node/timed.py`):
+        # a waiter that timed out is done, so `advance` skips it and its hook.
+        timer = loop.call_later(timeout_s, _time_out, future, index)
         try:
-            async with asyncio.timeout(timeout_s):
-                await future
-        except TimeoutError:
-            raise CommitTimeout(
-                f"this node has not applied entry {index} yet; it is committed on the leader"
-            ) from None
+            await future
+        finally:
+            timer.cancel()
 
     def refuse(self, reason: str) -> None:
         """The node stopped applying: end every wait now, refuse new ones."""
@@ -80,3 +81,12 @@ def _call_on_reached(on_reached: OnReached) -> None:
         on_reached()
     except Exception:  # the waiter still resumes and answers the usual way
         log.exception("an applied-index hook failed; the request answers normally")
+
+
+def _time_out(future: asyncio.Future[None], index: int) -> None:
+    if not future.done():
+        future.set_exception(
+            CommitTimeout(
+                f"this node has not applied entry {index} yet; it is committed on the leader"
+            )
+        )
