@@ -15,6 +15,7 @@ import logging
 from collections.abc import Callable
 
 from changeagent.node.errors import CommitTimeout, NotAvailable
+from changeagent.timed import wait_owned
 
 log = logging.getLogger(__name__)
 
@@ -55,16 +56,10 @@ class AppliedIndex:
             return
         if self._refusal is not None:
             raise NotAvailable(self._refusal, retry_after_s=1)
-        loop = asyncio.get_running_loop()
-        future: asyncio.Future[None] = loop.create_future()
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         heapq.heappush(self._waiters, (index, next(self._order), future, on_reached))
-        # A loop timer on our own future, not `asyncio.timeout` (see `node/timed.py`):
-        # a waiter that timed out is done, so `advance` skips it and its hook.
-        timer = loop.call_later(timeout_s, _time_out, future, index)
-        try:
-            await future
-        finally:
-            timer.cancel()
+        # A waiter that timed out is done, so `advance` skips it and its hook.
+        await wait_owned(future, timeout_s, lambda: _not_applied(index))
 
     def refuse(self, reason: str) -> None:
         """The node stopped applying: end every wait now, refuse new ones."""
@@ -83,10 +78,7 @@ def _call_on_reached(on_reached: OnReached) -> None:
         log.exception("an applied-index hook failed; the request answers normally")
 
 
-def _time_out(future: asyncio.Future[None], index: int) -> None:
-    if not future.done():
-        future.set_exception(
-            CommitTimeout(
-                f"this node has not applied entry {index} yet; it is committed on the leader"
-            )
-        )
+def _not_applied(index: int) -> CommitTimeout:
+    return CommitTimeout(
+        f"this node has not applied entry {index} yet; it is committed on the leader"
+    )

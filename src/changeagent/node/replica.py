@@ -48,7 +48,6 @@ from changeagent.node.replicated_state import (
 )
 from changeagent.node.settings_entry import encode_purge
 from changeagent.node.supervisor import Supervisor
-from changeagent.node.timed import wait_shielded
 from changeagent.raft import (
     ENTRY_TYPE_PURGE,
     Entry,
@@ -60,6 +59,7 @@ from changeagent.raft import (
     Snapshot,
 )
 from changeagent.storage import Storage, StorageFailed, WriteBatch
+from changeagent.timed import wait_shielded
 
 if TYPE_CHECKING:
     from changeagent.transport import Transport

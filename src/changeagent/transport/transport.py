@@ -21,6 +21,7 @@ from typing import Any, TypeVar, cast
 from changeagent.eager import start_now
 from changeagent.ids import format_id
 from changeagent.raft.messages import Message
+from changeagent.timed import wait_owned
 from changeagent.transport.auth import (
     Credentials,
     PeerIdentity,
@@ -796,18 +797,17 @@ class Transport:
     async def _await_reply(
         self, request_id: int, pending: _Pending, timeout_s: float, counters: LinkCounters | None
     ) -> Reply:
-        # A loop timer that fails the request's own future, not `asyncio.timeout`
-        # (its Timeout costs several times more per request: `node/timed.py`).
-        loop = asyncio.get_running_loop()
-        timer = loop.call_later(max(timeout_s, 0.0), _time_out, pending, timeout_s)
+        def timed_out() -> RequestFailed:
+            message = f"no answer from node {format_id(pending.peer_id)} within {timeout_s:.3g}s"
+            return RequestFailed(ERROR_TIMEOUT, message)
+
         try:
-            reply = await pending.future
+            reply = await wait_owned(pending.future, max(timeout_s, 0.0), timed_out)
         except RequestFailed:
             if counters is not None:
                 counters.requests_failed += 1
             raise
         finally:
-            timer.cancel()
             self._pending.pop(request_id, None)
         if reply.error_code:
             raise RequestFailed(reply.error_code, reply.error_message)
@@ -913,9 +913,3 @@ def _error_reply(request: Request, code: str, message: str) -> Reply:
     if isinstance(request, ReadIndexRequest):
         return ReadIndexReply(request.request_id, error_code=code, error_message=message)
     return RpcResponse(request.request_id, error_code=code, error_message=message)
-
-
-def _time_out(pending: _Pending, timeout_s: float) -> None:
-    if not pending.future.done():
-        message = f"no answer from node {format_id(pending.peer_id)} within {timeout_s:.3g}s"
-        pending.future.set_exception(RequestFailed(ERROR_TIMEOUT, message))

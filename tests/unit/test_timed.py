@@ -1,5 +1,6 @@
-"""wait_shielded: a future's outcome, or the caller's error after a deadline; the
-future itself is never cancelled, by the deadline or by the caller."""
+"""wait_owned: a future of the caller's own, failed with the caller's error at the
+deadline. wait_shielded: a shared future's outcome, or the caller's error after a
+deadline; the future itself is never cancelled, by the deadline or by the caller."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import logging
 
 import pytest
 
-from changeagent.node.timed import wait_shielded
+from changeagent.timed import wait_owned, wait_shielded
 
 
 class Late(Exception):
@@ -90,3 +91,18 @@ def test_the_timer_is_gone_once_the_future_is_done() -> None:
         return len([handle for handle in loop._scheduled if not handle.cancelled()])  # type: ignore[attr-defined]
 
     assert asyncio.run(scenario()) == 0
+
+
+def test_wait_owned_fails_the_future_itself_at_the_deadline() -> None:
+    async def scenario() -> None:
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[int] = loop.create_future()
+        with pytest.raises(Late):
+            await wait_owned(future, 0.01, late)
+        assert future.done() and isinstance(future.exception(), Late)
+        answered: asyncio.Future[int] = loop.create_future()
+        loop.call_soon(answered.set_result, 4)
+        assert await wait_owned(answered, 3600, late) == 4
+        assert not [h for h in loop._scheduled if not h.cancelled()]  # type: ignore[attr-defined]
+
+    asyncio.run(scenario())
