@@ -31,6 +31,7 @@ from changeagent.storage.reads import RowMissing
 from changeagent.storage.tail import DATA, TAGS, TERM, TYPE, TailCache, TailRecord, record_entry
 from changeagent.storage.write_queue import Queued, WriteQueue, fresh_error, settle
 from changeagent.storage.writer import (
+    ATTACHED_AS,
     BatchRejected,
     GroupTransaction,
     LogState,
@@ -585,10 +586,30 @@ class Storage:
             raise
 
     def _write_group(self, group: list[Queued]) -> None:
+        seed = next((item.batch.seed for item in group if item.batch.seed is not None), None)
+        if seed is None:
+            self._write_attached(group, None)
+            return
+        # ATTACH is refused inside a transaction: the seed is attached around it.
+        # A file `inspect_seed` checked that fails to attach is a disk error.
+        attach = "ATTACH DATABASE ? AS " + ATTACHED_AS
+        try:
+            self._connection.execute(attach, (str(seed.path),))
+        except sqlite3.Error as error:
+            failure = self._writes.fail(StorageFailed(f"the seed could not be attached: {error!r}"))
+            settle([(item, failure) for item in group])
+            return
+        try:
+            self._write_attached(group, seed.path)
+        finally:
+            with contextlib.suppress(sqlite3.Error):
+                self._connection.execute("DETACH DATABASE " + ATTACHED_AS)
+
+    def _write_attached(self, group: list[Queued], seed_path: Path | None) -> None:
         transaction: GroupTransaction | None = None
         rejected: list[tuple[Queued, BatchRejected]] = []
         try:
-            transaction = GroupTransaction(self._connection, self._state)
+            transaction = GroupTransaction(self._connection, self._state, seed_path)
             for item in group:
                 try:
                     transaction.apply(item.batch)
