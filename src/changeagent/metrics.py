@@ -280,6 +280,16 @@ def _counters(node: Node) -> Iterator[Metric]:
             "Log entries removed from this node by purges.",
             counters.purged_entries,
         ),
+        (
+            "changeagent_seeds_sent",
+            "Joining nodes this node (as leader) sent its committed log to as a file.",
+            counters.seeds_sent,
+        ),
+        (
+            "changeagent_seeded_entries",
+            "Log entries this node took as a seed (a file from the leader) when it joined.",
+            counters.seeded_entries,
+        ),
     ):
         yield CounterMetricFamily(name, documentation, value=value)
 

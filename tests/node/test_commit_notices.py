@@ -233,7 +233,7 @@ class FakeChanges:
 
 def test_peer_requests_release_the_notice_with_the_answer() -> None:
     events: list[str] = []
-    requests = PeerRequests(FakeReplica(events), FakeChanges(events), None)  # type: ignore[arg-type]
+    requests = PeerRequests(FakeReplica(events), FakeChanges(events), None, None)  # type: ignore[arg-type]
 
     def reply_now(reply: Any) -> bool:
         events.append(f"answered early: {reply.index}")

@@ -151,6 +151,15 @@ def build_parser() -> argparse.ArgumentParser:
         help="seconds a write waits to commit before 503 (default 30)",
     )
     parser.add_argument(
+        "--seed-entries",
+        type=int,
+        default=DEFAULT_LIMITS.seed_entries_min,
+        metavar="N",
+        help="a node joining a cluster whose leader holds at least N log entries first "
+        "receives them as a database file instead of one APPEND at a time; 0 never "
+        "(default 10000)",
+    )
+    parser.add_argument(
         "--purge-interval",
         type=float,
         default=DEFAULT_LIMITS.purge_interval_s,
@@ -258,6 +267,7 @@ def options_from_arguments(arguments: argparse.Namespace) -> ServerOptions:
         block_max_s=_positive("--max-block", arguments.max_block),
         commit_timeout_s=_positive("--commit-timeout", arguments.commit_timeout),
         purge_interval_s=_positive("--purge-interval", arguments.purge_interval),
+        seed_entries_min=_not_negative("--seed-entries", arguments.seed_entries),
     )
     return ServerOptions(
         data_dir=arguments.data_dir,

@@ -22,3 +22,7 @@ class RuntimeCounters:
     proposals_failed: int = 0
     # Log entries removed from this node's storage by purges (compaction).
     purged_entries: int = 0
+    # Joining nodes this node (as leader) sent its committed log to as a file.
+    seeds_sent: int = 0
+    # Log entries this node took in a seed when it joined (`seeding.py`).
+    seeded_entries: int = 0

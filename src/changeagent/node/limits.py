@@ -38,6 +38,9 @@ class NodeLimits:
     pending_proposals_max: int = 100_000
     commit_timeout_s: float = 30.0
     purge_interval_s: float = 1.0
+    # A joining node is seeded with the leader's committed log as a file (`seeding.py`)
+    # when the leader holds at least this many entries; 0: never.
+    seed_entries_min: int = 10_000
 
     @property
     def entry_bytes_max(self) -> int:

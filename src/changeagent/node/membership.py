@@ -68,6 +68,8 @@ from changeagent.storage import WriteBatch
 from changeagent.transport import PeerUnavailable, RequestFailed
 
 if TYPE_CHECKING:
+    from changeagent.node.seeding import SeedSender
+    from changeagent.storage.seed import SeedInfo
     from changeagent.transport import RpcValue, Transport
 
 log = logging.getLogger(__name__)
@@ -86,6 +88,7 @@ class ClusterMembership:
         self.identity = identity
         self.advertised_port = 0  # the port members reach us on, once listening
         self._changing = asyncio.Lock()
+        self.seeder: SeedSender | None = None  # set by Node: seeds joining nodes
         replica.set_leave_handler(self.leave)
 
     def start(self) -> None:
@@ -210,6 +213,8 @@ class ClusterMembership:
                 await transport.call_address(address, "join", payload, timeout_s=DESCRIBE_TIMEOUT_S)
             except (PeerUnavailable, RequestFailed) as error:
                 raise BadRequest(f"the node at {address} refused to join: {error}") from None
+            if self.seeder is not None:
+                await self.seeder.send(transport, address)
             replica.expect_address(node_id, address)
             context = encode_member_context(address, keep_learner=keep_learner)
             await self._propose(ConfChange(ConfChangeKind.ADD_LEARNER, node_id, context))
@@ -398,7 +403,7 @@ class ClusterMembership:
             raise RequestFailed("bad_request", "malformed join request") from None
         if self.identity.cluster_id not in (0, cluster_id):
             raise RequestFailed("bad_request", "this node belongs to another cluster")
-        if replica.storage.first_user_index() != 0:
+        if self._holds_own_changes():
             raise RequestFailed("bad_request", "this node holds changes; only empty nodes join")
         in_membership = replica.node_id in replica.membership.voters | replica.membership.learners
         if in_membership and not self.identity.standalone:
@@ -416,6 +421,37 @@ class ClusterMembership:
         log.info("joined cluster %s; waiting to be added", format_id(cluster_id))
         return {"node_id": replica.node_id}
 
+    def _holds_own_changes(self) -> bool:
+        """Changes this node did not get as a seed of the cluster it joined (a node
+        that joined and is no member yet holds none of its own: `join` discarded them)."""
+        replica = self._replica
+        if replica.storage.first_user_index() == 0:
+            return False
+        membership = replica.membership
+        in_membership = replica.node_id in membership.voters | membership.learners
+        return self.identity.standalone or in_membership
+
+    def check_seedable(self) -> None:
+        """A seed is taken only after the join RPC, before this node is added."""
+        replica = self._replica
+        if self.identity.standalone:
+            raise Conflict("this node has not joined a cluster: no seed before the join")
+        if replica.node_id in replica.membership.voters | replica.membership.learners:
+            raise Conflict("this node is a member already; its log comes by replication")
+        if self._holds_own_changes():
+            raise Conflict("this node holds changes of its own")
+
+    async def adopt_seed(self, seed: SeedInfo) -> None:
+        """Install a checked seed (`seeding.py`) as this joined node's log."""
+        async with self._exclusive():
+            self.check_seedable()
+            await self._replica.adopt_seed(seed)
+        log.info(
+            "took a seed of the cluster's log up to index %d (%d entries)",
+            seed.last_index,
+            seed.entries,
+        )
+
     def describe(self) -> RpcValue:
         """The `describe` RPC: who we are, for a leader about to add us."""
         replica = self._replica
@@ -423,7 +459,7 @@ class ClusterMembership:
         return {
             "node_id": replica.node_id,
             "cluster_id": self.identity.cluster_id,
-            "has_changes": replica.storage.first_user_index() != 0,
+            "has_changes": self._holds_own_changes(),
             "member": replica.node_id in membership.voters | membership.learners,
         }
 

@@ -8,6 +8,8 @@
   and the cluster identity (`set_cluster`).
 - `PeerRequests` (peer_requests.py): answers to what other members ask.
 - `NodeBackups` (backup.py): online backups of the committed log, one at a time.
+- `SeedSender` / `SeedReceiver` (seeding.py): a joining node gets the leader's
+  committed log as a file (a backup's copy) rather than one APPEND at a time.
 
 `server.py` builds a Node, wires its transport, and alone decides the order of
 start-up and shutdown. Everything runs on one asyncio loop; disk work happens in
@@ -38,6 +40,7 @@ from changeagent.node.peer_requests import PeerRequests
 from changeagent.node.query import ChangeQuery, PageResult
 from changeagent.node.reads import ChangeReader
 from changeagent.node.replica import Replica
+from changeagent.node.seeding import SeedReceiver, SeedSender
 from changeagent.node.settings_entry import encode_settings
 from changeagent.node.status import NodeStatus, state_name
 from changeagent.node.waiters import DeliveryHook
@@ -71,8 +74,10 @@ class Node:
         self.changes = ChangeLog(self.replica, clock_ns)
         self.reads = ChangeReader(self.replica)
         self.cluster = ClusterMembership(self.replica, self.identity)
-        self._peer_requests = PeerRequests(self.replica, self.changes, self.cluster)
         self.backups = NodeBackups(self.replica)
+        self.cluster.seeder = SeedSender(self.replica, self.backups)
+        seeds = SeedReceiver(self.replica, self.cluster)
+        self._peer_requests = PeerRequests(self.replica, self.changes, self.cluster, seeds)
         self._closed = False
 
     # What the API shows ----------------------------------------------------------------

@@ -1,6 +1,7 @@
 """Answers to what peers ask of this node: describe and join (anyone who
-completed the handshake), forwarded writes, read indexes and leader RPCs
-(members only). The transport calls `on_request`; an error goes back as a
+completed the handshake), forwarded writes, read indexes, leader RPCs and a
+joined node's seed (`seeding.py`) (members only: peers that proved the secret).
+The transport calls `on_request`; an error goes back as a
 `RequestFailed` code that the asking node turns into the same `NodeError`.
 """
 
@@ -14,6 +15,8 @@ from changeagent.node.changelog import ChangeLog
 from changeagent.node.errors import NodeError, NotAvailable
 from changeagent.node.membership import ClusterMembership
 from changeagent.node.replica import Replica
+from changeagent.node.seeding import METHODS as SEED_METHODS
+from changeagent.node.seeding import SeedReceiver
 from changeagent.raft import ENTRY_TYPE_CONFIG, Entry
 from changeagent.transport import (
     Proposal,
@@ -33,10 +36,17 @@ OPEN_METHODS = ("describe", "join")  # before a node is a member, it must be ask
 
 
 class PeerRequests:
-    def __init__(self, replica: Replica, changes: ChangeLog, membership: ClusterMembership) -> None:
+    def __init__(
+        self,
+        replica: Replica,
+        changes: ChangeLog,
+        membership: ClusterMembership,
+        seeds: SeedReceiver,
+    ) -> None:
         self._replica = replica
         self._changes = changes
         self._membership = membership
+        self._seeds = seeds
 
     async def on_request(self, context: RequestContext, request: Request) -> Reply:
         """Answer a forwarded write, read index or RPC (see transport's `on_request`)."""
@@ -84,6 +94,8 @@ class PeerRequests:
             return ReadIndexReply(0, index=index)
         if not isinstance(request, RpcRequest):
             raise TypeError(f"no answer for a {type(request).__name__}")
+        if request.method in SEED_METHODS:  # to a joined node, from the leader adding it
+            return RpcResponse(0, await self._seeds.handle(request.method, request.payload))
         return RpcResponse(0, await self._rpc(request.method, request.payload))
 
     async def _rpc(self, method: str, payload: Any) -> RpcValue:

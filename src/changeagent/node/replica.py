@@ -51,6 +51,7 @@ from changeagent.node.supervisor import Supervisor
 from changeagent.raft import (
     ENTRY_TYPE_PURGE,
     Entry,
+    HardState,
     Membership,
     Message,
     NotLeader,
@@ -59,6 +60,7 @@ from changeagent.raft import (
     Snapshot,
 )
 from changeagent.storage import Storage, StorageFailed, WriteBatch
+from changeagent.storage.seed import SeedInfo
 from changeagent.timed import wait_shielded
 
 if TYPE_CHECKING:
@@ -384,6 +386,25 @@ class Replica:
         members = _members(snapshot.membership)
         await self._execute(self.replicated.install_snapshot(snapshot.data, members))
         self._advance_applied(snapshot.index)
+
+    async def adopt_seed(self, seed: SeedInfo) -> None:
+        """A member's committed log (a seed, `seeding.py`) replaces our empty one,
+        after the join RPC and before the leader adds us: Raft restarts over a log
+        that ends at the seed's last index, all of it committed and applied; the
+        replicated state is recovered from it as at a start."""
+        await self.core_driver.stop()
+        # A term no lower than any entry's; no vote in it.
+        hard_state = HardState(term=seed.hard_state.term, vote=0, commit=seed.last_index)
+        await self.storage.write(WriteBatch(discard_log=True, seed=seed, hard_state=hard_state))
+        previous = self.replicated.settings
+        self.replicated, commit = await asyncio.to_thread(
+            recover_replicated_state, self.storage, self.node_id, previous
+        )
+        self.archiver.forget_progress()  # what it archived belongs to the old log
+        await self._adopt_settings(SettingsChanged(previous, self.replicated.settings))
+        self._start_driver(applied=commit)
+        self._advance_applied(commit)
+        self.counters.seeded_entries += seed.entries
 
     def reset_replicated_state(self, membership: Membership) -> None:
         """The log was discarded to join a cluster: start over from its base membership."""
