@@ -205,7 +205,10 @@ class ProxiedCluster:
     def wait_converged(
         self, nodes: list[ClusterNode] | None = None, timeout_s: float = 30.0
     ) -> None:
-        """Until one node of `nodes` leads and all of them applied its commit index."""
+        """Until one node of `nodes` leads, has committed its whole log, and all of
+        them applied it. (A leader's commit index alone is not enough: a new leader
+        may not know yet what the one before it committed until its own no-op
+        commits, so a node could still be about to apply, e.g., a membership change.)"""
 
         def converged() -> bool:
             members = nodes if nodes is not None else self.live()
@@ -216,6 +219,8 @@ class ProxiedCluster:
             if len(leaders) != 1:
                 return False
             commit = leaders[0]["committedIndex"]
+            if commit < leaders[0]["lastIndex"]:
+                return False
             return all(s is not None and s["appliedIndex"] >= commit for s in statuses)
 
         wait_until(converged, timeout_s, 0.05)

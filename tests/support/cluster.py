@@ -180,11 +180,14 @@ class Cluster:
         return [node for node in self.running() if node is not leader]
 
     def wait_converged(self, timeout_s: float = 30.0) -> None:
-        """Until every running node has applied the leader's commit index."""
+        """Until the leader has committed its whole log and every running node has
+        applied it (a new leader may not know yet what the one before committed)."""
 
         def converged() -> bool:
-            leader = self.leader()
-            commit = leader.raft()["committedIndex"]
+            status = self.leader().raft()
+            commit = status["committedIndex"]
+            if commit < status["lastIndex"]:
+                return False
             return all(node.raft()["appliedIndex"] >= commit for node in self.running())
 
         wait_until(converged, timeout_s, 0.05)
