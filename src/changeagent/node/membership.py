@@ -83,12 +83,14 @@ ROLES = ("voter", "learner")
 class ClusterMembership:
     """Membership operations of one node (see the module docstring)."""
 
-    def __init__(self, replica: Replica, identity: ClusterIdentity) -> None:
+    def __init__(
+        self, replica: Replica, identity: ClusterIdentity, seeder: SeedSender | None = None
+    ) -> None:
         self._replica = replica
         self.identity = identity
         self.advertised_port = 0  # the port members reach us on, once listening
         self._changing = asyncio.Lock()
-        self.seeder: SeedSender | None = None  # set by Node: seeds joining nodes
+        self._seeder = seeder  # sends the log to a joining node as a file
         replica.set_leave_handler(self.leave)
 
     def start(self) -> None:
@@ -213,8 +215,8 @@ class ClusterMembership:
                 await transport.call_address(address, "join", payload, timeout_s=DESCRIBE_TIMEOUT_S)
             except (PeerUnavailable, RequestFailed) as error:
                 raise BadRequest(f"the node at {address} refused to join: {error}") from None
-            if self.seeder is not None:
-                await self.seeder.send(transport, address)
+            if self._seeder is not None:
+                await self._seeder.send(transport, address)
             replica.expect_address(node_id, address)
             context = encode_member_context(address, keep_learner=keep_learner)
             await self._propose(ConfChange(ConfChangeKind.ADD_LEARNER, node_id, context))

@@ -73,9 +73,9 @@ class Node:
         )
         self.changes = ChangeLog(self.replica, clock_ns)
         self.reads = ChangeReader(self.replica)
-        self.cluster = ClusterMembership(self.replica, self.identity)
         self.backups = NodeBackups(self.replica)
-        self.cluster.seeder = SeedSender(self.replica, self.backups)
+        seeder = SeedSender(self.replica, self.backups)
+        self.cluster = ClusterMembership(self.replica, self.identity, seeder)
         seeds = SeedReceiver(self.replica, self.cluster)
         self._peer_requests = PeerRequests(self.replica, self.changes, self.cluster, seeds)
         self._closed = False
