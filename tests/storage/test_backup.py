@@ -106,3 +106,13 @@ def test_a_corrupt_row_fails_the_copy(tmp_path: Path) -> None:
     connection.close()
     with pytest.raises(CorruptionError, match="entry 6"):
         copy_committed(tmp_path / "data", tmp_path / "copy.db", 10)
+
+
+def test_a_copy_without_verification_counts_the_same(tmp_path: Path) -> None:
+    storage = _filled(tmp_path / "data", commit=7)
+    try:
+        verified = copy_committed(storage.data_dir, tmp_path / "a.db", 5)
+        counted = copy_committed(storage.data_dir, tmp_path / "b.db", 5, verify=False)
+        assert counted == verified
+    finally:
+        storage.close()

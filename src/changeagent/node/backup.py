@@ -58,8 +58,9 @@ class NodeBackups:
         self._running = False
 
     @contextlib.asynccontextmanager
-    async def session(self) -> AsyncIterator[BackupCopy]:
-        """A committed copy of the log, removed when the block ends."""
+    async def session(self, verify: bool = True) -> AsyncIterator[BackupCopy]:
+        """A committed copy of the log, removed when the block ends; `verify=False`
+        leaves the rows' checksums to whoever reads the copy (a seed)."""
         if self._running:
             raise Conflict("a backup of this node is running; retry once it has finished")
         replica = self._replica
@@ -74,7 +75,7 @@ class NodeBackups:
             started = time.monotonic()
             try:
                 info = await _in_thread(
-                    copy_committed, data_dir, path, applied, (META_CLUSTER_SECRET,)
+                    copy_committed, data_dir, path, applied, (META_CLUSTER_SECRET,), verify
                 )
             except (StorageError, OSError) as error:  # e.g. the disk is full
                 raise NotAvailable(f"the backup copy failed: {error}") from None
