@@ -1,9 +1,11 @@
-"""Seeds: a member's committed log copied into a joining node's empty log
-(`inspect_seed`, `WriteBatch(discard_log=True, seed=...)`)."""
+"""Seeds: a member's committed log made a joining node's database
+(`inspect_seed`, `WriteBatch(seed=...)`: the file replaces the database)."""
 
 from __future__ import annotations
 
 import sqlite3
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -11,7 +13,7 @@ import pytest
 from changeagent.raft.entry import HardState
 from changeagent.storage import Storage, StorageError, WriteBatch
 from changeagent.storage.backup import copy_committed
-from changeagent.storage.seed import SeedInfo, inspect_seed
+from changeagent.storage.seed import inspect_seed
 
 from .conftest import append, change, noop, write
 
@@ -25,7 +27,8 @@ def _member_copy(tmp_path: Path, compact_to: int | None = None) -> Path:
             for index in range(2, 21)
         ]
         append(member, *entries)
-        write(member, WriteBatch(hard_state=HardState(term=3, vote=1, commit=15)))
+        meta = {"node_id": b"1", "sender_only": b"x"}  # the sender's: never the joiner's
+        write(member, WriteBatch(hard_state=HardState(term=3, vote=1, commit=15), meta=meta))
         if compact_to is not None:
             write(member, WriteBatch(compact_to=compact_to, compact_data=b"settings"))
         copy = tmp_path / "seed.db"
@@ -53,7 +56,7 @@ def test_a_seed_replaces_the_log_with_the_members_prefix(tmp_path: Path) -> None
     storage = _joined(tmp_path)
     try:
         hard_state = HardState(term=3, vote=0, commit=15)
-        write(storage, WriteBatch(discard_log=True, seed=info, hard_state=hard_state))
+        write(storage, WriteBatch(seed=info, hard_state=hard_state))
         assert (storage.first_index(), storage.last_index()) == (1, 15)
         assert storage.hard_state() == hard_state
         assert storage.first_user_index() == 2
@@ -77,7 +80,7 @@ def test_a_compacted_seed_keeps_its_snapshot_record(tmp_path: Path) -> None:
     assert (info.snapshot.index, info.snapshot.data, info.entries) == (6, b"settings", 9)
     storage = _joined(tmp_path)
     try:
-        write(storage, WriteBatch(discard_log=True, seed=info, hard_state=info.hard_state))
+        write(storage, WriteBatch(seed=info, hard_state=info.hard_state))
         assert (storage.first_index(), storage.last_index()) == (7, 15)
         assert storage.snapshot() == info.snapshot
         assert storage.first_user_index() == 7
@@ -85,32 +88,80 @@ def test_a_compacted_seed_keeps_its_snapshot_record(tmp_path: Path) -> None:
         storage.close()
 
 
-def test_a_seed_goes_only_into_a_discarded_log(tmp_path: Path) -> None:
+def test_a_seed_goes_alone_with_a_hard_state(tmp_path: Path) -> None:
     info = inspect_seed(_member_copy(tmp_path))
-    with pytest.raises(ValueError, match="discarded log"):
-        WriteBatch(seed=info).validate()
-    with pytest.raises(ValueError, match="discarded log"):
-        WriteBatch(discard_log=True, seed=info, entries=[noop(16)]).validate()
+    hard_state = HardState(term=3, vote=0, commit=15)
+    for batch in (
+        WriteBatch(seed=info),
+        WriteBatch(seed=info, hard_state=hard_state, entries=[noop(16)]),
+        WriteBatch(seed=info, hard_state=hard_state, discard_log=True),
+    ):
+        with pytest.raises(ValueError, match="a seed replaces the database"):
+            batch.validate()
 
 
-def test_two_seeds_in_one_group_the_second_is_rejected(tmp_path: Path) -> None:
+def test_the_node_keeps_its_own_metadata(tmp_path: Path) -> None:
     info = inspect_seed(_member_copy(tmp_path))
-    other = tmp_path / "other.db"
-    other.write_bytes(info.path.read_bytes())
     storage = _joined(tmp_path)
     try:
-        first = storage.submit(WriteBatch(discard_log=True, seed=info))
-        second = storage.submit(WriteBatch(discard_log=True, seed=SeedInfo(other, *_rest(info))))
-        first.result(timeout=30)
-        if second.exception(timeout=30) is not None:  # grouped with the first
-            assert "one seed per transaction" in str(second.exception())
-        assert storage.last_index() == 15 and storage.failure is None
+        write(storage, WriteBatch(meta={"node_id": b"42", "cluster_id": b"9"}))
+        batch = WriteBatch(seed=info, hard_state=info.hard_state, meta={"joined": b"1"})
+        write(storage, batch)
+        assert storage.meta_items() == {"node_id": b"42", "cluster_id": b"9", "joined": b"1"}
+        storage.close()
+        storage = Storage.open(tmp_path / "joining")
+        assert storage.meta_get("node_id") == b"42" and storage.last_index() == 15
+        assert not list(tmp_path.glob("seed.db*"))  # moved into place, not copied
     finally:
         storage.close()
 
 
-def _rest(info: SeedInfo) -> tuple[object, ...]:
-    return (info.snapshot, info.hard_state, info.last_index)
+def test_batches_around_a_seed_keep_their_order(tmp_path: Path) -> None:
+    info = inspect_seed(_member_copy(tmp_path))
+    storage = _joined(tmp_path)
+    try:
+        before = storage.submit(WriteBatch(entries=[noop(3, term=1)]))
+        seeded = storage.submit(WriteBatch(seed=info, hard_state=info.hard_state))
+        after = storage.submit(WriteBatch(entries=[noop(16, term=3)]))
+        for future in (before, seeded, after):
+            future.result(timeout=30)
+        assert storage.last_index() == 16 and storage.term(15) == 2
+        assert storage.failure is None
+    finally:
+        storage.close()
+
+
+def test_reads_running_while_the_database_is_replaced(tmp_path: Path) -> None:
+    """Readers on other threads never fail, and see the old log or the new one."""
+    info = inspect_seed(_member_copy(tmp_path))
+    storage = _joined(tmp_path)
+    errors: list[BaseException] = []
+    seen: set[int] = set()
+    stop = threading.Event()
+
+    def read() -> None:
+        try:
+            while not stop.is_set():
+                seen.add(len(storage.read_changes(0, 100, upto=15).bodies))
+                storage.idempotency_lookup("k3")
+        except BaseException as error:
+            errors.append(error)
+
+    threads = [threading.Thread(target=read) for _ in range(3)]
+    for thread in threads:
+        thread.start()
+    try:
+        write(storage, WriteBatch(seed=info, hard_state=info.hard_state))
+        deadline = time.monotonic() + 10
+        while 14 not in seen and time.monotonic() < deadline and not errors:
+            time.sleep(0.001)  # a poll with a deadline: the readers report what they saw
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join(10)
+        storage.close()
+    assert errors == []
+    assert 14 in seen and seen <= {0, 14}
 
 
 @pytest.mark.parametrize(

@@ -395,7 +395,7 @@ class Replica:
         await self.core_driver.stop()
         # A term no lower than any entry's; no vote in it.
         hard_state = HardState(term=seed.hard_state.term, vote=0, commit=seed.last_index)
-        await self.storage.write(WriteBatch(discard_log=True, seed=seed, hard_state=hard_state))
+        await self.storage.write(WriteBatch(seed=seed, hard_state=hard_state))
         previous = self.replicated.settings
         self.replicated, commit = await asyncio.to_thread(
             recover_replicated_state, self.storage, self.node_id, previous

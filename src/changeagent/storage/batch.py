@@ -23,9 +23,6 @@ class WriteBatch:
        reset the snapshot record to `Snapshot()` (index 0, no membership): a
        node that holds no user change does this before joining a cluster, so
        that nothing of its own one-member history (terms, no-ops) remains.
-       `seed` (only with `discard_log`, and nothing else but `hard_state` and
-       `meta`): then copy the log of the checked seed file (`seed.py`):
-       entries, tags, idempotency keys and its snapshot record.
     1. `snapshot` without `compact_to`: install a snapshot received from a
        leader. If the log holds `snapshot.index` with `snapshot.term`, the
        entries up to it are discarded and the rest kept; otherwise the whole
@@ -51,14 +48,18 @@ class WriteBatch:
     compact_membership: Membership | None = None
     compact_data: bytes | None = None
     discard_log: bool = False
+    # A checked seed file (`seed.py`) that becomes the whole database, with this
+    # node's metadata (and `meta`) and `hard_state`. Alone: no entries, snapshot,
+    # compaction or discard; the writer moves the file into place (no transaction).
     seed: SeedInfo | None = None
 
     def validate(self) -> None:
         """Checks that need no log state; raises ValueError."""
         entries = self.entries
-        alone = not entries and self.snapshot is None and self.compact_to is None
-        if self.seed is not None and not (self.discard_log and alone):
-            raise ValueError("a seed goes into a discarded log, with no entries or snapshot")
+        alone = not (entries or self.discard_log)
+        alone = alone and self.snapshot is None and self.compact_to is None
+        if self.seed is not None and not (alone and self.hard_state is not None):
+            raise ValueError("a seed replaces the database: a hard state with it, nothing else")
         for previous, entry in itertools.pairwise(entries):
             if entry.index != previous.index + 1:
                 raise ValueError(

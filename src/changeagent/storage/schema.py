@@ -89,15 +89,15 @@ def prepare_directory(data_dir: Path) -> None:
     if not data_dir.exists():
         data_dir.mkdir(mode=0o700, parents=True)
         os.chmod(data_dir, 0o700)  # mkdir's mode is filtered by the umask
-        _fsync_directory(data_dir.parent)  # so a power cut cannot lose the directory
+        fsync_directory(data_dir.parent)  # so a power cut cannot lose the directory
     path = database_path(data_dir)
     if not path.exists():
         descriptor = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
         os.close(descriptor)
-        _fsync_directory(data_dir)
+        fsync_directory(data_dir)
 
 
-def _fsync_directory(path: Path) -> None:
+def fsync_directory(path: Path) -> None:
     descriptor = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
     try:
         os.fsync(descriptor)

@@ -3,16 +3,21 @@
 A new member that would otherwise replay a long log one APPEND at a time
 (every entry decoded, its fields derived, its rows built in Python) gets the
 leader's committed prefix instead as the file `backup.copy_committed` makes:
-entries, tags and idempotency keys with every checksum verified by the
-sender, trimmed to the cut, no secret. The joining node checks the file
-(`inspect_seed`), then installs it with `WriteBatch(discard_log=True,
-seed=...)`: the writer attaches the file and copies its three tables with
-`INSERT ... SELECT` in one transaction, at SQLite's speed.
+entries, tags and idempotency keys, trimmed to the cut, no secret. The joining
+node checks the file (`inspect_seed`), then `WriteBatch(seed=...)` makes it
+the database: the writer rewrites the seed's metadata to this node's own
+(`prepare_seed`: node id, cluster identity, the given hard state; the
+sender's are dropped), switches it to WAL, and moves it over the database
+file once no read is running (see `Storage`): nothing is copied row by row.
 
 Why this is safe in Raft terms: every entry of the seed is committed, and a
 committed entry is the same on every member (Log Matching), so the log it
 gives the new node is a prefix of every later leader's log. The leader then
 probes the new member as usual and replicates from the seed's end on.
+
+The rows keep the checksums the sender stored; they are verified when read,
+as on every node (the sender skips its own pass over every row for a seed:
+it would cost more than the copy).
 """
 
 from __future__ import annotations
@@ -20,13 +25,16 @@ from __future__ import annotations
 import contextlib
 import sqlite3
 import struct
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
 from changeagent.raft.entry import HardState
 from changeagent.raft.interfaces import Snapshot
+from changeagent.storage import schema
 from changeagent.storage.errors import StorageError
 from changeagent.storage.opening import load_state
+from changeagent.storage.records import encode_hard_state, seal_meta
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,3 +79,25 @@ def inspect_seed(path: Path) -> SeedInfo:
             "are committed"
         )
     return SeedInfo(path, snapshot, state.hard_state, last_index)
+
+
+def prepare_seed(path: Path, meta: Mapping[str, bytes], hard_state: HardState) -> None:
+    """Make the checked seed at `path` this node's database: its metadata becomes
+    `meta` (this node's) and `hard_state`, only its schema version and snapshot
+    record are kept; then WAL mode. Durable when this returns."""
+    kept = (schema.META_SCHEMA_VERSION, schema.META_SNAPSHOT)
+    connection = sqlite3.connect(path, isolation_level=None)
+    try:
+        connection.execute("PRAGMA synchronous=FULL").fetchall()
+        connection.execute("BEGIN IMMEDIATE")
+        connection.execute("DELETE FROM meta WHERE key NOT IN (?, ?)", kept)
+        rows = [(key, seal_meta(key, bytes(value))) for key, value in meta.items()]
+        hard = encode_hard_state(hard_state)
+        rows.append((schema.META_HARD_STATE, seal_meta(schema.META_HARD_STATE, hard)))
+        connection.executemany("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", rows)
+        connection.execute("COMMIT")
+        mode = connection.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+        if str(mode).lower() != "wal":
+            raise StorageError(f"the seed could not be switched to WAL (got {mode!r})")
+    finally:
+        connection.close()

@@ -28,10 +28,10 @@ from changeagent.storage.errors import (
 from changeagent.storage.opening import load_state, lock_directory, warm_tail
 from changeagent.storage.purge import PurgeScanner
 from changeagent.storage.reads import RowMissing
+from changeagent.storage.seed import prepare_seed
 from changeagent.storage.tail import DATA, TAGS, TERM, TYPE, TailCache, TailRecord, record_entry
 from changeagent.storage.write_queue import Queued, WriteQueue, fresh_error, settle
 from changeagent.storage.writer import (
-    ATTACHED_AS,
     BatchRejected,
     GroupTransaction,
     LogState,
@@ -162,7 +162,7 @@ class Storage:
         noted = min(commit_hint.noted, state.last_index)
         if noted > state.hard_state.commit:
             state = replace(state, hard_state=replace(state.hard_state, commit=noted))
-        return cls(
+        storage = cls(
             data_dir=data_dir,
             connection=connection,
             lock_fd=lock_fd,
@@ -173,6 +173,8 @@ class Storage:
             tail_scan_entries_max=tail_scan_entries_max,
             commit_hint=commit_hint,
         )
+        storage._reopening = (sqlite_pragmas, tail_cache_bytes, tail_warm_bytes)
+        return storage
 
     def __init__(
         self,
@@ -207,6 +209,17 @@ class Storage:
         self._purge_scanner = PurgeScanner()
         self._local = threading.local()
         self._readers: list[sqlite3.Connection] = []
+        # A seed replaces the database file (`_replace_with_seed`): it waits until no
+        # read runs (`_reads_active`, under `_reads_idle`), and readers reconnect when
+        # `_epoch` moved on.
+        self._reads_idle = threading.Condition(threading.Lock())
+        self._reads_active = 0
+        self._epoch = 0
+        self._reopening: tuple[Mapping[str, int | str] | None, int, int] = (
+            None,
+            TAIL_CACHE_BYTES_DEFAULT,
+            TAIL_WARM_BYTES_DEFAULT,
+        )
         self._writes = WriteQueue(*limits)  # also holds the failure, once there is one
         self._closed = False
         self.commit_count = 0  # transactions committed (one fsync each)
@@ -586,30 +599,33 @@ class Storage:
             raise
 
     def _write_group(self, group: list[Queued]) -> None:
-        seed = next((item.batch.seed for item in group if item.batch.seed is not None), None)
-        if seed is None:
-            self._write_attached(group, None)
-            return
-        # ATTACH is refused inside a transaction: the seed is attached around it.
-        # A file `inspect_seed` checked that fails to attach is a disk error.
-        attach = "ATTACH DATABASE ? AS " + ATTACHED_AS
-        try:
-            self._connection.execute(attach, (str(seed.path),))
-        except sqlite3.Error as error:
-            failure = self._writes.fail(StorageFailed(f"the seed could not be attached: {error!r}"))
+        """Write `group` in order: the batches between seeds as one transaction each
+        run, a seed alone (it replaces the database)."""
+        run: list[Queued] = []
+        for item in [*group, None]:
+            if item is not None and item.batch.seed is None:
+                run.append(item)
+                continue
+            if run:
+                self._write_batches(run)
+                run = []
+            if item is None:
+                return
+            failure = self._writes.failure
+            if failure is not None:
+                settle([(item, failure)])
+            else:
+                self._replace_with_seed(item)
+
+    def _write_batches(self, group: list[Queued]) -> None:
+        failure = self._writes.failure
+        if failure is not None:  # an earlier part of the same group failed
             settle([(item, failure) for item in group])
             return
-        try:
-            self._write_attached(group, seed.path)
-        finally:
-            with contextlib.suppress(sqlite3.Error):
-                self._connection.execute("DETACH DATABASE " + ATTACHED_AS)
-
-    def _write_attached(self, group: list[Queued], seed_path: Path | None) -> None:
         transaction: GroupTransaction | None = None
         rejected: list[tuple[Queued, BatchRejected]] = []
         try:
-            transaction = GroupTransaction(self._connection, self._state, seed_path)
+            transaction = GroupTransaction(self._connection, self._state)
             for item in group:
                 try:
                     transaction.apply(item.batch)
@@ -632,6 +648,64 @@ class Storage:
         observer = self.commit_observer
         if observer is not None:
             observer(commit_s, entries)
+
+    def _replace_with_seed(self, item: Queued) -> None:
+        """Make the seed file the database (see `seed.py`). The seed gets this node's
+        metadata and the batch's hard state first, so the database is this node's
+        at every instant: the old file or the seed, swapped by one rename. Readers
+        wait (the removal fence) while the connections are closed and reopened."""
+        batch = item.batch
+        seed = batch.seed
+        assert seed is not None and batch.hard_state is not None
+        try:
+            meta = {**self._state.meta, **batch.meta}
+            prepare_seed(seed.path, meta, batch.hard_state)
+            with self._removal_lock:
+                self._removal_generation += 1  # odd: new reads wait for the lock
+                try:
+                    self._wait_reads_idle()
+                    self._swap_database(seed.path)
+                finally:
+                    self._removal_generation += 1
+        except Exception as error:  # a disk or SQLite failure: fail-stop, as any write
+            failure = self._writes.fail(StorageFailed(f"installing a seed failed: {error!r}"))
+            settle([(item, failure)])
+            return
+        self.commit_count += 1
+        self.batches_written += 1
+        settle([(item, None)])
+
+    def _wait_reads_idle(self) -> None:
+        with self._reads_idle:
+            while self._reads_active:
+                self._reads_idle.wait()
+
+    def _swap_database(self, seed_path: Path) -> None:
+        """Under the fence with no read running: close every connection, rename the
+        seed over the database, reopen, publish the new state and an empty tail."""
+        with self._lock:
+            readers, self._readers = self._readers, []
+            self._epoch += 1  # every reading thread opens a new connection
+        for connection in readers:
+            connection.close()
+        self._connection.close()
+        path = schema.database_path(self.data_dir)
+        for suffix in ("-wal", "-shm"):  # the old database's; the seed's WAL starts empty
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(f"{path}{suffix}")
+        os.replace(seed_path, path)
+        schema.fsync_directory(self.data_dir)
+        pragmas, tail_cache_bytes, tail_warm_bytes = self._reopening
+        self._connection = schema.connect_writer(self.data_dir, pragmas)
+        schema.restrict_file_modes(self.data_dir)
+        state = load_state(self._connection)
+        tail = warm_tail(self._connection, state, tail_cache_bytes, tail_warm_bytes)
+        with self._lock:
+            self._state = state
+            self._tail = tail
+            self._truncations += 1  # whatever was scanned of the old log is gone
+            self._purge_scanner = PurgeScanner()
+        self._commit_hint.note(0)  # a new history: the old noted index means nothing
 
     def _commit(self, transaction: GroupTransaction) -> float:
         """COMMIT (one fsync) and publish; the seconds the COMMIT took."""
@@ -680,15 +754,17 @@ class Storage:
             raise StorageClosed("storage is closed")
 
     def _reader(self) -> sqlite3.Connection:
-        connection: sqlite3.Connection | None = getattr(self._local, "connection", None)
-        if connection is None:
+        local = self._local
+        connection: sqlite3.Connection | None = getattr(local, "connection", None)
+        if connection is None or local.epoch != self._epoch:
             connection = schema.connect_reader(self.data_dir)
             with self._lock:
                 if self._closed:
                     connection.close()
                     raise StorageClosed("storage is closed")
                 self._readers.append(connection)
-            self._local.connection = connection
+                local.epoch = self._epoch
+            local.connection = connection
         return connection
 
     def _stable(self, read: Callable[[sqlite3.Connection], T]) -> T:
@@ -698,14 +774,17 @@ class Storage:
         that is missing without such a race, or a checksum mismatch, is
         corruption: the storage stops serving.
         """
-        connection = self._reader()
         while True:
             generation = self._removal_generation
             if generation & 1:
                 with self._removal_lock:  # wait for the removal to publish
                     continue
+            with self._reads_idle:  # a seed's swap waits for running reads, not new ones
+                if self._removal_generation != generation:
+                    continue
+                self._reads_active += 1
             try:
-                result = read(connection)
+                result = read(self._reader())
             except (RowMissing, Compacted, Unavailable) as error:
                 if self._removal_generation != generation:
                     continue
@@ -720,6 +799,11 @@ class Storage:
                 if "malformed" in str(error) or isinstance(error, sqlite3.DataError):
                     raise self._corrupt(CorruptionError(f"database is corrupt: {error}")) from None
                 raise
+            finally:
+                with self._reads_idle:
+                    self._reads_active -= 1
+                    if not self._reads_active:
+                        self._reads_idle.notify_all()
             if self._removal_generation == generation:
                 return result
 

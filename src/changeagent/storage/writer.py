@@ -15,8 +15,6 @@ import itertools
 import sqlite3
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from pathlib import Path
-from typing import TYPE_CHECKING
 
 from changeagent.raft.entry import Entry, HardState
 from changeagent.raft.interfaces import Snapshot
@@ -30,9 +28,6 @@ from changeagent.storage.records import (
 )
 from changeagent.storage.schema import META_HARD_STATE, META_SNAPSHOT
 from changeagent.storage.tail import NO_TAGS, TailRecord, make_record
-
-if TYPE_CHECKING:
-    from changeagent.storage.seed import SeedInfo
 
 _INSERT_ENTRIES = "INSERT INTO entries (idx, term, type, ts, crc, key, body) VALUES "
 _INSERT_TAGS = "INSERT OR IGNORE INTO tags (tag, idx) VALUES "
@@ -57,15 +52,7 @@ _DELETE_THROUGH = (
 # first user entry is almost always at the head of the log.
 _FIRST_USER_INDEX = "SELECT idx FROM entries WHERE +type >= 0 ORDER BY idx LIMIT 1"
 _TERM_AT = "SELECT term FROM entries WHERE idx = ?"
-# A seed (`seed.py`) is attached under this name; its three tables are copied,
-# columns named so that a column order never matters.
-ATTACHED_AS = "seed"
-COPY_STATEMENTS = (
-    "INSERT INTO main.entries (idx, term, type, ts, crc, key, body) "
-    "SELECT idx, term, type, ts, crc, key, body FROM seed.entries ORDER BY idx",
-    "INSERT INTO main.tags (tag, idx) SELECT tag, idx FROM seed.tags",
-    "INSERT INTO main.idempotency (key, idx) SELECT key, idx FROM seed.idempotency",
-)
+
 
 
 @dataclass(frozen=True, slots=True)
@@ -114,11 +101,8 @@ class BatchRejected(ValueError):
 class GroupTransaction:
     """Applies batches to `connection` inside one transaction. Writer thread only."""
 
-    def __init__(
-        self, connection: sqlite3.Connection, state: LogState, attached_seed: Path | None = None
-    ) -> None:
+    def __init__(self, connection: sqlite3.Connection, state: LogState) -> None:
         self._connection = connection
-        self._attached_seed = attached_seed  # the seed file the writer attached, if any
         self.state = state
         self.tail_ops: list[TailOp] = []
         self.removed = False  # whether any entry was deleted (readers must be fenced)
@@ -135,8 +119,6 @@ class GroupTransaction:
         self._check(batch)
         if batch.discard_log:
             self._discard_log()
-        if batch.seed is not None:
-            self._install_seed(batch.seed)
         if batch.snapshot is not None and batch.compact_to is None:
             self._install_snapshot(batch.snapshot)
         if batch.entries:
@@ -170,8 +152,8 @@ class GroupTransaction:
         last_index = self.state.last_index
         if batch.discard_log:
             snapshot_index = last_index = 0
-        if batch.seed is not None and batch.seed.path != self._attached_seed:
-            raise BatchRejected("one seed per transaction: this one was not attached")
+        if batch.seed is not None:
+            raise BatchRejected("a seed replaces the database: the writer installs it alone")
         installing = batch.snapshot is not None and batch.compact_to is None
         if installing:
             assert batch.snapshot is not None
@@ -242,17 +224,6 @@ class GroupTransaction:
         self.tail_ops.append(TailTruncate(0))
         self.tail_ops.append(TailCompact(0))  # the tail's next entry is 1
         self._write_snapshot(Snapshot(), 0)
-
-    def _install_seed(self, seed: SeedInfo) -> None:
-        """Copy the attached seed's log into the (just discarded) log."""
-        self._attached_seed = None  # used: a second seed in this group is rejected
-        self._flush_rows()
-        for statement in COPY_STATEMENTS:
-            self._connection.execute(statement)
-        self.tail_ops.append(TailCompact(seed.last_index))  # the tail starts after it
-        self._write_snapshot(seed.snapshot, seed.last_index)
-        self.removed = True  # first_user_index is found again before COMMIT
-        self.entries_written += seed.entries
 
     def _install_snapshot(self, snapshot: Snapshot) -> None:
         if self._keeps_suffix(snapshot):
