@@ -6,13 +6,18 @@ end; writes during the join are not lost; below the threshold, or with
 from __future__ import annotations
 
 import re
+import threading
 from pathlib import Path
 
+from changeagent.node.seeding import STAGING_PREFIX
 from tests.cluster.harness import (
+    Outcome,
     ProxiedCluster,
     Writer,
     all_changes,
+    call,
     check_acknowledged,
+    get,
     post,
     preload,
     proxied_cluster,
@@ -88,3 +93,51 @@ def test_no_seed_below_the_threshold_or_when_switched_off(tmp_path: Path) -> Non
         assert _counter(founder, "changeagent_seeds_sent") == 0
         assert _seeded(second) == _seeded(third) == 0
         cluster.assert_same_lists()
+
+
+def test_a_node_killed_while_it_takes_a_seed_joins_after_its_restart(tmp_path: Path) -> None:
+    """The joining node dies mid-seed (its staging file is there): the leader adds it
+    anyway, and once restarted it catches up by replication; nothing is left over."""
+    arguments = ["--seed-entries", "100"]
+    with proxied_cluster(tmp_path, 3, arguments, form=False) as cluster:
+        founder, second, third = cluster.nodes
+        preload(founder, 3_000, threads=8)
+        cluster.join(founder, via=founder)
+        cluster.join(second, via=founder)
+        cluster.wait_converged([founder, second])
+        # Everything the leader sends the third is held 300 ms: the seed takes seconds.
+        cluster.proxy.delay(founder.name, third.name, 300)
+        answers: list[Outcome] = []
+        adding = threading.Thread(target=lambda: answers.append(_add(founder, cluster, third)))
+        adding.start()
+        staged = wait_until(lambda: list(third.data_dir.glob(f"{STAGING_PREFIX}*")), 30, 0.005)
+        assert staged
+        third.kill()
+        cluster.proxy.heal()
+        cluster.start_node(third)
+        assert not list(third.data_dir.glob(f"{STAGING_PREFIX}*"))
+        adding.join(60)
+        assert not adding.is_alive() and answers
+        # It is a member now (added after the failed seed): it becomes a voter.
+        wait_until(lambda: _roles(founder).get(third.node_id()) == "voter", 60, 0.05)
+        assert post(third, {"data": "after the restart"}).ok
+        cluster.wait_converged()
+        assert len(cluster.assert_same_lists()) == 3_000 + 1
+
+
+def _add(via: ClusterNode, cluster: ProxiedCluster, node: ClusterNode) -> Outcome:
+    address = cluster.addresses[node.name]
+    return call(
+        lambda: via.request(
+            "POST",
+            "/cluster/members",
+            f"address={address}",
+            {"Content-Type": "application/x-www-form-urlencoded"},
+            timeout_s=60,
+        )
+    )
+
+
+def _roles(node: ClusterNode) -> dict[str, str]:
+    answer = get(node, "/cluster")
+    return dict(answer.body["roles"]) if answer.ok else {}

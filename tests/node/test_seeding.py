@@ -45,9 +45,12 @@ def _seed_file(tmp_path: Path) -> bytes:
 def _run(tmp_path: Path, scenario: Any) -> None:
     async def main() -> None:
         storage = Storage.open(tmp_path / "joining")
+        leftover = storage.data_dir / f"{STAGING_PREFIX}0123.db.tmp"  # a killed process's
+        leftover.write_bytes(b"half a seed")
         node = Node(storage, Settings(), None, NodeLimits(commit_timeout_s=10))
         await node.start()
         try:
+            assert not leftover.exists()
             await scenario(node, SeedReceiver(node.replica, node.cluster))
         finally:
             await node.close()

@@ -18,6 +18,7 @@ storage's writer thread or a worker thread, never on the loop.
 
 from __future__ import annotations
 
+import asyncio
 import random
 import time
 from collections.abc import Callable, Coroutine
@@ -41,6 +42,7 @@ from changeagent.node.query import ChangeQuery, PageResult
 from changeagent.node.reads import ChangeReader
 from changeagent.node.replica import Replica
 from changeagent.node.seeding import SeedReceiver, SeedSender
+from changeagent.node.seeding import remove_leftovers as remove_seed_leftovers
 from changeagent.node.settings_entry import encode_settings
 from changeagent.node.status import NodeStatus, state_name
 from changeagent.node.waiters import DeliveryHook
@@ -150,6 +152,9 @@ class Node:
 
     async def start(self) -> None:
         """Recover, start Raft (a lone voter leads before this returns), start promoting."""
+        # A seed a killed process was receiving is of no use now (the leader adds the
+        # node anyway and replicates, or a new join sends a new one).
+        await asyncio.to_thread(remove_seed_leftovers, self.storage.data_dir)
         await self.replica.start()
         self.cluster.start()
 
