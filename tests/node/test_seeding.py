@@ -4,6 +4,7 @@ and what it adopts (the log, the applied index, the replicated settings)."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import hashlib
 from pathlib import Path
 from typing import Any
@@ -11,13 +12,14 @@ from typing import Any
 import pytest
 
 from changeagent.config import Settings
-from changeagent.node.errors import BadRequest, Conflict, NodeError
+from changeagent.node.errors import BadRequest, Conflict, NodeError, NotAvailable
 from changeagent.node.node import Node, NodeLimits
 from changeagent.node.seeding import STAGING_PREFIX, SeedReceiver
 from changeagent.node.settings_entry import encode_settings
 from changeagent.raft import ENTRY_TYPE_CONFIG, ENTRY_TYPE_NOOP, Entry, HardState
 from changeagent.storage import Storage, WriteBatch, schema
 from changeagent.storage.backup import copy_committed
+from changeagent.storage.seed import inspect_seed
 
 LEADER = 22
 CHANGES = 50
@@ -138,5 +140,21 @@ def test_what_a_seed_receiver_refuses(tmp_path: Path) -> None:
             )
         assert _staged(node) == [] and node.storage.last_index() == 0
         assert node.failure is None
+
+    _run(tmp_path, scenario)
+
+
+def test_a_seed_the_storage_refuses_leaves_the_node_running(tmp_path: Path) -> None:
+    _seed_file(tmp_path)
+
+    async def scenario(node: Node, seeds: SeedReceiver) -> None:
+        await _join(node)
+        seed = inspect_seed(tmp_path / "copy.db")
+        with pytest.raises(NotAvailable, match="the seed was not installed"):
+            await node.replica.adopt_seed(dataclasses.replace(seed, path=tmp_path))
+        assert node.failure is None and not node.replica.core_driver.stopped
+        assert node.storage.last_index() == 0
+        await node.replica.adopt_seed(seed)  # the same, whole: installed
+        assert node.storage.last_index() == 2 + CHANGES
 
     _run(tmp_path, scenario)

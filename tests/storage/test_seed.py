@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import sqlite3
 import threading
 import time
@@ -11,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from changeagent.raft.entry import HardState
-from changeagent.storage import Storage, StorageError, WriteBatch
+from changeagent.storage import BatchRejected, Storage, StorageError, WriteBatch
 from changeagent.storage.backup import copy_committed
 from changeagent.storage.seed import inspect_seed
 
@@ -183,3 +184,17 @@ def test_inspect_seed_refuses_what_is_not_a_committed_log(tmp_path: Path, damage
         connection.close()
     with pytest.raises(StorageError):
         inspect_seed(path)
+
+
+def test_a_seed_that_cannot_be_prepared_is_rejected_and_the_log_kept(tmp_path: Path) -> None:
+    info = inspect_seed(_member_copy(tmp_path))
+    storage = _joined(tmp_path)
+    try:
+        unusable = dataclasses.replace(info, path=tmp_path)  # a directory, not a file
+        with pytest.raises(BatchRejected, match="could not be prepared"):
+            write(storage, WriteBatch(seed=unusable, hard_state=info.hard_state))
+        assert storage.failure is None and storage.last_index() == 2
+        append(storage, noop(3))
+        assert storage.last_index() == 3
+    finally:
+        storage.close()

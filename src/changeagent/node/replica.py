@@ -59,7 +59,7 @@ from changeagent.raft import (
     Role,
     Snapshot,
 )
-from changeagent.storage import Storage, StorageFailed, WriteBatch
+from changeagent.storage import BatchRejected, Storage, StorageFailed, WriteBatch
 from changeagent.storage.seed import SeedInfo
 from changeagent.timed import wait_shielded
 
@@ -395,7 +395,11 @@ class Replica:
         await self.core_driver.stop()
         # A term no lower than any entry's; no vote in it.
         hard_state = HardState(term=seed.hard_state.term, vote=0, commit=seed.last_index)
-        await self.storage.write(WriteBatch(seed=seed, hard_state=hard_state))
+        try:
+            await self.storage.write(WriteBatch(seed=seed, hard_state=hard_state))
+        except BatchRejected as error:  # the seed file, not our database: go on without it
+            self._start_driver(applied=self.applied.index)
+            raise NotAvailable(f"the seed was not installed: {error}") from None
         previous = self.replicated.settings
         self.replicated, commit = await asyncio.to_thread(
             recover_replicated_state, self.storage, self.node_id, previous

@@ -39,9 +39,11 @@ from changeagent.storage.store import (
     KnownAtStart,
     Storage,
 )
+from changeagent.storage.writer import BatchRejected
 
 __all__ = [
     "TAIL_CACHE_BYTES_DEFAULT",
+    "BatchRejected",
     "ChangePage",
     "CommitObserver",
     "CorruptionError",

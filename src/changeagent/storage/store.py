@@ -23,6 +23,7 @@ from changeagent.storage.errors import (
     CorruptionError,
     StorageBusy,
     StorageClosed,
+    StorageError,
     StorageFailed,
 )
 from changeagent.storage.opening import load_state, lock_directory, warm_tail
@@ -658,8 +659,11 @@ class Storage:
         seed = batch.seed
         assert seed is not None and batch.hard_state is not None
         try:
-            meta = {**self._state.meta, **batch.meta}
-            prepare_seed(seed.path, meta, batch.hard_state)
+            prepare_seed(seed.path, {**self._state.meta, **batch.meta}, batch.hard_state)
+        except (sqlite3.Error, OSError, StorageError) as error:  # the seed's file, not ours
+            settle([(item, BatchRejected(f"the seed could not be prepared: {error}"))])
+            return
+        try:
             with self._removal_lock:
                 self._removal_generation += 1  # odd: new reads wait for the lock
                 try:
