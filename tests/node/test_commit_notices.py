@@ -218,6 +218,13 @@ class FakeReplica:
     def release_commit_notice(self, peer: int) -> None:
         self.events.append(f"release {peer}")
 
+    def take_commit_notice(self, peer: int) -> Any:
+        self.events.append(f"take {peer}")
+        return f"notice for {peer}"
+
+    def send_message(self, message: Any) -> None:
+        self.events.append(f"sent {message}")
+
 
 class FakeChanges:
     def __init__(self, events: list[str]) -> None:
@@ -235,9 +242,12 @@ def test_peer_requests_release_the_notice_with_the_answer() -> None:
     events: list[str] = []
     requests = PeerRequests(FakeReplica(events), FakeChanges(events), None, None)  # type: ignore[arg-type]
 
-    def reply_now(reply: Any) -> bool:
-        events.append(f"answered early: {reply.index}")
-        return True
+    early = [True]
+
+    def reply_now(reply: Any, along: Any) -> bool:
+        if early[0]:
+            events.append(f"answered early: {reply.index} with {along}")
+        return early[0]
 
     member = RequestContext(peer_id=7, member=True, address="127.0.0.1:1", reply_now=reply_now)
 
@@ -248,14 +258,19 @@ def test_peer_requests_release_the_notice_with_the_answer() -> None:
         assert reply == ProposalReply(0, index=9)
         reply = await requests.on_request(member, ReadIndexRequest(2))
         assert reply == ReadIndexReply(0, index=9)
+        early[0] = False  # the connection is busy: no early answer
+        reply = await requests.on_request(member, Proposal(1, 0, b'{"data": 1}'))
+        assert reply == ProposalReply(0, index=9)
 
     asyncio.run(scenario())
     assert events == [
-        # a new change: answered from its on_applied, then the notice (the asking
+        # a new change: answered from its on_applied with the notice (the asking
         # member waits with its client's answer ready, written when it applies)
-        "committed", "answered early: 9", "release 7", "release 7",
+        "committed", "take 7", "answered early: 9 with notice for 7", "release 7",
         # a keyed one: answered when the handler returns, the notice first
         "committed", "release 7",
         "read index", "release 7",
+        # no early answer: the notice goes at once, the answer when the handler returns
+        "committed", "take 7", "sent notice for 7", "release 7",
     ]  # fmt: skip
 

@@ -112,6 +112,31 @@ def test_a_request_answered_early_gets_that_answer_once(carrier: str) -> None:
 
 
 @pytest.mark.parametrize("carrier", CARRIERS)
+def test_an_early_answer_carries_a_raft_message_along(carrier: str) -> None:
+    """The commit notice a forwarded write's answer needs goes in the same write on
+    the link; by the time the caller has its answer, the message was delivered."""
+
+    async def scenario() -> None:
+        addresses: dict[int, str] = {}
+
+        async def early(context: RequestContext, request: Request) -> Reply:
+            assert context.reply_now(ProposalReply(0, index=7), message(2, 1, index=70))
+            return ProposalReply(0, index=9)  # not sent
+
+        a, b = await started(
+            Node(1, carrier, addresses), Node(2, carrier, addresses, on_request=early)
+        )
+        try:
+            assert await a.transport.propose(2, 0, b"x") == 7
+            assert a.received.get_nowait() == (2, message(2, 1, index=70))
+            assert b.transport.stats().peers[1].messages_sent >= 1
+        finally:
+            await stop_all([a, b])
+
+    run(scenario())
+
+
+@pytest.mark.parametrize("carrier", CARRIERS)
 def test_reconnects_after_the_peer_restarts(carrier: str) -> None:
     async def scenario() -> None:
         addresses: dict[int, str] = {}

@@ -240,9 +240,15 @@ class RaftDriver:
     def release_commit_notice(self, peer: int) -> None:
         """`peer` is about to be answered a forwarded write or a read index: the
         commit index it must apply first goes out now (see `commit_notices`)."""
-        notice = self._notices.release(peer)
-        if notice is not None and not self.stopped:
+        notice = self.take_commit_notice(peer)
+        if notice is not None:
             self._hooks.send(notice)
+
+    def take_commit_notice(self, peer: int) -> Message | None:
+        """The commit notice held for `peer`, for the caller to send now (with the
+        answer it goes before: one write)."""
+        notice = self._notices.release(peer)
+        return None if self.stopped else notice
 
     def _check_running(self) -> None:
         if self.failure is not None:

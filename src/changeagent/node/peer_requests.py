@@ -78,11 +78,14 @@ class PeerRequests:
             def answer_now(entry: Entry) -> None:
                 # From the Ready loop, the moment the write is applied here (a change
                 # with no key): two loop iterations before this coroutine resumes.
-                # The answer goes first: the asking member then waits for the index
-                # with its client's answer ready, and writes it from the apply step
-                # the commit notice causes, ahead of its acknowledgement of the notice.
-                context.reply_now(ProposalReply(0, index=entry.index))
-                self._replica.release_commit_notice(peer_id)
+                # The answer goes first, the commit notice in the same write: the
+                # asking member then waits for the index with its client's answer
+                # ready, and writes it from the apply step the notice causes, ahead of
+                # its acknowledgement of the notice.
+                notice = self._replica.take_commit_notice(peer_id)
+                reply = ProposalReply(0, index=entry.index)
+                if not context.reply_now(reply, notice) and notice is not None:
+                    self._replica.send_message(notice)
 
             change = parse_change_body(request.data)
             entry = await self._changes.propose_change(change, request.key, answer_now)

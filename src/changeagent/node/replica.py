@@ -305,6 +305,10 @@ class Replica:
         if self.driver is not None:
             self.driver.release_commit_notice(peer)
 
+    def take_commit_notice(self, peer: int) -> Message | None:
+        """The commit notice held for `peer`, to send along with an answer to it."""
+        return self.driver.take_commit_notice(peer) if self.driver is not None else None
+
     def check_writable(self) -> None:
         if self.failure is not None:
             raise NotAvailable(f"this node stopped taking writes: {self.failure}")
@@ -326,6 +330,10 @@ class Replica:
         self.applied.refuse(f"this node stopped: {reason}")
 
     # Raft hooks ------------------------------------------------------------------------
+
+    def send_message(self, message: Message) -> None:
+        """Send a Raft message the driver handed out (a commit notice)."""
+        self._send(message)
 
     def _send(self, message: Message) -> None:
         transport = self.transport

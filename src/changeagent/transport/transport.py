@@ -66,7 +66,7 @@ _DIAL_ERRORS = (ConnectionClosed, OSError, HandshakeError, FrameError, TimeoutEr
 _READ_ERRORS = (FrameError, ConnectionClosed, TimeoutError)
 
 
-def _no_early_reply(reply: Reply) -> bool:
+def _no_early_reply(reply: Reply, along: Message | None = None) -> bool:
     return False
 
 
@@ -74,16 +74,18 @@ def _no_early_reply(reply: Reply) -> bool:
 class RequestContext:
     """Who sent a request. `peer_id` is proven only when `member` is True.
 
-    `reply_now(reply)` answers before `on_request` returns, from wherever the answer
-    is known first (a forwarded write: the moment it is applied, inside the Ready
-    loop): written at once when the connection is idle, True then, and whatever
-    `on_request` returns afterwards is not sent. False: nothing was written, the
-    returned reply goes as usual."""
+    `reply_now(reply, along)` answers before `on_request` returns, from wherever the
+    answer is known first (a forwarded write: the moment it is applied, inside the
+    Ready loop): written at once when the connection is idle, True then, and whatever
+    `on_request` returns afterwards is not sent. `along`, a Raft message to the same
+    peer (the commit notice its answer needs), then goes out too: in the same write
+    when the connection is the peer's link, else queued as by `send`. False: nothing
+    was written (nor `along` sent), the returned reply goes as usual."""
 
     peer_id: int
     member: bool
     address: str
-    reply_now: Callable[[Reply], bool] = _no_early_reply
+    reply_now: Callable[[Reply, Message | None], bool] = _no_early_reply
 
 
 OnMessage = Callable[[int, Message], None]
@@ -880,16 +882,27 @@ class _EarlyReply:
         self.sent = False
         self.closed = False  # answered the usual way: nothing more may go out
 
-    def __call__(self, reply: Reply) -> bool:
-        connection, request = self._connection, self._request
+    def __call__(self, reply: Reply, along: Message | None = None) -> bool:
+        connection, request, transport = self._connection, self._request, self._transport
         if self.sent or self.closed or not connection.idle():
             return self.sent
-        body = encode_frame(_addressed(request, reply))
+        bodies = [encode_frame(_addressed(request, reply))]
+        peer_id = connection.identity.node_id
+        link = transport._links.get(peer_id) if along is not None else None
+        # One write for both: a system call and a wake-up of the peer fewer.
+        together = link is not None and link.connection is connection and not link.queue
+        if together:
+            assert along is not None and along.target == peer_id
+            bodies.append(encode_frame(along))
         try:
-            connection.send_now([body], lambda: self._transport._close_soon(connection))
+            connection.send_now(bodies, lambda: transport._close_soon(connection))
         except ConnectionClosed:
             return False
         self.sent = True
+        if link is not None and together:
+            link.counters.messages_sent += 1
+        elif along is not None:
+            transport.send(peer_id, along)
         return True
 
 
