@@ -188,10 +188,9 @@ def test_the_driver_sends_no_notice_an_append_replaced(tmp_path: Path) -> None:
 def test_a_member_about_to_be_answered_gets_its_notice_at_once(tmp_path: Path) -> None:
     async def body(driver: RaftDriver, sent: list[Message]) -> None:
         await driver._execute(Send((notice(2, 4), notice(3, 4))))
-        driver.release_commit_notice(2)
-        assert sent == [notice(2, 4)]
-        driver.release_commit_notice(2)  # nothing more held for it
-        assert sent == [notice(2, 4)]
+        assert driver.take_commit_notice(2) == notice(2, 4)  # the caller sends it
+        assert driver.take_commit_notice(2) is None  # nothing more held for it
+        assert sent == []
 
     run_driver(tmp_path, body)
 
@@ -201,7 +200,7 @@ def test_halting_drops_what_is_held(tmp_path: Path) -> None:
         await driver._execute(Send((notice(2, 4),)))
         driver.halt("a test")
         assert driver._notices_due is None
-        driver.release_commit_notice(2)
+        assert driver.take_commit_notice(2) is None
         assert sent == []
 
     run_driver(tmp_path, body)
@@ -214,9 +213,6 @@ class FakeReplica:
     async def read_index(self) -> int:
         self.events.append("read index")
         return 9
-
-    def release_commit_notice(self, peer: int) -> None:
-        self.events.append(f"release {peer}")
 
     def take_commit_notice(self, peer: int) -> Any:
         self.events.append(f"take {peer}")
@@ -242,35 +238,41 @@ def test_peer_requests_release_the_notice_with_the_answer() -> None:
     events: list[str] = []
     requests = PeerRequests(FakeReplica(events), FakeChanges(events), None, None)  # type: ignore[arg-type]
 
-    early = [True]
+    def context(idle: bool) -> RequestContext:
+        sent = [False]  # as the transport's early reply: per request
 
-    def reply_now(reply: Any, along: Any) -> bool:
-        if early[0]:
-            events.append(f"answered early: {reply.index} with {along}")
-        return early[0]
+        def reply_now(reply: Any, along: Any) -> bool:
+            if sent[0]:
+                events.append(f"along {along}")
+            elif idle:
+                events.append(f"answered early: {reply.index} with {along}")
+                sent[0] = True
+            return sent[0]
 
-    member = RequestContext(peer_id=7, member=True, address="127.0.0.1:1", reply_now=reply_now)
+        return RequestContext(peer_id=7, member=True, address="127.0.0.1:1", reply_now=reply_now)
 
     async def scenario() -> None:
-        reply = await requests.on_request(member, Proposal(1, 0, b'{"data": 1}'))
+        change = b'{"data": 1}'
+        reply = await requests.on_request(context(True), Proposal(1, 0, change))
         assert reply == ProposalReply(0, index=9)
-        reply = await requests.on_request(member, Proposal(1, 0, b'{"data": 1}', key="k"))
+        reply = await requests.on_request(context(True), Proposal(1, 0, change, key="k"))
         assert reply == ProposalReply(0, index=9)
-        reply = await requests.on_request(member, ReadIndexRequest(2))
+        reply = await requests.on_request(context(True), ReadIndexRequest(2))
         assert reply == ReadIndexReply(0, index=9)
-        early[0] = False  # the connection is busy: no early answer
-        reply = await requests.on_request(member, Proposal(1, 0, b'{"data": 1}'))
+        reply = await requests.on_request(context(False), Proposal(1, 0, change))
         assert reply == ProposalReply(0, index=9)
 
     asyncio.run(scenario())
     assert events == [
         # a new change: answered from its on_applied with the notice (the asking
-        # member waits with its client's answer ready, written when it applies)
-        "committed", "take 7", "answered early: 9 with notice for 7", "release 7",
-        # a keyed one: answered when the handler returns, the notice first
-        "committed", "release 7",
-        "read index", "release 7",
-        # no early answer: the notice goes at once, the answer when the handler returns
-        "committed", "take 7", "sent notice for 7", "release 7",
+        # member waits with its client's answer ready, written when it applies);
+        # a notice held again by the time the handler returns goes too
+        "committed", "take 7", "answered early: 9 with notice for 7",
+        "take 7", "along notice for 7",
+        # a keyed one and a read index: answered when the handler returns, at once
+        "committed", "take 7", "answered early: 9 with notice for 7",
+        "read index", "take 7", "answered early: 9 with notice for 7",
+        # a busy connection: the notice goes at once, the answer as the handler returns
+        "committed", "take 7", "sent notice for 7", "take 7", "sent notice for 7",
     ]  # fmt: skip
 

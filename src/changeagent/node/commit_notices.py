@@ -15,7 +15,8 @@ newest notice per follower and lets it go:
   so what the follower learns keeps its order;
 - when the executor releases it: after `HOLD_S` (the executor's timer), or for a
   follower that waits for this commit (its forwarded write or read index is being
-  answered: it serves the client only once it has applied the index).
+  answered: it serves the client only once it has applied the index; the answer
+  and the notice then go in one write, `RaftDriver.take_commit_notice`).
 
 Holding, dropping or delaying a message is always safe in Raft (the network may do
 all three); what it costs is that a follower's readers see an isolated write up to

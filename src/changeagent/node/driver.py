@@ -237,16 +237,10 @@ class RaftDriver:
     def wake(self) -> None:
         self._wakeup.set()
 
-    def release_commit_notice(self, peer: int) -> None:
-        """`peer` is about to be answered a forwarded write or a read index: the
-        commit index it must apply first goes out now (see `commit_notices`)."""
-        notice = self.take_commit_notice(peer)
-        if notice is not None:
-            self._hooks.send(notice)
-
     def take_commit_notice(self, peer: int) -> Message | None:
-        """The commit notice held for `peer`, for the caller to send now (with the
-        answer it goes before: one write)."""
+        """`peer` is about to be answered a forwarded write or a read index: the
+        commit index it must apply first, held for it (see `commit_notices`), for the
+        caller to send now, in the same write as the answer."""
         notice = self._notices.release(peer)
         return None if self.stopped else notice
 

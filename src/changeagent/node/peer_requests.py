@@ -72,34 +72,38 @@ class PeerRequests:
     async def _answer_member(self, context: RequestContext, request: Request) -> Reply:
         # The asking member answers its client once it has applied the index: the
         # commit notice held for it (commit_notices.py) goes out with the reply.
-        peer_id = context.peer_id
         if isinstance(request, Proposal):
 
             def answer_now(entry: Entry) -> None:
                 # From the Ready loop, the moment the write is applied here (a change
-                # with no key): two loop iterations before this coroutine resumes.
-                # The answer goes first, the commit notice in the same write: the
+                # with no key): two loop iterations before this coroutine resumes. The
                 # asking member then waits for the index with its client's answer
                 # ready, and writes it from the apply step the notice causes, ahead of
                 # its acknowledgement of the notice.
-                notice = self._replica.take_commit_notice(peer_id)
-                reply = ProposalReply(0, index=entry.index)
-                if not context.reply_now(reply, notice) and notice is not None:
-                    self._replica.send_message(notice)
+                self._answer_with_notice(context, ProposalReply(0, index=entry.index))
 
             change = parse_change_body(request.data)
             entry = await self._changes.propose_change(change, request.key, answer_now)
-            self._replica.release_commit_notice(peer_id)  # nothing, if answered already
-            return ProposalReply(0, index=entry.index)
+            reply: Reply = ProposalReply(0, index=entry.index)
+            self._answer_with_notice(context, reply)  # nothing, if answered already
+            return reply
         if isinstance(request, ReadIndexRequest):
-            index = await self._replica.read_index()
-            self._replica.release_commit_notice(peer_id)
-            return ReadIndexReply(0, index=index)
+            reply = ReadIndexReply(0, index=await self._replica.read_index())
+            self._answer_with_notice(context, reply)
+            return reply
         if not isinstance(request, RpcRequest):
             raise TypeError(f"no answer for a {type(request).__name__}")
         if request.method in SEED_METHODS:  # to a joined node, from the leader adding it
             return RpcResponse(0, await self._seeds.handle(request.method, request.payload))
         return RpcResponse(0, await self._rpc(request.method, request.payload))
+
+    def _answer_with_notice(self, context: RequestContext, reply: Reply) -> None:
+        """Write `reply` now, the commit notice held for the asker in the same write
+        (the reply first). When the connection is busy, the notice goes at once and
+        the reply when the handler returns, as usual."""
+        notice = self._replica.take_commit_notice(context.peer_id)
+        if not context.reply_now(reply, notice) and notice is not None:
+            self._replica.send_message(notice)
 
     async def _rpc(self, method: str, payload: Any) -> RpcValue:
         replica = self._replica

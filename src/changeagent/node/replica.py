@@ -301,10 +301,6 @@ class Replica:
             raise NotAvailable(f"this node stopped serving: {self.failure}")
         return await self.core_driver.read_index(self.limits.commit_timeout_s)
 
-    def release_commit_notice(self, peer: int) -> None:
-        if self.driver is not None:
-            self.driver.release_commit_notice(peer)
-
     def take_commit_notice(self, peer: int) -> Message | None:
         """The commit notice held for `peer`, to send along with an answer to it."""
         return self.driver.take_commit_notice(peer) if self.driver is not None else None

@@ -79,8 +79,9 @@ class RequestContext:
     Ready loop): written at once when the connection is idle, True then, and whatever
     `on_request` returns afterwards is not sent. `along`, a Raft message to the same
     peer (the commit notice its answer needs), then goes out too: in the same write
-    when the connection is the peer's link, else queued as by `send`. False: nothing
-    was written (nor `along` sent), the returned reply goes as usual."""
+    when the connection is the peer's link, else as by `send` (also when the reply
+    went out before). False: nothing was written (nor `along` sent), the returned
+    reply goes as usual."""
 
     peer_id: int
     member: bool
@@ -884,8 +885,12 @@ class _EarlyReply:
 
     def __call__(self, reply: Reply, along: Message | None = None) -> bool:
         connection, request, transport = self._connection, self._request, self._transport
-        if self.sent or self.closed or not connection.idle():
-            return self.sent
+        if self.sent:  # answered already: `along` still goes
+            if along is not None:
+                transport.send(connection.identity.node_id, along)
+            return True
+        if self.closed or not connection.idle():
+            return False
         bodies = [encode_frame(_addressed(request, reply))]
         peer_id = connection.identity.node_id
         link = transport._links.get(peer_id) if along is not None else None
