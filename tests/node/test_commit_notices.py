@@ -5,6 +5,7 @@ or read index is answered."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import random
 import time
 from pathlib import Path
@@ -16,7 +17,7 @@ from hypothesis import strategies as st
 from changeagent.node.commit_notices import HOLD_S, CommitNotices, Timer, is_commit_notice
 from changeagent.node.driver import DriverHooks, RaftDriver
 from changeagent.node.peer_requests import PeerRequests
-from changeagent.node.ready_plan import Send
+from changeagent.node.ready_plan import Apply, NoteCommit, Send
 from changeagent.raft import Entry, Message, MessageType, RaftConfig
 from changeagent.storage import Storage
 from changeagent.transport import (
@@ -214,6 +215,9 @@ class FakeReplica:
         self.events.append("read index")
         return 9
 
+    def after_send(self, callback: Any) -> None:
+        callback()
+
     def take_commit_notice(self, peer: int) -> Any:
         self.events.append(f"take {peer}")
         return f"notice for {peer}"
@@ -276,3 +280,31 @@ def test_peer_requests_release_the_notice_with_the_answer() -> None:
         "committed", "take 7", "sent notice for 7", "take 7", "sent notice for 7",
     ]  # fmt: skip
 
+
+
+def test_after_send_runs_once_the_messages_after_the_apply_are_routed(tmp_path: Path) -> None:
+    """A forwarded write's answer, deferred from its apply with `after_send`, finds
+    the commit notice of the same Ready held (both then go in one write); with no
+    Send right after the apply, it runs at once, before the next step."""
+    events: list[str] = []
+
+    async def body(driver: RaftDriver, sent: list[Message]) -> None:
+        async def apply(entries: tuple[Entry, ...]) -> None:
+            driver.after_send(lambda: events.append(f"answer with {driver.take_commit_notice(2)}"))
+
+        driver._hooks = dataclasses.replace(driver._hooks, apply=apply)
+        execute = driver._execute
+
+        async def traced(step: Any) -> None:
+            events.append(type(step).__name__)
+            await execute(step)
+
+        driver._execute = traced  # type: ignore[method-assign]
+        await driver._execute_plan([NoteCommit(4), Apply((ENTRY,)), Send((notice(2, 4),))])
+        assert events == ["NoteCommit", "Apply", "Send", f"answer with {notice(2, 4)}"]
+        events.clear()
+        await driver._execute_plan([Apply((ENTRY,)), NoteCommit(4)])
+        assert events == ["Apply", "answer with None", "NoteCommit"]
+        assert sent == []  # the notice went with the answer, not on its own
+
+    run_driver(tmp_path, body)

@@ -127,6 +127,7 @@ class RaftDriver:
         self._planner = ReadyPlanner(storage.hard_state())
         self._notices = CommitNotices()
         self._notices_due: asyncio.TimerHandle | None = None
+        self._after_send: list[Callable[[], None]] = []  # see `after_send`
         self._callback_error: Exception | None = None
         self.failure: str | None = None
         self.stopped = False
@@ -237,6 +238,13 @@ class RaftDriver:
     def wake(self) -> None:
         self._wakeup.set()
 
+    def after_send(self, callback: Callable[[], None]) -> None:
+        """From an `on_applied` hook: call `callback` in this same Ready, once the
+        messages planned right after the apply are routed (at once when none are).
+        A commit's notices are held then (`commit_notices`), so a forwarded write's
+        answer can take the one its asker needs and both go in one write."""
+        self._after_send.append(callback)
+
     def take_commit_notice(self, peer: int) -> Message | None:
         """`peer` is about to be answered a forwarded write or a read index: the
         commit index it must apply first, held for it (see `commit_notices`), for the
@@ -313,8 +321,7 @@ class RaftDriver:
 
     async def _handle(self, ready: Ready) -> None:
         """Execute the plan for `ready` (see `ready_plan`), then `advance`."""
-        for step in self._planner.plan(ready, self.storage.last_index()):
-            await self._execute(step)
+        await self._execute_plan(self._planner.plan(ready, self.storage.last_index()))
         for read_state in ready.read_states:
             future = self._reads.get(read_state.context)
             if future is not None and not future.done():
@@ -325,6 +332,15 @@ class RaftDriver:
             self._hooks.on_role_change(ready.soft_state.role, ready.soft_state.leader_id)
         self.core.advance(ready)
         await self._hooks.after_advance()
+
+    async def _execute_plan(self, steps: list[Step]) -> None:
+        try:
+            for position, step in enumerate(steps):
+                await self._execute(step)
+                if self._after_send and not _send_follows(steps, position):
+                    self._run_after_send()
+        finally:
+            self._run_after_send()  # none are left behind, not even by a failed step
 
     async def _execute(self, step: Step) -> None:
         if isinstance(step, Send):
@@ -347,6 +363,14 @@ class RaftDriver:
             self._planner.persisted(step)
         else:  # InstallSnapshot
             await self._hooks.install_snapshot(step.snapshot)
+
+    def _run_after_send(self) -> None:
+        callbacks, self._after_send = self._after_send, []
+        for callback in callbacks:
+            try:
+                callback()
+            except Exception:  # the request is still answered, the usual way
+                log.exception("an after-send callback failed; the request answers normally")
 
     def _time_notices(self) -> None:
         change = self._notices.timer_change()
@@ -426,6 +450,10 @@ class RaftDriver:
             if not future.done():
                 future.set_exception(NotAvailable(f"the read was not served: {reason}"))
                 future.exception()
+
+
+def _send_follows(steps: list[Step], position: int) -> bool:
+    return position + 1 < len(steps) and isinstance(steps[position + 1], Send)
 
 
 def _call_on_applied(on_applied: OnApplied, entry: Entry) -> None:

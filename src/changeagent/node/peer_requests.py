@@ -76,11 +76,13 @@ class PeerRequests:
 
             def answer_now(entry: Entry) -> None:
                 # From the Ready loop, the moment the write is applied here (a change
-                # with no key): two loop iterations before this coroutine resumes. The
-                # asking member then waits for the index with its client's answer
-                # ready, and writes it from the apply step the notice causes, ahead of
-                # its acknowledgement of the notice.
-                self._answer_with_notice(context, ProposalReply(0, index=entry.index))
+                # with no key): two loop iterations before this coroutine resumes.
+                # Once this Ready's messages are routed, its commit notice for the
+                # asker is held, and goes in the same write. The asking member then
+                # waits for the index with its client's answer ready, and writes it
+                # from the apply step the notice causes, ahead of its acknowledgement.
+                reply = ProposalReply(0, index=entry.index)
+                self._replica.after_send(lambda: self._answer_with_notice(context, reply))
 
             change = parse_change_body(request.data)
             entry = await self._changes.propose_change(change, request.key, answer_now)

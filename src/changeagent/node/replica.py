@@ -301,6 +301,13 @@ class Replica:
             raise NotAvailable(f"this node stopped serving: {self.failure}")
         return await self.core_driver.read_index(self.limits.commit_timeout_s)
 
+    def after_send(self, callback: Callable[[], None]) -> None:
+        """See `RaftDriver.after_send` (at once when no Raft runs)."""
+        if self.driver is not None:
+            self.driver.after_send(callback)
+        else:
+            callback()
+
     def take_commit_notice(self, peer: int) -> Message | None:
         """The commit notice held for `peer`, to send along with an answer to it."""
         return self.driver.take_commit_notice(peer) if self.driver is not None else None
