@@ -692,6 +692,10 @@ class Storage:
             self._epoch += 1  # every reading thread opens a new connection
         for connection in readers:
             connection.close()
+        # Everything committed into the old file itself, so that removing its WAL below
+        # loses nothing should the process stop before the rename (another connection,
+        # a backup's, would keep the last close from checkpointing).
+        self._connection.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
         self._connection.close()
         path = schema.database_path(self.data_dir)
         for suffix in ("-wal", "-shm"):  # the old database's; the seed's WAL starts empty
