@@ -11,7 +11,8 @@ from typing import Any
 
 import pytest
 
-from changeagent.config import Settings
+from changeagent.cli.serve import build_parser, options_from_arguments
+from changeagent.config import ConfigError, Settings
 from changeagent.node.errors import BadRequest, Conflict, NodeError, NotAvailable
 from changeagent.node.node import Node, NodeLimits
 from changeagent.node.seeding import STAGING_PREFIX, SeedReceiver
@@ -158,3 +159,14 @@ def test_a_seed_the_storage_refuses_leaves_the_node_running(tmp_path: Path) -> N
         assert node.storage.last_index() == 2 + CHANGES
 
     _run(tmp_path, scenario)
+
+
+def test_the_seed_threshold_flag() -> None:
+    def seed_entries_min(*flags: str) -> int:
+        return options_from_arguments(build_parser().parse_args(list(flags))).limits.seed_entries_min
+
+    assert seed_entries_min() == 10_000
+    assert seed_entries_min("--seed-entries", "0") == 0  # never
+    assert seed_entries_min("--seed-entries", "500") == 500
+    with pytest.raises(ConfigError, match="--seed-entries must not be negative"):
+        seed_entries_min("--seed-entries", "-1")
