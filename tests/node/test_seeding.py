@@ -163,7 +163,8 @@ def test_a_seed_the_storage_refuses_leaves_the_node_running(tmp_path: Path) -> N
 
 def test_the_seed_threshold_flag() -> None:
     def seed_entries_min(*flags: str) -> int:
-        return options_from_arguments(build_parser().parse_args(list(flags))).limits.seed_entries_min
+        options = options_from_arguments(build_parser().parse_args(list(flags)))
+        return options.limits.seed_entries_min
 
     assert seed_entries_min() == 10_000
     assert seed_entries_min("--seed-entries", "0") == 0  # never
