@@ -106,10 +106,13 @@ class NodeBackups:
             self._running = False
 
 
-def remove_leftovers(data_dir: Path) -> None:
-    """Temporary copies a killed process left behind (none while one runs: the
-    caller holds the only session, and the data directory has one process)."""
-    for path in data_dir.glob(f"{TEMPORARY_PREFIX}*{TEMPORARY_SUFFIX}"):
+def remove_leftovers(
+    data_dir: Path, prefix: str = TEMPORARY_PREFIX, suffix: str = TEMPORARY_SUFFIX
+) -> None:
+    """Temporary files (backup copies by default; seeds) a killed process left behind
+    (none while one is in use: the caller holds the only session, and the data
+    directory has one process)."""
+    for path in data_dir.glob(f"{prefix}*{suffix}"):
         with contextlib.suppress(FileNotFoundError):
             os.unlink(path)
 

@@ -407,8 +407,7 @@ class ClusterMembership:
             raise RequestFailed("bad_request", "this node belongs to another cluster")
         if self._holds_own_changes():
             raise RequestFailed("bad_request", "this node holds changes; only empty nodes join")
-        in_membership = replica.node_id in replica.membership.voters | replica.membership.learners
-        if in_membership and not self.identity.standalone:
+        if self._is_member() and not self.identity.standalone:
             raise RequestFailed("bad_request", "this node is already a member")
         async with self._exclusive():
             await replica.core_driver.stop()
@@ -426,19 +425,20 @@ class ClusterMembership:
     def _holds_own_changes(self) -> bool:
         """Changes this node did not get as a seed of the cluster it joined (a node
         that joined and is no member yet holds none of its own: `join` discarded them)."""
-        replica = self._replica
-        if replica.storage.first_user_index() == 0:
+        if self._replica.storage.first_user_index() == 0:
             return False
-        membership = replica.membership
-        in_membership = replica.node_id in membership.voters | membership.learners
-        return self.identity.standalone or in_membership
+        return self.identity.standalone or self._is_member()
+
+    def _is_member(self) -> bool:
+        """This node is in the membership its log holds."""
+        membership = self._replica.membership
+        return self._replica.node_id in membership.voters | membership.learners
 
     def check_seedable(self) -> None:
         """A seed is taken only after the join RPC, before this node is added."""
-        replica = self._replica
         if self.identity.standalone:
             raise Conflict("this node has not joined a cluster: no seed before the join")
-        if replica.node_id in replica.membership.voters | replica.membership.learners:
+        if self._is_member():
             raise Conflict("this node is a member already; its log comes by replication")
         if self._holds_own_changes():
             raise Conflict("this node holds changes of its own")
@@ -456,13 +456,11 @@ class ClusterMembership:
 
     def describe(self) -> RpcValue:
         """The `describe` RPC: who we are, for a leader about to add us."""
-        replica = self._replica
-        membership = replica.membership
         return {
-            "node_id": replica.node_id,
+            "node_id": self._replica.node_id,
             "cluster_id": self.identity.cluster_id,
             "has_changes": self._holds_own_changes(),
-            "member": replica.node_id in membership.voters | membership.learners,
+            "member": self._is_member(),
         }
 
     # Helpers ------------------------------------------------------------------------------

@@ -30,7 +30,6 @@ finds where the new node's log ends and replicates from there.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hashlib
 import logging
 import os
@@ -42,6 +41,7 @@ from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
 from changeagent.node.backup import BackupCopy, NodeBackups
+from changeagent.node.backup import remove_leftovers as remove_temporary_files
 from changeagent.node.errors import BadRequest, Conflict, NodeError, NotAvailable
 from changeagent.node.replica import Replica
 from changeagent.storage import StorageError, schema
@@ -57,7 +57,7 @@ log = logging.getLogger(__name__)
 METHODS = ("seed_begin", "seed_chunk", "seed_end")
 CHUNK_BYTES = 4 * 1024 * 1024  # at most half a frame
 CALL_TIMEOUT_S = 30.0
-INSTALL_TIMEOUT_S = 600.0  # seed_end: the node copies the whole log in one transaction
+INSTALL_TIMEOUT_S = 600.0  # seed_end: the node checks, fsyncs and installs the file
 STAGING_PREFIX = "seed-"
 STAGING_SUFFIX = ".db.tmp"
 # The staging file becomes the database; room for it twice over (the WAL and the
@@ -222,9 +222,8 @@ class SeedReceiver:
 
 
 def remove_leftovers(data_dir: Path) -> None:
-    for path in data_dir.glob(f"{STAGING_PREFIX}*{STAGING_SUFFIX}"):
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(path)
+    """Staging files of seeds a killed process was receiving."""
+    remove_temporary_files(data_dir, STAGING_PREFIX, STAGING_SUFFIX)
 
 
 def _create(path: Path) -> IO[bytes]:
