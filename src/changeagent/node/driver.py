@@ -359,7 +359,7 @@ class RaftDriver:
             batch = WriteBatch(
                 hard_state=step.hard_state, entries=step.entries, snapshot=snapshot, meta=meta
             )
-            await self.storage.write(batch)
+            await self.storage.write(batch, now_if_idle=True)
             self._planner.persisted(step)
         else:  # InstallSnapshot
             await self._hooks.install_snapshot(step.snapshot)

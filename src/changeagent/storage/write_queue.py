@@ -44,6 +44,10 @@ class WriteQueue:
         self._group_bytes_max = group_bytes_max
         self._items: collections.deque[Queued] = collections.deque()
         self._condition = threading.Condition()
+        # Whether a group is being written: by the writer thread (taken with
+        # `take_group`) or by a submitter that claimed the idle writer
+        # (`claim_idle`). One at a time, so batches keep their order.
+        self._busy = False
         self.closing = False
         self.failure: StorageFailed | None = None
 
@@ -71,11 +75,27 @@ class WriteQueue:
             if len(self._items) == 1:  # the writer only ever waits on an empty queue
                 self._condition.notify_all()
 
-    def take_group(self) -> list[Queued]:
-        """Wait for work; take every queued batch, up to the group limits.
-        Returns [] once closing and empty."""
+    def claim_idle(self) -> bool:
+        """Claim the connection when nothing is queued and nothing is being written,
+        so the caller may write one batch itself; `release` ends the claim."""
         with self._condition:
-            while not self._items and not self.closing:
+            if self._items or self._busy or self.failure is not None or self.closing:
+                return False
+            self._busy = True
+            return True
+
+    def release(self) -> None:
+        """The group taken or claimed is written: the next may go."""
+        with self._condition:
+            self._busy = False
+            if self._items or self.closing:
+                self._condition.notify_all()
+
+    def take_group(self) -> list[Queued]:
+        """Wait for work; take every queued batch, up to the group limits, and
+        hold the connection until `release`. Returns [] once closing and empty."""
+        with self._condition:
+            while self._busy or (not self._items and not self.closing):
                 self._condition.wait()
             group: list[Queued] = []
             group_bytes = 0
@@ -89,6 +109,7 @@ class WriteQueue:
                     # From here on a cancel() fails: the batch will be written.
                     item.future.set_running_or_notify_cancel()
                 group.append(item)
+            self._busy = bool(group)
             self._condition.notify_all()  # room for blocked submitters
             return group
 
