@@ -9,6 +9,7 @@ the network and the disk do.
 
     python -m bench.cpu_per_write                         # changeagent and etcd, 3 members
     python -m bench.cpu_per_write --systems changeagent --members 1 --writes 5000
+    python -m bench.cpu_per_write --via-follower          # 3 members, posted to a follower
 
 What it showed is in docs/BENCHMARKS.md, "Where a 1-client write's time goes".
 """
@@ -48,8 +49,8 @@ def _sample(pids: list[int]) -> Sample:
     return Sample(process_s, threads_s)
 
 
-async def _write(system: System, count: int, first: int) -> list[float]:
-    connection = await system.connect()
+async def _write(system: System, count: int, first: int, member: int | None) -> list[float]:
+    connection = await system.connect(member)
     latencies = []
     for sequence in range(first, first + count):
         started = time.perf_counter()
@@ -58,15 +59,16 @@ async def _write(system: System, count: int, first: int) -> list[float]:
     return latencies
 
 
-def _measure(name: str, members: int, writes: int, warmup: int) -> list[str]:
+def _measure(name: str, members: int, writes: int, warmup: int, via_follower: bool) -> list[str]:
     system = SYSTEMS[name](PROCESSES, members)
     system.start()
     try:
-        asyncio.run(_write(system, warmup, 0))
-        pids = system.pids()
         leader = system.leader_index() if members > 1 else 0
+        member = system.follower_index() if via_follower else None
+        asyncio.run(_write(system, warmup, 0, member))
+        pids = system.pids()
         before = _sample(pids)
-        latencies = asyncio.run(_write(system, writes, warmup))
+        latencies = asyncio.run(_write(system, writes, warmup, member))
         after = _sample(pids)
     finally:
         system.stop()
@@ -76,6 +78,8 @@ def _measure(name: str, members: int, writes: int, warmup: int) -> list[str]:
              f"{sum(per_write):.0f} us in all"]
     for index, pid in enumerate(pids):
         role = "leader" if index == leader else "follower"
+        if member is not None and index == member:
+            role += ", posted to"
         threads = []
         for tid, (user, system_s) in after.threads_s[index].items():
             user0, system0 = before.threads_s[index].get(tid, (0.0, 0.0))
@@ -98,7 +102,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--warmup", type=int, default=300)
     parser.add_argument("--rounds", type=int, default=2,
                         help="measure each system this many times, in turn")
+    parser.add_argument("--via-follower", action="store_true",
+                        help="post every write to a follower (3 members): the forwarded path")
     arguments = parser.parse_args(argv)
+    if arguments.via_follower and arguments.members == 1:
+        parser.error("--via-follower needs --members 3")
     names = [name for name in arguments.systems.split(",") if name]
     unknown = [name for name in names if name not in SYSTEMS]
     if unknown:
@@ -112,7 +120,8 @@ def main(argv: list[str] | None = None) -> int:
                 if missing:
                     print(f"{name}: skipped, {missing}")
                     continue
-                lines = _measure(name, arguments.members, arguments.writes, arguments.warmup)
+                lines = _measure(name, arguments.members, arguments.writes, arguments.warmup,
+                                 arguments.via_follower)
                 print("\n".join(lines), flush=True)
     finally:
         PROCESSES.cleanup()

@@ -232,8 +232,9 @@ def test_pipelined_writes_through_a_follower_are_each_answered_once_in_order(
     tmp_path: Path,
 ) -> None:
     # The follower writes a forwarded write's answer from the apply step that reaches
-    # its index (`AppliedIndex.wait`'s hook) and aiohttp only finishes its
-    # bookkeeping: a second copy, or an answer out of order, would show up here.
+    # its index (`AppliedIndex.watch`, registered as the leader's answer is read) and
+    # aiohttp only finishes its bookkeeping: a second copy, or an answer out of
+    # order, would show up here.
     count = 20
     requests = b"".join(
         b"POST /changes HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"

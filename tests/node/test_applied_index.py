@@ -73,3 +73,22 @@ def test_a_failing_hook_is_logged_and_the_waiter_still_resumes(
     with caplog.at_level(logging.ERROR, logger="changeagent.node.applied"):
         asyncio.run(scenario())
     assert "applied-index hook failed" in caplog.text
+
+
+def test_a_watch_runs_inside_advance_or_at_once_and_never_after_refusal() -> None:
+    applied = AppliedIndex(3)
+    calls: list[str] = []
+    applied.watch(2, lambda: calls.append("already"))  # applied: at once
+    assert calls == ["already"]
+    applied.watch(5, lambda: calls.append("five"))
+    applied.watch(4, lambda: calls.append("four"))
+    applied.advance(4)
+    assert calls == ["already", "four"]
+    applied.advance(6)
+    applied.advance(7)
+    assert calls == ["already", "four", "five"]  # once each
+    applied.watch(9, lambda: calls.append("nine"))
+    applied.refuse("stopped")
+    applied.advance(10)
+    applied.watch(1, lambda: calls.append("after refusal"))
+    assert calls == ["already", "four", "five"]

@@ -24,7 +24,13 @@ class SilentLeader:
     inside, with `asyncio.timeout`, as `Transport._await_reply` does."""
 
     async def propose(
-        self, peer_id: int, entry_type: int, data: bytes, key: str = "", timeout_s: float = 10.0
+        self,
+        peer_id: int,
+        entry_type: int,
+        data: bytes,
+        key: str = "",
+        timeout_s: float = 10.0,
+        on_index: object = None,
     ) -> int:
         try:
             async with asyncio.timeout(timeout_s):

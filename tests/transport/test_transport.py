@@ -137,6 +137,44 @@ def test_an_early_answer_carries_a_raft_message_along(carrier: str) -> None:
 
 
 @pytest.mark.parametrize("carrier", CARRIERS)
+def test_a_proposals_index_is_handed_over_as_its_reply_is_read(carrier: str) -> None:
+    """`propose(on_index=...)` runs when the reply is read: before the message sent
+    along behind it is delivered and before the caller resumes; not for a refusal."""
+
+    async def scenario() -> None:
+        addresses: dict[int, str] = {}
+
+        async def early(context: RequestContext, request: Request) -> Reply:
+            if request.key == "refuse":
+                return ProposalReply(0, error_code="not_leader", error_message="no")
+            assert context.reply_now(ProposalReply(0, index=7), message(2, 1, index=70))
+            return ProposalReply(0, index=9)  # not sent
+
+        a, b = await started(
+            Node(1, carrier, addresses), Node(2, carrier, addresses, on_request=early)
+        )
+        seen: list[tuple[int, int, bool]] = []
+
+        def on_index(index: int) -> None:
+            seen.append((index, a.received.qsize(), proposal.done()))
+
+        try:
+            proposal = asyncio.ensure_future(a.transport.propose(2, 0, b"x", on_index=on_index))
+            await wait_until(lambda: bool(seen), what="the index hook")
+            # Neither the message behind the reply nor the caller has been served yet.
+            assert seen == [(7, 0, False)]
+            assert await proposal == 7
+            assert a.received.get_nowait() == (2, message(2, 1, index=70))
+            with pytest.raises(RequestFailed):
+                await a.transport.propose(2, 0, b"y", key="refuse", on_index=on_index)
+            assert seen == [(7, 0, False)]
+        finally:
+            await stop_all([a, b])
+
+    run(scenario())
+
+
+@pytest.mark.parametrize("carrier", CARRIERS)
 def test_reconnects_after_the_peer_restarts(carrier: str) -> None:
     async def scenario() -> None:
         addresses: dict[int, str] = {}

@@ -28,12 +28,16 @@ class AppliedIndex:
     def __init__(self, index: int = 0) -> None:
         self.index = index
         self._waiters: list[tuple[int, int, asyncio.Future[None], OnReached | None]] = []
+        self._watches: list[tuple[int, int, OnReached]] = []  # hooks nobody awaits
         self._order = itertools.count()
         self._refusal: str | None = None  # set once the node stops applying
 
     def advance(self, index: int) -> None:
         """Entries up to `index` are applied: wake whoever waited for them."""
         self.index = max(self.index, index)
+        watches = self._watches
+        while watches and watches[0][0] <= self.index:
+            _call_on_reached(heapq.heappop(watches)[2])
         waiters = self._waiters
         while waiters and waiters[0][0] <= self.index:
             _, _, future, on_reached = heapq.heappop(waiters)
@@ -43,8 +47,10 @@ class AppliedIndex:
                 future.set_result(None)
 
     def reset(self, index: int) -> None:
-        """A new Raft core starts at `index` (join: from nothing; leave: one further)."""
+        """A new Raft core starts at `index` (join: from nothing; leave: one further).
+        Watches end: their indexes belong to the history before."""
         self.index = index
+        self._watches = []
 
     async def wait(self, index: int, timeout_s: float, on_reached: OnReached | None = None) -> None:
         """Until `index` is applied; CommitTimeout after `timeout_s`, NotAvailable
@@ -61,9 +67,24 @@ class AppliedIndex:
         # A waiter that timed out is done, so `advance` skips it and its hook.
         await wait_owned(future, timeout_s, lambda: _not_applied(index))
 
+    def watch(self, index: int, on_reached: OnReached) -> None:
+        """Call `on_reached()` once `index` is applied (inside `advance`), at once if it
+        is; never once the node stopped applying. For a hook that must be in place
+        before the apply that may follow right away: a forwarded write's answer,
+        registered as the leader's reply is read, the commit notice right behind it
+        (`ChangeLog.append_change`). The hook must cope with a late call (the
+        answer's own writer may have given up: `WriteDelivery` writes nothing then)."""
+        if self._refusal is not None:
+            return
+        if self.index >= index:
+            _call_on_reached(on_reached)
+            return
+        heapq.heappush(self._watches, (index, next(self._order), on_reached))
+
     def refuse(self, reason: str) -> None:
         """The node stopped applying: end every wait now, refuse new ones."""
         self._refusal = self._refusal or reason
+        self._watches = []
         waiters, self._waiters = self._waiters, []
         for _, _, future, _ in waiters:
             if not future.done():

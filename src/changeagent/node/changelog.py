@@ -23,7 +23,6 @@ from collections.abc import Callable
 import orjson
 
 from changeagent.change import NewChange, encode_change, stored_bytes_max
-from changeagent.node.applied import OnReached
 from changeagent.node.driver import OnApplied
 from changeagent.node.errors import NotAvailable, PayloadTooLarge
 from changeagent.node.replica import Replica
@@ -53,7 +52,7 @@ class ChangeLog:
         original. `on_applied(entry)`: called the moment a new change (no key) proposed
         here is applied, before this returns (see `RaftDriver.propose`), and for a
         write forwarded to the leader the moment this node applies the index the
-        leader answered (`AppliedIndex.wait`), if it had not yet; never for a keyed
+        leader answered (`AppliedIndex.watch`), if it had not yet; never for a keyed
         write on the leader."""
         if key:
             existing = self._applied_for_key(key)
@@ -66,15 +65,26 @@ class ChangeLog:
             return entry.data
         _check_fits(change, self.limits.entry_bytes_max)  # before it travels to the leader
         timeout_s = self.limits.commit_timeout_s
-        index = await replica.leader.forward_change(change, key, timeout_s)
-        await replica.wait_applied(index, timeout_s, self._answer_hook(index, on_applied))
+        index = await replica.leader.forward_change(
+            change, key, timeout_s, self._answer_watch(on_applied)
+        )
+        await replica.wait_applied(index, timeout_s)
         return self._stored_answer(index)
 
-    def _answer_hook(self, index: int, on_applied: OnApplied | None) -> OnReached | None:
-        """`on_applied` with the stored change at `index`, for `AppliedIndex.wait`."""
+    def _answer_watch(self, on_applied: OnApplied | None) -> Callable[[int], None] | None:
+        """For a forwarded write: as the leader's answer (the index, committed) is read,
+        have `on_applied` called with the stored change once this node applies it.
+        Registered then, not when this coroutine resumes a few loop iterations later:
+        the commit notice that lets this node apply it comes right behind the answer,
+        and its apply would otherwise come first, leaving the answer to the handler."""
         if on_applied is None:
             return None
-        return lambda: on_applied(Entry(index, 0, 0, self._stored_answer(index)))
+        applied = self._replica.applied
+
+        def watch(index: int) -> None:
+            applied.watch(index, lambda: on_applied(Entry(index, 0, 0, self._stored_answer(index))))
+
+        return watch
 
     async def propose_change(
         self, change: NewChange, key: str = "", on_applied: OnApplied | None = None

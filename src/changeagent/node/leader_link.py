@@ -38,13 +38,23 @@ class LeaderLink:
         if self._changed is not None and not self._changed.done():
             self._changed.set_result(None)
 
-    async def forward_change(self, change: NewChange, key: str, timeout_s: float) -> int:
-        """Have the leader store `change`; the index it was stored at."""
+    async def forward_change(
+        self,
+        change: NewChange,
+        key: str,
+        timeout_s: float,
+        on_index: Callable[[int], None] | None = None,
+    ) -> int:
+        """Have the leader store `change`; the index it was stored at (committed: the
+        leader answers once it is). `on_index(index)`: called as the answer is read,
+        before this returns (see `Transport.propose`)."""
         body = orjson.dumps(
             {"type": change.type, "tags": change.tags, "data": orjson.Fragment(change.data_json)}
         )
         leader, transport = self._link()
-        request = transport.propose(leader, change.type, body, key, timeout_s=timeout_s)
+        request = transport.propose(
+            leader, change.type, body, key, timeout_s=timeout_s, on_index=on_index
+        )
         return await self._while_leader(leader, request)
 
     async def call(self, method: str, payload: RpcValue, timeout_s: float) -> RpcValue:

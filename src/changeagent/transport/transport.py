@@ -178,6 +178,8 @@ class _Pending:
     reply_type: type[Reply]
     peer_id: int
     connection: Connection | None = None  # the connection the request went out on
+    # Called with the reply as it is read, before the caller resumes (see `propose`).
+    on_reply: Callable[[Reply], None] | None = None
 
 
 class Transport:
@@ -291,19 +293,33 @@ class Transport:
             self._sent(link, connection, messages)
 
     async def propose(
-        self, peer_id: int, entry_type: int, data: bytes, key: str = "", timeout_s: float = 10.0
+        self,
+        peer_id: int,
+        entry_type: int,
+        data: bytes,
+        key: str = "",
+        timeout_s: float = 10.0,
+        on_index: Callable[[int], None] | None = None,
     ) -> int:
         """Forward a write to the leader `peer_id`; the entry's index, or `RequestFailed`.
 
         `ERROR_QUEUE_FULL` means it was never sent; `ERROR_TIMEOUT` and
         `ERROR_DISCONNECTED` mean it may or may not have been accepted
         (retry with the same idempotency key).
+
+        `on_index(index)`, if given, is called as a successful reply is read, before
+        the frames after it (the commit notice the leader sends right behind it)
+        and before this call returns, which takes a few loop iterations more.
         """
 
         def build(request_id: int) -> Proposal:
             return Proposal(request_id, entry_type, data, key)
 
-        reply = await self._request(peer_id, build, ProposalReply, timeout_s)
+        def on_reply(reply: Reply) -> None:
+            if on_index is not None and not reply.error_code:
+                on_index(cast(ProposalReply, reply).index)
+
+        reply = await self._request(peer_id, build, ProposalReply, timeout_s, on_reply)
         return reply.index
 
     async def read_index(self, peer_id: int, timeout_s: float = 10.0) -> int:
@@ -763,6 +779,11 @@ class Transport:
             return  # late (its caller timed out) or not ours
         if not isinstance(reply, pending.reply_type):
             raise FrameError(f"a {type(reply).__name__} answered request {reply.request_id}")
+        if pending.on_reply is not None:
+            try:
+                pending.on_reply(reply)
+            except Exception:  # the caller still gets the reply
+                logger.exception("a reply hook failed; the request completes normally")
         pending.future.set_result(reply)
 
     # ------------------------------------------------------------ requests
@@ -773,12 +794,13 @@ class Transport:
         build: Callable[[int], Request],
         reply_type: type[ReplyT],
         timeout_s: float,
+        on_reply: Callable[[Reply], None] | None = None,
     ) -> ReplyT:
         link = self._link(peer_id)
         request_id = next(self._request_ids)
         future: asyncio.Future[Reply] = asyncio.get_running_loop().create_future()
         body = encode_frame(build(request_id))
-        pending = _Pending(future, reply_type, peer_id)
+        pending = _Pending(future, reply_type, peer_id, on_reply=on_reply)
         connection = link.idle_connection()
         if connection is not None:
             pending.connection = connection  # claimed: losing the connection fails it
