@@ -23,15 +23,7 @@ class SilentLeader:
     """The transport's side of a leader that never answers: the request times out
     inside, with `asyncio.timeout`, as `Transport._await_reply` does."""
 
-    async def propose(
-        self,
-        peer_id: int,
-        entry_type: int,
-        data: bytes,
-        key: str = "",
-        timeout_s: float = 10.0,
-        on_index: object = None,
-    ) -> int:
+    async def propose(self, *arguments: object, timeout_s: float, **options: object) -> int:
         try:
             async with asyncio.timeout(timeout_s):
                 await asyncio.Event().wait()
