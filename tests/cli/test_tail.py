@@ -6,6 +6,7 @@ from __future__ import annotations
 import signal
 import subprocess
 import sys
+import threading
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -92,17 +93,26 @@ def test_tail_follows_across_kill_of_the_member_read_and_resumes(
         tail.stop()
 
 
-def test_sigint_while_waiting_exits_0(url: str) -> None:
-    tag = uuid.uuid4().hex
-    tail = RunningCli(["tail", "-f", "--tag", tag], cli_environment(url)).start()
-    try:
-        with Client(url) as client:
-            posted = client.post("one", tags=[tag])
-        assert ids(tail.take(1)) == [posted.id]
-        assert tail.signal(signal.SIGINT) == 0
-        assert tail.stderr() == ""
-    finally:
-        tail.stop()
+# A stop never waits for the long poll in flight (30 s): well under it.
+STOP_WITHIN_S = 5.0
+
+
+@pytest.mark.parametrize("number", [signal.SIGINT, signal.SIGTERM])
+def test_a_stop_signal_while_waiting_exits_0_at_once(url: str, number: int) -> None:
+    """Signals sent at varied moments after a batch, while the tail goes back to its
+    long poll (the moment a signal handler could miss: just before `poll()`)."""
+    for delay_s in (0.0, 0.001, 0.005, 0.02, 0.1):
+        tag = uuid.uuid4().hex
+        tail = RunningCli(["tail", "-f", "--tag", tag], cli_environment(url)).start()
+        try:
+            with Client(url) as client:
+                posted = client.post("one", tags=[tag])
+            assert ids(tail.take(1)) == [posted.id]
+            threading.Event().wait(delay_s)  # a moment to vary, not to synchronize
+            assert tail.signal(number, timeout_s=STOP_WITHIN_S) == 0
+            assert tail.stderr() == ""
+        finally:
+            tail.stop()
 
 
 def test_a_purge_gap_exits_1_naming_the_way_on(tmp_path: Path) -> None:
