@@ -378,3 +378,26 @@ def test_a_purge_gap_is_skipped_when_empty_and_raises_otherwise(
             wait_until(lambda: row_count(tmp_path / "fresh-follow.db") == len(retained), 20)
             assert following.finish(timeout_s=15) == len(retained)
         assert mirrored(tmp_path / "fresh-follow.db") == retained
+
+
+def test_a_held_section_keeps_the_sync_off_the_file(url: str, tmp_path: Path) -> None:
+    """`sync(section=...)` reads and writes the file only while holding it, so the
+    thread that takes it (`changeagent mirror` on SIGINT) may close the file."""
+    tag = uuid.uuid4().hex
+    path = tmp_path / "section.db"
+    section = threading.Lock()
+    with Client(url) as client:
+        posted = [client.post(n, tags=[tag]) for n in range(3)]
+        with Mirror(client, path, tags=[tag], limit=1) as mirror:
+            section.acquire()
+            done: list[int] = []
+            worker = threading.Thread(
+                target=lambda: done.append(mirror.sync(once=True, section=section))
+            )
+            worker.start()
+            worker.join(0.3)  # a moment to let it try, not to synchronize
+            assert worker.is_alive() and row_count(path) == 0
+            section.release()
+            worker.join(30)
+            assert done == [3]
+            assert mirrored(path) == posted

@@ -1,9 +1,10 @@
 """`changeagent mirror`: keep a local SQLite copy of the log (changeagent.client.mirror).
 
-SIGINT and SIGTERM stop it at once: every page is written in one SQLite transaction,
-so an interrupted mirror (like a killed one) holds a consistent prefix and resumes
-after it. On a terminal, a progress line shows the changes synced against the known
-end of the log and the rate.
+SIGINT and SIGTERM stop it at once, after the page being written (each is one SQLite
+transaction): an interrupted mirror (like a killed one) holds a consistent prefix and
+resumes after it. The sync runs on a thread of its own and the signals are taken on
+the main thread (`cli.tail.run_until_stopped`, which says why). On a terminal, a
+progress line shows the changes synced against the known end of the log and the rate.
 """
 
 from __future__ import annotations
@@ -11,12 +12,13 @@ from __future__ import annotations
 import argparse
 import sqlite3
 import sys
+import threading
 import time
 from dataclasses import dataclass, field
 from typing import TextIO
 
 from changeagent.cli.output import UsageError
-from changeagent.cli.tail import Interrupted, stop_signals_raise
+from changeagent.cli.tail import run_until_stopped
 from changeagent.client import Client
 from changeagent.client.mirror import Mirror, MirrorProgress
 
@@ -69,11 +71,14 @@ def mirror(client: Client, arguments: argparse.Namespace) -> int:
         )
     except ValueError as error:  # not a mirror, another filter, a bad --key
         raise UsageError(str(error)) from error
-    with stop_signals_raise(), copy:
+    section = threading.Lock()  # held while the file is read or written
+
+    def work() -> None:
+        copy.sync(once=arguments.once, progress=line, section=section)
+
+    with copy:
         try:
-            copy.sync(once=arguments.once, progress=line)
-        except Interrupted:
-            pass
+            run_until_stopped(work, section)  # stopped: the page in flight was written
         except sqlite3.Error as error:  # the disk is full, the file was removed...
             print(f"changeagent mirror: {arguments.to}: {error}", file=sys.stderr)
             return 1

@@ -17,9 +17,7 @@ from __future__ import annotations
 import argparse
 import signal
 import threading
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
-from types import FrameType
+from collections.abc import Callable
 
 from changeagent.cli.output import Output, change_document
 from changeagent.client import Client
@@ -27,27 +25,6 @@ from changeagent.client.core import read_checkpoint, write_checkpoint
 
 STOP_SIGNALS = frozenset({signal.SIGINT, signal.SIGTERM})
 SIGNAL_POLL_S = 0.1  # how often the main thread looks whether the work has ended
-
-
-class Interrupted(BaseException):
-    """SIGINT or SIGTERM arrived: stop after what was printed (BaseException, so no
-    handler of ordinary errors swallows it)."""
-
-
-def _raise_interrupted(number: int, frame: FrameType | None) -> None:
-    raise Interrupted(number)
-
-
-@contextmanager
-def stop_signals_raise() -> Iterator[None]:
-    """SIGINT and SIGTERM raise Interrupted inside this block (`changeagent mirror`,
-    whose pages are transactions; see the module docstring for what it can miss)."""
-    previous = {number: signal.signal(number, _raise_interrupted) for number in STOP_SIGNALS}
-    try:
-        yield
-    finally:
-        for number, handler in previous.items():
-            signal.signal(number, handler)
 
 
 def start_position(client: Client, arguments: argparse.Namespace) -> int:

@@ -12,6 +12,7 @@ docs/MIRROR.md.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sqlite3
 import threading
@@ -348,6 +349,7 @@ class Mirror:
         once: bool = False,
         stop: threading.Event | None = None,
         progress: Callable[[MirrorProgress], None] | None = None,
+        section: threading.Lock | None = None,
     ) -> int:
         """Copy the changes after last_id into the file, a page per transaction, and
         return how many were written. `once`: return when caught up with the log's
@@ -359,8 +361,12 @@ class Mirror:
         position, unless skip_missed. Errors from the client after its retries
         (ConnectionFailed, Unavailable) propagate; the file then holds what was
         written, and another sync() goes on from there. `progress` is called once at
-        the start and after every page written."""
-        self._last_id = self._stored_last_id()
+        the start and after every page written. `section`, if given, is held while the
+        file is read or written: a thread that takes it (and keeps it) may close the
+        file while this sync waits for the server (`changeagent mirror` on SIGINT)."""
+        guard = section if section is not None else contextlib.nullcontext()
+        with guard:
+            self._last_id = self._stored_last_id()
         started = time.monotonic()
         synced = 0
         end_id = self._end_id() if progress is not None else None
@@ -372,7 +378,8 @@ class Mirror:
             pages = self._pages(since, once, stop)
             try:
                 for batch in pages:
-                    self._write(batch)
+                    with guard:
+                        self._write(batch)
                     synced += len(batch)
                     if progress is not None:
                         now = time.monotonic()
