@@ -1,5 +1,5 @@
-"""AppliedIndex: waits for an applied index, and the hook a forwarded write's
-answer is written from (called inside `advance`, before the waiter resumes)."""
+"""AppliedIndex: waits for an applied index, and the watch a forwarded write's
+answer is written from (called inside `advance`, before any waiter resumes)."""
 
 from __future__ import annotations
 
@@ -12,15 +12,16 @@ from changeagent.node.applied import AppliedIndex
 from changeagent.node.errors import CommitTimeout, NotAvailable
 
 
-def test_the_hook_runs_inside_advance_once_before_the_waiter_resumes() -> None:
+def test_a_watch_runs_inside_advance_once_before_the_waiter_resumes() -> None:
     async def scenario() -> list[str]:
         events: list[str] = []
         applied = AppliedIndex(3)
 
         async def waiter() -> None:
-            await applied.wait(5, 10, lambda: events.append("hook"))
+            await applied.wait(5, 10)
             events.append("resumed")
 
+        applied.watch(5, lambda: events.append("hook"))
         task = asyncio.create_task(waiter())
         await asyncio.sleep(0)
         applied.advance(4)
@@ -34,17 +35,16 @@ def test_the_hook_runs_inside_advance_once_before_the_waiter_resumes() -> None:
     assert asyncio.run(scenario()) == ["advanced to 4", "hook", "advanced to 6", "resumed"]
 
 
-def test_no_hook_when_applied_already_timed_out_or_refused() -> None:
-    async def scenario() -> list[str]:
-        calls: list[str] = []
+def test_a_wait_ends_when_applied_already_timed_out_or_refused() -> None:
+    async def scenario() -> None:
         applied = AppliedIndex(5)
-        await applied.wait(5, 10, lambda: calls.append("already"))
+        await applied.wait(5, 10)
         with pytest.raises(CommitTimeout):
-            await applied.wait(6, 0.01, lambda: calls.append("timed out"))
-        applied.advance(6)  # the timed-out waiter is gone: its hook must not run
+            await applied.wait(6, 0.01)
+        applied.advance(6)  # the timed-out waiter is gone: advancing past it is fine
 
         async def refused() -> None:
-            await applied.wait(9, 10, lambda: calls.append("refused"))
+            await applied.wait(9, 10)
 
         task = asyncio.create_task(refused())
         await asyncio.sleep(0)
@@ -52,9 +52,8 @@ def test_no_hook_when_applied_already_timed_out_or_refused() -> None:
         with pytest.raises(NotAvailable):
             await task
         applied.advance(9)
-        return calls
 
-    assert asyncio.run(scenario()) == []
+    asyncio.run(scenario())
 
 
 def test_a_failing_hook_is_logged_and_the_waiter_still_resumes(
@@ -65,7 +64,8 @@ def test_a_failing_hook_is_logged_and_the_waiter_still_resumes(
 
     async def scenario() -> None:
         applied = AppliedIndex(0)
-        task = asyncio.create_task(applied.wait(1, 10, broken))
+        applied.watch(1, broken)
+        task = asyncio.create_task(applied.wait(1, 10))
         await asyncio.sleep(0)
         applied.advance(1)
         await task

@@ -3,7 +3,7 @@
 SIGINT and SIGTERM stop it at once, after the page being written (each is one SQLite
 transaction): an interrupted mirror (like a killed one) holds a consistent prefix and
 resumes after it. The sync runs on a thread of its own and the signals are taken on
-the main thread (`cli.tail.run_until_stopped`, which says why). On a terminal, a
+the main thread (`cli.stopping`, which says why). On a terminal, a
 progress line shows the changes synced against the known end of the log and the rate.
 """
 
@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from typing import TextIO
 
 from changeagent.cli.output import UsageError
-from changeagent.cli.tail import run_until_stopped
+from changeagent.cli.stopping import run_until_stopped
 from changeagent.client import Client
 from changeagent.client.mirror import Mirror, MirrorProgress
 

@@ -1,30 +1,21 @@
 """`changeagent tail`: print changes in id order, one JSON per line; with -f follow
 forever across failover, and exit 0 on SIGINT or SIGTERM.
 
-A batch is printed, flushed and checkpointed under a lock that a stop waits for, so
-an interrupted tail has printed whole lines only, and its checkpoint names the last
-change printed: a restart with the same checkpoint neither repeats nor skips a line.
-
-The following runs on a thread of its own and the main thread takes the signals with
-`sigtimedwait` (`run_until_stopped`). A Python signal handler runs in the main
-thread between two bytecodes, so one raising an exception there (as this command
-once did) missed a signal that arrived just before the thread blocked in a socket's
-`poll()`: the tail exited only when its 30 s long poll did (CI saw it once).
+A batch is printed, flushed and checkpointed under a lock that a stop waits for
+(`cli.stopping.run_until_stopped`), so an interrupted tail has printed whole lines
+only, and its checkpoint names the last change printed: a restart with the same
+checkpoint neither repeats nor skips a line.
 """
 
 from __future__ import annotations
 
 import argparse
-import signal
 import threading
-from collections.abc import Callable
 
 from changeagent.cli.output import Output, change_document
+from changeagent.cli.stopping import run_until_stopped
 from changeagent.client import Client
 from changeagent.client.core import read_checkpoint, write_checkpoint
-
-STOP_SIGNALS = frozenset({signal.SIGINT, signal.SIGTERM})
-SIGNAL_POLL_S = 0.1  # how often the main thread looks whether the work has ended
 
 
 def start_position(client: Client, arguments: argparse.Namespace) -> int:
@@ -37,33 +28,6 @@ def start_position(client: Client, arguments: argparse.Namespace) -> int:
         return client.last_index()
     since: int = arguments.since
     return since
-
-
-def run_until_stopped(work: Callable[[], None], section: threading.Lock) -> bool:
-    """Run `work()` on a daemon thread until it returns (False) or SIGINT or SIGTERM
-    arrives (True). Then `section` is held: the part of the work under it finished
-    and no other starts; the rest of the work (a request in flight) is abandoned, and
-    the signals stay blocked while the process exits. An exception of `work` is
-    raised here."""
-    failures: list[BaseException] = []
-
-    def run() -> None:
-        try:
-            work()
-        except BaseException as error:  # raised again on the main thread
-            failures.append(error)
-
-    previous = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
-    worker = threading.Thread(target=run, name="changeagent-work", daemon=True)
-    worker.start()  # it inherits the mask: the signals wait for `sigtimedwait` below
-    while worker.is_alive():
-        if signal.sigtimedwait(STOP_SIGNALS, SIGNAL_POLL_S) is not None:
-            section.acquire()
-            return True
-    signal.pthread_sigmask(signal.SIG_SETMASK, previous)
-    if failures:
-        raise failures[0]
-    return False
 
 
 def tail(client: Client, arguments: argparse.Namespace, output: Output) -> int:

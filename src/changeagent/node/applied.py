@@ -27,7 +27,7 @@ class AppliedIndex:
 
     def __init__(self, index: int = 0) -> None:
         self.index = index
-        self._waiters: list[tuple[int, int, asyncio.Future[None], OnReached | None]] = []
+        self._waiters: list[tuple[int, int, asyncio.Future[None]]] = []
         self._watches: list[tuple[int, int, OnReached]] = []  # hooks nobody awaits
         self._order = itertools.count()
         self._refusal: str | None = None  # set once the node stops applying
@@ -36,14 +36,12 @@ class AppliedIndex:
         """Entries up to `index` are applied: wake whoever waited for them."""
         self.index = max(self.index, index)
         watches = self._watches
-        while watches and watches[0][0] <= self.index:
+        while watches and watches[0][0] <= self.index:  # hooks first: before any waiter resumes
             _call_on_reached(heapq.heappop(watches)[2])
         waiters = self._waiters
         while waiters and waiters[0][0] <= self.index:
-            _, _, future, on_reached = heapq.heappop(waiters)
+            future = heapq.heappop(waiters)[2]
             if not future.done():
-                if on_reached is not None:
-                    _call_on_reached(on_reached)
                 future.set_result(None)
 
     def reset(self, index: int) -> None:
@@ -52,24 +50,22 @@ class AppliedIndex:
         self.index = index
         self._watches = []
 
-    async def wait(self, index: int, timeout_s: float, on_reached: OnReached | None = None) -> None:
+    async def wait(self, index: int, timeout_s: float) -> None:
         """Until `index` is applied; CommitTimeout after `timeout_s`, NotAvailable
-        when the node stops applying. `on_reached()`, if given, is called inside
-        `advance` (from the Ready loop's apply step, before anything else that step
-        sends), only if this call is still waiting: a forwarded write's answer is
-        written from there (`api/wire.py` `WriteDelivery`)."""
+        when the node stops applying."""
         if self.index >= index:
             return
         if self._refusal is not None:
             raise NotAvailable(self._refusal, retry_after_s=1)
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        heapq.heappush(self._waiters, (index, next(self._order), future, on_reached))
-        # A waiter that timed out is done, so `advance` skips it and its hook.
+        heapq.heappush(self._waiters, (index, next(self._order), future))
+        # A waiter that timed out is done, so `advance` skips it.
         await wait_owned(future, timeout_s, lambda: _not_applied(index))
 
     def watch(self, index: int, on_reached: OnReached) -> None:
-        """Call `on_reached()` once `index` is applied (inside `advance`), at once if it
-        is; never once the node stopped applying. For a hook that must be in place
+        """Call `on_reached()` once `index` is applied (inside `advance`, from the Ready
+        loop's apply step, before any waiter resumes), at once if it is; never once
+        the node stopped applying. For a hook that must be in place
         before the apply that may follow right away: a forwarded write's answer,
         registered as the leader's reply is read, the commit notice right behind it
         (`ChangeLog.append_change`). The hook must cope with a late call (the
@@ -86,7 +82,7 @@ class AppliedIndex:
         self._refusal = self._refusal or reason
         self._watches = []
         waiters, self._waiters = self._waiters, []
-        for _, _, future, _ in waiters:
+        for _, _, future in waiters:
             if not future.done():
                 future.set_exception(NotAvailable(reason, retry_after_s=1))
                 future.exception()  # marked retrieved: its waiter may be gone

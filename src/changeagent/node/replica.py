@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any
 
 from changeagent.config import SECOND_NS, Settings, write_settings_file
 from changeagent.ids import format_id
-from changeagent.node.applied import AppliedIndex, OnReached
+from changeagent.node.applied import AppliedIndex
 from changeagent.node.archiver import Archiver
 from changeagent.node.counters import RuntimeCounters
 from changeagent.node.driver import Build, DriverHooks, OnApplied, RaftDriver
@@ -284,16 +284,13 @@ class Replica:
         (the proposal goes on: waiting again is safe)."""
         return await wait_shielded(future, self.limits.commit_timeout_s, _commit_timeout)
 
-    async def wait_applied(
-        self, index: int, timeout_s: float, on_reached: OnReached | None = None
-    ) -> None:
-        """Until this node has applied `index` (CommitTimeout after `timeout_s`);
-        `on_reached`: see `AppliedIndex.wait` (not called if applied already)."""
+    async def wait_applied(self, index: int, timeout_s: float) -> None:
+        """Until this node has applied `index` (CommitTimeout after `timeout_s`)."""
         if self.applied.index >= index:
             return
         if self.failure is not None or self.closing:
             raise NotAvailable("this node is not applying changes now", retry_after_s=1)
-        await self.applied.wait(index, timeout_s, on_reached)
+        await self.applied.wait(index, timeout_s)
 
     async def read_index(self) -> int:
         """A linearizable read index (§6.4), confirmed by a quorum through the leader."""

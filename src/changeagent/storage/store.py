@@ -57,10 +57,10 @@ TAIL_SCAN_ENTRIES_MAX = 256
 QUEUE_BATCHES_MAX = 8192
 GROUP_BATCHES_MAX = 1024
 GROUP_BYTES_MAX = 32 * 1024 * 1024
-# A batch of at most this many entries is written on the caller's thread when the
-# writer thread is idle (`Storage._write_now`), unless the last COMMIT took longer
-# than this: the event loop never waits for a slow disk.
+# `Storage._write_now`: a batch of at most this many entries, after a transaction of
+# at most as many, is written on the caller's thread when the writer thread is idle,
 WRITE_NOW_ENTRIES_MAX = 1
+# unless that transaction's COMMIT took longer than this: the loop never waits for a slow disk.
 WRITE_NOW_COMMIT_S_MAX = 0.002
 
 Outcomes = list[tuple[Queued, Outcome]]

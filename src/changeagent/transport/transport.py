@@ -178,7 +178,7 @@ class _Pending:
     reply_type: type[Reply]
     peer_id: int
     connection: Connection | None = None  # the connection the request went out on
-    # Called with the reply as it is read, before the caller resumes (see `propose`).
+    # Called with a successful reply as it is read, before the caller resumes (`propose`).
     on_reply: Callable[[Reply], None] | None = None
 
 
@@ -315,10 +315,7 @@ class Transport:
         def build(request_id: int) -> Proposal:
             return Proposal(request_id, entry_type, data, key)
 
-        def on_reply(reply: Reply) -> None:
-            if on_index is not None and not reply.error_code:
-                on_index(cast(ProposalReply, reply).index)
-
+        on_reply = None if on_index is None else lambda r: on_index(cast(ProposalReply, r).index)
         reply = await self._request(peer_id, build, ProposalReply, timeout_s, on_reply)
         return reply.index
 
@@ -779,7 +776,7 @@ class Transport:
             return  # late (its caller timed out) or not ours
         if not isinstance(reply, pending.reply_type):
             raise FrameError(f"a {type(reply).__name__} answered request {reply.request_id}")
-        if pending.on_reply is not None:
+        if pending.on_reply is not None and not reply.error_code:
             try:
                 pending.on_reply(reply)
             except Exception:  # the caller still gets the reply
