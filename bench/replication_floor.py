@@ -47,6 +47,7 @@ from bench.systems import SYSTEMS
 from bench.systems.base import PAYLOAD, System
 from changeagent.eager import start_now
 from changeagent.raft import Entry
+from changeagent.server import tune_garbage_collector
 from changeagent.storage import Storage, WriteBatch
 
 FRAME = struct.Struct(">IQ")  # body length, index
@@ -201,6 +202,7 @@ class _Http(asyncio.Protocol):
 async def _serve(role: str, port: int, data_dir: Path, followers: list[int],
                  layers: frozenset[str]) -> None:
     log: AppendLog = _ChangeagentLog(data_dir) if "storage" in layers else _Log(data_dir)
+    tune_garbage_collector()  # as changeagent does once it serves
     if role == "follower":
         if "websocket" in layers:
             await _serve_app(_follower_app(log), port)
