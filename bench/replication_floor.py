@@ -330,9 +330,10 @@ class Floor:
         return await http_connect(self.port)
 
     async def write(self, connection: HttpConnection, sequence: int) -> None:
-        status, _ = await connection.request("POST", "/changes", b'{"data":' + PAYLOAD + b"}")
-        if status != 200:
-            raise RuntimeError(f"the stand-in answered {status}")
+        """One write; the stand-in numbers them from 1, so the answer names `sequence + 1`."""
+        status, body = await connection.request("POST", "/changes", b'{"data":' + PAYLOAD + b"}")
+        if status != 200 or body != _answer_body(sequence + 1):
+            raise RuntimeError(f"the stand-in answered {status} {body[:100]!r} to write {sequence}")
 
     def stop(self) -> None:
         for started in self.started:
