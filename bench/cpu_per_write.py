@@ -112,19 +112,10 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         print(f"unknown systems: {', '.join(unknown)}", file=sys.stderr)
         return 2
-    procs.install_cleanup_hooks()
-    try:
-        for _ in range(arguments.rounds):
-            for name in names:
-                missing = SYSTEMS[name].missing_reason()
-                if missing:
-                    print(f"{name}: skipped, {missing}")
-                    continue
-                lines = _measure(name, arguments.members, arguments.writes, arguments.warmup,
-                                 arguments.via_follower)
-                print("\n".join(lines), flush=True)
-    finally:
-        PROCESSES.cleanup()
+    procs.measure_in_turn(
+        names, arguments.rounds, lambda name: SYSTEMS[name].missing_reason(),
+        lambda name: "\n".join(_measure(name, arguments.members, arguments.writes,
+                                        arguments.warmup, arguments.via_follower)))
     return 0
 
 

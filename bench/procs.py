@@ -208,6 +208,25 @@ def install_cleanup_hooks() -> None:
     signal.signal(signal.SIGINT, _on_signal)
 
 
+def measure_in_turn(names: Sequence[str], rounds: int,
+                    missing_reason: Callable[[str], str | None],
+                    measure: Callable[[str], str]) -> None:
+    """Measure each named system `rounds` times, the systems in turn, printing each
+    result as it comes (the probes beside the bench: `cpu_per_write`,
+    `replication_floor`); whatever they started is stopped at the end."""
+    install_cleanup_hooks()
+    try:
+        for _ in range(rounds):
+            for name in names:
+                missing = missing_reason(name)
+                if missing:
+                    print(f"{name}: skipped, {missing}")
+                    continue
+                print(measure(name), flush=True)
+    finally:
+        PROCESSES.cleanup()
+
+
 def raise_open_file_limit() -> int:
     """Raise RLIMIT_NOFILE to the hard limit (inherited by servers we start)."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)

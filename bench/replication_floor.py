@@ -97,14 +97,21 @@ class _ChangeagentLog:
             self.storage.submit(batch, timeout_s=None).result()
 
 
-class _Follower(asyncio.Protocol):
-    def __init__(self, log: AppendLog) -> None:
-        self.log = log
+class _Buffered(asyncio.Protocol):
+    """A stream whose bytes gather in `buffer` until a whole frame or request is in."""
+
+    def __init__(self) -> None:
         self.buffer = bytearray()
         self.transport: asyncio.Transport | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
+
+
+class _Follower(_Buffered):
+    def __init__(self, log: AppendLog) -> None:
+        super().__init__()
+        self.log = log
 
     def data_received(self, data: bytes) -> None:
         self.buffer += data
@@ -157,10 +164,10 @@ def _answer_raw(client: asyncio.Transport, index: int) -> None:
                  b"\r\n\r\n%s" % (len(body), body))
 
 
-class _Acks(asyncio.Protocol):
+class _Acks(_Buffered):
     def __init__(self, leader: _Leader) -> None:
+        super().__init__()
         self.leader = leader
-        self.buffer = bytearray()
 
     def data_received(self, data: bytes) -> None:
         self.buffer += data
@@ -170,16 +177,12 @@ class _Acks(asyncio.Protocol):
             self.leader.acknowledged(index)
 
 
-class _Http(asyncio.Protocol):
+class _Http(_Buffered):
     """HTTP/1.1 keep-alive POSTs: the head up to its blank line, then Content-Length bytes."""
 
     def __init__(self, leader: _Leader) -> None:
+        super().__init__()
         self.leader = leader
-        self.buffer = bytearray()
-        self.transport: asyncio.Transport | None = None
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]
 
     def data_received(self, data: bytes) -> None:
         self.buffer += data
@@ -417,18 +420,10 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         print(f"unknown systems: {', '.join(unknown)}", file=sys.stderr)
         return 2
-    procs.install_cleanup_hooks()
-    try:
-        for _ in range(arguments.rounds):
-            for name in names:
-                missing = None if name.startswith("floor") else SYSTEMS[name].missing_reason()
-                if missing:
-                    print(f"{name}: skipped, {missing}")
-                    continue
-                print(_measure(name, arguments.members, arguments.writes, arguments.warmup),
-                      flush=True)
-    finally:
-        PROCESSES.cleanup()
+    procs.measure_in_turn(
+        names, arguments.rounds,
+        lambda name: None if name.startswith("floor") else SYSTEMS[name].missing_reason(),
+        lambda name: _measure(name, arguments.members, arguments.writes, arguments.warmup))
     return 0
 
 
