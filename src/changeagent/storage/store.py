@@ -31,7 +31,14 @@ from changeagent.storage.purge import PurgeScanner
 from changeagent.storage.reads import RowMissing
 from changeagent.storage.seed import prepare_seed
 from changeagent.storage.tail import DATA, TAGS, TERM, TYPE, TailCache, TailRecord, record_entry
-from changeagent.storage.write_queue import Outcome, Queued, WriteQueue, fresh_error, settle
+from changeagent.storage.write_queue import (
+    Outcome,
+    Queued,
+    WriteQueue,
+    fresh_error,
+    hand_over,
+    settle,
+)
 from changeagent.storage.writer import (
     BatchRejected,
     GroupTransaction,
@@ -595,7 +602,7 @@ class Storage:
         loop = asyncio.get_running_loop()
         item = Queued(batch, loop=loop, waiter=loop.create_future())
         try:
-            self._writes.put(item, 0.0)
+            hand_over(self._writes.put(item, 0.0))
         except StorageBusy:
             await asyncio.to_thread(self._writes.put, item, None)
         assert item.waiter is not None
