@@ -15,6 +15,11 @@ latency and CPU per write.
     python -m bench.replication_floor                      # 3 members, all three systems
     python -m bench.replication_floor --members 1          # one process, no replication
     python -m bench.replication_floor --systems floor --writes 5000
+    python -m bench.replication_floor --systems floor,floor+aiohttp,floor+websocket,floor+storage
+
+`floor+LAYER[+LAYER...]` swaps a bare part for the real one: `aiohttp` serves the
+client's POST, `websocket` links the members with aiohttp WebSockets (frames started as
+changeagent starts them), `storage` appends through changeagent's `Storage`.
 
 No Python server can do a 1-client write faster than the stand-in on the same machine:
 if the stand-in is not ahead of etcd, a Python server cannot be (docs/BENCHMARKS.md,
