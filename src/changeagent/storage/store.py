@@ -32,11 +32,11 @@ from changeagent.storage.reads import RowMissing
 from changeagent.storage.seed import prepare_seed
 from changeagent.storage.tail import DATA, TAGS, TERM, TYPE, TailCache, TailRecord, record_entry
 from changeagent.storage.write_queue import (
+    HandOver,
     Outcome,
     Queued,
     WriteQueue,
     fresh_error,
-    hand_over,
     settle,
 )
 from changeagent.storage.writer import (
@@ -236,6 +236,7 @@ class Storage:
             TAIL_WARM_BYTES_DEFAULT,
         )
         self._writes = WriteQueue(*limits)  # also holds the failure, once there is one
+        self._hand_over = HandOver()  # the event loop's writes only (`write`)
         self._closed = False
         self.commit_count = 0  # transactions committed (one fsync each)
         # What the last transaction appended and how long its COMMIT took (`_write_now`).
@@ -602,7 +603,7 @@ class Storage:
         loop = asyncio.get_running_loop()
         item = Queued(batch, loop=loop, waiter=loop.create_future())
         try:
-            hand_over(self._writes.put(item, 0.0))
+            self._hand_over(self._writes.put(item, 0.0))
         except StorageBusy:
             await asyncio.to_thread(self._writes.put, item, None)
         assert item.waiter is not None
