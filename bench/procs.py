@@ -296,6 +296,15 @@ def rss_bytes(pids: Sequence[int]) -> int:
     return total
 
 
+def accepts_connections(port: int, timeout: float = 1.0) -> bool:
+    """Whether something listens on loopback `port` (a TCP connection is accepted)."""
+    try:
+        with socket.create_connection((LOOPBACK, port), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
 def cpu_seconds(pids: Sequence[int]) -> float:
     """User + system CPU seconds consumed so far by the given processes and children."""
     total = 0.0

@@ -42,12 +42,11 @@ from pathlib import Path
 from typing import Protocol
 
 import aiohttp
-import psutil
 from aiohttp import web
 
 from bench import procs
 from bench.aioclient import HttpConnection, http_connect
-from bench.procs import LOOPBACK, PROCESSES, free_port, wait_until
+from bench.procs import LOOPBACK, PROCESSES, accepts_connections, free_port, wait_until
 from bench.systems import SYSTEMS
 from bench.systems.base import PAYLOAD, System
 from changeagent.eager import start_now
@@ -314,10 +313,10 @@ class Floor:
         for number, port in enumerate(follower_ports):
             self._spawn("follower", port, f"follower{number}", [])
         for port in follower_ports:
-            wait_until(lambda port=port: _accepts(port), READY_S, f"follower on {port}")
+            wait_until(lambda port=port: accepts_connections(port), READY_S, f"follower on {port}")
         self.port = free_port()
         self._spawn("leader", self.port, "leader", follower_ports)
-        wait_until(lambda: _accepts(self.port), READY_S, "the stand-in leader")
+        wait_until(lambda: accepts_connections(self.port), READY_S, "the stand-in leader")
 
     def _spawn(self, role: str, port: int, name: str, followers: list[int]) -> None:
         data_dir = self.root / name
@@ -349,16 +348,6 @@ class Floor:
         self.started = []
 
 
-def _accepts(port: int) -> bool:
-    import socket
-
-    try:
-        with socket.create_connection((LOOPBACK, port), timeout=0.5):
-            return True
-    except OSError:
-        return False
-
-
 async def _write(system: object, count: int, first: int) -> list[float]:
     connection = await system.connect(None)  # type: ignore[attr-defined]
     latencies = []
@@ -368,10 +357,6 @@ async def _write(system: object, count: int, first: int) -> list[float]:
         latencies.append(time.perf_counter() - started)
     connection.close()
     return latencies
-
-
-def _cpu_s(pids: list[int]) -> list[float]:
-    return [sum(psutil.Process(pid).cpu_times()[:2]) for pid in pids]
 
 
 def _measure(name: str, members: int, writes: int, warmup: int) -> str:
@@ -385,9 +370,9 @@ def _measure(name: str, members: int, writes: int, warmup: int) -> str:
         pids = system.pids()
         leader = system.leader_index() if members > 1 else 0
         pids.insert(0, pids.pop(leader))
-        before = _cpu_s(pids)
+        before = [procs.cpu_seconds([pid]) for pid in pids]
         latencies = asyncio.run(_write(system, writes, warmup))
-        after = _cpu_s(pids)
+        after = [procs.cpu_seconds([pid]) for pid in pids]
     finally:
         system.stop()
     per_write_us = [(a - b) * 1e6 / writes for a, b in zip(after, before, strict=True)]

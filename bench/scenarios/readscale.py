@@ -54,6 +54,7 @@ from bench.procs import (
     BenchError,
     SkipScenario,
     Started,
+    accepts_connections,
     children_cpu_seconds,
     cpu_seconds,
     free_port,
@@ -403,14 +404,8 @@ class Nginx:
             raise BenchError(f"nginx -t: {check.stderr.strip()[-400:]}")
         self.process = PROCESSES.start("nginx", argv, self.prefix)
 
-        def answering() -> bool:
-            try:
-                with socket.create_connection((LOOPBACK, self.port), timeout=1):
-                    return True
-            except OSError:
-                return False
-
-        wait_until(answering, 30, "nginx to listen", self.process, interval=0.02)
+        wait_until(lambda: accepts_connections(self.port), 30, "nginx to listen", self.process,
+                   interval=0.02)
 
     def pids(self) -> list[int]:
         return [self.process.pid] if self.process is not None and self.process.alive() else []
