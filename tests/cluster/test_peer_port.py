@@ -32,8 +32,8 @@ from changeagent.transport.streams import (
     Dialer,
     FrameStream,
     TcpDialer,
-    WebSocketDialer,
 )
+from changeagent.transport.wslink import WebSocketDialer
 from tests.support.cluster import LOOPBACK, Cluster, ClusterNode, free_port
 from tests.support.server import wait_until
 

@@ -71,7 +71,6 @@ from changeagent.transport.streams import (
     Dialer,
     FrameStream,
     TcpDialer,
-    WebSocketDialer,
 )
 from changeagent.transport.transport import (
     OnMessage,
@@ -84,6 +83,7 @@ from changeagent.transport.transport import (
     TransportStats,
 )
 from changeagent.transport.websocket import add_cluster_route
+from changeagent.transport.wslink import WebSocketDialer
 
 __all__ = [
     "CLUSTER_PATH",

@@ -2,7 +2,8 @@
 
 - TCP (the cluster port `-cp`, optionally TLS): a byte stream of
   length-prefixed bodies, parsed by `FrameDecoder`.
-- WebSocket (the API port, under `CLUSTER_PATH`): one binary message per body.
+- WebSocket (the API port, under `CLUSTER_PATH`): one binary message per body
+  (`wslink`: the socket is ours after the HTTP upgrade).
 
 A `FrameStream` is one open connection; a `Dialer` opens outbound ones.
 End of stream and socket errors surface as `ConnectionClosed`; bad input as
@@ -16,13 +17,9 @@ import contextlib
 import ssl
 from abc import ABC, abstractmethod
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
-import aiohttp
-from aiohttp import web
-
-from changeagent.transport.codec import PREFIX, FrameDecoder, decode_frame, encode_frame
-from changeagent.transport.errors import FrameError
+from changeagent.transport.codec import PREFIX, FrameDecoder, encode_frame
 from changeagent.transport.frames import Frame
 
 CLUSTER_PATH = "/_cluster/v1/stream"
@@ -50,6 +47,13 @@ class FrameStream(ABC):
     @abstractmethod
     async def read_frame(self) -> Frame:
         """The next frame; raises `FrameError` or `ConnectionClosed`."""
+
+    async def serve_frames(self, on_frame: Callable[[Frame], None]) -> None:
+        """Call `on_frame` with every frame until reading fails; raises what
+        `read_frame` raises. A carrier may call it from its read callback, in
+        the same step that decoded the frame."""
+        while True:
+            on_frame(await self.read_frame())
 
     @abstractmethod
     async def write_bodies(self, bodies: Sequence[bytes]) -> None:
@@ -104,39 +108,6 @@ class TcpFrameStream(FrameStream):
                 await self._writer.wait_closed()
 
 
-WebSocket = web.WebSocketResponse | aiohttp.ClientWebSocketResponse
-
-
-class WebSocketFrameStream(FrameStream):
-    def __init__(self, socket: WebSocket, frame_bytes_max: int, remote_address: str) -> None:
-        self._socket = socket
-        self._frame_bytes_max = frame_bytes_max
-        self.remote_address = remote_address
-
-    async def read_frame(self) -> Frame:
-        message = await self._socket.receive()
-        if message.type == aiohttp.WSMsgType.BINARY:
-            return decode_frame(message.data, self._frame_bytes_max)
-        if message.type == aiohttp.WSMsgType.TEXT:
-            raise FrameError("text WebSocket message")
-        if message.type == aiohttp.WSMsgType.ERROR:
-            # aiohttp reports oversized and malformed WebSocket frames this way.
-            raise FrameError(f"WebSocket error: {message.data}")
-        raise ConnectionClosed(f"WebSocket {message.type.name.lower()}")
-
-    async def write_bodies(self, bodies: Sequence[bytes]) -> None:
-        try:
-            for body in bodies:
-                await self._socket.send_bytes(body)
-        except (OSError, RuntimeError, aiohttp.ClientError) as error:
-            raise ConnectionClosed(str(error) or type(error).__name__) from None
-
-    async def close(self) -> None:
-        with contextlib.suppress(Exception):
-            async with asyncio.timeout(_CLOSE_TIMEOUT_S):
-                await self._socket.close()
-
-
 class Dialer(ABC):
     """Opens outbound connections to `host:port` addresses."""
 
@@ -172,37 +143,3 @@ class TcpDialer(Dialer):
 
     async def close(self) -> None:
         pass  # nothing is shared between TCP connections
-
-
-class WebSocketDialer(Dialer):
-    """Dials `CLUSTER_PATH` on a peer's API port (https when `ssl_context` is given)."""
-
-    def __init__(self, ssl_context: ssl.SSLContext | None = None, path: str = CLUSTER_PATH):
-        self._ssl_context = ssl_context
-        self._path = path
-        self._session: aiohttp.ClientSession | None = None
-
-    async def connect(self, address: str, frame_bytes_max: int) -> FrameStream:
-        split_address(address)
-        scheme = "https" if self._ssl_context else "http"
-        if self._session is None or self._session.closed:
-            self._session = aiohttp.ClientSession()
-        try:
-            socket = await self._session.ws_connect(
-                f"{scheme}://{address}{self._path}",
-                max_msg_size=frame_bytes_max,
-                ssl=self._ssl_context if self._ssl_context else True,
-                autoping=True,
-                heartbeat=None,
-            )
-        except aiohttp.ClientConnectorError as error:
-            # Its message repeats the address; the caller names it already.
-            raise ConnectionClosed(str(error.os_error) or type(error).__name__) from None
-        except (OSError, aiohttp.ClientError, ssl.SSLError) as error:
-            raise ConnectionClosed(str(error) or type(error).__name__) from None
-        return WebSocketFrameStream(socket, frame_bytes_max, address)
-
-    async def close(self) -> None:
-        if self._session is not None:
-            await self._session.close()
-            self._session = None

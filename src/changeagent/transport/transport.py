@@ -658,12 +658,15 @@ class Transport:
                 self._close_soon(connection)  # the read below then fails
 
         watchdog = loop.call_at(read_at_s + timeout_s, check_idle)
-        read_frame = connection.stream.read_frame
+        dispatch = self._dispatch
+
+        def on_frame(frame: Frame) -> None:
+            nonlocal read_at_s
+            read_at_s = loop.time()
+            dispatch(connection, frame)
+
         try:
-            while True:
-                frame = await read_frame()
-                read_at_s = loop.time()
-                self._dispatch(connection, frame)
+            await connection.stream.serve_frames(on_frame)
         except _READ_ERRORS as error:
             self._log_read_error(connection, error)
         finally:

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from changeagent.transport.streams import CLUSTER_PATH, WebSocketFrameStream
+from changeagent.transport.streams import CLUSTER_PATH
 from changeagent.transport.transport import Transport
+from changeagent.transport.wslink import adopt
 
 
 def add_cluster_route(app: web.Application, transport: Transport, path: str = CLUSTER_PATH) -> None:
@@ -21,10 +22,13 @@ def add_cluster_route(app: web.Application, transport: Transport, path: str = CL
             raise web.HTTPServiceUnavailable(
                 text='{"error":"too many cluster connections"}', content_type="application/json"
             )
-        socket = web.WebSocketResponse(max_msg_size=frame_bytes_max, autoping=True)
-        await socket.prepare(request)
+        socket = web.WebSocketResponse(max_msg_size=frame_bytes_max)
+        await socket.prepare(request)  # the upgrade; the dialer waits for our CHALLENGE
         remote = f"{request.remote}" if request.remote else "?"
-        await transport.accept(WebSocketFrameStream(socket, frame_bytes_max, remote))
+        raw = request.transport
+        if raw is None:  # gone during the upgrade
+            return socket
+        await transport.accept(adopt(raw, frame_bytes_max, remote))
         return socket
 
     app.router.add_get(path, stream)
