@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from changeagent.raft import (
     ENTRY_TYPE_NOOP,
     Entry,
@@ -13,7 +15,9 @@ from changeagent.raft import (
     ProgressState,
     RaftNode,
     Role,
+    replication,
 )
+from changeagent.raft.messages import COMMIT_ONLY_CONTEXT as COMMIT_ONLY
 
 from .harness import Cluster, drain, make_node
 
@@ -241,3 +245,59 @@ def test_replication_probes_one_message_at_a_time_until_the_follower_matches() -
     assert (probe.index, probe.log_term, len(probe.entries)) == (1, 1, 3)
     node.step(Message(MT.APPEND_RESPONSE, 2, 1, 2, index=4))
     assert state_of(node, 2) is ProgressState.REPLICATE and node.commit_index == 4
+
+
+def test_a_commit_only_append_is_not_answered_unless_rejected() -> None:
+    """A commit notice to a follower in the replicate state carries nothing the
+    leader needs back: accepted, it only moves the commit index; refused (the
+    follower lacks the previous entry), it is answered so the leader backs off.
+    An empty APPEND without the mark (a probe) is answered as always."""
+    node, log = make_node(entries=[(1, 1), (2, 1)], hard_state=HardState(term=1))
+    notice = replace(append(1, log_term=1, index=2, entries=[], commit=2), context=COMMIT_ONLY)
+    node.step(notice)
+    assert drain(node, log) == [] and node.commit_index == 2
+    node.step(replace(notice, index=5, log_term=1))  # we lack entry 5
+    [refusal] = drain(node, log)
+    assert refusal.reject and refusal.index == 5
+    node.step(append(1, log_term=1, index=2, entries=[], commit=2))
+    [answer] = drain(node, log)
+    assert not answer.reject and answer.index == 2
+
+
+def test_the_leader_marks_commit_notices_only_to_followers_it_replicates_to() -> None:
+    cluster = Cluster(3)
+    cluster.elect(1)
+    cluster.propose(1, b"a")
+    cluster.deliver()
+    notices = [m for m in cluster.delivered if m.type is MT.APPEND and not m.entries]
+    assert notices and all(m.context == COMMIT_ONLY for m in notices[-2:])
+    assert not [m for m in cluster.delivered[-2:] if m.type is MT.APPEND_RESPONSE]
+    # A follower the leader probes (here: as after a rejection) gets an empty
+    # APPEND it must answer; the one it replicates to, the marked notice.
+    leader = cluster.node(1)
+    leader._progress[2].become_probe()
+    replication.broadcast_append(leader)
+    [probe] = cluster.take(lambda m: m.type is MT.APPEND and m.target == 2)
+    [notice] = cluster.take(lambda m: m.type is MT.APPEND and m.target == 3)
+    assert not probe.entries and probe.context != COMMIT_ONLY
+    assert not notice.entries and notice.context == COMMIT_ONLY
+    cluster.deliver_one(probe)
+    cluster.deliver_one(notice)
+    answers = cluster.take(lambda m: m.type is MT.APPEND_RESPONSE)
+    assert [m.source for m in answers] == [2]  # only the probe is answered
+
+
+def test_a_lost_answer_is_found_through_the_heartbeats_not_the_commit_notices() -> None:
+    """Regression (simulator seed 101): the answers to an APPEND are lost, the
+    leader's notices go unanswered, so it learns the follower's index from the
+    empty APPEND a heartbeat's answer makes it send, which is not marked."""
+    cluster = Cluster(3)
+    cluster.elect(1)
+    cluster.drop_if = lambda m: m.type is MT.APPEND_RESPONSE and m.source == 2
+    index = cluster.propose(1, b"a")[-1]
+    cluster.deliver()
+    cluster.drop_if = None
+    leader = cluster.node(1)
+    assert leader.progress[2].match < index  # the leader does not know
+    cluster.tick_all(1)  # heartbeat, its answer, the empty APPEND, its answer
+    assert leader.progress[2].match == index

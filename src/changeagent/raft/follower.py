@@ -14,7 +14,7 @@ from changeagent.raft import reconfiguration
 from changeagent.raft.entry import Entry
 from changeagent.raft.errors import InvariantViolation
 from changeagent.raft.interfaces import Compacted
-from changeagent.raft.messages import Message, MessageType
+from changeagent.raft.messages import COMMIT_ONLY_CONTEXT, Message, MessageType
 
 if TYPE_CHECKING:
     from changeagent.raft.core import RaftNode
@@ -45,7 +45,8 @@ def on_append(node: RaftNode, message: Message) -> None:
             append_from_leader(node, entries[conflict - entries[0].index :])
     last_new = message.index + len(entries)
     log.commit_to(min(message.commit, last_new))
-    respond_append(node, message.source, last_new)
+    if entries or message.context != COMMIT_ONLY_CONTEXT:
+        respond_append(node, message.source, last_new)
 
 
 def append_from_leader(node: RaftNode, entries: tuple[Entry, ...]) -> None:

@@ -9,7 +9,13 @@ type; the table below is the contract.
   `term` is the term the sender would campaign in (its own term + 1).
 - PRE_VOTE_RESPONSE, VOTE_RESPONSE: `reject` is True when the vote is refused.
 - APPEND: `log_term`/`index` name the entry preceding `entries`; `commit` is the
-  leader's commit index.
+  leader's commit index. `context` is `COMMIT_ONLY_CONTEXT` on an APPEND without
+  entries that a leader broadcasts after a commit to a follower it replicates to
+  optimistically (its progress is in the replicate state): it only carries the
+  commit index, and a follower that accepts it does not answer (the entries' own
+  answers carry the follower's index; one that was lost is found through the
+  heartbeats, whose answers make the leader send an unmarked empty APPEND). A
+  rejection is still sent.
 - APPEND_RESPONSE: on success `index` is the follower's last index known to match
   the leader. On rejection `index` is the rejected APPEND's `index`, and
   `reject_hint`/`log_term` are the follower's hint for fast backoff: the largest
@@ -39,6 +45,8 @@ from changeagent.raft.interfaces import Snapshot
 # A VOTE carrying this context was forced by TIMEOUT_NOW (leadership transfer):
 # receivers grant it even if they heard from a leader recently.
 TRANSFER_CONTEXT = b"transfer"
+# An APPEND carrying this context needs no answer unless it is rejected.
+COMMIT_ONLY_CONTEXT = b"commit"
 
 
 class MessageType(IntEnum):

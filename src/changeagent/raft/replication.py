@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 from changeagent.raft.entry import ENTRY_TYPE_MEMBERSHIP, ENTRY_TYPE_NOOP, Entry
 from changeagent.raft.errors import NotLeader, ProposalDropped
 from changeagent.raft.interfaces import Compacted
-from changeagent.raft.messages import Message, MessageType
+from changeagent.raft.messages import COMMIT_ONLY_CONTEXT, Message, MessageType
 from changeagent.raft.progress import Progress
 from changeagent.raft.quorum import quorum_index
 from changeagent.raft.ready import ProgressState, Role
@@ -99,16 +99,22 @@ def add_progress(node: RaftNode, member: int, next_index: int) -> None:
 def broadcast_append(node: RaftNode) -> None:
     """Send every peer what its window allows (new entries, or the commit index)."""
     for peer, progress in node._progress.items():
-        if maybe_send_append(node, peer, progress, send_if_empty=True):
+        if maybe_send_append(node, peer, progress, send_if_empty=True, commit_only=True):
             # Pipelining: fill the in-flight window (a no-op in the probe state).
             while maybe_send_append(node, peer, progress, send_if_empty=False):
                 pass
 
 
 def maybe_send_append(
-    node: RaftNode, peer: int, progress: Progress, *, send_if_empty: bool
+    node: RaftNode, peer: int, progress: Progress, *, send_if_empty: bool, commit_only: bool = False
 ) -> bool:
-    """Send the next batch to `peer` if its window allows; return whether sent."""
+    """Send the next batch to `peer` if its window allows; return whether sent.
+
+    `commit_only`: an empty APPEND to a follower in the replicate state only tells
+    it the commit index (a broadcast after a commit), so it is marked to go
+    unanswered. The other empty APPENDs ask where the follower stands (a probe, a
+    heartbeat's answer that shows an APPEND or its answer was lost, a transfer)
+    and are answered."""
     config = node._config
     if progress.is_paused(config.max_inflight_messages):
         return False
@@ -126,10 +132,16 @@ def maybe_send_append(
         return send_snapshot(node, peer, progress)
     if not entries and not send_if_empty:
         return False
+    context = b""
     if entries:
         progress.sent_entries(entries[-1].index)
     elif progress.state is ProgressState.PROBE:
         progress.probe_sent = True
+    elif commit_only and progress.state is ProgressState.REPLICATE:
+        # Answered, it would tell us nothing the entries' own answers do not: a
+        # commit notice per write per follower, and as many answers to read and
+        # step. A lost answer is found by the heartbeat's (`on_heartbeat_response`).
+        context = COMMIT_ONLY_CONTEXT
     node._outbox.send(
         Message(
             _MT.APPEND,
@@ -140,6 +152,7 @@ def maybe_send_append(
             next_index - 1,
             entries,
             log.commit,
+            context=context,
         )
     )
     return bool(entries)
