@@ -31,8 +31,8 @@ from changeagent.transport.streams import (
     ConnectionClosed,
     Dialer,
     FrameStream,
-    TcpDialer,
 )
+from changeagent.transport.tcplink import TcpDialer
 from changeagent.transport.wslink import WebSocketDialer
 from tests.support.cluster import LOOPBACK, Cluster, ClusterNode, free_port
 from tests.support.server import wait_until

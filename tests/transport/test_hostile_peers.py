@@ -21,7 +21,8 @@ from changeagent.transport import (
 )
 from changeagent.transport.auth import Credentials, dial_handshake
 from changeagent.transport.codec import PREFIX, FrameDecoder
-from changeagent.transport.streams import Dialer, TcpDialer
+from changeagent.transport.streams import Dialer
+from changeagent.transport.tcplink import TcpDialer
 from changeagent.transport.wslink import WebSocketDialer
 from tests.transport.harness import (
     CLUSTER,

@@ -10,7 +10,7 @@ import pytest
 from changeagent.ids import format_id
 from changeagent.transport import HandshakeError
 from changeagent.transport.auth import Credentials, dial_handshake
-from changeagent.transport.streams import TcpDialer
+from changeagent.transport.tcplink import TcpDialer
 from tests.transport.harness import SECRET, Node, run, stop_all
 
 STRANGER_ID = 36**3 + 1000  # "1rs" in base 36

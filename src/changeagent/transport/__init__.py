@@ -70,8 +70,8 @@ from changeagent.transport.streams import (
     ConnectionClosed,
     Dialer,
     FrameStream,
-    TcpDialer,
 )
+from changeagent.transport.tcplink import TcpDialer
 from changeagent.transport.transport import (
     OnMessage,
     OnRequest,

@@ -22,6 +22,7 @@ from changeagent.eager import start_now
 from changeagent.ids import format_id
 from changeagent.raft.messages import Message
 from changeagent.timed import wait_owned
+from changeagent.transport import tcplink
 from changeagent.transport.auth import (
     Credentials,
     PeerIdentity,
@@ -53,7 +54,7 @@ from changeagent.transport.frames import (
     RpcValue,
 )
 from changeagent.transport.link import Backoff, LinkCounters, Outgoing, PeerStats, SendQueue
-from changeagent.transport.streams import ConnectionClosed, Dialer, FrameStream, TcpFrameStream
+from changeagent.transport.streams import ConnectionClosed, Dialer, FrameStream
 
 logger = logging.getLogger("changeagent.transport")
 
@@ -392,17 +393,14 @@ class Transport:
     async def serve_tcp(self, host: str, port: int, ssl_context: Any = None) -> asyncio.Server:
         """Listen on the cluster port; `ssl_context` (server side) enables TLS, and
         mutual TLS when it has `verify_mode = ssl.CERT_REQUIRED`."""
-        frame_bytes_max = self._config.frame_bytes_max
-
-        async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-            await self.accept(TcpFrameStream(reader, writer, frame_bytes_max))
-
-        server = await asyncio.start_server(
-            handle,
+        config = self._config
+        server = await tcplink.serve(
+            lambda stream: self._spawn(self.accept(stream)),
             host,
             port,
-            ssl=ssl_context,
-            ssl_handshake_timeout=self._config.handshake_timeout_s if ssl_context else None,
+            config.frame_bytes_max,
+            ssl_context,
+            config.handshake_timeout_s,
         )
         self._servers.append(server)
         return server

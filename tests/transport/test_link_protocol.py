@@ -1,6 +1,7 @@
-"""The WebSocket carrier's socket handling (`wslink`): frames handed over in the
-read callback, a batch in one write, the peer's pings and close, the dialer's
-checks of the upgrade, and aiohttp's server left with no stale connection."""
+"""The carriers' socket handling (`link_protocol`, `tcplink`, `wslink`): frames
+handed over in the read callback, a batch in one write, a WebSocket peer's pings
+and close, the dialer's checks of the upgrade, and aiohttp's server left with no
+stale connection."""
 
 from __future__ import annotations
 
@@ -10,9 +11,11 @@ from typing import Any
 import pytest
 
 from changeagent.raft import Message, MessageType
-from changeagent.transport.codec import encode_frame
+from changeagent.transport.codec import FrameDecoder, encode_frame, encode_prefixed
 from changeagent.transport.frames import Frame, Ping
+from changeagent.transport.link_protocol import LinkStream
 from changeagent.transport.streams import ConnectionClosed
+from changeagent.transport.tcplink import TcpLinkProtocol
 from changeagent.transport.wsframes import (
     OP_BINARY,
     OP_CLOSE,
@@ -21,7 +24,7 @@ from changeagent.transport.wsframes import (
     WsFrameParser,
     encode_ws_frame,
 )
-from changeagent.transport.wslink import WebSocketDialer, WsLinkProtocol, WsLinkStream
+from changeagent.transport.wslink import WebSocketDialer, WsLinkProtocol
 from tests.transport.harness import Node, run, started, stop_all, wait_until
 
 
@@ -79,7 +82,7 @@ def test_a_batch_goes_out_in_one_write_masked_by_a_dialer_only() -> None:
             protocol = WsLinkProtocol(1 << 20, dialer=dialer)
             transport = FakeTransport()
             protocol.connection_made(transport)
-            protocol.write_bodies(bodies)
+            await LinkStream(protocol, "peer").write_bodies(bodies)
             assert len(transport.writes) == 1
             parser = WsFrameParser(1 << 20, masked=dialer)
             assert parser.feed(transport.writes[0]) == [(OP_BINARY, body) for body in bodies]
@@ -90,7 +93,7 @@ def test_a_batch_goes_out_in_one_write_masked_by_a_dialer_only() -> None:
 def test_a_ping_is_answered_and_a_close_ends_the_stream() -> None:
     async def scenario() -> None:
         protocol, transport = accepting_protocol()
-        stream = WsLinkStream(protocol, "peer")
+        stream = LinkStream(protocol, "peer")
         protocol.data_received(encode_ws_frame(b"are you there", OP_PING, b"abcd"))
         assert WsFrameParser(1000, masked=False).feed(transport.writes[-1]) == [
             (OP_PONG, b"are you there")
@@ -108,7 +111,7 @@ def test_a_ping_is_answered_and_a_close_ends_the_stream() -> None:
 def test_a_bug_in_dispatch_reaches_the_serving_task() -> None:
     async def scenario() -> None:
         protocol, transport = accepting_protocol()
-        stream = WsLinkStream(protocol, "peer")
+        stream = LinkStream(protocol, "peer")
 
         def dispatch(frame: Frame) -> None:
             raise KeyError("a bug")
@@ -175,5 +178,26 @@ def test_aiohttp_forgets_a_link_once_it_closes() -> None:
             await wait_until(lambda: not server.connections)
         finally:
             await stop_all([a, b])
+
+    run(scenario())
+
+
+def test_the_tcp_carrier_hands_frames_over_in_the_read_callback_and_batches_writes() -> None:
+    async def scenario() -> None:
+        protocol = TcpLinkProtocol(1 << 20)
+        transport = FakeTransport()
+        protocol.connection_made(transport)
+        stream = encode_prefixed(heartbeat(1)) + encode_prefixed(heartbeat(2))
+        protocol.data_received(stream[:7])
+        seen: list[Frame] = []
+        protocol.deliver_to(seen.append)
+        assert seen == []
+        protocol.data_received(stream[7:])
+        assert seen == [heartbeat(1), heartbeat(2)]
+        await LinkStream(protocol, "peer").write_bodies(
+            [encode_frame(heartbeat(3)), encode_frame(Ping())]
+        )
+        assert len(transport.writes) == 1
+        assert FrameDecoder().feed(transport.writes[0]) == [heartbeat(3), Ping()]
 
     run(scenario())
