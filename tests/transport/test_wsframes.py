@@ -6,11 +6,13 @@ from __future__ import annotations
 
 import os
 import struct
+from collections.abc import Callable
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from changeagent.transport import wsframes
 from changeagent.transport.errors import FrameError
 from changeagent.transport.wsframes import (
     OP_BINARY,
@@ -22,6 +24,7 @@ from changeagent.transport.wsframes import (
     accept_key,
     apply_mask,
     encode_ws_frame,
+    mask_by_integers,
 )
 
 
@@ -30,12 +33,21 @@ def test_the_accept_key_of_the_rfc_example() -> None:
     assert accept_key("dGhlIHNhbXBsZSBub25jZQ==") == "s3pPLMBiTxaQ9kYGzzhZRbK+xOo="
 
 
-def test_masking_twice_gives_the_payload_back_and_matches_a_bytewise_xor() -> None:
+@pytest.mark.parametrize("mask", [apply_mask, mask_by_integers])
+def test_masking_twice_gives_the_payload_back_and_matches_a_bytewise_xor(
+    mask: Callable[[bytes, bytes], bytes],
+) -> None:
     payload, key = os.urandom(1001), os.urandom(4)
-    masked = apply_mask(payload, key)
+    masked = mask(payload, key)
     assert masked == bytes(byte ^ key[i % 4] for i, byte in enumerate(payload))
-    assert apply_mask(masked, key) == payload
-    assert apply_mask(b"", key) == b""
+    assert mask(masked, key) == payload
+    assert mask(b"", key) == b""
+
+
+def test_masking_uses_aiohttps_c_helper() -> None:
+    # 16 KiB: 0.7 µs against 26 µs by integers. A new aiohttp that moved it
+    # fails here rather than slowing every link under load.
+    assert wsframes._mask_in_place is not None
 
 
 @settings(max_examples=100, deadline=None)

@@ -64,8 +64,10 @@ class LinkProtocol(asyncio.Protocol):
             return
         try:
             self.feed(data)
-        except BaseException as error:  # noqa: BLE001: a bug in dispatch included,
-            self.fail(error)  # which the serving task then raises
+        except BaseException as error:
+            # Bad input, or a bug in the transport's dispatch: the connection is
+            # dropped and the serving task raises it (`LinkStream.serve_frames`).
+            self.fail(error)
 
     def connection_lost(self, exc: Exception | None) -> None:
         if self.error is None:
