@@ -1,11 +1,11 @@
 """Commit notices: a leader's empty APPENDs, held briefly for the next APPEND.
 
 When a write commits, the Raft core tells every follower the new commit index at
-once, in an APPEND without entries, and each follower answers it. With one client
-writing one change after another, the next write's APPEND follows ~1 ms later
-(answer, client, request, proposal: measured here) and carries that commit index
-anyway: the notice and its answer are a second round per write on three
-processes that share the CPU.
+once, in an APPEND without entries (a follower it replicates to no longer answers
+it: `COMMIT_ONLY_CONTEXT`). With one client writing one change after another, the
+next write's APPEND follows ~1 ms later (answer, client, request, proposal:
+measured here) and carries that commit index anyway: the notice is a second
+message per write per follower on three processes that share the CPU.
 
 `CommitNotices` sits between the Ready's messages and the wire. It holds the
 newest notice per follower and lets it go:
