@@ -201,3 +201,19 @@ def test_the_tcp_carrier_hands_frames_over_in_the_read_callback_and_batches_writ
         assert FrameDecoder().feed(transport.writes[0]) == [heartbeat(3), Ping()]
 
     run(scenario())
+
+
+
+def test_a_dial_given_up_during_the_upgrade_leaves_nothing_to_log() -> None:
+    # A dial that timed out no longer awaits the upgrade; the connection's loss
+    # then fails it, and asyncio would log that exception as never retrieved.
+    async def scenario() -> None:
+        protocol = WsLinkProtocol(1 << 20, dialer=True, upgrade_key="a2V5")
+        protocol.connection_made(FakeTransport())
+        protocol.data_received(b"HTTP/1.1 101 Switching")  # the answer never ends
+        protocol.connection_lost(None)
+        assert protocol.upgraded.done()
+        assert not protocol.upgraded._log_traceback  # type: ignore[attr-defined]
+        assert isinstance(protocol.upgraded.exception(), ConnectionClosed)
+
+    run(scenario())

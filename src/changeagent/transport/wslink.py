@@ -74,15 +74,20 @@ class WsLinkProtocol(LinkProtocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         super().connection_lost(exc)
-        if not self.upgraded.done():
-            assert self.error is not None
-            self.upgraded.set_exception(self.error)
+        self._upgrade_failed()
 
     def fail(self, error: BaseException) -> None:
         super().fail(error)
-        if not self.upgraded.done():
-            assert self.error is not None
-            self.upgraded.set_exception(self.error)
+        self._upgrade_failed()
+
+    def _upgrade_failed(self) -> None:
+        if self.upgraded.done():
+            return
+        assert self.error is not None
+        self.upgraded.set_exception(self.error)
+        # Marked as seen: a dial that timed out no longer waits for it, and an
+        # unseen exception would be logged when the future is collected.
+        self.upgraded.exception()
 
     def _frame(self, opcode: int, payload: bytes) -> None:
         if opcode == OP_BINARY:
