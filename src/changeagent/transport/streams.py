@@ -44,12 +44,10 @@ class FrameStream(ABC):
     async def read_frame(self) -> Frame:
         """The next frame; raises `FrameError` or `ConnectionClosed`."""
 
+    @abstractmethod
     async def serve_frames(self, on_frame: Callable[[Frame], None]) -> None:
-        """Call `on_frame` with every frame until reading fails; raises what
-        `read_frame` raises. A carrier may call it from its read callback, in
-        the same step that decoded the frame."""
-        while True:
-            on_frame(await self.read_frame())
+        """Call `on_frame` with every further frame, from the read callback that
+        decoded it, until reading fails; raises what `read_frame` raises."""
 
     @abstractmethod
     async def write_bodies(self, bodies: Sequence[bytes]) -> None:

@@ -653,7 +653,7 @@ class Transport:
                 watchdog = loop.call_at(read_at_s + timeout_s, check_idle)
             elif not connection.closed:
                 connection.idle_timeout = True
-                self._close_soon(connection)  # the read below then fails
+                self._close_soon(connection)  # serving below then fails
 
         watchdog = loop.call_at(read_at_s + timeout_s, check_idle)
         dispatch = self._dispatch

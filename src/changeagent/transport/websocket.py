@@ -22,8 +22,10 @@ def add_cluster_route(app: web.Application, transport: Transport, path: str = CL
             raise web.HTTPServiceUnavailable(
                 text='{"error":"too many cluster connections"}', content_type="application/json"
             )
-        socket = web.WebSocketResponse(max_msg_size=frame_bytes_max)
-        await socket.prepare(request)  # the upgrade; the dialer waits for our CHALLENGE
+        # aiohttp answers the upgrade only: it never reads a frame of this socket,
+        # which `adopt` takes before the first (the dialer waits for our CHALLENGE).
+        socket = web.WebSocketResponse()
+        await socket.prepare(request)
         remote = f"{request.remote}" if request.remote else "?"
         raw = request.transport
         if raw is None:  # gone during the upgrade
