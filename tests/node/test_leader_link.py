@@ -1,9 +1,14 @@
-"""LeaderLink: a forwarded write whose leader never answers ends in CommitTimeout
-for the caller (a 503), and the request's own timeout cancels only the request.
+"""LeaderLink: a forwarded write is awaited in its caller's task, and it ends
+without waiting out its timeout when the leader changes.
 
-Regression: the request was once run eagerly in the caller's task, so the
-`asyncio.timeout` inside the transport's request captured the caller's task and
-cancelled the HTTP handler: the client's connection was dropped instead of answered."""
+- A leader that never answers: CommitTimeout for the caller (a 503), and nothing
+  cancels the caller's task. Regression: the request once ran eagerly in the
+  caller's task while an `asyncio.timeout` inside it belonged to another task, so
+  the timeout cancelled the HTTP handler and the client's connection was dropped.
+- A leader that is replaced while a write waits on it: NotAvailable at once
+  (through `Transport.give_up_requests`), with real transports on loopback; a
+  change of role that keeps the leader leaves the request waiting for its answer.
+"""
 
 from __future__ import annotations
 
@@ -12,16 +17,19 @@ import asyncio
 import pytest
 
 from changeagent.change import NewChange
-from changeagent.node.errors import CommitTimeout
+from changeagent.node.errors import CommitTimeout, NotAvailable
 from changeagent.node.leader_link import LeaderLink
-from changeagent.transport import RequestFailed
+from changeagent.transport import ProposalReply, RequestContext, RequestFailed
+from changeagent.transport.transport import Reply, Request
+from tests.transport.harness import Node, run, stop_all
 
 LEADER = 2
+CHANGE = NewChange(type=0, tags=(), data_json=b"{}")
 
 
 class SilentLeader:
     """The transport's side of a leader that never answers: the request times out
-    inside, with `asyncio.timeout`, as `Transport._await_reply` does."""
+    inside, with `asyncio.timeout`."""
 
     async def propose(self, *arguments: object, timeout_s: float, **options: object) -> int:
         try:
@@ -36,11 +44,55 @@ def test_a_leader_that_never_answers_gives_commit_timeout_not_a_cancelled_caller
     async def scenario() -> None:
         link = LeaderLink(lambda: LEADER, lambda: True)
         link.transport = SilentLeader()  # type: ignore[assignment]
-        change = NewChange(type=0, tags=(), data_json=b"{}")
         with pytest.raises(CommitTimeout):
-            await link.forward_change(change, "", timeout_s=0.05)
+            await link.forward_change(CHANGE, "", timeout_s=0.05)
         current = asyncio.current_task()
         assert current is not None and not current.cancelling()
         await asyncio.sleep(0.01)  # still running: nothing cancelled this task
 
     asyncio.run(scenario())
+
+
+def test_a_forwarded_write_fails_at_once_when_its_leader_is_replaced() -> None:
+    async def scenario() -> None:
+        addresses: dict[int, str] = {}
+        asked = asyncio.Event()
+        release = asyncio.Event()
+
+        async def slow_leader(context: RequestContext, request: Request) -> Reply:
+            asked.set()
+            await release.wait()
+            return ProposalReply(request.request_id, index=7)
+
+        follower = await Node(1, "tcp", addresses).start()
+        leader = await Node(LEADER, "tcp", addresses, on_request=slow_leader).start()
+        try:
+            current = [LEADER]
+            link = LeaderLink(lambda: current[0], lambda: True)
+            link.transport = follower.transport
+            loop = asyncio.get_running_loop()
+
+            # Same leader after a change of role: the write still gets its answer.
+            kept = asyncio.create_task(link.forward_change(CHANGE, "", timeout_s=20))
+            await asyncio.wait_for(asked.wait(), 10)
+            link.leadership_changed()
+            release.set()
+            assert await asyncio.wait_for(kept, 10) == 7
+
+            # Another leader: the write waiting on the old one fails now, not in 20 s.
+            release.clear()
+            asked.clear()
+            waiting = asyncio.create_task(link.forward_change(CHANGE, "k", timeout_s=20))
+            await asyncio.wait_for(asked.wait(), 10)
+            started = loop.time()
+            current[0] = 3
+            link.leadership_changed()
+            with pytest.raises(NotAvailable, match="leader changed") as failed:
+                await asyncio.wait_for(waiting, 10)
+            assert failed.value.retry_after_s == 1
+            assert loop.time() - started < 5
+            release.set()  # the old leader's late answer is dropped
+        finally:
+            await stop_all([follower, leader])
+
+    run(scenario())

@@ -363,3 +363,40 @@ def test_a_standalone_node_joins_through_an_rpc_carrying_the_secret() -> None:
             await stop_all([leader, node, stranger])
 
     run(scenario())
+
+
+def test_giving_up_fails_the_requests_to_one_peer_and_drops_their_late_answers() -> None:
+    async def scenario() -> None:
+        addresses: dict[int, str] = {}
+        release = asyncio.Event()
+        asked: list[int] = []
+
+        async def held(context: RequestContext, request: Request) -> Reply:
+            asked.append(context.peer_id)
+            await release.wait()
+            return ProposalReply(request.request_id, index=9)
+
+        a = await Node(1, "tcp", addresses).start()
+        b = await Node(2, "tcp", addresses, on_request=held).start()
+        c = await Node(3, "tcp", addresses, on_request=held).start()
+        try:
+            to_b = [
+                asyncio.create_task(a.transport.propose(2, 0, b"x", timeout_s=20)) for _ in "xy"
+            ]
+            to_c = asyncio.create_task(a.transport.propose(3, 0, b"x", timeout_s=20))
+            await wait_until(lambda: len(asked) == 3)
+            a.transport.give_up_requests(2, "gone", "node 2 stopped leading")
+            for task in to_b:
+                with pytest.raises(RequestFailed) as failed:
+                    await asyncio.wait_for(task, 5)
+                assert failed.value.code == "gone"
+                assert failed.value.message == "node 2 stopped leading"
+            assert not to_c.done()
+            release.set()
+            assert await asyncio.wait_for(to_c, 5) == 9
+            # Node 2's late answers are dropped; the link still works.
+            assert await a.transport.propose(2, 0, b"x", timeout_s=5) == 9
+        finally:
+            await stop_all([a, b, c])
+
+    run(scenario())

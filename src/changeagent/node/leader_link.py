@@ -4,13 +4,14 @@ A leader that died or was deposed never answers, and waiting for a request's
 own timeout would stall the client, so every request is given up as soon as
 this node sees another leader (or none): the client gets a 503 that says the
 request may have taken effect, and retries (with the same Idempotency-Key).
+A request is awaited in its caller's task: the transport fails its future on a
+timeout, a lost connection, or `give_up_requests` from `leadership_changed`.
 """
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import Callable, Coroutine
-from typing import TYPE_CHECKING, Any, TypeVar
+from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import orjson
 
@@ -21,7 +22,8 @@ from changeagent.transport import RequestFailed
 if TYPE_CHECKING:
     from changeagent.transport import RpcValue, Transport
 
-T = TypeVar("T")
+# Never on the wire: the asking node fails its own requests with it.
+ERROR_LEADER_CHANGED = "leader_changed"
 
 
 class LeaderLink:
@@ -31,12 +33,18 @@ class LeaderLink:
         self._leader_id = leader_id
         self._in_cluster = in_cluster
         self.transport: Transport | None = None
-        self._changed: asyncio.Future[None] | None = None
+        self._asked: set[int] = set()  # leaders that may still owe an answer
 
     def leadership_changed(self) -> None:
-        """Called on every change of role or leader: pending requests re-check."""
-        if self._changed is not None and not self._changed.done():
-            self._changed.set_result(None)
+        """Called on every change of role or leader: requests to a node that no
+        longer leads fail at once (`ERROR_LEADER_CHANGED`), in their callers' tasks."""
+        leader = self._leader_id()
+        transport = self.transport
+        if transport is None:
+            return
+        for former in self._asked - {leader}:
+            transport.give_up_requests(former, ERROR_LEADER_CHANGED, "the leader changed")
+        self._asked &= {leader}
 
     async def forward_change(
         self,
@@ -52,51 +60,31 @@ class LeaderLink:
             {"type": change.type, "tags": change.tags, "data": orjson.Fragment(change.data_json)}
         )
         leader, transport = self._link()
-        request = transport.propose(
-            leader, change.type, body, key, timeout_s=timeout_s, on_index=on_index
-        )
-        return await self._while_leader(leader, request)
+        try:
+            return await transport.propose(
+                leader, change.type, body, key, timeout_s=timeout_s, on_index=on_index
+            )
+        except RequestFailed as error:
+            raise _error_from_reply(error) from None
 
     async def call(self, method: str, payload: RpcValue, timeout_s: float) -> RpcValue:
         """Run an operation on the leader (membership, settings); its answer's payload."""
         leader, transport = self._link()
-        return await self._while_leader(
-            leader, transport.call(leader, method, payload, timeout_s=timeout_s)
-        )
+        try:
+            return await transport.call(leader, method, payload, timeout_s=timeout_s)
+        except RequestFailed as error:
+            raise _error_from_reply(error) from None
 
     def _link(self) -> tuple[int, Transport]:
+        """The leader to ask, remembered until it answers or stops leading. The
+        request is awaited in the caller's own task (no task or wait of its own per
+        forwarded write): it times out by failing its future, and a change of leader
+        fails it through `give_up_requests`."""
         leader = self._leader_id()
         if not leader or self.transport is None or not self._in_cluster():
             raise NotAvailable("no leader is known; retry later", retry_after_s=1)
+        self._asked.add(leader)
         return leader, self.transport
-
-    async def _while_leader(self, leader: int, call: Coroutine[Any, Any, T]) -> T:
-        # A task of its own, never run eagerly in the caller's: the request's
-        # `asyncio.timeout` must cancel the request, not the caller's task (run
-        # eagerly, it captured the HTTP handler's, and a forwarded write whose
-        # leader never answered lost its connection instead of getting a 503).
-        request = asyncio.ensure_future(call)
-        try:
-            while not request.done():
-                changed = self._next_change()
-                await asyncio.wait((request, changed), return_when=asyncio.FIRST_COMPLETED)
-                if not request.done() and self._leader_id() != leader:
-                    raise NotAvailable(
-                        "the leader changed while the request was forwarded; it may have "
-                        "taken effect. Retry (with the same Idempotency-Key for a write)",
-                        retry_after_s=1,
-                    )
-            return request.result()
-        except RequestFailed as error:
-            raise _error_from_reply(error) from None
-        finally:
-            if not request.done():
-                request.cancel()
-
-    def _next_change(self) -> asyncio.Future[None]:
-        if self._changed is None or self._changed.done():
-            self._changed = asyncio.get_running_loop().create_future()
-        return self._changed
 
 
 def _error_from_reply(error: RequestFailed) -> NodeError:
@@ -112,6 +100,12 @@ def _error_from_reply(error: RequestFailed) -> NodeError:
         return NotAvailable(
             "the connection to the leader broke; the change may have committed. "
             "Retry with the same Idempotency-Key to get it exactly once",
+            retry_after_s=1,
+        )
+    if error.code == ERROR_LEADER_CHANGED:
+        return NotAvailable(
+            "the leader changed while the request was forwarded; it may have "
+            "taken effect. Retry (with the same Idempotency-Key for a write)",
             retry_after_s=1,
         )
     return NotAvailable(f"the leader could not take the request: {error.message}", retry_after_s=1)

@@ -181,6 +181,7 @@ class _Pending:
     connection: Connection | None = None  # the connection the request went out on
     # Called with a successful reply as it is read, before the caller resumes (`propose`).
     on_reply: Callable[[Reply], None] | None = None
+    by_address: bool = False  # `call_address`: not a request on the peer's link
 
 
 class Transport:
@@ -358,7 +359,9 @@ class Transport:
         try:
             request_id = next(self._request_ids)
             identity = connection.identity
-            pending = _Pending(loop.create_future(), RpcResponse, identity.node_id, connection)
+            pending = _Pending(
+                loop.create_future(), RpcResponse, identity.node_id, connection, by_address=True
+            )
             self._pending[request_id] = pending
             with contextlib.suppress(ConnectionClosed):  # the reader fails the request
                 await connection.send([encode_frame(RpcRequest(request_id, method, payload))])
@@ -835,6 +838,15 @@ class Transport:
         if reply.error_code:
             raise RequestFailed(reply.error_code, reply.error_message)
         return reply
+
+    def give_up_requests(self, peer_id: int, code: str, message: str) -> None:
+        """Fail every unanswered request sent to `peer_id` on its link (`propose`,
+        `read_index`, `call`; not `call_address`) with `RequestFailed(code, message)`:
+        the caller knows the answer is not worth waiting for (the node it asked no
+        longer leads). A reply that comes later is dropped."""
+        for request_id, pending in list(self._pending.items()):
+            if pending.peer_id == peer_id and not pending.by_address:
+                self._fail(request_id, code, message)
 
     def _fail(self, request_id: int, code: str, message: str) -> None:
         pending = self._pending.get(request_id)
