@@ -1,0 +1,73 @@
+"""`python -m bench.hop_marks` marks every hop of a write on a real 3-member
+changeagent and prints the timeline and where the leader was at each write's first
+acknowledgement. Its patch points must all exist: a renamed function fails here."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from bench.hop_marks import PATCH_POINTS, install, leader_at_first_ack, timeline
+
+from changeagent.transport.errors import FrameError
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def test_every_patch_point_exists_and_marks_its_calls() -> None:
+    import importlib
+
+    originals = []
+    for module_name, owner_name, function, _, _ in PATCH_POINTS:
+        owner = importlib.import_module(module_name)
+        owner = getattr(owner, owner_name) if owner_name else owner
+        originals.append((owner, function, getattr(owner, function)))
+    marks: list[tuple[int, str]] = []
+    try:
+        install(marks)
+        from changeagent.raft.quorum import quorum_size  # not patched: nothing marked
+        from changeagent.transport import wslink
+
+        assert quorum_size(3) == 2 and marks == []
+        with pytest.raises(FrameError):
+            wslink.decode_frame(b"\xc1", 100)  # patched: marked even when it raises
+        assert [name for _, name in marks] == ["decode"]
+    finally:
+        for owner, function, original in originals:
+            setattr(owner, function, original)
+
+
+def test_the_analysis_reads_marks_of_three_processes() -> None:
+    # leader 1 is posted to; follower 2 acknowledges at 300 while the leader is in
+    # its COMMIT, which the leader reads at 450 after it ends.
+    marks = {
+        1: [(0, "http_rx"), (10, "propose"), (100, "commit"), (400, "commit/x"),
+            (450, "rx"), (500, "answer"), (520, "answer/x")],
+        2: [(50, "rx"), (250, "persisted"), (290, "sock_write"), (300, "sock_write/x")],
+        3: [(60, "rx")],
+    }  # fmt: skip
+    roles = {1: "leader", 2: "follower 1", 3: "follower 2"}
+    lines = timeline(marks, 1, roles)
+    assert lines[0].split() == ["0.0", "leader", "http_rx#1"]
+    assert lines[-1].split() == ["0.5", "leader", "answer/x#1"]
+    assert any(line.split()[1:] == ["follower", "1", "sock_write/x#1"] for line in lines)
+    [state] = leader_at_first_ack(marks, 1)
+    assert state.split() == ["commit", "100.0", "%", "read", "after", "0.1", "µs"]
+
+
+def test_hop_marks_prints_a_timeline_and_the_leaders_state() -> None:
+    completed = subprocess.run(
+        [sys.executable, "-m", "bench.hop_marks", "--writes", "150", "--warmup", "20"],
+        cwd=REPO, capture_output=True, text=True, timeout=180)  # fmt: skip
+    output = completed.stdout + completed.stderr
+    assert completed.returncode == 0, output[-4000:]
+    assert "medians of 150 writes" in output, output
+    for hop in ("leader       http_rx#1", "leader       commit/x#1", "leader       answer/x#1"):
+        assert hop in output, output
+    assert re.search(r"follower \d\s+commit/x#1", output), output
+    states = re.findall(r"^  (\S+)\s+([\d.]+) %\s+read after\s+[\d.]+ µs$", output, re.M)
+    shares = [float(share) for _, share in states]
+    assert shares and all(share > 0 for share in shares) and sum(shares) <= 100.1, output
