@@ -49,7 +49,10 @@ def _sample(pids: list[int]) -> Sample:
     return Sample(process_s, threads_s)
 
 
-async def _write(system: System, count: int, first: int, member: int | None) -> list[float]:
+async def write_one_at_a_time(
+    system: System, count: int, first: int, member: int | None
+) -> list[float]:
+    """Post `count` changes one after another on one connection; their latencies."""
     connection = await system.connect(member)
     latencies = []
     for sequence in range(first, first + count):
@@ -65,10 +68,10 @@ def _measure(name: str, members: int, writes: int, warmup: int, via_follower: bo
     try:
         leader = system.leader_index() if members > 1 else 0
         member = system.follower_index() if via_follower else None
-        asyncio.run(_write(system, warmup, 0, member))
+        asyncio.run(write_one_at_a_time(system, warmup, 0, member))
         pids = system.pids()
         before = _sample(pids)
-        latencies = asyncio.run(_write(system, writes, warmup, member))
+        latencies = asyncio.run(write_one_at_a_time(system, writes, warmup, member))
         after = _sample(pids)
     finally:
         system.stop()

@@ -38,7 +38,7 @@ from pathlib import Path
 from typing import Any
 
 from bench import procs
-from bench.cpu_per_write import _write
+from bench.cpu_per_write import write_one_at_a_time
 from bench.procs import PROCESSES
 from bench.systems.changeagent import ChangeAgent
 
@@ -255,7 +255,7 @@ def measure(writes: int, warmup: int, via_follower: bool) -> list[str]:
         try:
             leader = system.leader_index()
             member = system.follower_index() if via_follower else leader
-            asyncio.run(_write(system, warmup + writes, 0, member))
+            asyncio.run(write_one_at_a_time(system, warmup + writes, 0, member))
             pids = system.pids()
             marks = _collect(directory, pids)
         finally:

@@ -844,8 +844,14 @@ class Transport:
         `read_index`, `call`; not `call_address`) with `RequestFailed(code, message)`:
         the caller knows the answer is not worth waiting for (the node it asked no
         longer leads). A reply that comes later is dropped."""
+        self._fail_where(
+            lambda pending: pending.peer_id == peer_id and not pending.by_address, code, message
+        )
+
+    def _fail_where(self, matches: Callable[[_Pending], bool], code: str, message: str) -> None:
+        """Fail every unanswered request that `matches`."""
         for request_id, pending in list(self._pending.items()):
-            if pending.peer_id == peer_id and not pending.by_address:
+            if matches(pending):
                 self._fail(request_id, code, message)
 
     def _fail(self, request_id: int, code: str, message: str) -> None:
@@ -862,10 +868,11 @@ class Transport:
         if link is not None and link.connection is connection:
             link.connection = None
             link.wakeup.set()
-        for request_id, pending in list(self._pending.items()):
-            if pending.connection is connection:
-                message = "the connection was lost; the request may or may not have taken effect"
-                self._fail(request_id, ERROR_DISCONNECTED, message)
+        self._fail_where(
+            lambda pending: pending.connection is connection,
+            ERROR_DISCONNECTED,
+            "the connection was lost; the request may or may not have taken effect",
+        )
 
     async def _discard(self, connection: Connection) -> None:
         self._detach(connection)
