@@ -69,6 +69,21 @@ def post(
     )
 
 
+def post_until_acknowledged(
+    node: ClusterNode, document: Any, key: str, timeout_s: float = 60.0
+) -> Outcome:
+    """POST `document` with the Idempotency-Key `key`, again on a 503 (no leader
+    known yet, or the leader changed while the write was forwarded: "retry with
+    the same Idempotency-Key", as a client is told to), until acknowledged or
+    `timeout_s` has passed; the last outcome."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        outcome = post(node, document, key=key)
+        if outcome.status != 503 or time.monotonic() >= deadline:
+            return outcome
+        time.sleep(0.2)  # a pause between client retries, not a synchronization
+
+
 def get(node: ClusterNode, path: str, timeout_s: float = 5.0) -> Outcome:
     return call(lambda: node.request("GET", path, timeout_s=timeout_s))
 
@@ -150,6 +165,16 @@ class ProxiedCluster:
         )
         assert answer.status == 200, (answer.status, answer.body)
         return answer
+
+    def print_role_changes(self) -> None:
+        """Each node's role changes and errors, every process it ran."""
+        for node in self.nodes:
+            try:
+                name = f"{node.name} ({node.node_id()})"
+            except OSError:  # not running: its id is in the others' lines
+                name = node.name
+            print(f"----- {name}: role changes and errors")
+            print("".join(node.role_changes()), end="")
 
     def close(self) -> None:
         for name in list(self.stopped):
@@ -262,6 +287,9 @@ def proxied_cluster(
         if form:
             cluster.form()
         yield cluster
+    except BaseException:
+        cluster.print_role_changes()  # pytest shows it with the failure
+        raise
     finally:
         cluster.close()
 

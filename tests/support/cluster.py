@@ -37,6 +37,9 @@ def free_port() -> int:
             return port
 
 
+_TOLD_ON_FAILURE = ("raft: ", "membership", "leadership", "ERROR", "WARNING")
+
+
 @dataclass
 class ClusterNode:
     """One node: a ServerProcess pinned to its port (and cluster port with -cp)."""
@@ -47,6 +50,7 @@ class ClusterNode:
     extra_arguments: list[str] = field(default_factory=list)
     cluster_port: int | None = None
     server: ServerProcess | None = None
+    earlier_log: list[str] = field(default_factory=list)  # of the processes before this one
 
     @property
     def address(self) -> str:
@@ -59,8 +63,17 @@ class ClusterNode:
         arguments = ["-p", str(self.port), *extra]
         if self.cluster_port is not None:
             arguments += ["-cp", str(self.cluster_port)]
+        if self.server is not None:
+            self.earlier_log += self.server.log
         self.server = ServerProcess(self.data_dir, arguments).start()
         return self
+
+    def role_changes(self) -> list[str]:
+        """Every "raft: ROLE, term T, leader L" line, membership change, leadership
+        hand-over and error, of every process this node ran: what a failed cluster
+        test prints to explain itself."""
+        lines = self.earlier_log + (self.server.log if self.server is not None else [])
+        return [line for line in lines if any(mark in line for mark in _TOLD_ON_FAILURE)]
 
     @property
     def running(self) -> bool:
