@@ -17,7 +17,7 @@ def test_queue_drops_oldest_raft_messages_by_bytes() -> None:
     assert queue.push(Outgoing(b"aaaa")) == (True, 0)
     assert queue.push(Outgoing(b"bbbb", request_id=1)) == (True, 0)
     assert queue.push(Outgoing(b"cccc")) == (True, 1)  # "aaaa" goes, the request stays
-    assert [item.body for item in queue.pop_batch(100)] == [b"bbbb", b"cccc"]
+    assert [item.body for item in queue.pop_batch(100)[0]] == [b"bbbb", b"cccc"]
 
 
 def test_queue_refuses_requests_it_cannot_fit_and_drops_nothing_for_them() -> None:
@@ -48,9 +48,30 @@ def test_pop_batch_takes_at_least_one_and_respects_the_byte_budget() -> None:
     queue = SendQueue(messages_max=10, bytes_max=100)
     for body in (b"x" * 30, b"y" * 30, b"z" * 30):
         queue.push(Outgoing(body))
-    assert len(queue.pop_batch(10)) == 1
-    assert len(queue.pop_batch(60)) == 2
-    assert queue.pop_batch(60) == [] and queue.bytes == 0
+    assert len(queue.pop_batch(10)[0]) == 1
+    assert len(queue.pop_batch(60)[0]) == 2
+    assert queue.pop_batch(60) == ([], 0) and queue.bytes == 0
+
+
+def test_pop_batch_drops_raft_messages_queued_before_the_cutoff_but_no_request() -> None:
+    queue = SendQueue(messages_max=10, bytes_max=100)
+    queue.push(Outgoing(b"old", queued_s=1.0))
+    queue.push(Outgoing(b"request", request_id=7, queued_s=1.0))  # old, but a request
+    queue.push(Outgoing(b"older", queued_s=0.5))  # out of order: each is judged alone
+    queue.push(Outgoing(b"fresh", queued_s=2.0))
+    batch, stale = queue.pop_batch(100, stale_before_s=1.5)
+    assert [item.body for item in batch] == [b"request", b"fresh"]
+    assert stale == 2 and len(queue) == 0 and queue.bytes == 0
+
+
+def test_pop_batch_looks_past_stale_messages_for_one_to_send() -> None:
+    queue = SendQueue(messages_max=10, bytes_max=200)
+    for when in (1.0, 1.1, 1.2):
+        queue.push(Outgoing(b"x" * 30, queued_s=when))
+    queue.push(Outgoing(b"y" * 30, queued_s=5.0))
+    batch, stale = queue.pop_batch(10, stale_before_s=2.0)  # budget below one frame
+    assert ([item.body for item in batch], stale) == ([b"y" * 30], 3)
+    assert queue.pop_batch(10, stale_before_s=2.0) == ([], 0)
 
 
 def test_backoff_grows_with_jitter_up_to_the_cap_and_resets() -> None:

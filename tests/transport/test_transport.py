@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 
 import pytest
 
@@ -218,6 +219,38 @@ def test_full_queue_drops_the_oldest_raft_messages_and_counts_them() -> None:
             a.transport.address_changed(2)
             received = [(await b.next_message())[1].index for _ in range(4)]
             assert received == [6, 7, 8, 9]
+            assert b.received.empty()
+        finally:
+            await stop_all([a, b])
+
+    run(scenario())
+
+
+def test_raft_messages_that_waited_too_long_for_a_connection_are_dropped_not_sent_late() -> None:
+    async def scenario() -> None:
+        addresses: dict[int, str] = {}
+        age_max_s = 0.2
+        config = TransportConfig(
+            message_age_max_s=age_max_s, backoff_s_min=0.01, backoff_s_max=0.05
+        )
+        a = await Node(1, "tcp", addresses, config=config).start()
+        b = await Node(2, "tcp", addresses).start()
+        address_of_b = addresses.pop(2)  # a cannot reach b yet: its messages wait
+        try:
+            sent_s = time.monotonic()  # the transport's clock
+            for index in range(3):
+                a.transport.send(2, message(1, 2, index=index))
+            # A request waits as long and still goes: its caller decides (timeout).
+            request = asyncio.create_task(a.transport.propose(2, 0, b"12345", timeout_s=30))
+            await wait_until(lambda: a.transport.stats().peers[2].queue_messages == 4)
+            await wait_until(lambda: time.monotonic() > sent_s + age_max_s, what="the age limit")
+            a.transport.send(2, message(1, 2, index=99))  # fresh
+            addresses[2] = address_of_b
+            a.transport.address_changed(2)
+            assert await request == 5
+            assert (await b.next_message())[1].index == 99
+            stats = a.transport.stats().peers[2]
+            assert (stats.messages_dropped, stats.messages_sent) == (3, 1)
             assert b.received.empty()
         finally:
             await stop_all([a, b])

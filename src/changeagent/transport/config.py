@@ -20,6 +20,10 @@ class TransportConfig:
     # Per-peer send queue bounds; Raft messages beyond them drop oldest first.
     queue_messages_max: int = 4096
     queue_bytes_max: int = 64 * 1024 * 1024
+    # A Raft message queued longer than this (the link was down) is dropped, not
+    # sent late: Raft sends a newer one (a heartbeat, the next election). The
+    # default election timeout; a connection that takes longer is a peer down.
+    message_age_max_s: float = 1.0
     # Bytes the writer hands to the socket in one go (at least one frame).
     batch_bytes_max: int = 1024 * 1024
     # Reconnect delays: exponential from min to max, each with jitter in [delay/2, delay].

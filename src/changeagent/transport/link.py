@@ -30,11 +30,13 @@ class Outgoing:
 
     `request_id` is set (non-zero) for requests (proposals, read indexes, RPCs):
     they are never dropped to make room; they are refused when they do not fit.
-    Raft messages (`request_id` 0) are dropped oldest first.
+    Raft messages (`request_id` 0) are dropped oldest first, and when they waited
+    too long (`queued_s`: when queued, on the monotonic clock).
     """
 
     body: bytes
     request_id: int = 0
+    queued_s: float = 0.0
 
     @property
     def droppable(self) -> bool:
@@ -90,16 +92,26 @@ class SendQueue:
             return victims
         return None
 
-    def pop_batch(self, bytes_max: int) -> list[Outgoing]:
-        """The oldest items up to `bytes_max` bytes (always at least one if any)."""
+    def pop_batch(self, bytes_max: int, stale_before_s: float = 0.0) -> tuple[list[Outgoing], int]:
+        """The oldest items up to `bytes_max` bytes (at least one if any is left),
+        and how many Raft messages queued before `stale_before_s` were dropped on
+        the way instead: a message that waited that long for a connection (a
+        peer down, restarting) is superseded — the leader's next heartbeat, a
+        new election — and delivered late it misleads (a restarted node takes a
+        deposed leader's old APPEND for a live leader and refuses votes for an
+        election timeout). Requests are never dropped: their callers time out."""
         batch: list[Outgoing] = []
-        size = 0
-        while self._items and (not batch or size + len(self._items[0].body) <= bytes_max):
-            item = self._items.popleft()
+        size = stale = 0
+        items = self._items
+        while items and (not batch or size + len(items[0].body) <= bytes_max):
+            item = items.popleft()
             self.bytes -= len(item.body)
+            if item.request_id == 0 and item.queued_s < stale_before_s:
+                stale += 1
+                continue
             size += len(item.body)
             batch.append(item)
-        return batch
+        return batch, stale
 
     def drain(self) -> list[Outgoing]:
         items = list(self._items)

@@ -14,6 +14,7 @@ import contextlib
 import itertools
 import logging
 import random
+import time
 from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, replace
 from typing import Any, TypeVar, cast
@@ -274,7 +275,7 @@ class Transport:
         if connection is not None:
             self._send_now(link, connection, body)
             return
-        queued, dropped = link.queue.push(Outgoing(body))
+        queued, dropped = link.queue.push(Outgoing(body, queued_s=time.monotonic()))
         link.counters.messages_dropped += dropped
         if queued:
             link.wakeup.set()
@@ -593,7 +594,10 @@ class Transport:
                 continue
             bodies: list[bytes] = []
             messages = 0
-            for item in link.queue.pop_batch(config.batch_bytes_max):
+            stale_before_s = time.monotonic() - config.message_age_max_s
+            batch, stale = link.queue.pop_batch(config.batch_bytes_max, stale_before_s)
+            link.counters.messages_dropped += stale
+            for item in batch:
                 if item.request_id == 0:
                     messages += 1
                 elif not self._claim(item.request_id, connection):
