@@ -11,6 +11,11 @@ It owns a `RaftNode` and runs two tasks under the node's supervisor:
   write rides the next one: group commit. The simulator executes the same
   plans against simulated storage.
 
+A member's message that makes a Ready is handled in `step`'s own call instead
+when the loop is not at one (`_handle_now`): that saves a loop iteration on the
+path of every write. Readys are still handled one at a time, in order: the
+loop skips a wake-up while `step`'s handling runs, and is woken again after it.
+
 Writes are proposed as (type, build, key): `build(index)` makes the entry's
 bytes once the index is known, because a change's stored JSON carries its
 own `_id`. A proposal's future resolves when its entry is applied here with
@@ -28,6 +33,7 @@ from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from changeagent.eager import start_now
 from changeagent.node.commit_notices import HOLD_S, CommitNotices, Timer
 from changeagent.node.counters import RuntimeCounters
 from changeagent.node.errors import NotAvailable, Overloaded, PayloadTooLarge
@@ -129,6 +135,11 @@ class RaftDriver:
         self._notices_due: asyncio.TimerHandle | None = None
         self._after_send: list[Callable[[], None]] = []  # see `after_send`
         self._callback_error: Exception | None = None
+        # Readys are handled one at a time, by the Ready loop or in `step` itself
+        # (`_handle_now`); `_handling` says one of them is at it.
+        self._handling = False
+        self._skipped = False  # the loop woke while `_handle_now` was at it
+        self._eager: asyncio.Task[None] | None = None  # the rest of a `_handle_now`
         self.failure: str | None = None
         self.stopped = False
 
@@ -150,7 +161,7 @@ class RaftDriver:
             self.failure = reason
         self.stopped = True
         self._wakeup.set()
-        for task in self._tasks:
+        for task in self._running_tasks():
             task.cancel()
         self._drop_notices()
         self._fail_waiting(reason)
@@ -159,20 +170,65 @@ class RaftDriver:
         """Stop ticking and processing; fail whatever is still waiting."""
         self.stopped = True
         self._wakeup.set()
-        for task in self._tasks:
+        tasks = self._running_tasks()
+        for task in tasks:
             task.cancel()
         # Errors were reported to the supervisor when the tasks ended.
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await asyncio.gather(*tasks, return_exceptions=True)
         self._drop_notices()
         self._fail_waiting("this node is shutting down")
 
     # Inputs ---------------------------------------------------------------------------
 
+    def _running_tasks(self) -> list[asyncio.Task[None]]:
+        eager = [self._eager] if self._eager is not None else []
+        return self._tasks + eager
+
     def step(self, message: Message) -> None:
+        """Step a member's message; if that made a Ready (an acknowledgement that
+        commits, an APPEND to persist) and none is being handled, handle it in
+        this call: the Ready loop would start it one loop iteration later
+        (~15-40 µs on this machine, on the path of every write)."""
         if self.stopped:
             return
         self.core.step(message)
-        self._wakeup.set()
+        if not self._handling and self.core.has_ready():
+            self._handle_now()
+        else:
+            self._wakeup.set()
+
+    def _handle_now(self) -> None:
+        """Run `_handle_all` in this call up to its first suspension (a storage
+        write in the writer thread, say), the rest in a task. Raised before that:
+        to the caller (the node fails); in the task: to the Ready loop, which
+        fails the node (`_callback_error`)."""
+        self._handling = True
+        try:
+            task = start_now(self._handle_all_then_release())
+        except BaseException:
+            self._handling = False
+            raise
+        if task is not None:
+            self._eager = task
+            task.add_done_callback(self._eager_done)
+
+    async def _handle_all_then_release(self) -> None:
+        try:
+            await self._handle_all()
+        finally:
+            self._handling = False
+            if self._skipped:  # the loop woke meanwhile (a tick, a proposal): again
+                self._skipped = False
+                self._wakeup.set()
+
+    def _eager_done(self, task: asyncio.Task[None]) -> None:
+        self._eager = None
+        if task.cancelled():
+            return
+        error = task.exception()
+        if error is not None and isinstance(error, Exception):
+            self._callback_error = error
+            self._wakeup.set()
 
     def propose(
         self, entry_type: int, build: Build, key: str = "", on_applied: OnApplied | None = None
@@ -272,13 +328,24 @@ class RaftDriver:
             self._wakeup.clear()
             if self._callback_error is not None:
                 raise self._callback_error
+            if self._handling:
+                self._skipped = True  # `_handle_now` is at it; it wakes this loop then
+                continue
+            self._handling = True
+            try:
+                await self._handle_all()
+            finally:
+                self._handling = False
+
+    async def _handle_all(self) -> None:
+        """Propose what is queued, handle every Ready, run a due after-advance step."""
+        self._propose_queued()
+        while self.core.has_ready() and not self.stopped:
+            await self._handle(self.core.ready())
             self._propose_queued()
-            while self.core.has_ready() and not self.stopped:
-                await self._handle(self.core.ready())
-                self._propose_queued()
-            if self._after_advance_due and not self.stopped:
-                self._after_advance_due = False
-                await self._hooks.after_advance()
+        if self._after_advance_due and not self.stopped:
+            self._after_advance_due = False
+            await self._hooks.after_advance()
 
     def request_after_advance(self) -> None:
         """Run the after-advance step once more soon, between Readys, even when no
