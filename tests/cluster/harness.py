@@ -167,7 +167,8 @@ class ProxiedCluster:
         return answer
 
     def print_role_changes(self) -> None:
-        """Each node's role changes and errors, every process it ran."""
+        """Each node's `role_changes()` (roles, membership, hand-overs, warnings
+        and errors), of every process it ran."""
         for node in self.nodes:
             try:
                 name = f"{node.name} ({node.node_id()})"

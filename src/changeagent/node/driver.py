@@ -201,13 +201,10 @@ class RaftDriver:
         """Run `_handle_all` in this call up to its first suspension (a storage
         write in the writer thread, say), the rest in a task. Raised before that:
         to the caller (the node fails); in the task: to the Ready loop, which
-        fails the node (`_callback_error`)."""
+        fails the node (`_raise_in_loop`). `_handling` is reset by the coroutine's
+        own `finally`, either way."""
         self._handling = True
-        try:
-            task = start_now(self._handle_all_then_release())
-        except BaseException:
-            self._handling = False
-            raise
+        task = start_now(self._handle_all_then_release())
         if task is not None:
             self._eager = task
             task.add_done_callback(self._eager_done)
@@ -226,9 +223,14 @@ class RaftDriver:
         if task.cancelled():
             return
         error = task.exception()
-        if error is not None and isinstance(error, Exception):
-            self._callback_error = error
-            self._wakeup.set()
+        if isinstance(error, Exception):
+            self._raise_in_loop(error)
+
+    def _raise_in_loop(self, error: Exception) -> None:
+        """Have the Ready loop, a supervised task, raise `error` (from a callback
+        or a task of its own, whose error would only be logged): the node fails."""
+        self._callback_error = error
+        self._wakeup.set()
 
     def propose(
         self, entry_type: int, build: Build, key: str = "", on_applied: OnApplied | None = None
@@ -458,8 +460,7 @@ class RaftDriver:
             for notice in self._notices.release_all():
                 send(notice)
         except Exception as error:
-            self._callback_error = error
-            self._wakeup.set()
+            self._raise_in_loop(error)
 
     def _drop_notices(self) -> None:
         self._notices.clear()
