@@ -67,6 +67,18 @@ PATCH_POINTS: tuple[tuple[str, str, str, str, bool], ...] = (
     ("changeagent.node.driver", "RaftDriver", "_propose_queued", "pq", False),
     ("changeagent.node.driver", "RaftDriver", "_handle", "handle", False),
     ("changeagent.raft.core", "RaftNode", "ready", "ready", True),
+    ("changeagent.raft.core", "RaftNode", "step", "core_step", True),
+    ("changeagent.raft.core", "RaftNode", "has_ready", "has_ready", True),
+    ("changeagent.node.driver", "RaftDriver", "_handle_now", "handle_now", True),
+    ("changeagent.raft.core", "RaftNode", "propose", "core_propose", True),
+    ("aiohttp.web_protocol", "RequestHandler", "_handle_request", "aio_handle_request", False),
+    ("aiohttp.web_app", "Application", "_handle", "aio_app_handle", False),
+    ("changeagent.api.changes", "", "post_change", "post_change", False),
+    ("changeagent.node.changelog", "", "encode_change", "encode_change", True),
+    ("changeagent.api.changes", "", "parse_change_body", "parse_body", True),
+    ("changeagent.node.node", "Node", "append_change", "append_change", False),
+    ("changeagent.node.ready_plan", "ReadyPlanner", "plan", "plan", True),
+    ("changeagent.transport.transport", "", "encode_frame", "encode_frame", True),
     ("changeagent.node.ready_plan", "ReadyPlanner", "persisted", "persisted", False),
     ("changeagent.storage.store", "Storage", "_write_now", "write_now", True),
     ("changeagent.storage.store", "Storage", "_publish", "publish", True),
@@ -161,9 +173,24 @@ def _collect(directory: Path, pids: list[int]) -> dict[int, Marks]:
     return collected
 
 
+def request_starts(found: Marks) -> list[int]:
+    """When each write's request reached the member: its first `http_rx` after the
+    answer before. Not every `http_rx`: aiohttp calls `data_received(b"")` itself
+    when the handler reads the body (`resume_reading`), ~85 µs after the bytes came."""
+    starts: list[int] = []
+    answered = True
+    for at, name in found:
+        if name == "http_rx" and answered:
+            starts.append(at)
+            answered = False
+        elif name == "answer/x":
+            answered = True
+    return starts
+
+
 def timeline(marks: dict[int, Marks], posted_to: int, roles: dict[int, str]) -> list[str]:
     """The median µs of each mark after a write's request reached `posted_to`."""
-    starts = [at for at, name in marks[posted_to] if name == "http_rx"]
+    starts = request_starts(marks[posted_to])
     answered = [at for at, name in marks[posted_to] if name == "answer/x"]
     times = {pid: [at for at, _ in found] for pid, found in marks.items()}
     seen: dict[tuple[str, str], list[float]] = collections.defaultdict(list)
@@ -235,7 +262,7 @@ def _acknowledgements(found: Marks) -> list[int]:
 
 def _drop_warmup(marks: dict[int, Marks], posted_to: int, warmup: int) -> None:
     """Keep the marks from the first measured write's request on, in every process."""
-    starts = [at for at, name in marks[posted_to] if name == "http_rx"]
+    starts = request_starts(marks[posted_to])
     if len(starts) > warmup:
         cut = starts[warmup]
         for pid, found in marks.items():

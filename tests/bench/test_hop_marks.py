@@ -10,7 +10,13 @@ import sys
 from pathlib import Path
 
 import pytest
-from bench.hop_marks import PATCH_POINTS, install, leader_at_first_ack, timeline
+from bench.hop_marks import (
+    PATCH_POINTS,
+    install,
+    leader_at_first_ack,
+    request_starts,
+    timeline,
+)
 
 from changeagent.transport.errors import FrameError
 
@@ -56,6 +62,17 @@ def test_the_analysis_reads_marks_of_three_processes() -> None:
     assert any(line.split()[1:] == ["follower", "1", "sock_write/x#1"] for line in lines)
     [state] = leader_at_first_ack(marks, 1)
     assert state.split() == ["commit", "100.0", "%", "read", "after", "0.1", "µs"]
+
+
+def test_a_write_starts_at_its_requests_bytes_not_at_the_body_read() -> None:
+    # aiohttp calls data_received(b"") when the handler reads the body: the second
+    # http_rx of a write is no new write, and the next one starts after the answer.
+    found = [(0, "http_rx"), (85_000, "http_rx"), (100_000, "propose"), (500_000, "answer/x"),
+             (560_000, "http_rx"), (640_000, "http_rx"), (900_000, "answer/x")]  # fmt: skip
+    assert request_starts(found) == [0, 560_000]
+    lines = [line.split() for line in timeline({1: found}, 1, {1: "leader"})]
+    assert lines[:2] == [["0.0", "leader", "http_rx#1"], ["82.5", "leader", "http_rx#2"]]
+    assert lines[-1] == ["420.0", "leader", "answer/x#1"]
 
 
 def test_hop_marks_prints_a_timeline_and_the_leaders_state() -> None:
