@@ -13,8 +13,8 @@ It owns a `RaftNode` and runs two tasks under the node's supervisor:
 
 A member's message that makes a Ready is handled in `step`'s own call instead
 when the loop is not at one (`_handle_now`): that saves a loop iteration on the
-path of every write. Readys are still handled one at a time, in order: the
-loop skips a wake-up while `step`'s handling runs, and is woken again after it.
+path of every write. Readys are still handled one at a time, in order: the loop
+skips a wake-up while `step`'s handling runs, and is woken again after it.
 
 Writes are proposed as (type, build, key): `build(index)` makes the entry's
 bytes once the index is known, because a change's stored JSON carries its
@@ -192,10 +192,12 @@ class RaftDriver:
         if self.stopped:
             return
         self.core.step(message)
-        if not self._handling and self.core.has_ready():
+        if self._handling:
+            self._wakeup.set()  # the loop notes it was skipped; it is woken again after
+        elif self.core.has_ready():
             self._handle_now()
-        else:
-            self._wakeup.set()
+        # Else nothing to do: waking the loop would cost an iteration for nothing
+        # (the second acknowledgement of a write, a heartbeat's answer).
 
     def _handle_now(self) -> None:
         """Run `_handle_all` in this call up to its first suspension (a storage

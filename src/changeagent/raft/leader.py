@@ -72,8 +72,7 @@ def on_append_response(node: RaftNode, message: Message) -> None:
     if replication.maybe_commit(node):
         replication.broadcast_append(node)
     else:
-        while replication.maybe_send_append(node, message.source, progress, send_if_empty=False):
-            pass
+        replication.fill_window(node, message.source, progress)
     transfer.maybe_send_timeout_now(node, message.source, progress)
 
 

@@ -100,9 +100,16 @@ def broadcast_append(node: RaftNode) -> None:
     """Send every peer what its window allows (new entries, or the commit index)."""
     for peer, progress in node._progress.items():
         if maybe_send_append(node, peer, progress, send_if_empty=True, commit_only=True):
-            # Pipelining: fill the in-flight window (a no-op in the probe state).
-            while maybe_send_append(node, peer, progress, send_if_empty=False):
-                pass
+            fill_window(node, peer, progress)
+
+
+def fill_window(node: RaftNode, peer: int, progress: Progress) -> None:
+    """Pipelining: send `peer` more entries while its in-flight window allows (a
+    no-op in the probe state). A peer sent everything is not asked again: that
+    call would only look up a term to send nothing, on every write's path."""
+    last = node._log.last_index()
+    while progress.next <= last and maybe_send_append(node, peer, progress, send_if_empty=False):
+        pass
 
 
 def maybe_send_append(
