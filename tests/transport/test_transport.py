@@ -226,15 +226,22 @@ def test_full_queue_drops_the_oldest_raft_messages_and_counts_them() -> None:
     run(scenario())
 
 
-def test_raft_messages_that_waited_too_long_for_a_connection_are_dropped_not_sent_late() -> None:
+@pytest.mark.parametrize("limit_by", ["config", "setter"])
+def test_raft_messages_that_waited_too_long_for_a_connection_are_dropped_not_sent_late(
+    limit_by: str,
+) -> None:
     async def scenario() -> None:
         addresses: dict[int, str] = {}
         age_max_s = 0.2
         config = TransportConfig(
-            message_age_max_s=age_max_s, backoff_s_min=0.01, backoff_s_max=0.05
+            message_age_max_s=age_max_s if limit_by == "config" else 60.0,
+            backoff_s_min=0.01,
+            backoff_s_max=0.05,
         )
         a = await Node(1, "tcp", addresses, config=config).start()
         b = await Node(2, "tcp", addresses).start()
+        if limit_by == "setter":  # as a node does with its replicated election timeout
+            a.transport.set_message_age_max(age_max_s)
         address_of_b = addresses.pop(2)  # a cannot reach b yet: its messages wait
         try:
             sent_s = time.monotonic()  # the transport's clock
@@ -254,6 +261,19 @@ def test_raft_messages_that_waited_too_long_for_a_connection_are_dropped_not_sen
             assert b.received.empty()
         finally:
             await stop_all([a, b])
+
+    run(scenario())
+
+
+@pytest.mark.parametrize("seconds", [0.0, -1.0, float("nan")])
+def test_the_age_limit_of_queued_messages_must_be_positive(seconds: float) -> None:
+    async def scenario() -> None:
+        a = await Node(1, "tcp", {}).start()
+        try:
+            with pytest.raises(ValueError, match="must be positive"):
+                a.transport.set_message_age_max(seconds)
+        finally:
+            await a.stop()
 
     run(scenario())
 

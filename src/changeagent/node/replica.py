@@ -152,6 +152,7 @@ class Replica:
     def attach_transport(self, transport: Transport) -> None:
         self.transport = transport
         self.leader.transport = transport
+        self._limit_message_age(self.settings)
 
     def on_applied(self, listener: Callable[[int], None]) -> None:
         """Call `listener(applied_index)` each time the applied index advances."""
@@ -193,7 +194,14 @@ class Replica:
             and not storage.snapshot().membership.voters
         )
 
+    def _limit_message_age(self, settings: Settings) -> None:
+        """Raft messages that waited an election timeout for a connection are stale:
+        the transport drops them instead of sending them late."""
+        if self.transport is not None:
+            self.transport.set_message_age_max(settings.election_timeout_ns / SECOND_NS)
+
     def _start_driver(self, applied: int) -> None:
+        self._limit_message_age(self.settings)
         tick_s, election_ticks = ticks(self.settings)
         config = self.limits.raft_config(self.node_id, election_ticks, heartbeat_ticks=1)
         hooks = DriverHooks(
@@ -462,6 +470,8 @@ class Replica:
         if change.timeouts_changed and self.driver is not None:
             tick_s, election_ticks = ticks(settings)
             self.driver.set_timeouts(tick_s, election_ticks, 1)
+        if change.timeouts_changed:
+            self._limit_message_age(settings)
         if self._settings_path is not None:
             try:
                 await asyncio.to_thread(write_settings_file, self._settings_path, settings)

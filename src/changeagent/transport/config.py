@@ -22,7 +22,7 @@ class TransportConfig:
     queue_bytes_max: int = 64 * 1024 * 1024
     # A Raft message queued longer than this (the link was down) is dropped, not
     # sent late: Raft sends a newer one (a heartbeat, the next election). The
-    # default election timeout; a connection that takes longer is a peer down.
+    # default election timeout; a node sets its own (`set_message_age_max`).
     message_age_max_s: float = 1.0
     # Bytes the writer hands to the socket in one go (at least one frame).
     batch_bytes_max: int = 1024 * 1024

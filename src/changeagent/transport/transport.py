@@ -211,6 +211,7 @@ class Transport:
     ) -> None:
         self._config = config or TransportConfig()
         self._config.validate()
+        self._message_age_max_s = self._config.message_age_max_s  # set_message_age_max
         self._credentials = Credentials(node_id, cluster_id, secret)
         self._on_message = on_message
         self._on_request = on_request
@@ -370,6 +371,15 @@ class Transport:
         finally:
             self._close_soon(connection)
         return identity.node_id, identity.cluster_id, cast(RpcResponse, reply).payload
+
+    def set_message_age_max(self, seconds: float) -> None:
+        """Drop Raft messages that waited longer than `seconds` for a connection
+        (the node's election timeout, as replicated /config changes it): older
+        ones are superseded by what Raft sent since, and a stale APPEND could make
+        its receiver take a leader that stopped leading for a live one."""
+        if not seconds > 0:
+            raise ValueError(f"the age limit of a queued message must be positive, not {seconds!r}")
+        self._message_age_max_s = seconds
 
     def address_changed(self, peer_id: int) -> None:
         """The peer's address changed: dial now instead of after the backoff."""
@@ -594,7 +604,7 @@ class Transport:
                 continue
             bodies: list[bytes] = []
             messages = 0
-            stale_before_s = time.monotonic() - config.message_age_max_s
+            stale_before_s = time.monotonic() - self._message_age_max_s
             batch, stale = link.queue.pop_batch(config.batch_bytes_max, stale_before_s)
             link.counters.messages_dropped += stale
             for item in batch:
