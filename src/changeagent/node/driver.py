@@ -406,34 +406,57 @@ class RaftDriver:
 
     async def _execute_plan(self, steps: list[Step]) -> None:
         try:
+            sent_early: Step | None = None  # the Send after a Persist, sent from inside it
             for position, step in enumerate(steps):
-                await self._execute(step)
+                if isinstance(step, Persist):
+                    following = steps[position + 1] if position + 1 < len(steps) else None
+                    then = following if isinstance(following, Send) else None
+                    if await self._persist(step, then):
+                        sent_early = then
+                elif step is not sent_early:
+                    await self._execute(step)
                 if self._after_send and not _send_follows(steps, position):
                     self._run_after_send()
         finally:
             self._run_after_send()  # none are left behind, not even by a failed step
 
     async def _execute(self, step: Step) -> None:
-        if isinstance(step, Send):
-            send = self._hooks.send
-            for message in self._notices.route(step.messages):
-                send(message)
-            self._time_notices()
+        if isinstance(step, Persist):
+            await self._persist(step, None)
+        elif isinstance(step, Send):
+            self._send(step)
         elif isinstance(step, NoteCommit):
             self.storage.note_commit(step.index)
         elif isinstance(step, Apply):
             await self._hooks.apply(step.entries)
             self._resolve(step.entries)
-        elif isinstance(step, Persist):
-            snapshot = step.snapshot
-            meta = self._hooks.snapshot_meta(snapshot) if snapshot is not None else {}
-            batch = WriteBatch(
-                hard_state=step.hard_state, entries=step.entries, snapshot=snapshot, meta=meta
-            )
-            await self.storage.write(batch, now_if_idle=True)
-            self._planner.persisted(step)
         else:  # InstallSnapshot
             await self._hooks.install_snapshot(step.snapshot)
+
+    def _send(self, step: Send) -> None:
+        send = self._hooks.send
+        for message in self._notices.route(step.messages):
+            send(message)
+        self._time_notices()
+
+    async def _persist(self, step: Persist, then: Send | None) -> bool:
+        """Write `step`; `then`, the messages that wait for it (a follower's
+        acknowledgement), go the moment the storage's inline COMMIT returns,
+        before it publishes the rows (~35 µs sooner on the path of every write);
+        whether they went (if not, the caller sends them: the write went to the
+        writer thread). Sending does not raise into the storage: an error there is
+        raised here once the write has finished, and fails the node."""
+        snapshot = step.snapshot
+        meta = self._hooks.snapshot_meta(snapshot) if snapshot is not None else {}
+        batch = WriteBatch(
+            hard_state=step.hard_state, entries=step.entries, snapshot=snapshot, meta=meta
+        )
+        early = _SendWhenDurable(self, then) if then is not None else None
+        sent = await self.storage.write(batch, now_if_idle=True, on_durable=early)
+        self._planner.persisted(step)
+        if early is not None and early.error is not None:
+            raise early.error
+        return sent
 
     def _run_after_send(self) -> None:
         callbacks, self._after_send = self._after_send, []
@@ -552,4 +575,24 @@ def _reject(batch: list[_Proposal], error: Exception) -> int:
     return rejected
 
 
+class _SendWhenDurable:
+    """`Storage.write`'s `on_durable` for a Persist's following Send: sends it, and
+    keeps an error for the driver to raise (the storage must not see it: its COMMIT
+    succeeded, and the rows must still be published)."""
+
+    __slots__ = ("_driver", "_step", "error")
+
+    def __init__(self, driver: RaftDriver, step: Send) -> None:
+        self._driver = driver
+        self._step = step
+        self.error: Exception | None = None
+
+    def __call__(self) -> None:
+        try:
+            self._driver._send(self._step)
+        except Exception as error:
+            self.error = error
+
+
 __all__ = ["DriverHooks", "MembershipChangeRejected", "RaftDriver"]
+

@@ -585,7 +585,13 @@ class Storage:
         self._writes.put(Queued(batch, future=future), timeout_s)
         return future
 
-    async def write(self, batch: WriteBatch, *, now_if_idle: bool = False) -> None:
+    async def write(
+        self,
+        batch: WriteBatch,
+        *,
+        now_if_idle: bool = False,
+        on_durable: Callable[[], None] | None = None,
+    ) -> bool:
         """Persist `batch` durably (group-committed with concurrent writes).
 
         All writers of one event loop that share a commit are woken by one
@@ -596,10 +602,14 @@ class Storage:
         appends is written on this thread, blocking it for the fsync, when the
         writer thread is idle (`_write_now`). For a caller that writes one batch
         at a time (the Raft driver); concurrent writers would lose group commit.
+        `on_durable`: written that way, called the moment the COMMIT returns,
+        before the rows are published to readers (a follower's acknowledgement
+        goes out ~35 µs sooner); it must not raise. Returns whether it was
+        called: if not, the batch went to the writer thread, and is durable now.
         """
         batch.validate()
-        if now_if_idle and self._write_now(batch):
-            return
+        if now_if_idle and self._write_now(batch, on_durable):
+            return on_durable is not None
         loop = asyncio.get_running_loop()
         item = Queued(batch, loop=loop, waiter=loop.create_future())
         try:
@@ -608,8 +618,9 @@ class Storage:
             await asyncio.to_thread(self._writes.put, item, None)
         assert item.waiter is not None
         await item.waiter
+        return False
 
-    def _write_now(self, batch: WriteBatch) -> bool:
+    def _write_now(self, batch: WriteBatch, on_durable: Callable[[], None] | None = None) -> bool:
         """Write a small append on the calling thread if the writer is idle; whether it did.
 
         Handing a batch to the writer thread and being woken when it is durable
@@ -632,7 +643,7 @@ class Storage:
         if not self._writes.claim_idle():
             return False
         try:
-            [(_, outcome)] = self._write_batches([Queued(batch)])
+            [(_, outcome)] = self._write_batches([Queued(batch)], on_durable)
         finally:
             self._writes.release()
         if outcome is not None:
@@ -681,8 +692,11 @@ class Storage:
                 outcomes.append((item, self._replace_with_seed(item)))
         return outcomes
 
-    def _write_batches(self, group: list[Queued]) -> Outcomes:
-        """Write `group` as one transaction; each batch's outcome (None: durable)."""
+    def _write_batches(
+        self, group: list[Queued], on_durable: Callable[[], None] | None = None
+    ) -> Outcomes:
+        """Write `group` as one transaction; each batch's outcome (None: durable).
+        `on_durable`: see `write`."""
         failure = self._writes.failure
         if failure is not None:  # an earlier part of the same group failed
             return [(item, failure) for item in group]
@@ -696,7 +710,8 @@ class Storage:
                 except BatchRejected as error:
                     rejected.append((item, error))
             transaction.prepare_commit()
-            commit_s = self._commit(transaction)
+            # Never for a rejected batch: the caller would promise what is not written.
+            commit_s = self._commit(transaction, None if rejected else on_durable)
             entries = transaction.entries_written
         except Exception as error:  # any disk, SQLite or injected failure: fail-stop
             if transaction is not None:
@@ -776,8 +791,10 @@ class Storage:
             self._purge_scanner = PurgeScanner()
         self._commit_hint.note(0)  # a new history: the old noted index means nothing
 
-    def _commit(self, transaction: GroupTransaction) -> float:
-        """COMMIT (one fsync) and publish; the seconds the COMMIT took."""
+    def _commit(
+        self, transaction: GroupTransaction, on_durable: Callable[[], None] | None = None
+    ) -> float:
+        """COMMIT (one fsync), `on_durable`, publish; the seconds the COMMIT took."""
         fence = transaction.removed
         if fence:
             self._removal_lock.acquire()
@@ -789,6 +806,8 @@ class Storage:
             transaction.commit()
             commit_s = time.perf_counter() - started
             self.commit_count += 1
+            if on_durable is not None:
+                on_durable()
             self._publish(transaction.state, transaction.tail_ops, transaction.truncated)
             if transaction.discarded:  # a new history: the old commit index means nothing
                 self._commit_hint.note(0)

@@ -1,0 +1,113 @@
+"""A follower's acknowledgement leaves the moment its inline write's COMMIT returns,
+before the storage publishes the rows (not after the whole write path unwinds),
+exactly once; never for a batch the storage rejected; and a failure to send it
+fails the node without leaving the storage half-published."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+from pathlib import Path
+
+import pytest
+
+from changeagent.raft import Entry, HardState, Message, MessageType
+from changeagent.storage import BatchRejected, Storage, WriteBatch
+from tests.node.test_step_ready import Follower, acknowledged, append, run, wait_for
+
+
+def record_publishes(storage: Storage, events: list[str]) -> None:
+    publish = storage._publish
+
+    def recorded(*arguments: object) -> None:
+        events.append("publish")
+        publish(*arguments)  # type: ignore[arg-type]
+
+    storage._publish = recorded  # type: ignore[method-assign]
+
+
+def record_sends(follower: Follower, events: list[str]) -> None:
+    def send(message: Message) -> None:
+        events.append(f"{message.type.name} {message.index}")
+        follower.sent.append(message)
+
+    follower.driver._hooks = dataclasses.replace(follower.driver._hooks, send=send)
+
+
+def test_an_inline_writes_acknowledgement_goes_before_the_rows_are_published(
+    tmp_path: Path,
+) -> None:
+    async def body(follower: Follower) -> None:
+        events: list[str] = []
+        follower.start()
+        await follower.holding(1)  # the first write: the log starts (and a vote)
+        record_publishes(follower.driver.storage, events)
+        record_sends(follower, events)
+        follower.driver.step(append(1, entries=1))  # one entry: written inline
+        await wait_for(lambda: 2 in acknowledged(follower.sent))
+        assert events == ["APPEND_RESPONSE 2", "publish"]
+        assert acknowledged(follower.sent).count(2) == 1, "sent once, not again after"
+        assert follower.driver.storage.last_index() == 2
+
+    run(tmp_path, body)
+
+
+def test_a_batch_the_writer_thread_writes_is_acknowledged_after_it_returns(
+    tmp_path: Path,
+) -> None:
+    async def body(follower: Follower) -> None:
+        events: list[str] = []
+        follower.start()
+        await follower.holding(1)
+        record_publishes(follower.driver.storage, events)
+        record_sends(follower, events)
+        follower.driver.step(append(1, entries=3))  # more than one entry: the writer thread
+        await wait_for(lambda: 4 in acknowledged(follower.sent))
+        assert events == ["publish", "APPEND_RESPONSE 4"]
+        assert acknowledged(follower.sent).count(4) == 1
+
+    run(tmp_path, body)
+
+
+def test_a_failure_to_send_the_acknowledgement_fails_the_step_not_the_storage(
+    tmp_path: Path,
+) -> None:
+    async def body(follower: Follower) -> None:
+        follower.start()
+        await follower.holding(1)
+
+        def broken(message: Message) -> None:
+            raise RuntimeError("a bug in the send path")
+
+        follower.driver._hooks = dataclasses.replace(follower.driver._hooks, send=broken)
+        with pytest.raises(RuntimeError, match="a bug in the send path"):
+            follower.driver.step(append(1, entries=1))  # inline: raised from the step
+        storage = follower.driver.storage
+        assert storage.last_index() == 2, "the COMMIT succeeded and its rows are published"
+        # The storage is not failed: it still writes.
+        await storage.write(WriteBatch(entries=(Entry(3, 3, 0, b"{}"),)), now_if_idle=True)
+        assert storage.last_index() == 3
+
+    run(tmp_path, body)
+
+
+def test_the_storage_never_calls_back_for_a_batch_it_rejected(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        storage = Storage.open(tmp_path / "d")
+        called: list[str] = []
+        try:
+            durable = await storage.write(
+                WriteBatch(hard_state=HardState(1, 0, 0), entries=(Entry(1, 1, 0, b"{}"),)),
+                now_if_idle=True,
+                on_durable=lambda: called.append("first"),
+            )
+            assert (durable, called) == (True, ["first"])
+            gap = WriteBatch(entries=(Entry(3, 1, 0, b"{}"),))  # index 2 is missing
+            with pytest.raises(BatchRejected):
+                await storage.write(gap, now_if_idle=True, on_durable=lambda: called.append("gap"))
+            assert called == ["first"]
+            assert storage.last_index() == 1
+        finally:
+            storage.close()
+
+    asyncio.run(scenario())
