@@ -21,7 +21,8 @@ The order, and why:
      hard state goes with it when its term or vote changed, or when its commit
      index is `COMMIT_STORED_LAG_MAX` or more ahead of the stored one (see below).
   4. `Send(messages_after_persist)`: votes and acknowledgements promise what is
-     durable, so they go only now.
+     durable, so they go only now (the driver sends them from inside an inline
+     write, the moment its COMMIT returns: `RaftDriver._persist`).
   5. `InstallSnapshot`, then `Apply(the rest)`.
 - A Ready with nothing to write (on a leader: the commit of a write):
   `NoteCommit`, `Apply`, then `Send`: the waiting client is answered before the
