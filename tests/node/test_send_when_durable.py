@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from changeagent.raft import Entry, HardState, Message, MessageType
+from changeagent.raft import Entry, HardState, Message
 from changeagent.storage import BatchRejected, Storage, WriteBatch
 from tests.node.test_step_ready import Follower, acknowledged, append, run, wait_for
 
