@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
+import orjson
 import pytest
 
 from changeagent.change import parse_change_body
@@ -73,6 +74,42 @@ def test_concurrent_attempts_with_one_key_propose_once(tmp_path: Path) -> None:
             assert calls == ["hook"]
             page = await node.read_changes(ChangeQuery(since=0, limit=100))
             assert len(page.bodies) == 1
+        finally:
+            await node.close()
+            storage.close()
+
+    asyncio.run(scenario())
+
+
+def test_a_keyless_write_that_times_out_still_commits_and_the_node_goes_on(
+    tmp_path: Path,
+) -> None:
+    """A write with no key waits on its own proposal: the commit timeout fails that
+    future itself (no second future); the entry still commits later, the driver
+    skips the finished future, and the node keeps writing."""
+
+    async def scenario() -> None:
+        storage = Storage.open(tmp_path / "d")
+        node = Node(storage, Settings(), None, NodeLimits(commit_timeout_s=0.2))
+        await node.start()
+        driver = node.replica.core_driver
+        propose_queued = driver._propose_queued
+        held = [True]
+        driver._propose_queued = lambda: None if held[0] else propose_queued()  # type: ignore[method-assign]
+        try:
+            with pytest.raises(CommitTimeout, match="may still commit"):
+                await asyncio.wait_for(
+                    node.append_change(parse_change_body(b'{"data":"late"}')), DEADLINE_S
+                )
+            held[0] = False
+            driver.wake()
+            after = await asyncio.wait_for(
+                node.append_change(parse_change_body(b'{"data":"next"}')), DEADLINE_S
+            )
+            page = await node.read_changes(ChangeQuery(since=0, limit=100))
+            assert [orjson.loads(body)["data"] for body in page.bodies] == ["late", "next"]
+            assert orjson.loads(after)["data"] == "next"
+            assert driver.failure is None
         finally:
             await node.close()
             storage.close()
