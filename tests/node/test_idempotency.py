@@ -84,9 +84,8 @@ def test_concurrent_attempts_with_one_key_propose_once(tmp_path: Path) -> None:
 def test_a_keyless_write_that_times_out_still_commits_and_the_node_goes_on(
     tmp_path: Path,
 ) -> None:
-    """A write with no key waits on its own proposal: the commit timeout fails that
-    future itself (no second future); the entry still commits later, the driver
-    skips the finished future, and the node keeps writing."""
+    """A write with no key that times out (CommitTimeout, "may still commit"): its
+    entry still commits once proposed, and the node keeps writing."""
 
     async def scenario() -> None:
         storage = Storage.open(tmp_path / "d")

@@ -92,10 +92,9 @@ class ChangeLog:
         """On the leader (also for writes forwarded by followers): web hooks,
         propose, wait until committed and applied. See the module docstring.
         `on_applied` is passed on for a change with no key (see `append_change`)."""
-        if not key:
-            proposal = await self._proposal(change, "", on_applied)
-            return await self._replica.await_own_commit(proposal)
         await_commit = self._replica.await_commit
+        if not key:
+            return await await_commit(await self._proposal(change, "", on_applied))
         claim = self._claims.get(key)
         if claim is not None:
             return await await_commit(claim)

@@ -61,7 +61,7 @@ from changeagent.raft import (
 )
 from changeagent.storage import BatchRejected, Storage, StorageFailed, WriteBatch
 from changeagent.storage.seed import SeedInfo
-from changeagent.timed import wait_owned, wait_shielded
+from changeagent.timed import wait_shielded
 
 if TYPE_CHECKING:
     from changeagent.transport import Transport
@@ -285,19 +285,12 @@ class Replica:
     async def propose_internal(self, entry_type: int, data: bytes) -> Entry:
         """On the leader: propose an internal entry (settings, purge, address)."""
         self.check_writable()
-        return await self.await_own_commit(self.propose(entry_type, lambda _: data))
+        return await self.await_commit(self.propose(entry_type, lambda _: data))
 
     async def await_commit(self, future: asyncio.Future[Entry]) -> Entry:
         """The proposal's entry once applied; CommitTimeout after the commit timeout
         (the proposal goes on: waiting again is safe)."""
         return await wait_shielded(future, self.limits.commit_timeout_s, _commit_timeout)
-
-    async def await_own_commit(self, future: asyncio.Future[Entry]) -> Entry:
-        """`await_commit` for a proposal only the caller waits for (no idempotency
-        key to share it): the commit timeout fails `future` itself, which the driver
-        then skips (the entry may still commit). One timer and no second future, a
-        loop iteration less before the caller resumes: on every keyless write."""
-        return await wait_owned(future, self.limits.commit_timeout_s, _commit_timeout)
 
     async def wait_applied(self, index: int, timeout_s: float) -> None:
         """Until this node has applied `index` (CommitTimeout after `timeout_s`)."""
