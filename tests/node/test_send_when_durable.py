@@ -34,20 +34,27 @@ def record_sends(follower: Follower, events: list[str]) -> None:
     follower.driver._hooks = dataclasses.replace(follower.driver._hooks, send=send)
 
 
+async def events_of_an_append(follower: Follower, entries: int) -> list[str]:
+    """After a first write, what the follower does for an APPEND of `entries` more:
+    its sends and the storage's publishes, in order."""
+    events: list[str] = []
+    follower.start()
+    await follower.holding(1)  # the first write: the log starts (and a vote)
+    record_publishes(follower.driver.storage, events)
+    record_sends(follower, events)
+    follower.driver.step(append(1, entries=entries))
+    await wait_for(lambda: 1 + entries in acknowledged(follower.sent))
+    assert acknowledged(follower.sent).count(1 + entries) == 1, "sent once, not again after"
+    assert follower.driver.storage.last_index() == 1 + entries
+    return events
+
+
 def test_an_inline_writes_acknowledgement_goes_before_the_rows_are_published(
     tmp_path: Path,
 ) -> None:
     async def body(follower: Follower) -> None:
-        events: list[str] = []
-        follower.start()
-        await follower.holding(1)  # the first write: the log starts (and a vote)
-        record_publishes(follower.driver.storage, events)
-        record_sends(follower, events)
-        follower.driver.step(append(1, entries=1))  # one entry: written inline
-        await wait_for(lambda: 2 in acknowledged(follower.sent))
-        assert events == ["APPEND_RESPONSE 2", "publish"]
-        assert acknowledged(follower.sent).count(2) == 1, "sent once, not again after"
-        assert follower.driver.storage.last_index() == 2
+        # One entry: written inline, on the loop's thread.
+        assert await events_of_an_append(follower, 1) == ["APPEND_RESPONSE 2", "publish"]
 
     run(tmp_path, body)
 
@@ -56,15 +63,8 @@ def test_a_batch_the_writer_thread_writes_is_acknowledged_after_it_returns(
     tmp_path: Path,
 ) -> None:
     async def body(follower: Follower) -> None:
-        events: list[str] = []
-        follower.start()
-        await follower.holding(1)
-        record_publishes(follower.driver.storage, events)
-        record_sends(follower, events)
-        follower.driver.step(append(1, entries=3))  # more than one entry: the writer thread
-        await wait_for(lambda: 4 in acknowledged(follower.sent))
-        assert events == ["publish", "APPEND_RESPONSE 4"]
-        assert acknowledged(follower.sent).count(4) == 1
+        # More than one entry: the writer thread writes it; the driver sends after.
+        assert await events_of_an_append(follower, 3) == ["publish", "APPEND_RESPONSE 4"]
 
     run(tmp_path, body)
 
