@@ -19,8 +19,6 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-import yaml
-
 from changeagent.durations import DurationError, format_duration_ns, parse_duration_ns
 
 MILLISECOND_NS = 1_000_000
@@ -90,6 +88,8 @@ class Settings:
 
 def settings_from_yaml(text: str | bytes, base: Settings | None = None) -> Settings:
     """Parse YAML settings; keys missing from `text` keep their values from `base`."""
+    import yaml  # at first use: ~1 MB of an idle node's RSS when no settings file is used
+
     try:
         document = yaml.safe_load(text)
     except yaml.YAMLError as error:
@@ -133,6 +133,8 @@ def settings_to_yaml(settings: Settings) -> str:
         document["webHooks"] = [_web_hook_document(hook) for hook in settings.web_hooks]
     if settings.archive_dir:
         document["archiveDir"] = settings.archive_dir
+    import yaml
+
     return yaml.safe_dump(document, sort_keys=False, allow_unicode=True)
 
 

@@ -26,7 +26,6 @@ import secrets
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-import bcrypt
 from aiohttp import web
 from aiohttp.typedefs import Middleware
 
@@ -64,6 +63,8 @@ class Authenticator:
         self._executor = ThreadPoolExecutor(BCRYPT_THREADS, thread_name_prefix="bcrypt")
         # Unknown users are checked against this hash too, so that the answer's
         # timing does not tell which user names exist. Cost 5 is htpasswd -B's default.
+        import bcrypt  # at first use: ~0.4 MB of an idle node without --password-file
+
         self._decoy_hash = bcrypt.hashpw(secrets.token_bytes(16), bcrypt.gensalt(rounds=5))
         self._poller: asyncio.Task[None] | None = None
 
@@ -200,6 +201,8 @@ class KeyedSha256:
 
 
 def _bcrypt_check(password: bytes, password_hash: bytes) -> bool:
+    import bcrypt
+
     try:
         return bool(bcrypt.checkpw(password[:BCRYPT_PASSWORD_BYTES_MAX], password_hash))
     except ValueError:  # a hash bcrypt cannot read: never a match
