@@ -595,4 +595,3 @@ class _SendWhenDurable:
 
 
 __all__ = ["DriverHooks", "MembershipChangeRejected", "RaftDriver"]
-
