@@ -102,10 +102,10 @@ def add_histogram(
     numbers: list[float],
 ) -> None:
     """Add `numbers` (see `new_buckets`) to `family` as cumulative buckets."""
-    snapshot = list(numbers)  # one copy under the GIL: the writer thread may add meanwhile
-    cumulative, buckets = 0.0, []
     from prometheus_client.utils import floatToGoString
 
+    snapshot = list(numbers)  # one copy under the GIL: the writer thread may add meanwhile
+    cumulative, buckets = 0.0, []
     for bound, number in zip([*map(floatToGoString, bounds), "+Inf"], snapshot[1:], strict=True):
         cumulative += number
         buckets.append((bound, cumulative))
