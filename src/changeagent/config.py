@@ -123,6 +123,8 @@ def settings_from_mapping(document: Mapping[Any, Any], base: Settings) -> Settin
 
 
 def settings_to_yaml(settings: Settings) -> str:
+    import yaml
+
     document: dict[str, Any] = {
         "minPurgeRecords": settings.min_purge_records,
         "minPurgeDuration": format_duration_ns(settings.min_purge_duration_ns),
@@ -133,8 +135,6 @@ def settings_to_yaml(settings: Settings) -> str:
         document["webHooks"] = [_web_hook_document(hook) for hook in settings.web_hooks]
     if settings.archive_dir:
         document["archiveDir"] = settings.archive_dir
-    import yaml
-
     return yaml.safe_dump(document, sort_keys=False, allow_unicode=True)
 
 
