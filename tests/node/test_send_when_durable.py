@@ -34,37 +34,33 @@ def record_sends(follower: Follower, events: list[str]) -> None:
     follower.driver._hooks = dataclasses.replace(follower.driver._hooks, send=send)
 
 
-async def events_of_an_append(follower: Follower, entries: int) -> list[str]:
+@pytest.mark.parametrize(
+    ("entries", "expected"),
+    [
+        # One entry: written inline, on the loop's thread; acknowledged from inside it.
+        (1, ["APPEND_RESPONSE 2", "publish"]),
+        # More: the writer thread writes it; the driver sends once the write returns.
+        (3, ["publish", "APPEND_RESPONSE 4"]),
+    ],
+    ids=["inline-before-publish", "writer-thread-after-return"],
+)
+def test_an_acknowledgement_goes_once_its_write_is_durable(
+    tmp_path: Path, entries: int, expected: list[str]
+) -> None:
     """After a first write, what the follower does for an APPEND of `entries` more:
-    its sends and the storage's publishes, in order."""
-    events: list[str] = []
-    follower.start()
-    await follower.holding(1)  # the first write: the log starts (and a vote)
-    record_publishes(follower.driver.storage, events)
-    record_sends(follower, events)
-    follower.driver.step(append(1, entries=entries))
-    await wait_for(lambda: 1 + entries in acknowledged(follower.sent))
-    assert acknowledged(follower.sent).count(1 + entries) == 1, "sent once, not again after"
-    assert follower.driver.storage.last_index() == 1 + entries
-    return events
+    its sends and the storage's publishes, in order; the acknowledgement once."""
 
-
-def test_an_inline_writes_acknowledgement_goes_before_the_rows_are_published(
-    tmp_path: Path,
-) -> None:
     async def body(follower: Follower) -> None:
-        # One entry: written inline, on the loop's thread.
-        assert await events_of_an_append(follower, 1) == ["APPEND_RESPONSE 2", "publish"]
-
-    run(tmp_path, body)
-
-
-def test_a_batch_the_writer_thread_writes_is_acknowledged_after_it_returns(
-    tmp_path: Path,
-) -> None:
-    async def body(follower: Follower) -> None:
-        # More than one entry: the writer thread writes it; the driver sends after.
-        assert await events_of_an_append(follower, 3) == ["publish", "APPEND_RESPONSE 4"]
+        events: list[str] = []
+        follower.start()
+        await follower.holding(1)  # the first write: the log starts (and a vote)
+        record_publishes(follower.driver.storage, events)
+        record_sends(follower, events)
+        follower.driver.step(append(1, entries=entries))
+        await wait_for(lambda: 1 + entries in acknowledged(follower.sent))
+        assert events == expected
+        assert acknowledged(follower.sent).count(1 + entries) == 1, "sent once, not again after"
+        assert follower.driver.storage.last_index() == 1 + entries
 
     run(tmp_path, body)
 

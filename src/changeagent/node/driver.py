@@ -421,6 +421,8 @@ class RaftDriver:
             self._run_after_send()  # none are left behind, not even by a failed step
 
     async def _execute(self, step: Step) -> None:
+        """Any one step; `_execute_plan` runs a Persist through `_persist` itself, to
+        hand it the Send that follows."""
         if isinstance(step, Persist):
             await self._persist(step, None)
         elif isinstance(step, Send):
