@@ -5,11 +5,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from typing import Any
 
 import pytest
 
 from changeagent.transport import (
     ERROR_TIMEOUT,
+    Proposal,
     ProposalReply,
     RequestContext,
     RequestFailed,
@@ -133,6 +135,55 @@ def test_an_early_answer_carries_a_raft_message_along(carrier: str) -> None:
             assert b.transport.stats().peers[1].messages_sent >= 1
         finally:
             await stop_all([a, b])
+
+    run(scenario())
+
+
+@pytest.mark.parametrize("carrier", CARRIERS)
+def test_a_proposal_is_handled_in_the_read_that_brings_it_other_requests_in_a_task(
+    carrier: str,
+) -> None:
+    """A Proposal's handler runs up to its first await in the call that reads its
+    frame (a forwarded write is proposed a loop iteration sooner); the rest runs in
+    a task the transport cancels when it closes. Read indexes and RPCs get a task
+    of their own from the start (their handlers may enter `asyncio.timeout`)."""
+
+    async def scenario() -> None:
+        addresses: dict[int, str] = {}
+        started_in: list[tuple[str, asyncio.Task[Any] | None]] = []
+        cancelled: list[str] = []
+
+        async def handler(context: RequestContext, request: Request) -> Reply:
+            started_in.append((type(request).__name__, asyncio.current_task()))
+            if isinstance(request, Proposal) and request.key == "hang":
+                try:
+                    await asyncio.Event().wait()
+                except asyncio.CancelledError:
+                    cancelled.append(request.key)
+                    raise
+            await asyncio.sleep(0)  # the rest after a suspension: in a task
+            return await b.echo(context, request)
+
+        a, b = await started(
+            Node(1, carrier, addresses), Node(2, carrier, addresses, on_request=handler)
+        )
+        try:
+            assert await a.transport.propose(2, 0, b"four") == 4
+            assert await a.transport.read_index(2) == 200
+            assert (await a.transport.call(2, "describe", 1))["node"] == 2
+            kinds = [kind for kind, _ in started_in]
+            assert kinds == ["Proposal", "ReadIndexRequest", "RpcRequest"]
+            # Protocol callbacks run outside any task: the frame's read itself.
+            assert started_in[0][1] is None
+            assert all(task is not None for _, task in started_in[1:])
+            hanging = asyncio.ensure_future(a.transport.propose(2, 0, b"x", key="hang"))
+            await wait_until(lambda: len(started_in) == 4, what="the hanging proposal")
+            assert started_in[3] == ("Proposal", None)
+        finally:
+            await stop_all([a, b])
+        assert cancelled == ["hang"]  # its task was the transport's: cancelled at close
+        with pytest.raises(RequestFailed):
+            await hanging
 
     run(scenario())
 
