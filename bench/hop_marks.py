@@ -4,16 +4,20 @@ Starts a 3-member changeagent as the bench does, each member through this module
 `serve` entry, which wraps the functions at each hop (HTTP and peer reads, frame
 decode, Raft step and Ready, `BEGIN` / rows / COMMIT, each socket write, the answer)
 to append a `perf_counter_ns` mark (~1-2 µs each). One change at a time is posted
-(after warm-up); then every member writes its marks to a file, and this prints:
+(after warm-up) by the bench's asyncio client, or for `--seconds` by wrk (which
+sends the next request the moment it has an answer); then every member writes its
+marks to a file, and this prints:
 
 - the median timeline of a write: µs from its request's bytes at the member posted
   to, for each mark seen in most writes (`name/x`: the wrapped call returned);
 - where the leader was when each write's first acknowledgement was written (idle,
-  inside its own COMMIT, ...) and how long it took to read it from there.
+  inside its own COMMIT, ...) and how long it took to read it from there;
+- what the member posted to did between an answer and the next request.
 
     python -m bench.hop_marks                  # posted to the leader
     python -m bench.hop_marks --via-follower   # posted to a follower
     python -m bench.hop_marks --writes 3000 --warmup 300
+    python -m bench.hop_marks --client wrk --seconds 5
 
 Clocks: `perf_counter_ns` is CLOCK_MONOTONIC, one clock for every process of the
 machine. What the marks showed is in docs/BENCHMARKS.md, "Issue 15: a forwarded write
@@ -39,8 +43,9 @@ from typing import Any
 
 from bench import procs
 from bench.cpu_per_write import write_one_at_a_time
-from bench.procs import PROCESSES
+from bench.procs import LOOPBACK, PROCESSES
 from bench.systems.changeagent import ChangeAgent
+from bench.wrk import run_wrk
 
 REPO = Path(__file__).resolve().parents[1]
 DIR_VARIABLE = "HOP_MARKS_DIR"
@@ -269,7 +274,55 @@ def _drop_warmup(marks: dict[int, Marks], posted_to: int, warmup: int) -> None:
             marks[pid] = [(at, name) for at, name in found if at >= cut]
 
 
-def measure(writes: int, warmup: int, via_follower: bool) -> list[str]:
+def after_answer(found: Marks) -> list[str]:
+    """What the member posted to did between each answer and the next request's bytes:
+    the client's turn-around (3 members: wrk ~57 µs, the bench's asyncio client ~173),
+    the marks in that gap, and the last mark before the request came."""
+    gaps: list[float] = []
+    inside: collections.Counter[str] = collections.Counter()
+    last_before: collections.Counter[str] = collections.Counter()
+    answered_at = None
+    previous = ""
+    for at, name in found:
+        if name == "answer/x":
+            answered_at = at
+            seen: set[str] = set()
+        elif answered_at is not None and name == "http_rx":
+            gaps.append((at - answered_at) / 1e3)
+            last_before[previous] += 1
+            inside.update(seen)
+            answered_at = None
+        elif answered_at is not None:
+            seen.add(name)
+        previous = name
+    if not gaps:
+        return []
+    total = len(gaps)
+    return [
+        f"  answer to next request: median {statistics.median(gaps):.1f} µs over {total}",
+        "  marks between them (share of gaps): " + ", ".join(
+            f"{name} {count / total * 100:.0f} %" for name, count in _most_common(inside, 12)
+        ),
+        "  last mark before the request: " + ", ".join(
+            f"{name} {count / total * 100:.0f} %" for name, count in _most_common(last_before, 6)
+        ),
+    ]
+
+
+def _most_common(counted: collections.Counter[str], count: int) -> list[tuple[str, int]]:
+    return sorted(counted.items(), key=lambda item: (-item[1], item[0]))[:count]
+
+
+def _post(system: ChangeAgent, member: int, client: str, writes: int, seconds: float) -> None:
+    if client == "asyncio":
+        asyncio.run(write_one_at_a_time(system, writes, 0, member))
+        return
+    url = f"http://{LOOPBACK}:{system.members[member].port}/changes"
+    run_wrk(url, "changeagent_post.lua", 1, seconds, "hop-marks")
+
+
+def measure(writes: int, warmup: int, via_follower: bool, client: str = "asyncio",
+            seconds: float = 5.0) -> list[str]:
     with tempfile.TemporaryDirectory(prefix="hop-marks-") as name:
         directory = Path(name)
         os.environ[DIR_VARIABLE] = str(directory)
@@ -282,7 +335,7 @@ def measure(writes: int, warmup: int, via_follower: bool) -> list[str]:
         try:
             leader = system.leader_index()
             member = system.follower_index() if via_follower else leader
-            asyncio.run(write_one_at_a_time(system, warmup + writes, 0, member))
+            _post(system, member, client, warmup + writes, seconds)
             pids = system.pids()
             marks = _collect(directory, pids)
         finally:
@@ -292,11 +345,15 @@ def measure(writes: int, warmup: int, via_follower: bool) -> list[str]:
     }
     roles[pids[member]] += " (posted to)" if via_follower else ""
     _drop_warmup(marks, pids[member], warmup)
+    measured = len(request_starts(marks[pids[member]]))
     return [
-        f"µs after the request reached {roles[pids[member]]} (medians of {writes} writes):",
+        f"µs after the request reached {roles[pids[member]]} (medians of {measured} writes, "
+        f"{client}):",
         *timeline(marks, pids[member], roles),
         "the leader when a write's first acknowledgement was written:",
         *leader_at_first_ack(marks, pids[leader]),
+        f"{roles[pids[member]]} between an answer and the next request:",
+        *after_answer(marks[pids[member]]),
     ]
 
 
@@ -310,10 +367,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--warmup", type=int, default=300)
     parser.add_argument("--via-follower", action="store_true",
                         help="post every write to a follower: the forwarded path")
+    parser.add_argument("--client", choices=("asyncio", "wrk"), default="asyncio",
+                        help="the bench's asyncio client (--writes of them) or wrk at one "
+                             "connection (--seconds; it sends the next request at once)")
+    parser.add_argument("--seconds", type=float, default=5.0)
     arguments = parser.parse_args(arguments_list)
     procs.install_cleanup_hooks()
     try:
-        print("\n".join(measure(arguments.writes, arguments.warmup, arguments.via_follower)))
+        print("\n".join(measure(arguments.writes, arguments.warmup, arguments.via_follower,
+                                arguments.client, arguments.seconds)))
     finally:
         PROCESSES.cleanup()
     return 0

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 from bench.hop_marks import (
     PATCH_POINTS,
+    after_answer,
     install,
     leader_at_first_ack,
     request_starts,
@@ -75,13 +76,34 @@ def test_a_write_starts_at_its_requests_bytes_not_at_the_body_read() -> None:
     assert lines[-1] == ["420.0", "leader", "answer/x#1"]
 
 
-def test_hop_marks_prints_a_timeline_and_the_leaders_state() -> None:
+def test_what_the_member_does_between_an_answer_and_the_next_request() -> None:
+    # Two gaps: 40 µs with a peer read in it, 60 µs with nothing marked; the request
+    # came after the leader's step returned in the first, after `pq` in the second.
+    found = [(0, "http_rx"), (500_000, "answer/x"), (510_000, "rx"), (520_000, "step/x"),
+             (540_000, "http_rx"), (600_000, "http_rx"), (900_000, "answer/x"),
+             (905_000, "pq"), (960_000, "http_rx")]  # fmt: skip
+    gaps, inside, before = after_answer(found)
+    assert gaps.split() == ["answer", "to", "next", "request:", "median", "50.0", "µs", "over", "2"]
+    assert inside.endswith(": pq 50 %, rx 50 %, step/x 50 %")
+    assert before.endswith(": pq 50 %, step/x 50 %")
+    assert after_answer([(0, "http_rx")]) == []
+
+
+@pytest.mark.parametrize(
+    ("client", "count"), [("asyncio", ["--writes", "150"]), ("wrk", ["--seconds", "1"])]
+)
+def test_hop_marks_prints_a_timeline_and_the_leaders_state(client: str, count: list[str]) -> None:
     completed = subprocess.run(
-        [sys.executable, "-m", "bench.hop_marks", "--writes", "150", "--warmup", "20"],
+        [sys.executable, "-m", "bench.hop_marks", "--client", client, *count, "--warmup", "20"],
         cwd=REPO, capture_output=True, text=True, timeout=180)  # fmt: skip
     output = completed.stdout + completed.stderr
     assert completed.returncode == 0, output[-4000:]
-    assert "medians of 150 writes" in output, output
+    written = re.search(r"medians of (\d+) writes, (\w+)", output)
+    assert written is not None, output
+    assert written[2] == client, output
+    assert int(written[1]) == 150 if client == "asyncio" else int(written[1]) > 100, output
+    gap = re.search(r"answer to next request: median ([\d.]+) µs over (\d+)", output)
+    assert gap is not None and float(gap[1]) > 0 and int(gap[2]) > 0, output
     for hop in ("leader       http_rx#1", "leader       commit/x#1", "leader       answer/x#1"):
         assert hop in output, output
     assert re.search(r"follower \d\s+commit/x#1", output), output
