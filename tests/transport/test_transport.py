@@ -168,14 +168,16 @@ def test_a_proposal_is_handled_in_the_read_that_brings_it_other_requests_in_a_ta
             Node(1, carrier, addresses), Node(2, carrier, addresses, on_request=handler)
         )
         try:
-            assert await a.transport.propose(2, 0, b"four") == 4
+            # The link is served first: frames that come before the connection is
+            # handed to its reader wait for it and are dispatched from its task.
             assert await a.transport.read_index(2) == 200
             assert (await a.transport.call(2, "describe", 1))["node"] == 2
+            assert await a.transport.propose(2, 0, b"four") == 4
             kinds = [kind for kind, _ in started_in]
-            assert kinds == ["Proposal", "ReadIndexRequest", "RpcRequest"]
+            assert kinds == ["ReadIndexRequest", "RpcRequest", "Proposal"]
+            assert all(task is not None for _, task in started_in[:2])
             # Protocol callbacks run outside any task: the frame's read itself.
-            assert started_in[0][1] is None
-            assert all(task is not None for _, task in started_in[1:])
+            assert started_in[2][1] is None
             hanging = asyncio.ensure_future(a.transport.propose(2, 0, b"x", key="hang"))
             await wait_until(lambda: len(started_in) == 4, what="the hanging proposal")
             assert started_in[3] == ("Proposal", None)
