@@ -193,9 +193,10 @@ class Transport:
     proposals and read indexes from members, and RPCs from anyone who completed
     the handshake (`context.member` tells which); raise `RequestFailed` to
     answer with an error code. For a `Proposal` it runs in the call that read
-    the frame up to its first suspension (no task of its own yet: no
-    `asyncio.timeout` or `current_task` before its first `await`), the rest in
-    a task; every other request runs in a task from the start.
+    the frame (or the connection reader's task, for a frame read before it
+    started) up to its first suspension, the rest in a task of its own: no
+    `asyncio.timeout` or `current_task` before its first `await`. Every other
+    request runs in a task from the start.
     `resolve_address(peer_id)` gives a peer's current `host:port` (None when
     unknown) and is asked before every dial.
     """
