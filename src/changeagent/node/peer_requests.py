@@ -86,7 +86,7 @@ class PeerRequests:
 
             # Up to its first suspension this runs in the transport's read of the
             # frame, with no task of its own (see `Transport`): nothing before the
-            # proposal's wait may enter `asyncio.timeout` (`wait_shielded` does not).
+            # proposal's wait may enter `asyncio.timeout` (the commit wait does not).
             change = parse_change_body(request.data)
             entry = await self._changes.propose_change(change, request.key, answer_now)
             reply: Reply = ProposalReply(0, index=entry.index)

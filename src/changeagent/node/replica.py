@@ -61,7 +61,7 @@ from changeagent.raft import (
 )
 from changeagent.storage import BatchRejected, Storage, StorageFailed, WriteBatch
 from changeagent.storage.seed import SeedInfo
-from changeagent.timed import wait_shielded
+from changeagent.timed import TimeoutGroup
 
 if TYPE_CHECKING:
     from changeagent.transport import Transport
@@ -89,6 +89,7 @@ class Replica:
         self.identity = identity  # read here; changed only by ClusterMembership
         self.replicated = ReplicatedState(identity.node_id, settings)
         self.applied = AppliedIndex()
+        self._commit_waits = TimeoutGroup(limits.commit_timeout_s, _commit_timeout)
         self.supervisor = Supervisor(self._fail)
         self.leader = LeaderLink(lambda: self.leader_id, lambda: not identity.standalone)
         self.transport: Transport | None = None
@@ -290,7 +291,7 @@ class Replica:
     async def await_commit(self, future: asyncio.Future[Entry]) -> Entry:
         """The proposal's entry once applied; CommitTimeout after the commit timeout
         (the proposal goes on: waiting again is safe)."""
-        return await wait_shielded(future, self.limits.commit_timeout_s, _commit_timeout)
+        return await self._commit_waits.wait(future)
 
     async def wait_applied(self, index: int, timeout_s: float) -> None:
         """Until this node has applied `index` (CommitTimeout after `timeout_s`)."""
