@@ -98,6 +98,9 @@ class TimeoutGroup:
     armed again for the oldest wait left (about once per `timeout_s` under a
     steady load). Serves one event loop at a time: the one its first wait ran on,
     or a later one once no wait is left on the first.
+
+    Not `node.deadlines.Deadlines`, the long-polls' shared timer: that one takes
+    deadlines of any length (buckets and a heap); waits of one length need neither.
     """
 
     def __init__(self, timeout_s: float, on_timeout: Callable[[], BaseException]) -> None:
