@@ -6,12 +6,12 @@ fails the writes proposed with it."""
 from __future__ import annotations
 
 import threading
-import time
 from pathlib import Path
 
 import orjson
 
 from tests.support.cluster import Cluster
+from tests.support.retry import retry_while_unavailable
 from tests.support.server import Response, ServerProcess, wait_until
 
 BODY_BYTES_MAX = 1024 * 1024
@@ -27,19 +27,6 @@ def post(server: ServerProcess, body: bytes, key: str = "") -> Response:
     if key:
         headers["Idempotency-Key"] = key
     return server.request("POST", "/changes", body, headers)
-
-
-def post_until_acknowledged(
-    server: ServerProcess, body: bytes, key: str, timeout_s: float = 60.0
-) -> Response:
-    """POST with the Idempotency-Key `key`, again on a 503 (as clients are told to),
-    until acknowledged or `timeout_s` has passed; the last answer."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        answer = post(server, body, key)
-        if answer.status != 503 or time.monotonic() >= deadline:
-            return answer
-        time.sleep(0.2)  # a pause between client retries, not a synchronization
 
 
 def test_the_largest_accepted_body_is_stored_with_concurrent_writes(tmp_path: Path) -> None:
@@ -98,7 +85,10 @@ def test_a_raised_body_limit_replicates_through_the_cluster(tmp_path: Path) -> N
         leader = cluster.leader()
         follower = next(node for node in cluster.nodes if node is not leader)
         assert follower.server is not None
-        answer = post_until_acknowledged(follower.server, body_of(size), "large-1")
+        server, body = follower.server, body_of(size)
+        answer = retry_while_unavailable(
+            lambda: post(server, body, "large-1"), lambda answer: answer.status
+        )
         told = [line for node in cluster.nodes for line in node.role_changes()]
         assert answer.status == 200, (answer.status, answer.body[:200], told)
         index = orjson.loads(answer.body)["_id"]

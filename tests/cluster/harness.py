@@ -24,6 +24,7 @@ import orjson
 
 from tests.cluster.linkproxy import LinkProxy
 from tests.support.cluster import Cluster, ClusterNode
+from tests.support.retry import retry_while_unavailable
 from tests.support.server import Response, wait_until
 
 T = TypeVar("T")
@@ -76,12 +77,9 @@ def post_until_acknowledged(
     known yet, or the leader changed while the write was forwarded: "retry with
     the same Idempotency-Key", as a client is told to), until acknowledged or
     `timeout_s` has passed; the last outcome."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        outcome = post(node, document, key=key)
-        if outcome.status != 503 or time.monotonic() >= deadline:
-            return outcome
-        time.sleep(0.2)  # a pause between client retries, not a synchronization
+    return retry_while_unavailable(
+        lambda: post(node, document, key=key), lambda outcome: outcome.status, timeout_s
+    )
 
 
 def get(node: ClusterNode, path: str, timeout_s: float = 5.0) -> Outcome:
