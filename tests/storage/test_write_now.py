@@ -81,6 +81,25 @@ def test_what_stays_on_the_writer_thread(data_dir: Path) -> None:
         assert storage.term(3) == 2
 
 
+def test_a_large_append_goes_to_the_writer_thread(data_dir: Path) -> None:
+    """One entry of more than `WRITE_NOW_BYTES_MAX` bytes: the event loop does not
+    stop for its copy, checksum and fsync (a 20 MiB change: ~150 ms)."""
+    recorder = ThreadRecorder()
+    here = threading.get_ident()
+    fits = "x" * (store.WRITE_NOW_BYTES_MAX - 200)  # with its JSON: just under
+    too_large = "x" * store.WRITE_NOW_BYTES_MAX
+
+    async def main(storage: Storage) -> None:
+        await storage.write(WriteBatch(entries=[change(1)]), now_if_idle=True)
+        await storage.write(WriteBatch(entries=[change(2, data=fits)]), now_if_idle=True)
+        await storage.write(WriteBatch(entries=[change(3, data=too_large)]), now_if_idle=True)
+
+    with Storage.open(data_dir, fault_injector=recorder) as storage:
+        asyncio.run(main(storage))
+        assert [thread == here for thread in recorder.threads] == [True, True, False]
+        assert storage.last_index() == 3
+
+
 def test_a_busy_writer_keeps_the_order(data_dir: Path) -> None:
     """While the writer thread commits, a write asked now goes behind it."""
     gate = Gate(held=1)
