@@ -75,10 +75,12 @@ def test_a_raised_body_limit_replicates_through_the_cluster(tmp_path: Path) -> N
     """With --max-body-bytes above the default peer frame (16 MiB), a change of
     that size is forwarded, replicated and served by every member, once.
 
-    Each member writes the 20 MiB entry on its event loop, and the leader sends no
-    heartbeat meanwhile: on a slow disk an election can follow (CI saw one once),
-    and the forwarded write then gets the documented 503 ("it may have taken
-    effect"): a client retries with the same Idempotency-Key, and so does this."""
+    The entry is too large to be written on a member's event loop, and the leader
+    heartbeats while its writer thread writes it: no election follows, however
+    slow the disk. (Before, the leader sent nothing until its write was durable,
+    and CI once saw an election, the forwarded write answered with the documented
+    503 "it may have taken effect". A client retries that with the same
+    Idempotency-Key, and so does this; the term must not have moved, though.)"""
     size = 20 * 1024 * 1024
     cluster = Cluster(tmp_path, 3, ["--max-body-bytes", str(size + 1024)]).start().form()
     try:
@@ -86,6 +88,7 @@ def test_a_raised_body_limit_replicates_through_the_cluster(tmp_path: Path) -> N
         follower = next(node for node in cluster.nodes if node is not leader)
         assert follower.server is not None
         server, body = follower.server, body_of(size)
+        term = leader.raft()["term"]
         answer = retry_while_unavailable(
             lambda: post(server, body, "large-1"), lambda answer: answer.status
         )
@@ -102,5 +105,7 @@ def test_a_raised_body_limit_replicates_through_the_cluster(tmp_path: Path) -> N
                 0.05,
             )
             assert len(orjson.loads(stored.body)["data"]) == size - 11
+        terms = [node.raft()["term"] for node in cluster.nodes]
+        assert terms == [term] * len(cluster.nodes), (term, terms, told)
     finally:
         cluster.kill()

@@ -15,6 +15,8 @@ from changeagent.raft import (
     Entry,
     HardState,
     Membership,
+    Message,
+    MessageType,
     RaftNode,
     Role,
 )
@@ -63,3 +65,28 @@ def test_a_reset_cannot_be_proposed() -> None:
     drain(node, log)
     with pytest.raises(Exception, match="never proposed"):
         node.propose_membership(ConfChange(ConfChangeKind.RESET, 1))
+
+
+def test_messages_taken_during_a_write_leave_the_next_ready() -> None:
+    """`take_messages` while a Ready is outstanding gives the heartbeats the ticks
+    made meanwhile, once; the next Ready does not carry them again."""
+    node, log = make_node(1, voters=(1, 2, 3))
+    node.campaign()
+    drain(node, log)
+    node.step(Message(MessageType.VOTE_RESPONSE, 2, 1, node.term))
+    drain(node, log)
+    assert node.role is Role.LEADER
+    node.propose([(0, b"{}", "")])
+    outstanding = node.ready()  # its write is in flight
+    assert outstanding.entries
+    for _ in range(node.config.heartbeat_ticks):
+        node.tick()
+    taken = node.take_messages()
+    assert sorted((m.type, m.target) for m in taken) == [
+        (MessageType.HEARTBEAT, 2),
+        (MessageType.HEARTBEAT, 3),
+    ]
+    assert node.take_messages() == ()
+    node.advance(outstanding)
+    later = node.ready()
+    assert not any(m.type is MessageType.HEARTBEAT for m in later.messages)

@@ -37,6 +37,7 @@ CATCHES: dict[str, Catch] = {
     "vote-without-up-to-date-check": Catch("hostile", _safety),
     "commit-previous-term": Catch("hostile", _safety),
     "ack-before-persist": Catch("hostile", _safety),
+    "acks-sent-during-write": Catch("hostile", _safety),
     # Scenario 1: a follower's Raft loop stopped on a purge superseded by a snapshot.
     "compact-over-pending-snapshot": Catch("purges", lambda r: r.startswith("Compacted")),
     # Scenario 5: a storage failure in compaction left a leader that heartbeats but

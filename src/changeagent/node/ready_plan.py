@@ -184,6 +184,14 @@ class ReadyPlanner:
         return steps
 
 
+def send_during_write(core: RaftNode) -> Send | None:
+    """On a tick while the outstanding Ready's write is in flight: what may leave
+    now (`RaftNode.take_messages`), so that a slow write (a large entry, a slow
+    disk) holds up no heartbeat. The driver and the simulator call it alike."""
+    messages = core.take_messages()
+    return Send(messages) if messages else None
+
+
 def plan_compaction(core: RaftNode, index: int, data: bytes) -> Compact | None:
     """After `advance`: compact to a purge point applied in that Ready, unless a
     snapshot at or beyond it is installed or pending (it supersedes the purge)."""

@@ -242,6 +242,17 @@ class RaftNode:
         """Collect what to persist, send and apply (see `Ready` for the ordering)."""
         return self._outbox.take_ready(self._config.max_apply_bytes)
 
+    def take_messages(self) -> tuple[Message, ...]:
+        """The messages a Ready would carry in `messages` (those that may leave
+        before anything is persisted: heartbeats, appends, pre-votes, heartbeat
+        responses), now, out of the next Ready. For a node whose outstanding
+        Ready's write is slow: a leader writing a large entry on a slow disk would
+        otherwise send no heartbeat until it is durable, and its followers would
+        start an election. Sending them early only reorders them before the
+        outstanding Ready's `messages_after_persist`, and Raft does not depend on
+        the order of messages."""
+        return self._outbox.take_messages()
+
     def advance(self, ready: Ready) -> None:
         """Acknowledge that everything in `ready` is durable and applied."""
         self._outbox.acknowledge(ready)

@@ -73,6 +73,13 @@ class Outbox:
         """Queue a message to this node, stepped once the next Ready is durable."""
         self._self_after_persist.append(message)
 
+    def take_messages(self) -> tuple[Message, ...]:
+        """The messages that may leave before anything is persisted, taken now
+        instead of with the next Ready (which then does not carry them)."""
+        messages = tuple(self._messages)
+        self._messages.clear()
+        return messages
+
     def add_read_state(self, read_state: ReadState) -> None:
         self._read_states.append(read_state)
 

@@ -12,6 +12,10 @@ runtime break its rule:
 - `ack-before-persist`: a `ReadyPlanner` whose plans send `messages_after_persist`
   (votes and append responses) before the `Persist` step, so a crash can lose
   what a follower acknowledged or the vote it gave.
+- `acks-sent-during-write`: `RaftNode.take_messages`, which the runtime calls on a
+  tick while a Ready's write is in flight (heartbeats need not wait for a slow
+  disk), also hands out what waits for a write (votes, append responses), which
+  then leave before the write they promise is durable.
 - `compact-over-pending-snapshot` (scenario 1): `RaftNode.compact` as it was
   before the fix: it ignores a snapshot stepped in while the Ready that applied
   the purge was being written, reads the term at the purge point and raises
@@ -28,7 +32,8 @@ runtime break its rule:
 The patch points are the core's private methods (`RaftLog.is_up_to_date`,
 `RaftNode._can_commit_by_counting`, `RaftNode._leader_read`,
 `ReadIndexQueue.confirmed`, `RaftLog.term` through `RaftNode.compact`) and the
-public `ReadyPlanner.plan` and `ReplicatedState.recover`; if they are renamed,
+public `ReadyPlanner.plan`, `ReplicatedState.recover` and `RaftNode.take_messages`
+(with the outbox's private lists); if they are renamed,
 the planted-bug tests fail loudly rather than silently testing nothing.
 """
 
@@ -44,6 +49,7 @@ from changeagent.raft.config import RaftConfig
 from changeagent.raft.core import RaftNode
 from changeagent.raft.entry import Entry, HardState
 from changeagent.raft.interfaces import Snapshot
+from changeagent.raft.messages import Message
 from changeagent.raft.readindex import PendingRead
 from changeagent.raft.ready import Ready
 from changeagent.sim.cluster import SimOptions
@@ -126,6 +132,25 @@ def _ack_before_persist() -> SimOptions:
     return SimOptions(planner_factory=_EagerAckPlanner)
 
 
+class _AcksDuringWriteNode(RaftNode):
+    """`take_messages` that also takes the messages that wait for the write."""
+
+    def take_messages(self) -> tuple[Message, ...]:
+        outbox = self._outbox
+        waiting = tuple(outbox._messages_after_persist)
+        outbox._messages_after_persist.clear()
+        return super().take_messages() + waiting
+
+
+def _acks_sent_during_write() -> SimOptions:
+    def factory(
+        config: RaftConfig, log: SimLog, hard_state: HardState, rng: random.Random, applied: int
+    ) -> RaftNode:
+        return _AcksDuringWriteNode(config, log, hard_state, rng, applied=applied)
+
+    return SimOptions(node_factory=factory)
+
+
 class _CompactOverPendingSnapshotNode(RaftNode):
     """`RaftNode.compact` before the fix: a pending snapshot is not looked at."""
 
@@ -187,6 +212,7 @@ PLANTED_BUGS: dict[str, Callable[[], SimOptions]] = {
     "vote-without-up-to-date-check": _vote_without_up_to_date_check,
     "commit-previous-term": _commit_previous_term,
     "ack-before-persist": _ack_before_persist,
+    "acks-sent-during-write": _acks_sent_during_write,
     "compact-over-pending-snapshot": _compact_over_pending_snapshot,
     "compaction-failure-keeps-running": _compaction_failure_keeps_running,
     "recovery-ignores-must-leave": _recovery_ignores_must_leave,

@@ -117,8 +117,8 @@ class SimResult:
 
 @dataclass(slots=True)
 class Stats:
-    """Counts of what a run did; the last four show that the scenarios the
-    production runtime once got wrong are reached."""
+    """Counts of what a run did; the last five show that the scenarios the
+    production runtime once got wrong, or handles apart, are reached."""
 
     events: int = 0
     elections: int = 0
@@ -126,6 +126,7 @@ class Stats:
     purges_superseded: int = 0  # a purge applied while a newer snapshot was pending
     leaves_at_restart: int = 0  # removed before a crash, left at restart
     failed_stopped_phases: int = 0  # liveness checked with failed nodes stopped
+    sends_during_write: int = 0  # messages sent on a tick while a Ready's write waited
 
 
 class Simulation:
@@ -387,6 +388,7 @@ class Simulation:
         if event.incarnation != node.incarnation or node.raft is None:
             return
         node.raft.tick()
+        self.runtime.on_tick(node)
         self.scheduler.push(TICK_UNITS, Tick(node.node_id, node.incarnation))
         self.observe(node)
 

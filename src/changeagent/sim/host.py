@@ -43,6 +43,7 @@ from changeagent.node.ready_plan import (
     Send,
     Step,
     plan_compaction,
+    send_during_write,
 )
 from changeagent.node.replicated_state import PurgeCommitted, RemovedSelf, ReplicatedState
 from changeagent.raft.confchange import ConfChange, ConfChangeKind
@@ -278,6 +279,17 @@ class Runtime:
             # sees it (durable plus the write just staged), unless the node stopped.
             if ready.hard_state is not None and node.incarnation == incarnation:
                 self.sim.observe_commit(node, ready.hard_state)
+
+    def on_tick(self, node: SimNode) -> None:
+        """As `RaftDriver._ticker` after its tick: while a Ready's write is in
+        flight, what may leave goes now."""
+        raft = node.raft
+        if raft is None or not isinstance(node.waiting, Persist):
+            return
+        sending = send_during_write(raft)
+        if sending is not None:
+            self.sim.stats.sends_during_write += len(sending.messages)
+            self._execute(node, sending)
 
     def _run_plan(self, node: SimNode) -> None:
         plan = node.plan

@@ -14,7 +14,13 @@ from changeagent.sim.cluster import (
     default_node_factory,
 )
 
-SCENARIOS = ("storage_failures", "purges_superseded", "leaves_at_restart", "failed_stopped_phases")
+SCENARIOS = (
+    "storage_failures",
+    "purges_superseded",
+    "leaves_at_restart",
+    "failed_stopped_phases",
+    "sends_during_write",
+)
 
 
 @dataclass(slots=True)

@@ -1,0 +1,106 @@
+"""A leader whose write is slow (a large change, a slow disk) keeps heartbeating:
+the ticker sends what may leave before anything is persisted while the Ready loop
+waits for the disk (`RaftNode.take_messages`), so the followers do not time out
+and elect another leader meanwhile. Before, a leader sent nothing from the start
+of a write to its end (a 20 MiB change on a slow disk cost an election in CI)."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import threading
+from collections.abc import Coroutine
+from pathlib import Path
+from typing import Any
+
+from changeagent.node.driver import DriverHooks, RaftDriver
+from changeagent.raft import Entry, Message, MessageType, RaftConfig, Role
+from changeagent.raft.interfaces import Membership, Snapshot
+from changeagent.storage import Storage, WriteBatch, store
+from tests.node.test_step_ready import wait_for
+
+VOTERS = frozenset({1, 2, 3})
+
+
+class HoldWriterCommits:
+    """A fault injector that, once armed, holds every COMMIT made off the event
+    loop's thread until released (inline writes, on the loop, go through)."""
+
+    def __init__(self) -> None:
+        self.loop_thread = threading.get_ident()
+        self.armed = False
+        self.entered = threading.Event()
+        self.release = threading.Event()
+
+    def __call__(self, commit_number: int) -> None:
+        if not self.armed or threading.get_ident() == self.loop_thread:
+            return
+        self.entered.set()
+        if not self.release.wait(timeout=30):
+            raise TimeoutError("the test never released the write")
+
+
+def heartbeats_to(sent: list[Message], peer: int) -> int:
+    return sum(1 for m in sent if m.type is MessageType.HEARTBEAT and m.target == peer)
+
+
+def test_a_leader_heartbeats_while_its_write_waits_for_the_disk(tmp_path: Path) -> None:
+    sent: list[Message] = []
+    held = HoldWriterCommits()
+
+    async def nothing(*_: Any) -> None:
+        return None
+
+    def spawn(coroutine: Coroutine[Any, Any, None], name: str) -> asyncio.Task[None]:
+        return asyncio.ensure_future(coroutine)
+
+    async def scenario() -> None:
+        storage = Storage.open(tmp_path / "d", fault_injector=held)
+        await storage.write(WriteBatch(snapshot=Snapshot(membership=Membership(VOTERS))))
+        hooks = DriverHooks(
+            send=sent.append,
+            apply=nothing,
+            install_snapshot=nothing,
+            on_role_change=lambda role, leader: None,
+            snapshot_meta=lambda snapshot: {},
+            after_advance=nothing,
+        )
+        # A heartbeat every tick; no election or quorum sweep within the test.
+        config = RaftConfig(node_id=1, election_ticks=1000, heartbeat_ticks=1)
+        driver = RaftDriver(
+            storage, config, 0.01, hooks, applied=0, pending_max=10, rng=random.Random(1)
+        )
+        try:
+            driver.start(spawn)
+            driver.campaign()
+            await wait_for(lambda: any(m.type is MessageType.VOTE for m in sent))
+            driver.step(Message(MessageType.VOTE_RESPONSE, 2, 1, driver.core.term))
+            await wait_for(lambda: driver.core.role is Role.LEADER)
+            # A change too large to be written on the loop goes to the writer
+            # thread, which holds its COMMIT: the Ready loop waits for it.
+            body = b'{"data":"%s"}' % (b"x" * store.WRITE_NOW_BYTES_MAX)
+            held.armed = True
+            written = driver.propose(0, lambda index: body)
+            assert await asyncio.to_thread(held.entered.wait, 30)
+            before = heartbeats_to(sent, 2), heartbeats_to(sent, 3)
+            await wait_for(
+                lambda: (
+                    heartbeats_to(sent, 2) >= before[0] + 3
+                    and heartbeats_to(sent, 3) >= before[1] + 3
+                )
+            )
+            assert not written.done()
+            assert storage.last_index() < driver.core.last_index, "still being written"
+            held.release.set()
+            # Durable on the leader; committed once a follower holds it too.
+            index = driver.core.last_index
+            await wait_for(lambda: storage.last_index() == index)
+            driver.step(Message(MessageType.APPEND_RESPONSE, 2, 1, driver.core.term, index=index))
+            entry: Entry = await asyncio.wait_for(written, 10)
+            assert (entry.index, entry.data) == (index, body)
+        finally:
+            held.release.set()
+            await driver.stop()
+            storage.close()
+
+    asyncio.run(scenario())
