@@ -15,7 +15,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from changeagent.node.commit_notices import HOLD_S, CommitNotices, Timer, is_commit_notice
-from changeagent.node.driver import DriverHooks, RaftDriver
+from changeagent.node.driver import RaftDriver
 from changeagent.node.peer_requests import PeerRequests
 from changeagent.node.ready_plan import Apply, NoteCommit, Send
 from changeagent.raft import Entry, Message, MessageType, RaftConfig
@@ -27,6 +27,7 @@ from changeagent.transport import (
     ReadIndexRequest,
     RequestContext,
 )
+from tests.support.driver import recording_hooks
 
 ENTRY = Entry(4, 3, 0, b"{}")
 
@@ -130,18 +131,7 @@ def run_driver(tmp_path: Path, body: Any) -> list[Message]:
 
     async def scenario() -> None:
         storage = Storage.open(tmp_path / "d")
-
-        async def nothing(*_: Any) -> None:
-            return None
-
-        hooks = DriverHooks(
-            send=sent.append,
-            apply=nothing,
-            install_snapshot=nothing,
-            on_role_change=lambda role, leader: None,
-            snapshot_meta=lambda snapshot: {},
-            after_advance=nothing,
-        )
+        hooks = recording_hooks(sent)
         config = RaftConfig(node_id=1, election_ticks=10, heartbeat_ticks=1)
         driver = RaftDriver(
             storage, config, 0.05, hooks, applied=0, pending_max=10, rng=random.Random(1)
@@ -279,7 +269,6 @@ def test_peer_requests_release_the_notice_with_the_answer() -> None:
         # a busy connection: the notice goes at once, the answer as the handler returns
         "committed", "take 7", "sent notice for 7", "take 7", "sent notice for 7",
     ]  # fmt: skip
-
 
 
 def test_after_send_runs_once_the_messages_after_the_apply_are_routed(tmp_path: Path) -> None:

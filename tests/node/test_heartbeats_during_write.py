@@ -13,11 +13,12 @@ from collections.abc import Coroutine
 from pathlib import Path
 from typing import Any
 
-from changeagent.node.driver import DriverHooks, RaftDriver
+from changeagent.node.driver import RaftDriver
 from changeagent.raft import Entry, Message, MessageType, RaftConfig, Role
 from changeagent.raft.interfaces import Membership, Snapshot
 from changeagent.storage import Storage, WriteBatch, store
 from tests.node.test_step_ready import wait_for
+from tests.support.driver import recording_hooks
 
 VOTERS = frozenset({1, 2, 3})
 
@@ -48,23 +49,13 @@ def test_a_leader_heartbeats_while_its_write_waits_for_the_disk(tmp_path: Path) 
     sent: list[Message] = []
     held = HoldWriterCommits()
 
-    async def nothing(*_: Any) -> None:
-        return None
-
     def spawn(coroutine: Coroutine[Any, Any, None], name: str) -> asyncio.Task[None]:
         return asyncio.ensure_future(coroutine)
 
     async def scenario() -> None:
         storage = Storage.open(tmp_path / "d", fault_injector=held)
         await storage.write(WriteBatch(snapshot=Snapshot(membership=Membership(VOTERS))))
-        hooks = DriverHooks(
-            send=sent.append,
-            apply=nothing,
-            install_snapshot=nothing,
-            on_role_change=lambda role, leader: None,
-            snapshot_meta=lambda snapshot: {},
-            after_advance=nothing,
-        )
+        hooks = recording_hooks(sent)
         # A heartbeat every tick; no election or quorum sweep within the test.
         config = RaftConfig(node_id=1, election_ticks=1000, heartbeat_ticks=1)
         driver = RaftDriver(

@@ -83,10 +83,16 @@ class _CountingCommitNode(RaftNode):
 
 
 def _commit_previous_term() -> SimOptions:
+    return _nodes_of(_CountingCommitNode)
+
+
+def _nodes_of(node_class: type[RaftNode]) -> SimOptions:
+    """Options whose nodes are `node_class` instances (a subclass with the bug)."""
+
     def factory(
         config: RaftConfig, log: SimLog, hard_state: HardState, rng: random.Random, applied: int
     ) -> RaftNode:
-        return _CountingCommitNode(config, log, hard_state, rng, applied=applied)
+        return node_class(config, log, hard_state, rng, applied=applied)
 
     return SimOptions(node_factory=factory)
 
@@ -107,12 +113,7 @@ def _read_without_quorum_check() -> SimOptions:
             self._release_reads()
             return accepted
 
-    def factory(
-        config: RaftConfig, log: SimLog, hard_state: HardState, rng: random.Random, applied: int
-    ) -> RaftNode:
-        return UnconfirmedReadNode(config, log, hard_state, rng, applied=applied)
-
-    return SimOptions(node_factory=factory)
+    return _nodes_of(UnconfirmedReadNode)
 
 
 class _EagerAckPlanner(ReadyPlanner):
@@ -143,12 +144,7 @@ class _AcksDuringWriteNode(RaftNode):
 
 
 def _acks_sent_during_write() -> SimOptions:
-    def factory(
-        config: RaftConfig, log: SimLog, hard_state: HardState, rng: random.Random, applied: int
-    ) -> RaftNode:
-        return _AcksDuringWriteNode(config, log, hard_state, rng, applied=applied)
-
-    return SimOptions(node_factory=factory)
+    return _nodes_of(_AcksDuringWriteNode)
 
 
 class _CompactOverPendingSnapshotNode(RaftNode):
@@ -166,12 +162,7 @@ class _CompactOverPendingSnapshotNode(RaftNode):
 
 
 def _compact_over_pending_snapshot() -> SimOptions:
-    def factory(
-        config: RaftConfig, log: SimLog, hard_state: HardState, rng: random.Random, applied: int
-    ) -> RaftNode:
-        return _CompactOverPendingSnapshotNode(config, log, hard_state, rng, applied=applied)
-
-    return SimOptions(node_factory=factory)
+    return _nodes_of(_CompactOverPendingSnapshotNode)
 
 
 def _compaction_failure_keeps_running() -> SimOptions:
