@@ -1,15 +1,17 @@
-"""A leader whose write is slow (a large change, a slow disk) keeps heartbeating:
-the ticker sends what may leave before anything is persisted while the Ready loop
-waits for the disk (`RaftNode.take_messages`), so the followers do not time out
-and elect another leader meanwhile. Before, a leader sent nothing from the start
-of a write to its end (a 20 MiB change on a slow disk cost an election in CI)."""
+"""A leader whose write is slow (a large change, a purge's compaction, a slow disk)
+keeps heartbeating: the ticker sends what may leave before anything is persisted
+while the Ready loop waits (`RaftNode.take_messages`), so the followers do not time
+out and elect another leader meanwhile. Before, a leader sent nothing from the
+start of such a write to its end (a 20 MiB change on a slow disk cost an election
+in CI)."""
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import random
 import threading
-from collections.abc import Coroutine
+from collections.abc import Awaitable, Callable, Coroutine
 from pathlib import Path
 from typing import Any
 
@@ -45,18 +47,28 @@ def heartbeats_to(sent: list[Message], peer: int) -> int:
     return sum(1 for m in sent if m.type is MessageType.HEARTBEAT and m.target == peer)
 
 
-def test_a_leader_heartbeats_while_its_write_waits_for_the_disk(tmp_path: Path) -> None:
+Scenario = Callable[[RaftDriver, Storage, list[Message]], Awaitable[None]]
+
+
+def run_leader(
+    tmp_path: Path,
+    scenario: Scenario,
+    held: HoldWriterCommits | None = None,
+    after_advance: Callable[[], Awaitable[None]] | None = None,
+) -> None:
+    """`scenario` with node 1 elected leader of three voters (a heartbeat every
+    0.01 s tick; no election or quorum sweep within a test)."""
     sent: list[Message] = []
-    held = HoldWriterCommits()
 
     def spawn(coroutine: Coroutine[Any, Any, None], name: str) -> asyncio.Task[None]:
         return asyncio.ensure_future(coroutine)
 
-    async def scenario() -> None:
+    async def run() -> None:
         storage = Storage.open(tmp_path / "d", fault_injector=held)
         await storage.write(WriteBatch(snapshot=Snapshot(membership=Membership(VOTERS))))
         hooks = recording_hooks(sent)
-        # A heartbeat every tick; no election or quorum sweep within the test.
+        if after_advance is not None:
+            hooks = dataclasses.replace(hooks, after_advance=after_advance)
         config = RaftConfig(node_id=1, election_ticks=1000, heartbeat_ticks=1)
         driver = RaftDriver(
             storage, config, 0.01, hooks, applied=0, pending_max=10, rng=random.Random(1)
@@ -67,31 +79,71 @@ def test_a_leader_heartbeats_while_its_write_waits_for_the_disk(tmp_path: Path) 
             await wait_for(lambda: any(m.type is MessageType.VOTE for m in sent))
             driver.step(Message(MessageType.VOTE_RESPONSE, 2, 1, driver.core.term))
             await wait_for(lambda: driver.core.role is Role.LEADER)
-            # A change too large to be written on the loop goes to the writer
-            # thread, which holds its COMMIT: the Ready loop waits for it.
-            body = b'{"data":"%s"}' % (b"x" * store.WRITE_NOW_BYTES_MAX)
-            held.armed = True
-            written = driver.propose(0, lambda index: body)
-            assert await asyncio.to_thread(held.entered.wait, 30)
-            before = heartbeats_to(sent, 2), heartbeats_to(sent, 3)
-            await wait_for(
-                lambda: (
-                    heartbeats_to(sent, 2) >= before[0] + 3
-                    and heartbeats_to(sent, 3) >= before[1] + 3
-                )
-            )
-            assert not written.done()
-            assert storage.last_index() < driver.core.last_index, "still being written"
-            held.release.set()
-            # Durable on the leader; committed once a follower holds it too.
-            index = driver.core.last_index
-            await wait_for(lambda: storage.last_index() == index)
-            driver.step(Message(MessageType.APPEND_RESPONSE, 2, 1, driver.core.term, index=index))
-            entry: Entry = await asyncio.wait_for(written, 10)
-            assert (entry.index, entry.data) == (index, body)
+            await scenario(driver, storage, sent)
         finally:
-            held.release.set()
+            if held is not None:
+                held.release.set()
             await driver.stop()
             storage.close()
 
-    asyncio.run(scenario())
+    asyncio.run(run())
+
+
+async def heartbeats_go_on(sent: list[Message]) -> None:
+    """Three more heartbeats to each follower from now."""
+    before = heartbeats_to(sent, 2), heartbeats_to(sent, 3)
+    await wait_for(
+        lambda: heartbeats_to(sent, 2) >= before[0] + 3 and heartbeats_to(sent, 3) >= before[1] + 3
+    )
+
+
+def test_a_leader_heartbeats_while_its_write_waits_for_the_disk(tmp_path: Path) -> None:
+    held = HoldWriterCommits()
+
+    async def scenario(driver: RaftDriver, storage: Storage, sent: list[Message]) -> None:
+        # A change too large to be written on the loop goes to the writer thread,
+        # which holds its COMMIT: the Ready loop waits for it.
+        body = b'{"data":"%s"}' % (b"x" * store.WRITE_NOW_BYTES_MAX)
+        held.armed = True
+        written = driver.propose(0, lambda index: body)
+        assert await asyncio.to_thread(held.entered.wait, 30)
+        await heartbeats_go_on(sent)
+        assert not written.done()
+        assert storage.last_index() < driver.core.last_index, "still being written"
+        held.release.set()
+        # Durable on the leader; committed once a follower holds it too.
+        index = driver.core.last_index
+        await wait_for(lambda: storage.last_index() == index)
+        driver.step(Message(MessageType.APPEND_RESPONSE, 2, 1, driver.core.term, index=index))
+        entry: Entry = await asyncio.wait_for(written, 10)
+        assert (entry.index, entry.data) == (index, body)
+
+    run_leader(tmp_path, scenario, held=held)
+
+
+def test_a_leader_heartbeats_while_the_step_after_a_ready_waits(tmp_path: Path) -> None:
+    """The after-advance step, where a purge's compaction writes (one DELETE of
+    every purged row, then an fsync), held: no Ready is taken meanwhile."""
+    entered = asyncio.Event()
+    release = asyncio.Event()
+    armed = False
+
+    async def after_advance() -> None:
+        if armed:
+            entered.set()
+            await release.wait()
+
+    async def scenario(driver: RaftDriver, storage: Storage, sent: list[Message]) -> None:
+        nonlocal armed
+        armed = True
+        written = driver.propose(0, lambda index: b"{}")
+        index = driver.core.last_index + 1
+        await asyncio.wait_for(entered.wait(), 10)  # after the Ready that wrote it
+        assert storage.last_index() == index
+        await heartbeats_go_on(sent)
+        armed = False
+        release.set()
+        driver.step(Message(MessageType.APPEND_RESPONSE, 2, 1, driver.core.term, index=index))
+        assert (await asyncio.wait_for(written, 10)).index == index
+
+    run_leader(tmp_path, scenario, after_advance=after_advance)

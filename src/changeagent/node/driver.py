@@ -141,7 +141,6 @@ class RaftDriver:
         self._handling = False
         self._skipped = False  # the loop woke while `_handle_now` was at it
         self._eager: asyncio.Task[None] | None = None  # the rest of a `_handle_now`
-        self._writing = False  # a Ready's write is in flight (`_persist`)
         self.failure: str | None = None
         self.stopped = False
 
@@ -326,7 +325,7 @@ class RaftDriver:
         while not self.stopped:
             await asyncio.sleep(self.tick_s)
             self.core.tick()
-            if self._writing:  # the Ready loop waits for the disk: heartbeats go now
+            if self._handling:  # the Ready loop waits (for the disk): heartbeats go now
                 sending = send_during_write(self.core)
                 if sending is not None:
                     self._send(sending)
@@ -460,11 +459,7 @@ class RaftDriver:
             hard_state=step.hard_state, entries=step.entries, snapshot=snapshot, meta=meta
         )
         early = _SendWhenDurable(self, then) if then is not None else None
-        self._writing = True
-        try:
-            sent = await self.storage.write(batch, now_if_idle=True, on_durable=early)
-        finally:
-            self._writing = False
+        sent = await self.storage.write(batch, now_if_idle=True, on_durable=early)
         self._planner.persisted(step)
         if early is not None and early.error is not None:
             raise early.error

@@ -185,9 +185,10 @@ class ReadyPlanner:
 
 
 def send_during_write(core: RaftNode) -> Send | None:
-    """On a tick while the outstanding Ready's write is in flight: what may leave
-    now (`RaftNode.take_messages`), so that a slow write (a large entry, a slow
-    disk) holds up no heartbeat. The driver and the simulator call it alike."""
+    """On a tick while the Ready loop waits for a write (a Ready's, or the
+    compaction after one): what may leave now (`RaftNode.take_messages`), so that a
+    slow write (a large entry, a purge of many changes, a slow disk) holds up no
+    heartbeat. The driver and the simulator call it alike."""
     messages = core.take_messages()
     return Send(messages) if messages else None
 

@@ -245,10 +245,11 @@ class RaftNode:
     def take_messages(self) -> tuple[Message, ...]:
         """The messages a Ready would carry in `messages` (those that may leave
         before anything is persisted: heartbeats, appends, pre-votes, heartbeat
-        responses), now, out of the next Ready. For a node whose outstanding
-        Ready's write is slow: a leader writing a large entry on a slow disk would
-        otherwise send no heartbeat until it is durable, and its followers would
-        start an election. Sending them early only reorders them before the
+        responses), now, out of the next Ready. For a node whose Ready loop waits
+        for a slow write (its outstanding Ready's, or a compaction between two
+        Readies): a leader writing a large entry on a slow disk would otherwise
+        send no heartbeat until it is durable, and its followers would start an
+        election. Sending them early only reorders them before the
         outstanding Ready's `messages_after_persist`, and Raft does not depend on
         the order of messages."""
         return self._outbox.take_messages()

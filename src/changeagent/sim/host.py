@@ -281,10 +281,10 @@ class Runtime:
                 self.sim.observe_commit(node, ready.hard_state)
 
     def on_tick(self, node: SimNode) -> None:
-        """As `RaftDriver._ticker` after its tick: while a Ready's write is in
-        flight, what may leave goes now."""
+        """As `RaftDriver._ticker` after its tick: while the node waits for a write
+        (a Ready's, a compaction's), what may leave goes now."""
         raft = node.raft
-        if raft is None or not isinstance(node.waiting, Persist):
+        if raft is None or node.waiting is None:
             return
         sending = send_during_write(raft)
         if sending is not None:
