@@ -174,6 +174,7 @@ def test_openapi_document_served(server: ServerProcess) -> None:
         (["-P", "/trailing/"], "prefix"),
         (["-P", "noslash"], "prefix"),
         (["--max-limit", "0"], "--max-limit"),
+        (["--max-purge-entries", "0"], "--max-purge-entries"),
         (["-p", "abc"], "invalid int"),
         (["--no-such-flag"], "unrecognized"),
     ],
@@ -217,7 +218,16 @@ def test_help_lists_options() -> None:
         [sys.executable, "-m", "changeagent", "--help"], capture_output=True, text=True, timeout=60
     )
     assert result.returncode == 0
-    for flag in ("-p", "-d", "-f", "-P", "-v", "-logtostderr", "--max-body-bytes"):
+    for flag in (
+        "-p",
+        "-d",
+        "-f",
+        "-P",
+        "-v",
+        "-logtostderr",
+        "--max-body-bytes",
+        "--max-purge-entries",
+    ):
         assert flag in result.stdout
     # The README's form is there too.
     assert "usage: changeagent [serve] [options]" in result.stdout

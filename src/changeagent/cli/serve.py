@@ -166,6 +166,15 @@ def build_parser() -> argparse.ArgumentParser:
         help="seconds between checks of the purge rule (default 1)",
     )
     parser.add_argument(
+        "--max-purge-entries",
+        type=int,
+        default=DEFAULT_LIMITS.purge_entries_max,
+        metavar="N",
+        help="most log entries one purge removes; a larger backlog is purged in steps, "
+        "one per purge check, since every write of the node waits while it is removed "
+        "(default 100000)",
+    )
+    parser.add_argument(
         "--max-streams",
         type=int,
         default=MAX_STREAMS_DEFAULT,
@@ -267,6 +276,7 @@ def options_from_arguments(arguments: argparse.Namespace) -> ServerOptions:
         block_max_s=_positive("--max-block", arguments.max_block),
         commit_timeout_s=_positive("--commit-timeout", arguments.commit_timeout),
         purge_interval_s=_positive("--purge-interval", arguments.purge_interval),
+        purge_entries_max=_positive("--max-purge-entries", arguments.max_purge_entries),
         seed_entries_min=_not_negative("--seed-entries", arguments.seed_entries),
     )
     return ServerOptions(

@@ -38,6 +38,10 @@ class NodeLimits:
     pending_proposals_max: int = 100_000
     commit_timeout_s: float = 30.0
     purge_interval_s: float = 1.0
+    # At most this many log entries removed by one purge: the compaction holds the
+    # writer thread, and so every write of the node, ~0.2 s per 100,000 entries;
+    # a larger backlog goes in steps, one per purge check.
+    purge_entries_max: int = 100_000
     # A joining node is seeded with the leader's committed log as a file (`seeding.py`)
     # when the leader holds at least this many entries; 0: never.
     seed_entries_min: int = 10_000

@@ -522,7 +522,10 @@ class Replica:
             self.storage.purge_point, settings.min_purge_records, cutoff_ns, self.applied.index
         )
         # Not again while an earlier purge point waits for this node's archive.
-        if point > max(self.storage.snapshot().index, self.replicated.purge_index):
+        purged = max(self.storage.snapshot().index, self.replicated.purge_index)
+        # A bounded step: every write of every member waits while it is compacted.
+        point = min(point, purged + self.limits.purge_entries_max)
+        if point > purged:
             with contextlib.suppress(NodeError):
                 await self.propose_internal(ENTRY_TYPE_PURGE, encode_purge(point))
 
