@@ -249,9 +249,9 @@ class RaftNode:
         for a slow write (its outstanding Ready's, or a compaction between two
         Readies): a leader writing a large entry on a slow disk would otherwise
         send no heartbeat until it is durable, and its followers would start an
-        election. Sending them early only reorders them before the
-        outstanding Ready's `messages_after_persist`, and Raft does not depend on
-        the order of messages."""
+        election. Sending them early only puts them before the outstanding
+        Ready's `messages_after_persist`, and Raft does not depend on the order
+        of messages."""
         return self._outbox.take_messages()
 
     def advance(self, ready: Ready) -> None:

@@ -603,10 +603,10 @@ class Storage:
         task does not withdraw the batch.
 
         `now_if_idle`: a batch of at most `WRITE_NOW_ENTRIES_MAX` entries and
-        `WRITE_NOW_BYTES_MAX` bytes that only
-        appends is written on this thread, blocking it for the fsync, when the
-        writer thread is idle (`_write_now`). For a caller that writes one batch
-        at a time (the Raft driver); concurrent writers would lose group commit.
+        `WRITE_NOW_BYTES_MAX` bytes that only appends is written on this thread,
+        blocking it for the fsync, when the writer thread is idle (`_write_now`).
+        For a caller that writes one batch at a time (the Raft driver); concurrent
+        writers would lose group commit.
         `on_durable`: written that way, called the moment the COMMIT returns,
         before the rows are published to readers (a follower's acknowledgement
         goes out ~35 µs sooner); it must not raise. Returns whether it was
