@@ -126,7 +126,7 @@ class Stats:
     purges_superseded: int = 0  # a purge applied while a newer snapshot was pending
     leaves_at_restart: int = 0  # removed before a crash, left at restart
     failed_stopped_phases: int = 0  # liveness checked with failed nodes stopped
-    sends_during_write: int = 0  # messages sent on a tick while a Ready's write waited
+    sends_during_write: int = 0  # messages sent on a tick while a write waited
 
 
 class Simulation:

@@ -637,8 +637,6 @@ class Storage:
         writer thread, so the event loop keeps working while the disk does."""
         if len(batch.entries) > WRITE_NOW_ENTRIES_MAX or not _appends_only(batch):
             return False
-        if batch.size_bytes() > WRITE_NOW_BYTES_MAX:
-            return False
         if self._last_group_entries > WRITE_NOW_ENTRIES_MAX:
             # Writes are arriving faster than one per fsync: the first small batch
             # after a large one is the head of the next group, and the event loop
@@ -647,6 +645,8 @@ class Storage:
             return False
         if self._last_commit_s > WRITE_NOW_COMMIT_S_MAX:
             return False  # a slow disk: the loop serves reads while it works
+        if batch.size_bytes() > WRITE_NOW_BYTES_MAX:
+            return False  # summed last: under load the checks above end it first
         if not self._writes.claim_idle():
             return False
         try:
