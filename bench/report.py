@@ -75,6 +75,9 @@ def machine_info(data_root: Path) -> dict[str, Any]:
         "kernel": platform.release(),
         "load_average_at_start": load_average,
         "python": platform.python_version(),
+        # Which build: a distribution's (PGO, LTO) and a default pyenv build of one
+        # version differ by 15-20 % of CPU per write (docs/BENCHMARKS.md, "Caveats").
+        "python_executable": os.path.realpath(sys.executable),
         **version_lines,
         "data_filesystem": (f"{partition.fstype} on {partition.device}"
                             if partition else "unknown"),
