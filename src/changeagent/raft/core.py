@@ -104,7 +104,7 @@ class RaftNode:
         # their removal and stop campaigning: peer -> index of the removal.
         self._departing: dict[int, int] = {}
         # Outputs collected for the next Ready.
-        self._outbox = Outbox(self._log, self._hard_state, self._soft_state)
+        self._outbox = Outbox(self._log, self._hard_state, self._soft_state, self._state_changed)
         self._reset_election_timer()
         self._checker = InvariantChecker(self)
 
@@ -421,3 +421,13 @@ class RaftNode:
 
     def _soft_state(self) -> SoftState:
         return SoftState(self._role, self._leader)
+
+    def _state_changed(self, hard_state: HardState, soft_state: SoftState) -> bool:
+        """Whether `_hard_state()` or `_soft_state()` would differ from these."""
+        return (
+            self._term != hard_state.term
+            or self._vote != hard_state.vote
+            or self._log.commit != hard_state.commit
+            or self._role is not soft_state.role
+            or self._leader != soft_state.leader_id
+        )

@@ -66,22 +66,74 @@ class MessageType(IntEnum):
     READ_INDEX_RESPONSE = 12
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, init=False)
 class Message:
-    """One Raft message from `source` to `target`, sent in `term`."""
+    """One Raft message from `source` to `target`, sent in `term`.
+
+    Its `__init__` is written out, as `Entry`'s: every write makes ~6 messages
+    across a 3-member cluster (two APPENDs and their decoded copies, two
+    acknowledgements), and the frozen dataclass's own (`object.__setattr__` per
+    field, twelve fields) took 3.4 µs where setting the slots directly takes ~1.
+    Frozen, equality, hashing and `repr` are the dataclass's, as before.
+    """
 
     type: MessageType
     source: int
     target: int
     term: int
-    log_term: int = 0
-    index: int = 0
-    entries: tuple[Entry, ...] = ()
-    commit: int = 0
-    reject: bool = False
-    reject_hint: int = 0
-    snapshot: Snapshot | None = None
-    context: bytes = b""
+    log_term: int
+    index: int
+    entries: tuple[Entry, ...]
+    commit: int
+    reject: bool
+    reject_hint: int
+    snapshot: Snapshot | None
+    context: bytes
+
+    def __init__(
+        self,
+        type: MessageType,
+        source: int,
+        target: int,
+        term: int,
+        log_term: int = 0,
+        index: int = 0,
+        entries: tuple[Entry, ...] = (),
+        commit: int = 0,
+        reject: bool = False,
+        reject_hint: int = 0,
+        snapshot: Snapshot | None = None,
+        context: bytes = b"",
+    ) -> None:
+        _set_type(self, type)
+        _set_source(self, source)
+        _set_target(self, target)
+        _set_term(self, term)
+        _set_log_term(self, log_term)
+        _set_index(self, index)
+        _set_entries(self, entries)
+        _set_commit(self, commit)
+        _set_reject(self, reject)
+        _set_reject_hint(self, reject_hint)
+        _set_snapshot(self, snapshot)
+        _set_context(self, context)
+
+
+# The slots' own setters: what a frozen dataclass's __init__ reaches the slow way.
+(
+    _set_type,
+    _set_source,
+    _set_target,
+    _set_term,
+    _set_log_term,
+    _set_index,
+    _set_entries,
+    _set_commit,
+    _set_reject,
+    _set_reject_hint,
+    _set_snapshot,
+    _set_context,
+) = (vars(Message)[name].__set__ for name in Message.__slots__)
 
 
 RESPONSE_TYPES = frozenset(

@@ -35,6 +35,7 @@ class Outbox:
         "_read_states",
         "_self_after_persist",
         "_soft_state",
+        "_state_changed",
         "_steps_on_advance",
     )
 
@@ -43,12 +44,16 @@ class Outbox:
         log: RaftLog,
         hard_state: Callable[[], HardState],
         soft_state: Callable[[], SoftState],
+        state_changed: Callable[[HardState, SoftState], bool],
     ) -> None:
         # The node's log, and how to read its current hard and soft state: built
-        # only when needed, since `has_ready` runs after every input.
+        # only when a Ready is taken; `has_ready`, which runs after every input
+        # (~6 times a write on each member), only compares them with the last ones
+        # reported (`state_changed`), without building either.
         self._log = log
         self._hard_state = hard_state
         self._soft_state = soft_state
+        self._state_changed = state_changed
         self._messages: list[Message] = []
         self._messages_after_persist: list[Message] = []
         self._read_states: list[ReadState] = []
@@ -96,8 +101,7 @@ class Outbox:
             or log.pending_snapshot is not None
             or self._read_states
             or log.has_next_committed()
-            or self._hard_state() != self._prev_hard_state
-            or self._soft_state() != self._prev_soft_state
+            or self._state_changed(self._prev_hard_state, self._prev_soft_state)
         )
 
     def take_ready(self, max_apply_bytes: int) -> Ready:
