@@ -219,6 +219,55 @@ def test_malformed_bodies_are_refused(body: bytes) -> None:
         decode_frame(body)
 
 
+APPEND = Message(
+    type=MessageType.APPEND,
+    source=1,
+    target=2,
+    term=3,
+    log_term=3,
+    index=7,
+    entries=(Entry(index=8, term=3, type=0, data=b"x", key="k"),),
+    commit=7,
+)
+
+
+def _append_replaced(position: int, value: object) -> bytes:
+    fields = _fields(APPEND)
+    fields[position] = value
+    return _packed(fields)
+
+
+@pytest.mark.parametrize(
+    ("body", "named"),
+    [
+        # A message without a snapshot is checked inline first (`_decode_message`);
+        # whatever that refuses is checked again field by field, which names it.
+        (_append_replaced(1, 77), "unknown message type 77"),
+        (_append_replaced(1, True), "message type"),
+        (_append_replaced(2, True), "source"),
+        (_append_replaced(3, -1), "target"),
+        (_append_replaced(4, -(2**63)), "term"),
+        (_append_replaced(5, "3"), "log_term"),
+        (_append_replaced(6, -7), "index"),
+        (_append_replaced(7, {"8": 1}), "entries"),
+        (_append_replaced(7, [[8, 3, 0, b"x"]]), "entry has 4 fields"),
+        (_append_replaced(8, 1.5), "commit"),
+        (_append_replaced(9, 0), "reject"),
+        (_append_replaced(10, False), "reject_hint"),
+        (_append_replaced(12, "commit"), "context"),
+        (_packed(_fields(APPEND)[:-1]), "message has 11 fields"),
+    ],
+)
+def test_a_refused_message_names_its_field(body: bytes, named: str) -> None:
+    with pytest.raises(FrameError, match=named):
+        decode_frame(body)
+
+
+def test_a_message_decodes_to_what_was_encoded_with_and_without_its_snapshot() -> None:
+    assert decode_frame(encode_frame(APPEND)) == APPEND
+    assert decode_frame(encode_frame(MESSAGE)) == MESSAGE
+
+
 def test_oversized_body_is_refused_before_decoding() -> None:
     body = encode_frame(Proposal(request_id=1, entry_type=0, data=b"x" * 100))
     with pytest.raises(FrameError, match="exceeds"):

@@ -196,14 +196,62 @@ def _list(value: Any, name: str) -> list[Any]:
     return value
 
 
+_MESSAGE_TYPES = {kind.value: kind for kind in MessageType}
+
+
 def _decode_message(fields: list[Any]) -> Message:
+    # The checks of `_checked_message`, inline for the usual message (no snapshot,
+    # at most a few entries): every write decodes three or four of them. A failed
+    # check goes through `_checked_message`, which names the field.
+    if len(fields) == 12:
+        kind, source, target, term, log_term, index, entries, commit = fields[:8]
+        reject, reject_hint, snapshot, context = fields[8:]
+        message_type = _MESSAGE_TYPES.get(kind) if type(kind) is int else None
+        if (
+            message_type is not None
+            and type(source) is int
+            and 0 <= source <= UINT64_MAX
+            and type(target) is int
+            and 0 <= target <= UINT64_MAX
+            and type(term) is int
+            and 0 <= term <= UINT64_MAX
+            and type(log_term) is int
+            and 0 <= log_term <= UINT64_MAX
+            and type(index) is int
+            and 0 <= index <= UINT64_MAX
+            and type(entries) is list
+            and type(commit) is int
+            and 0 <= commit <= UINT64_MAX
+            and type(reject) is bool
+            and type(reject_hint) is int
+            and 0 <= reject_hint <= UINT64_MAX
+            and snapshot is None
+            and type(context) is bytes
+        ):
+            return Message(
+                message_type,
+                source,
+                target,
+                term,
+                log_term,
+                index,
+                tuple([_decode_entry(entry) for entry in entries]),
+                commit,
+                reject,
+                reject_hint,
+                None,
+                context,
+            )
+    return _checked_message(fields)
+
+
+def _checked_message(fields: list[Any]) -> Message:
     _arity(fields, 12, "message")
     kind, source, target, term, log_term, index, entries, commit = fields[:8]
     reject, reject_hint, snapshot, context = fields[8:]
-    try:
-        message_type = MessageType(_int(kind, "message type"))
-    except ValueError:
-        raise FrameError(f"unknown message type {kind}") from None
+    message_type = _MESSAGE_TYPES.get(_int(kind, "message type"))
+    if message_type is None:
+        raise FrameError(f"unknown message type {kind}")
     return Message(
         type=message_type,
         source=_int(source, "source"),
