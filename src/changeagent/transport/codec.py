@@ -200,9 +200,9 @@ _MESSAGE_TYPES = {kind.value: kind for kind in MessageType}
 
 
 def _decode_message(fields: list[Any]) -> Message:
-    # The checks of `_checked_message`, inline for the usual message (no snapshot,
-    # at most a few entries): every write decodes three or four of them. A failed
-    # check goes through `_checked_message`, which names the field.
+    # The checks of `_checked_message`, inline for a message without a snapshot
+    # (every one a write makes: each member decodes one or two per write). Anything
+    # else, or a failed check, goes through `_checked_message`, which names the field.
     if len(fields) == 12:
         kind, source, target, term, log_term, index, entries, commit = fields[:8]
         reject, reject_hint, snapshot, context = fields[8:]
