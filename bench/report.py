@@ -213,6 +213,18 @@ GOALS = [
      1000.0),
     ("node RSS <= 600 MB while the long-polls wait (at the count held, of 50,000)", "13",
      "server RSS while the consumers wait, target 50,000", "<=", 600.0),
+    ("new member catch-up on 1,000,000 changes >= 100,000 changes/s", "15",
+     "changes/s caught up by a new member, 1,000,000 changes", ">=", 100_000.0),
+    ("RSS of an empty node <= 30 MB", "15", "RSS of an empty node", "<=", 30.0),
+]
+
+# Issue 15's first goal holds for every row of scenario a (each topology, client count
+# and generator): (goal, metric label prefix, comparison of changeagent/etcd with 1.0).
+WRITE_SCENARIO_PREFIX = "a. durable writes"
+EVERY_WRITE_ROW_GOALS = [
+    ("every write row (scenario a): writes/s >= 1.0x etcd", "writes/s", "ratio>="),
+    ("every write row (scenario a): p50 write latency <= 1.0x etcd", "p50 write latency",
+     "ratio<="),
 ]
 
 
@@ -221,7 +233,7 @@ def _find(rows: list[dict[str, Any]], prefix: str) -> dict[str, Any] | None:
 
 
 def _goal_lines(rows: list[dict[str, Any]]) -> list[str]:
-    lines = ["", "Goals (issues 2, 6, 12 and 13), changeagent in this run:", "",
+    lines = ["", "Goals (issues 2, 6, 12, 13 and 15), changeagent in this run:", "",
              "| Goal | Issue | Measured | Met |", "|---|---|---|---|"]
     for goal, issue, prefix, comparison, threshold in GOALS:
         row = _find(rows, prefix)
@@ -240,7 +252,31 @@ def _goal_lines(rows: list[dict[str, Any]]) -> list[str]:
                             value <= threshold) else "no"
         lines.append(f"| {goal} | {issue} | {measured} | {met} |")
     lines.append(_memory_goal(rows))
+    lines += [_every_write_row_goal(rows, *goal) for goal in EVERY_WRITE_ROW_GOALS]
     return lines
+
+
+def _every_write_row_goal(
+    rows: list[dict[str, Any]], goal: str, prefix: str, comparison: str
+) -> str:
+    """How many of scenario a's rows with `prefix` meet the ratio, and the worst one."""
+    ratios = [
+        (row["metric"], row["ratios"]["etcd"])
+        for row in rows
+        if row["scenario"].startswith(WRITE_SCENARIO_PREFIX)
+        and row["metric"].startswith(prefix)
+        and "changeagent" in row["systems"]
+        and not math.isnan(row["ratios"].get("etcd", math.nan))
+    ]
+    if not ratios:
+        return f"| {goal} | 15 | not measured | - |"
+    higher = comparison == "ratio>="
+    met_count = sum(1 for _, ratio in ratios if (ratio >= 1.0 if higher else ratio <= 1.0))
+    metric, worst = (min if higher else max)(ratios, key=lambda pair: pair[1])
+    where = metric.removeprefix(prefix).lstrip(", ")
+    met = "yes" if met_count == len(ratios) else "no"
+    return (f"| {goal} | 15 | {met_count} of {len(ratios)} rows; worst {worst:.2f}x "
+            f"({where}) | {met} |")
 
 
 def _memory_goal(rows: list[dict[str, Any]]) -> str:
