@@ -1,0 +1,97 @@
+"""`python -m bench.http_layer` runs a real changeagent whose members also serve POST
+/changes through a bare protocol, posts to both with wrk, and prints both figures.
+The bare path must store real changes in the same log, or the comparison means
+nothing; it is a measurement, so only its figures' sanity is checked."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import orjson
+from bench.http_layer import BareWrites
+
+from changeagent.change import NewChange
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+class _FakeNode:
+    """Applies each change at the next index at once, as a leader's `on_applied` would."""
+
+    def __init__(self) -> None:
+        self.stored: list[NewChange] = []
+
+    async def append_change(self, change: NewChange, key: str, on_applied: object) -> bytes:
+        await asyncio.sleep(0)  # a real write suspends before it is applied
+        self.stored.append(change)
+        data = orjson.dumps({"_id": len(self.stored), "data": orjson.loads(change.data_json)})
+        assert callable(on_applied)
+
+        class _Entry:
+            pass
+
+        entry = _Entry()
+        entry.data = data  # type: ignore[attr-defined]
+        on_applied(entry)
+        return data
+
+
+class _Transport(asyncio.Transport):
+    def __init__(self) -> None:
+        super().__init__()
+        self.written = bytearray()
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        self.written += data
+
+    def get_extra_info(self, name: str, default: object = None) -> object:
+        return _Socket() if name == "socket" else default
+
+
+class _Socket:
+    def setsockopt(self, *arguments: object) -> None:
+        pass
+
+
+def _post(body: bytes) -> bytes:
+    return (b"POST /changes HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            b"Content-Length: %d\r\n\r\n%s" % (len(body), body))
+
+
+def test_pipelined_writes_are_stored_and_answered_in_order() -> None:
+    asyncio.run(_pipelined_writes())
+
+
+async def _pipelined_writes() -> None:
+    node, transport = _FakeNode(), _Transport()
+    protocol = BareWrites(node)
+    protocol.connection_made(transport)
+    stream = _post(b'{"data": {"n": 1}}') + _post(b'{"data": {"n": 2}}') + _post(b'{"n": 3}')
+    protocol.data_received(stream[:30])  # a request may arrive in pieces
+    protocol.data_received(stream[30:])
+    for _ in range(20):
+        await asyncio.sleep(0)
+    assert [orjson.loads(change.data_json) for change in node.stored] == [
+        {"n": 1}, {"n": 2}, {"n": 3}]
+    answers = bytes(transport.written).split(b"HTTP/1.1 200 OK")[1:]
+    assert len(answers) == 3
+    assert [orjson.loads(answer.split(b"\r\n\r\n", 1)[1])["_id"] for answer in answers] == [
+        1, 2, 3]
+
+
+def test_the_tool_measures_both_paths_on_a_real_node() -> None:
+    completed = subprocess.run(
+        [sys.executable, "-m", "bench.http_layer", "--clients", "1", "--rounds", "1",
+         "--seconds", "1"],
+        cwd=REPO, capture_output=True, text=True, timeout=180)  # fmt: skip
+    output = completed.stdout + completed.stderr
+    assert completed.returncode == 0, output[-4000:]
+    found = re.search(
+        r"1 member\(s\), 1 client\(s\): aiohttp ([\d,]+) writes/s .*; bare ([\d,]+) writes/s "
+        r".*; bare/aiohttp ([\d.]+)x", output)
+    assert found is not None, output
+    assert int(found[1].replace(",", "")) > 0 and int(found[2].replace(",", "")) > 0, output
