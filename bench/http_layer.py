@@ -30,10 +30,17 @@ from collections import deque
 from pathlib import Path
 from typing import Any, cast
 
+import httptools
+
 from bench import procs
 from bench.procs import LOOPBACK, PROCESSES
 from bench.systems.changeagent import ChangeAgent
 from bench.wrk import run_wrk
+from changeagent import server as server_module
+from changeagent.api.wire import json_200
+from changeagent.change import parse_change_body
+from changeagent.cli.main import main as changeagent_main
+from changeagent.eager import start_now
 
 REPO = Path(__file__).resolve().parents[1]
 PORT_FILE = "bare-http-port"  # in the member's data directory: the bare listener's port
@@ -52,14 +59,13 @@ class BareWrites(asyncio.Protocol):
     connection, each written in the call that completes its bytes."""
 
     def __init__(self, node: Any) -> None:
-        import httptools
-
         self._node = node
         self._parser = httptools.HttpRequestParser(self)
         self._transport: asyncio.Transport | None = None
         self._body: list[bytes] = []
         self._pending: deque[bytes] = deque()
         self._busy = False
+        self._writing: set[asyncio.Task[None]] = set()  # the loop keeps only weak references
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._transport = cast(asyncio.Transport, transport)  # uvloop's is no subclass
@@ -77,16 +83,14 @@ class BareWrites(asyncio.Protocol):
         self._next()
 
     def _next(self) -> None:
-        from changeagent.eager import start_now
-
         while self._pending and not self._busy:
             self._busy = True
-            start_now(self._write(self._pending.popleft()))
+            task = start_now(self._write(self._pending.popleft()))
+            if task is not None:
+                self._writing.add(task)
+                task.add_done_callback(self._writing.discard)
 
     async def _write(self, body: bytes) -> None:
-        from changeagent.api.wire import json_200
-        from changeagent.change import parse_change_body
-
         transport = self._transport
         assert transport is not None
         answered = False
@@ -111,9 +115,6 @@ class BareWrites(asyncio.Protocol):
 def serve(argv: list[str]) -> int:
     """A member: changeagent's own main, plus the bare listener on a free port of the
     same host, written to `PORT_FILE` in its data directory."""
-    from changeagent import server as server_module
-    from changeagent.cli.main import main as changeagent_main
-
     data_dir = Path(argv[argv.index("-d") + 1])
     host = argv[argv.index("--host") + 1] if "--host" in argv else LOOPBACK
     start_listener = server_module.start_listener
