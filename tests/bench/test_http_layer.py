@@ -10,6 +10,7 @@ import re
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import orjson
 from bench.http_layer import BareWrites
@@ -20,23 +21,22 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 class _FakeNode:
-    """Applies each change at the next index at once, as a leader's `on_applied` would."""
+    """Applies each change at the next index, as a leader's `on_applied` would, after
+    a suspension; counts how many writes of the connection were in flight at once."""
 
     def __init__(self) -> None:
         self.stored: list[NewChange] = []
+        self.in_flight = self.in_flight_max = 0
 
     async def append_change(self, change: NewChange, key: str, on_applied: object) -> bytes:
+        self.in_flight += 1
+        self.in_flight_max = max(self.in_flight_max, self.in_flight)
         await asyncio.sleep(0)  # a real write suspends before it is applied
         self.stored.append(change)
         data = orjson.dumps({"_id": len(self.stored), "data": orjson.loads(change.data_json)})
         assert callable(on_applied)
-
-        class _Entry:
-            pass
-
-        entry = _Entry()
-        entry.data = data  # type: ignore[attr-defined]
-        on_applied(entry)
+        on_applied(SimpleNamespace(data=data))
+        self.in_flight -= 1
         return data
 
 
@@ -77,6 +77,7 @@ async def _pipelined_writes() -> None:
         await asyncio.sleep(0)
     assert [orjson.loads(change.data_json) for change in node.stored] == [
         {"n": 1}, {"n": 2}, {"n": 3}]
+    assert node.in_flight_max == 1  # one request after another, as HTTP/1.1 answers go
     answers = bytes(transport.written).split(b"HTTP/1.1 200 OK")[1:]
     assert len(answers) == 3
     assert [orjson.loads(answer.split(b"\r\n\r\n", 1)[1])["_id"] for answer in answers] == [
