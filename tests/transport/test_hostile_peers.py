@@ -27,6 +27,7 @@ from changeagent.transport.wslink import WebSocketDialer
 from tests.transport.harness import (
     CLUSTER,
     SECRET,
+    WAIT_S,
     Node,
     message,
     run,
@@ -34,6 +35,8 @@ from tests.transport.harness import (
     stop_all,
     wait_until,
 )
+
+RESEND_S = 0.5  # still_serves: a Raft message lost on a breaking connection goes again
 
 
 async def raw(node: Node) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
@@ -51,12 +54,22 @@ async def closed_by_peer(reader: asyncio.StreamReader) -> bool:
 
 
 async def still_serves(node: Node, friend: Node) -> None:
-    friend.transport.send(node.node_id, message(friend.node_id, node.node_id, index=99))
+    """`friend`'s messages reach `node` again, within `WAIT_S`. One written while the
+    connection `node` is closing is still open at `friend`'s end is lost (the
+    transport's contract: a Raft message on a breaking connection is gone, Raft sends
+    again), so it is sent again every `RESEND_S` until one arrives, as Raft would."""
+    deadline = asyncio.get_running_loop().time() + WAIT_S
     while True:
-        peer, received = await node.next_message()
-        if received.index == 99:
-            assert peer == friend.node_id
-            return
+        friend.transport.send(node.node_id, message(friend.node_id, node.node_id, index=99))
+        try:
+            while True:
+                peer, received = await node.next_message(RESEND_S)
+                if received.index == 99:
+                    assert peer == friend.node_id
+                    return
+        except TimeoutError:
+            if asyncio.get_running_loop().time() > deadline:
+                raise
 
 
 async def member_stream(node: Node, node_id: int = 9, dialer: Dialer | None = None) -> object:
