@@ -23,6 +23,7 @@ from aiohttp import web
 from changeagent.api.app import build_app
 from changeagent.api.auth import Authenticator
 from changeagent.api.caching import PAGE_CACHE_MAX_AGE_S_DEFAULT, PageCaching
+from changeagent.api.front_door import FrontDoor, FrontDoorSite
 from changeagent.api.in_flight import RequestsInFlight
 from changeagent.api.observe import ACCESS_LOGGER, access_logger
 from changeagent.api.streams import (
@@ -137,7 +138,10 @@ async def start_listener(
         metrics=metrics,
         access_log=options.access_log,
     )
-    GracefulShutdown(node, transport, in_flight).attach(app)
+    # Plain writes are answered ahead of aiohttp (api/front_door.py), but with
+    # --access-log, whose records come from aiohttp's hook.
+    door = None if options.access_log else FrontDoor(node, options.prefix, authenticator, metrics)
+    GracefulShutdown(node, transport, in_flight, door).attach(app)
     # Without --access-log aiohttp's hook stays off: it costs ~1.7 µs a request.
     runner = web.AppRunner(
         app,
@@ -146,19 +150,29 @@ async def start_listener(
         access_log=logging.getLogger(ACCESS_LOGGER) if options.access_log else None,
     )
     await runner.setup()
+    if door is not None:
+        door.aiohttp_protocol = runner.server
     http_port = https_port = None
     if options.port is not None:
-        http_port = await _start_site(runner, options, options.port, None)
+        http_port = await _start_site(runner, door, options, options.port, None)
     if options.secure_port is not None:
-        https_port = await _start_site(runner, options, options.secure_port, api_tls)
+        https_port = await _start_site(runner, door, options, options.secure_port, api_tls)
     return Listeners(runner, http_port, https_port)
 
 
 async def _start_site(
-    runner: web.AppRunner, options: ServerOptions, port: int, tls: ssl.SSLContext | None
+    runner: web.AppRunner,
+    door: FrontDoor | None,
+    options: ServerOptions,
+    port: int,
+    tls: ssl.SSLContext | None,
 ) -> int:
     before = set(runner.addresses)
-    site = web.TCPSite(runner, options.host, port, backlog=1024, ssl_context=tls)
+    site = (
+        web.TCPSite(runner, options.host, port, backlog=1024, ssl_context=tls)
+        if door is None
+        else FrontDoorSite(runner, door, options.host, port, backlog=1024, ssl_context=tls)
+    )
     await site.start()
     bound = _bound_port([a for a in runner.addresses if a not in before], port)
     # Tests and scripts read this line to learn the port (useful with 0).

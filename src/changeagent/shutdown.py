@@ -26,6 +26,7 @@ import contextlib
 
 from aiohttp import web
 
+from changeagent.api.front_door import FrontDoor
 from changeagent.api.in_flight import RequestsInFlight
 from changeagent.config import SECOND_NS
 from changeagent.node.node import Node
@@ -37,6 +38,9 @@ from changeagent.transport import Transport
 # milliseconds. Then Raft stops and whatever still waits is answered 503.
 DRAIN_ELECTION_TIMEOUTS = 2
 _DRAIN_POLL_S = 0.02
+# Once Raft has stopped, every write still waiting in the front door is answered at
+# once; this bounds the wait for those connections to close.
+FRONT_DOOR_CLOSE_S = 1.0
 
 
 class GracefulShutdown:
@@ -44,11 +48,16 @@ class GracefulShutdown:
     links share the API port (aiohttp waits for those links too)."""
 
     def __init__(
-        self, node: Node, transport: Transport | None, in_flight: RequestsInFlight | None
+        self,
+        node: Node,
+        transport: Transport | None,
+        in_flight: RequestsInFlight | None,
+        door: FrontDoor | None = None,
     ) -> None:
         self._node = node
         self._transport = transport
         self._in_flight = in_flight
+        self._door = door  # writes answered ahead of aiohttp, which does not wait for them
         self._handlers_done = asyncio.Event()
         self._stopping: set[asyncio.Task[None]] = set()
 
@@ -63,6 +72,9 @@ class GracefulShutdown:
     async def _end(self, app: web.Application) -> None:
         self._handlers_done.set()
         await asyncio.gather(*self._stopping)
+        if self._door is not None:  # their last answers (503 once Raft has stopped) sent
+            self._door.close()
+            await self._door.wait_closed(FRONT_DOOR_CLOSE_S)
 
     async def _stop_when_drained(self) -> None:
         await self._drain()
@@ -71,6 +83,8 @@ class GracefulShutdown:
             await self._transport.close()
 
     def _busy(self) -> bool:
+        if self._door is not None and self._door.busy:
+            return True
         if self._in_flight is not None:
             return self._in_flight.busy
         return not self._handlers_done.is_set()  # aiohttp's own wait is the measure

@@ -8,6 +8,7 @@ cannot pass because the client was broken.
 from __future__ import annotations
 
 import http.client
+import json
 import socket
 import ssl
 import threading
@@ -58,6 +59,37 @@ def test_plain_and_tls_listeners_serve_the_same_api(start_node: StartNode, pki: 
     change_id = post(node, '{"data":"plain"}', None)
     answer = node.request("GET", f"/changes/{change_id}", tls=client_tls(pki))
     assert answer.json()["data"] == "plain"
+
+
+def test_writes_and_reads_share_one_tls_connection(start_node: StartNode, pki: Pki) -> None:
+    """Plain writes are answered ahead of aiohttp (api/front_door.py); a read on the
+    same TLS connection hands it to aiohttp, which must go on where it left off."""
+    node = https_node(start_node, pki)
+    connection = http.client.HTTPSConnection(
+        "localhost", node.ports["https"], timeout=30, context=client_tls(pki)
+    )
+    json_type = {"Content-Type": "application/json"}
+    try:
+        stored = []
+        for document in ('{"data":"first"}', '{"data":"second"}'):
+            connection.request("POST", "/changes", body=document, headers=json_type)
+            answer = connection.getresponse()
+            assert answer.status == 200
+            stored.append(answer.read())
+        connection.request("GET", "/changes?since=0")
+        answer = connection.getresponse()
+        assert answer.status == 200
+        assert [change["data"] for change in json.loads(answer.read())["changes"]] == [
+            "first",
+            "second",
+        ]
+        connection.request("POST", "/changes", body='{"data":"third"}', headers=json_type)
+        answer = connection.getresponse()
+        assert answer.status == 200
+        assert json.loads(answer.read())["data"] == "third"
+        assert [json.loads(body)["data"] for body in stored] == ["first", "second"]
+    finally:
+        connection.close()
 
 
 def test_basic_auth_over_https(start_node: StartNode, pki: Pki, tmp_path: Path) -> None:

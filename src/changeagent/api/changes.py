@@ -16,7 +16,8 @@ from changeagent.api.wire import (
     WriteDelivery,
     can_write_directly,
 )
-from changeagent.change import parse_change_body
+from changeagent.change import NewChange, parse_change_body
+from changeagent.node.node import Node
 
 NO_STORE_HEADERS = {"Cache-Control": NO_STORE}
 
@@ -37,18 +38,26 @@ async def post_change(request: web.Request) -> web.Response:
     key = idempotency_key(request, node.limits.idempotency_key_bytes_max)
     # Where it can, the Ready loop itself writes the answer once the change is applied.
     delivery = WriteDelivery(request) if can_write_directly(request) else None
+    stored = await store_change(node, change, key, delivery)
+    return JsonResponse(stored, already_sent=delivery is not None and delivery.sent)
+
+
+async def store_change(
+    node: Node, change: NewChange, key: str, delivery: WriteDelivery | None
+) -> bytes:
+    """The stored change's bytes, for POST /changes here and in the front door
+    (api/front_door.py). `delivery` may have written them already (see `sent`)."""
     try:
-        stored = await node.append_change(change, key, delivery)
+        return await node.append_change(change, key, delivery)
     except Exception:
         if delivery is None or delivery.sent_body is None:
             raise
         # Answered already, the change applied: a failure of the wait after that (a
         # commit timeout firing in between) must not write a second answer.
-        stored = delivery.sent_body
+        return delivery.sent_body
     finally:
         if delivery is not None:
             delivery.close()
-    return JsonResponse(stored, already_sent=delivery is not None and delivery.sent)
 
 
 CONSISTENCY_VALUES = ("local", "linearizable")

@@ -21,6 +21,7 @@ log = logging.getLogger(__name__)
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 RETRY_AFTER_DEFAULT_S = 1
+INTERNAL_ERROR = "internal error; the server log has the details"  # a 500's whole message
 
 
 class ApiError(Exception):
@@ -42,18 +43,25 @@ def json_error(status: int, message: str, headers: dict[str, str] | None = None)
     )
 
 
-def _from_exception(error: Exception) -> web.Response | None:
+def error_parts(error: Exception) -> tuple[int, str, dict[str, str]] | None:
+    """(status, message, extra headers) of an error the API knows; None for any
+    other (a programmer error: 500). Also the front door's mapping (api/front_door.py)."""
     if isinstance(error, ApiError):
-        return json_error(error.status, error.message, error.headers)
+        return error.status, error.message, error.headers
     if isinstance(error, (ChangeError, ConfigError)):
-        return json_error(400, str(error))
+        return 400, str(error), {}
     if isinstance(error, NodeError):
-        headers = None
+        headers = {}
         if error.status == 503:
             retry_s = error.retry_after_s or RETRY_AFTER_DEFAULT_S
             headers = {"Retry-After": str(retry_s)}
-        return json_error(error.status, str(error), headers)
+        return error.status, str(error), headers
     return None
+
+
+def _from_exception(error: Exception) -> web.Response | None:
+    parts = error_parts(error)
+    return None if parts is None else json_error(*parts)
 
 
 _REASONS = {
@@ -106,4 +114,4 @@ def error_response(error: Exception, request: web.Request) -> web.Response:
     if response is not None:
         return response
     log.error("unexpected error serving %s %s", request.method, request.path, exc_info=error)
-    return json_error(500, "internal error; the server log has the details")
+    return json_error(500, INTERNAL_ERROR)

@@ -21,9 +21,14 @@ aiohttp's bookkeeping.
 
 from __future__ import annotations
 
+import asyncio
 import email.utils
 import time
+from collections.abc import Mapping
+from http import HTTPStatus
+from typing import Protocol
 
+import orjson
 from aiohttp import web
 from aiohttp.abc import AbstractStreamWriter
 from aiohttp.http import SERVER_SOFTWARE, HttpVersion11
@@ -32,11 +37,13 @@ from changeagent.node.query import PageResult
 from changeagent.raft import Entry
 
 JSON = "application/json"
-# The last %s: extra header lines (caching), each ending in CRLF.
-_HEAD = (
-    b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: %d\r\n"
+# After the status line; the last %s: extra header lines (caching), each ending in CRLF.
+_HEADERS = (
+    b"Content-Type: application/json\r\nContent-Length: %d\r\n"
     b"Date: %s\r\nServer: " + SERVER_SOFTWARE.encode() + b"\r\n%s\r\n"
 )
+_HEAD = b"HTTP/1.1 200 OK\r\n" + _HEADERS
+_STATUS_HEAD = b"HTTP/1.1 %d %s\r\n" + _HEADERS
 # A long-poll's answer depends on when it was asked: no cache may keep it.
 NO_STORE_LINE = b"Cache-Control: no-store\r\n"
 
@@ -64,6 +71,15 @@ _DATE = _DateCache()
 def json_200(body: bytes, header_lines: bytes = b"") -> bytes:
     """The complete HTTP/1.1 response carrying `body`, with extra header lines."""
     return _HEAD % (len(body), _DATE.value(), header_lines) + body
+
+
+def error_answer(status: int, message: str, headers: Mapping[str, str]) -> bytes:
+    """The complete answer `api/errors.py`'s `json_error` makes: `{"error": message}`
+    with `status` and extra `headers` (for the front door, api/front_door.py)."""
+    body = orjson.dumps({"error": message})
+    lines = "".join(f"{name}: {value}\r\n" for name, value in headers.items()).encode()
+    phrase = HTTPStatus(status).phrase.encode()
+    return _STATUS_HEAD % (status, phrase, len(body), _DATE.value(), lines) + body
 
 
 class _SharedWire:
@@ -142,6 +158,13 @@ class JsonResponse(web.Response):
         self._body_length = body_length
 
 
+class Connected(Protocol):
+    """What a delivery writes to: an aiohttp request, or a connection of the front door."""
+
+    @property
+    def transport(self) -> asyncio.Transport | None: ...
+
+
 class WriteDelivery:
     """Writes the answer to one POST /changes the moment its change is applied
     (`RaftDriver.propose`'s `on_applied`), from inside the Ready loop: the handler's
@@ -153,7 +176,7 @@ class WriteDelivery:
 
     __slots__ = ("_request", "closed", "sent_body")
 
-    def __init__(self, request: web.BaseRequest) -> None:
+    def __init__(self, request: Connected) -> None:
         self._request = request
         self.sent_body: bytes | None = None
         self.closed = False
