@@ -1,13 +1,15 @@
-"""`python -m bench.http_layer`: what aiohttp's request machinery costs a write.
+"""`python -m bench.http_layer`: what the HTTP layer costs a write, three ways.
 
 Starts changeagent as the bench does (1 or 3 members), each member through this
-module's `serve` entry, which also serves POST /changes on a second port through a
-bare `asyncio.Protocol` parsing with httptools: the body goes to the same
-`Node.append_change` and the answer is written from the same `on_applied` step as
-the API's `WriteDelivery`, but there is no aiohttp request, task, router, middleware
-or response object, and a request is handled in the call that reads it. wrk posts the
-bench's payload to the leader's API port and to its bare port in turn (same process,
-same log), and this prints the writes/s and p50 of each, and their ratio.
+module's `serve` entry, which adds two ports to the API's own (where the front door,
+api/front_door.py, answers plain writes): `aiohttp`, a plain aiohttp site of the
+same application (every write through aiohttp's request machinery, as before the
+front door), and `bare`, POST /changes through a bare `asyncio.Protocol` parsing
+with httptools: the body goes to the same `Node.append_change` and the answer is
+written from the same `on_applied` step as the API's `WriteDelivery`, with no check,
+metric or limit, handled in the call that reads it. wrk posts the bench's payload to
+the leader's three ports in turn (same process, same log), and this prints the
+writes/s and p50 of each, and the ratios door/aiohttp and bare/door.
 
     python -m bench.http_layer                          # 1 member, 1 and 16 clients
     python -m bench.http_layer --members 3 --clients 1,16,64 --rounds 3
@@ -31,6 +33,7 @@ from pathlib import Path
 from typing import Any, cast
 
 import httptools
+from aiohttp import web
 
 from bench import procs
 from bench.procs import LOOPBACK, PROCESSES
@@ -43,7 +46,7 @@ from changeagent.cli.main import main as changeagent_main
 from changeagent.eager import start_now
 
 REPO = Path(__file__).resolve().parents[1]
-PORT_FILE = "bare-http-port"  # in the member's data directory: the bare listener's port
+PORT_FILE = "bare-http-port"  # in the member's data directory: "<bare port> <aiohttp port>"
 PORT_WAIT_S = 30.0
 _ERROR = (
     b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain\r\n"
@@ -113,8 +116,8 @@ class BareWrites(asyncio.Protocol):
 
 
 def serve(argv: list[str]) -> int:
-    """A member: changeagent's own main, plus the bare listener on a free port of the
-    same host, written to `PORT_FILE` in its data directory."""
+    """A member: changeagent's own main, plus the bare listener and a plain aiohttp
+    site on free ports of the same host, written to `PORT_FILE` in its data directory."""
     data_dir = Path(argv[argv.index("-d") + 1])
     host = argv[argv.index("--host") + 1] if "--host" in argv else LOOPBACK
     start_listener = server_module.start_listener
@@ -124,7 +127,9 @@ def serve(argv: list[str]) -> int:
         loop = asyncio.get_running_loop()
         bare = await loop.create_server(lambda: BareWrites(node), host, 0, backlog=1024)
         port = bare.sockets[0].getsockname()[1]
-        (data_dir / PORT_FILE).write_text(str(port))
+        site = web.TCPSite(listeners.runner, host, 0, backlog=1024)
+        await site.start()
+        (data_dir / PORT_FILE).write_text(f"{port} {site.port}")
         return listeners
 
     server_module.start_listener = with_bare_listener  # type: ignore[assignment]
@@ -134,14 +139,16 @@ def serve(argv: list[str]) -> int:
 # ------------------------------------------------------------------ the driver
 
 
-def _bare_port(data_dir: Path) -> int:
+def _extra_ports(data_dir: Path) -> tuple[int, int]:
+    """(bare, aiohttp) ports of the member with `data_dir`."""
     deadline = time.monotonic() + PORT_WAIT_S
     path = data_dir / PORT_FILE
     while not path.exists():
         if time.monotonic() > deadline:
             raise RuntimeError(f"{path} was not written within {PORT_WAIT_S:.0f} s")
         time.sleep(0.05)
-    return int(path.read_text())
+    bare, aiohttp = path.read_text().split()
+    return int(bare), int(aiohttp)
 
 
 def measure(members: int, clients: list[int], rounds: int, seconds: float) -> list[str]:
@@ -155,7 +162,8 @@ def measure(members: int, clients: list[int], rounds: int, seconds: float) -> li
     try:
         leader = system.leader_index()
         member = system.members[leader]
-        ports = {"aiohttp": member.port, "bare": _bare_port(member.data_dir)}
+        bare, aiohttp = _extra_ports(member.data_dir)
+        ports = {"aiohttp": aiohttp, "door": member.port, "bare": bare}
         lines = []
         for level in clients:
             results: dict[str, list[dict[str, Any]]] = {name: [] for name in ports}
@@ -185,9 +193,10 @@ def _line(members: int, level: int, results: dict[str, list[dict[str, Any]]]) ->
         f"p50 {statistics.median(p50s[name]):.3f} ms"
         for name in results
     ]
-    ratio = statistics.median(rates["bare"]) / statistics.median(rates["aiohttp"])
+    rate = {name: statistics.median(values) for name, values in rates.items()}
     return (f"{members} member(s), {level} client(s): " + "; ".join(cells)
-            + f"; bare/aiohttp {ratio:.2f}x")
+            + f"; door/aiohttp {rate['door'] / rate['aiohttp']:.2f}x"
+            + f"; bare/door {rate['bare'] / rate['door']:.2f}x")
 
 
 def main(argv: list[str] | None = None) -> int:

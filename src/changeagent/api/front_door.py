@@ -57,6 +57,7 @@ from changeagent.change import parse_change_body
 from changeagent.eager import start_now
 from changeagent.metrics import NodeMetrics, add_duration
 from changeagent.node.node import Node
+from changeagent.raft import Entry
 
 log = logging.getLogger(__name__)
 
@@ -188,11 +189,12 @@ class FrontConnection(asyncio.Protocol):
         self._door = door
         self.transport: asyncio.Transport | None = None
         self.answering = False  # a write of this connection is being answered
+        self._serial = 0  # of the write being answered, or the last one
         self._buffer = bytearray()  # bytes received, from the first request not answered
         self._head = _Head()
         self._parser = httptools.HttpRequestParser(self._head)
         self._write: _Write | None = None  # the first request's head, read
-        self._task: asyncio.Task[None] | None = None  # the loop keeps only weak references
+        self._tasks: set[asyncio.Task[None]] = set()  # the loop keeps only weak references
         self._reading_paused = False
         self._writing_paused = False
         self._closing = False
@@ -285,7 +287,11 @@ class FrontConnection(asyncio.Protocol):
             self._reading_paused = False
             transport.resume_reading()
         self.answering = True
-        self._task = start_now(self._answer(write, body))
+        self._serial += 1
+        task = start_now(self._answer(write, body, self._serial))
+        if task is not None:  # it waits (for the commit): keep it until it ends
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
         return None
 
     def _read_head(self, head: bytes) -> _Write | None:
@@ -341,7 +347,7 @@ class FrontConnection(asyncio.Protocol):
             return False
         return fields.messages_complete == 1
 
-    async def _answer(self, write: _Write, body: bytes) -> None:
+    async def _answer(self, write: _Write, body: bytes, serial: int) -> None:
         """The API's POST /changes, for one plain write (api/changes.py, `post_change`)."""
         door = self._door
         started = time.perf_counter()
@@ -351,7 +357,7 @@ class FrontConnection(asyncio.Protocol):
                 await authenticator.check(write.authorization)
             change = parse_change_body(body)
             # As in the API, the Ready loop itself writes the answer once applied.
-            delivery = WriteDelivery(self)
+            delivery = _Delivery(self, serial)
             stored = await store_change(door.node, change, write.key, delivery)
             if not delivery.sent:
                 self._send(json_200(stored))
@@ -359,7 +365,7 @@ class FrontConnection(asyncio.Protocol):
         except Exception as error:
             status = self._send_error(error)
         door.count(status, time.perf_counter() - started)
-        self._answered()
+        self.answered(serial)
 
     def _send(self, data: bytes) -> None:
         transport = self.transport
@@ -375,15 +381,20 @@ class FrontConnection(asyncio.Protocol):
         self._send(error_answer(status, message, headers))
         return status
 
-    def _answered(self) -> None:
+    def answered(self, serial: int) -> None:
+        """Write `serial` is answered: the next request may start. Called by the write's
+        delivery as it writes the answer from the apply step (the client may send its
+        next request before the write's own task resumes, two loop iterations later,
+        and that request need not wait for it), else as that task ends."""
+        if serial != self._serial or not self.answering:
+            return
         self.answering = False
-        self._task = None
         transport = self.transport
         if transport is None:
             return
         if self._closing:
             transport.close()
-        elif self._buffer:
+        elif self._buffer:  # not from here: this may be the Ready loop's apply step
             asyncio.get_running_loop().call_soon(self._serve)
         else:
             self._active_s = asyncio.get_running_loop().time()
@@ -432,6 +443,22 @@ class FrontConnection(asyncio.Protocol):
         if self._idle_timer is not None:
             self._idle_timer.cancel()
             self._idle_timer = None
+
+
+class _Delivery(WriteDelivery):
+    """The API's `WriteDelivery`, which also frees its connection for the next request."""
+
+    __slots__ = ("_connection", "_serial")
+
+    def __init__(self, connection: FrontConnection, serial: int) -> None:
+        super().__init__(connection)
+        self._connection = connection
+        self._serial = serial
+
+    def __call__(self, entry: Entry) -> None:
+        super().__call__(entry)
+        if self.sent:
+            self._connection.answered(self._serial)
 
 
 class FrontDoorSite(web.TCPSite):
