@@ -213,9 +213,6 @@ class FrontConnection(asyncio.Protocol):
         if sock is not None:  # as aiohttp does: answers go out at once
             with contextlib.suppress(OSError):
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        loop = asyncio.get_running_loop()
-        self._active_s = loop.time()
-        self._idle_timer = loop.call_at(self._active_s + KEEPALIVE_S, self._check_idle)
 
     def data_received(self, data: bytes) -> None:
         if self._closing:
@@ -262,11 +259,14 @@ class FrontConnection(asyncio.Protocol):
         if transport is None or self._writing_paused or self._closing:
             return
         buffer = self._buffer
-        self._active_s = asyncio.get_running_loop().time()
         write = self._write
+        if write is None and not _METHOD.startswith(buffer[: len(_METHOD)]):
+            return self._hand_over()  # a read's connection: no timer, no more work here
+        loop = asyncio.get_running_loop()
+        self._active_s = loop.time()
+        if self._idle_timer is None:
+            self._idle_timer = loop.call_at(self._active_s + KEEPALIVE_S, self._check_idle)
         if write is None:
-            if not _METHOD.startswith(buffer[: len(_METHOD)]):
-                return self._hand_over()
             head_end = buffer.find(b"\r\n\r\n", 0, HEAD_BYTES_MAX)
             if head_end < 0:
                 if len(buffer) >= HEAD_BYTES_MAX:
