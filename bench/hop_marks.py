@@ -57,6 +57,7 @@ OCCURRENCES_MAX = 2  # the first two occurrences of a name per process (two APPE
 
 # (module, owner in it or "", function, mark, whether its return is marked too)
 PATCH_POINTS: tuple[tuple[str, str, str, str, bool], ...] = (
+    ("changeagent.api.front_door", "FrontConnection", "data_received", "http_rx", False),
     ("aiohttp.web_protocol", "RequestHandler", "data_received", "http_rx", False),
     ("changeagent.transport.wslink", "WsLinkProtocol", "data_received", "rx", False),
     ("changeagent.transport.wslink", "", "decode_frame", "decode", False),
@@ -79,6 +80,7 @@ PATCH_POINTS: tuple[tuple[str, str, str, str, bool], ...] = (
     ("aiohttp.web_protocol", "RequestHandler", "_handle_request", "aio_handle_request", False),
     ("aiohttp.web_app", "Application", "_handle", "aio_app_handle", False),
     ("changeagent.api.changes", "", "post_change", "post_change", False),
+    ("changeagent.api.front_door", "FrontConnection", "_answer", "door_answer", False),
     ("changeagent.node.changelog", "", "encode_change", "encode_change", True),
     ("changeagent.api.changes", "", "parse_change_body", "parse_body", True),
     ("changeagent.node.node", "Node", "append_change", "append_change", False),
@@ -180,8 +182,9 @@ def _collect(directory: Path, pids: list[int]) -> dict[int, Marks]:
 
 def request_starts(found: Marks) -> list[int]:
     """When each write's request reached the member: its first `http_rx` after the
-    answer before. Not every `http_rx`: aiohttp calls `data_received(b"")` itself
-    when the handler reads the body (`resume_reading`), ~85 µs after the bytes came."""
+    answer before (the front door's `data_received`; aiohttp's, for a write it serves).
+    Not every `http_rx`: aiohttp calls `data_received(b"")` itself when its handler
+    reads the body (`resume_reading`), ~85 µs after the bytes came."""
     starts: list[int] = []
     answered = True
     for at, name in found:
