@@ -26,9 +26,11 @@ before it are answered, the connection's protocol becomes aiohttp's
 (`transport.set_protocol`), which gets every byte not yet consumed, starting at
 that request, and keeps the connection for the rest of its life. aiohttp then
 answers exactly as it would have. A connection's requests are answered one at a
-time, in order, as aiohttp does; pipelined requests wait in the buffer (up to
-`buffer_bytes_max`, then reading pauses). Not installed with --access-log,
-whose records come from aiohttp's access-log hook.
+time, in order, as aiohttp does (the next may start once the answer before it is
+written, before that write's task has ended); pipelined requests wait in the buffer
+(up to `buffer_bytes_max`, then reading pauses). A connection that has sent a write
+closes after KEEPALIVE_S with no bytes and no answer. Not installed with
+--access-log, whose records come from aiohttp's access-log hook.
 
 Shutdown (`GracefulShutdown`): when the listener stops, idle connections close and
 busy ones close after their answer; the drain counts writes in flight here (`busy`).
