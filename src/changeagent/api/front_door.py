@@ -192,8 +192,10 @@ class FrontConnection(asyncio.Protocol):
         self.answering = False  # a write of this connection is being answered
         self._serial = 0  # of the write being answered, or the last one
         self._buffer = bytearray()  # bytes received, from the first request not answered
-        self._head = _Head()
-        self._parser = httptools.HttpRequestParser(self._head)
+        # Made with the first write: most connections that are not a writer's are
+        # handed over at their first bytes, and the connection costs them nothing more.
+        self._head: _Head | None = None
+        self._parser: httptools.HttpRequestParser | None = None
         self._write: _Write | None = None  # the first request's head, read
         self._tasks: set[asyncio.Task[None]] = set()  # the loop keeps only weak references
         self._reading_paused = False
@@ -268,6 +270,9 @@ class FrontConnection(asyncio.Protocol):
         self._active_s = loop.time()
         if self._idle_timer is None:
             self._idle_timer = loop.call_at(self._active_s + KEEPALIVE_S, self._check_idle)
+        if self._parser is None:  # the first write's first bytes
+            self._head = _Head()
+            self._parser = httptools.HttpRequestParser(self._head)
         if write is None:
             head_end = buffer.find(b"\r\n\r\n", 0, HEAD_BYTES_MAX)
             if head_end < 0:
@@ -297,9 +302,9 @@ class FrontConnection(asyncio.Protocol):
 
     def _read_head(self, head: bytes) -> _Write | None:
         """The write `head` starts, if it is plain (see the module); else None."""
-        fields = self._head
+        fields, parser = self._head, self._parser
+        assert fields is not None and parser is not None  # made by `_serve`
         fields.reset()
-        parser = self._parser
         try:
             parser.feed_data(head)
         except httptools.HttpParserError:
@@ -337,9 +342,10 @@ class FrontConnection(asyncio.Protocol):
 
     def _body_ends_message(self, body: bytes) -> bool:
         """httptools, given the body, ends exactly one message with its last byte."""
-        fields = self._head
+        fields, parser = self._head, self._parser
+        assert fields is not None and parser is not None  # made by `_serve`
         try:
-            self._parser.feed_data(body)
+            parser.feed_data(body)
         except httptools.HttpParserError:
             return False
         return fields.messages_complete == 1
