@@ -95,6 +95,12 @@ class GracefulShutdown:
         election_timeout_s = self._node.settings.election_timeout_ns / SECOND_NS
         deadline = loop.time() + DRAIN_ELECTION_TIMEOUTS * election_timeout_s
         while self._busy() and loop.time() < deadline and self._quorum_reachable():
+            if self._handlers_done.is_set():
+                # aiohttp's wait is over, requests it does not know of (the front
+                # door's, or counted in `in_flight`) are not: waiting on the set event
+                # would return at once, and this loop would starve the event loop.
+                await asyncio.sleep(_DRAIN_POLL_S)
+                continue
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(_DRAIN_POLL_S):
                     await self._handlers_done.wait()

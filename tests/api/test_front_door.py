@@ -24,7 +24,7 @@ from changeagent.api.auth import Authenticator
 from changeagent.config import Settings
 from changeagent.node.node import Node, NodeLimits
 from changeagent.server import Listeners, ServerOptions, start_listener
-from changeagent.storage import Storage
+from changeagent.storage import Storage, store
 from tests.security.support import basic, htpasswd
 from tests.support.server import ServerProcess
 
@@ -130,6 +130,13 @@ def serve(
             store.close()
 
     asyncio.run(main())
+
+
+def write_in_writer_thread(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every batch to the storage's writer thread: a commit held by a test's fault
+    injector then holds that thread, not the event loop (a small write is otherwise
+    committed on the loop's own thread when the writer is idle)."""
+    monkeypatch.setattr(store, "WRITE_NOW_BYTES_MAX", 0)
 
 
 def door_count(metrics_text: bytes, status: int) -> float:
@@ -262,6 +269,55 @@ def test_idempotency_keys_work_on_both_paths(tmp_path: Path) -> None:
     serve(tmp_path, scenario)
 
 
+def test_a_pipelining_flood_is_held_to_the_buffer_limit_and_all_answered(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """While a write waits for its commit, pipelined requests pile up: past the door's
+    buffer limit it stops reading (TCP pushes back on the client), and once the
+    commit comes it reads again, answering every request in order."""
+    write_in_writer_thread(monkeypatch)
+    hold = threading.Event()
+    committing = threading.Event()
+    release = threading.Event()
+    pauses = []
+    pause_reading = front_door.FrontConnection._pause_reading
+
+    def counted_pause(connection: front_door.FrontConnection) -> None:
+        pauses.append(len(connection._buffer))
+        pause_reading(connection)
+
+    monkeypatch.setattr(front_door.FrontConnection, "_pause_reading", counted_pause)
+
+    def injector(commit_number: int) -> None:
+        if hold.is_set():
+            committing.set()
+            release.wait(TIMEOUT_S)
+
+    count = 400
+    flood = b"".join(post({"data": [number, "x" * 200]}) for number in range(count))
+
+    async def scenario(port: int, listeners: Listeners) -> None:
+        client = await Client.connect(port)
+        hold.set()
+        assert len(flood) > 4 * (front_door.HEAD_BYTES_MAX + BODY_BYTES_MAX)  # over the limit
+        client.writer.write(flood)  # not drained: the server stops reading
+        loop = asyncio.get_running_loop()
+        assert await loop.run_in_executor(None, committing.wait, TIMEOUT_S)
+        async with asyncio.timeout(TIMEOUT_S):  # it fills past its limit while held
+            while not pauses:
+                await asyncio.sleep(0)
+        assert pauses[0] > 2 * (front_door.HEAD_BYTES_MAX + BODY_BYTES_MAX)
+        hold.clear()
+        release.set()
+        await client.writer.drain()
+        numbers = [orjson.loads((await client.answer())[2])["data"][0] for _ in range(count)]
+        assert numbers == list(range(count))
+        await client.close()
+
+    storage = Storage.open(tmp_path / "data", fault_injector=injector)
+    serve(tmp_path, scenario, storage=storage)
+
+
 # ------------------------------------------------------------------ handed to aiohttp
 
 HANDED_OVER = [
@@ -391,7 +447,10 @@ def test_an_idle_connection_closes_after_the_keepalive_time(
     serve(tmp_path, scenario)
 
 
-def test_shutdown_answers_the_write_in_flight_and_closes_idle_connections(tmp_path: Path) -> None:
+def test_shutdown_answers_the_write_in_flight_and_closes_idle_connections(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    write_in_writer_thread(monkeypatch)
     hold = threading.Event()
     committing = threading.Event()
     release = threading.Event()
@@ -414,7 +473,7 @@ def test_shutdown_answers_the_write_in_flight_and_closes_idle_connections(tmp_pa
         assert await idle.closed_by_server()
         release.set()
         status, _, body = await busy.answer()
-        assert (status, orjson.loads(body)["data"]) == (200, "in flight")
+        assert (status, orjson.loads(body).get("data")) == (200, "in flight"), body
         assert await busy.closed_by_server()
         await stopping
 

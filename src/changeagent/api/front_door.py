@@ -224,7 +224,12 @@ class FrontConnection(asyncio.Protocol):
         self._buffer += data
         if not self.answering:
             self._serve()
-        elif len(self._buffer) > self._door.buffer_bytes_max and not self._reading_paused:
+        # Checked after serving too: one read may bring a write and many more behind it.
+        if (
+            self.answering
+            and not self._reading_paused
+            and len(self._buffer) > self._door.buffer_bytes_max
+        ):
             self._pause_reading()
 
     def eof_received(self) -> bool | None:
