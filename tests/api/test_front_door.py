@@ -132,11 +132,35 @@ def serve(
     asyncio.run(main())
 
 
-def write_in_writer_thread(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Every batch to the storage's writer thread: a commit held by a test's fault
-    injector then holds that thread, not the event loop (a small write is otherwise
-    committed on the loop's own thread when the writer is idle)."""
-    monkeypatch.setattr(store, "WRITE_NOW_BYTES_MAX", 0)
+class HeldCommits:
+    """A storage whose COMMITs, once `hold` is called, wait in its writer thread until
+    `release`: a write stays in flight while the event loop goes on. Every batch goes
+    to the writer thread (a small write is otherwise committed on the loop's own
+    thread when the writer is idle, and holding it would stop the whole node)."""
+
+    def __init__(self, path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+        monkeypatch.setattr(store, "WRITE_NOW_BYTES_MAX", 0)
+        self._holding = threading.Event()
+        self._committing = threading.Event()
+        self._released = threading.Event()
+        self.storage = Storage.open(path, fault_injector=self._inject)
+
+    def _inject(self, commit_number: int) -> None:
+        if self._holding.is_set():
+            self._committing.set()
+            self._released.wait(TIMEOUT_S)
+
+    def hold(self) -> None:
+        self._holding.set()
+
+    async def committing(self) -> None:
+        """Until a held COMMIT is waiting."""
+        loop = asyncio.get_running_loop()
+        assert await loop.run_in_executor(None, self._committing.wait, TIMEOUT_S)
+
+    def release(self) -> None:
+        self._holding.clear()
+        self._released.set()
 
 
 def door_count(metrics_text: bytes, status: int) -> float:
@@ -275,10 +299,7 @@ def test_a_pipelining_flood_is_held_to_the_buffer_limit_and_all_answered(
     """While a write waits for its commit, pipelined requests pile up: past the door's
     buffer limit it stops reading (TCP pushes back on the client), and once the
     commit comes it reads again, answering every request in order."""
-    write_in_writer_thread(monkeypatch)
-    hold = threading.Event()
-    committing = threading.Event()
-    release = threading.Event()
+    commits = HeldCommits(tmp_path / "data", monkeypatch)
     pauses = []
     pause_reading = front_door.FrontConnection._pause_reading
 
@@ -287,35 +308,26 @@ def test_a_pipelining_flood_is_held_to_the_buffer_limit_and_all_answered(
         pause_reading(connection)
 
     monkeypatch.setattr(front_door.FrontConnection, "_pause_reading", counted_pause)
-
-    def injector(commit_number: int) -> None:
-        if hold.is_set():
-            committing.set()
-            release.wait(TIMEOUT_S)
-
     count = 400
     flood = b"".join(post({"data": [number, "x" * 200]}) for number in range(count))
 
     async def scenario(port: int, listeners: Listeners) -> None:
         client = await Client.connect(port)
-        hold.set()
+        commits.hold()
         assert len(flood) > 4 * (front_door.HEAD_BYTES_MAX + BODY_BYTES_MAX)  # over the limit
         client.writer.write(flood)  # not drained: the server stops reading
-        loop = asyncio.get_running_loop()
-        assert await loop.run_in_executor(None, committing.wait, TIMEOUT_S)
+        await commits.committing()
         async with asyncio.timeout(TIMEOUT_S):  # it fills past its limit while held
             while not pauses:
                 await asyncio.sleep(0)
         assert pauses[0] > 2 * (front_door.HEAD_BYTES_MAX + BODY_BYTES_MAX)
-        hold.clear()
-        release.set()
+        commits.release()
         await client.writer.drain()
         numbers = [orjson.loads((await client.answer())[2])["data"][0] for _ in range(count)]
         assert numbers == list(range(count))
         await client.close()
 
-    storage = Storage.open(tmp_path / "data", fault_injector=injector)
-    serve(tmp_path, scenario, storage=storage)
+    serve(tmp_path, scenario, storage=commits.storage)
 
 
 # ------------------------------------------------------------------ handed to aiohttp
@@ -450,35 +462,25 @@ def test_an_idle_connection_closes_after_the_keepalive_time(
 def test_shutdown_answers_the_write_in_flight_and_closes_idle_connections(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    write_in_writer_thread(monkeypatch)
-    hold = threading.Event()
-    committing = threading.Event()
-    release = threading.Event()
-
-    def injector(commit_number: int) -> None:
-        if hold.is_set():  # the storage's writer thread waits: the write stays in flight
-            committing.set()
-            release.wait(TIMEOUT_S)
+    commits = HeldCommits(tmp_path / "data", monkeypatch)
 
     async def scenario(port: int, listeners: Listeners) -> None:
         idle = await Client.connect(port)
         await idle.send(post({"data": "idle"}))
         assert (await idle.answer())[0] == 200
         busy = await Client.connect(port)
-        hold.set()
+        commits.hold()
         await busy.send(post({"data": "in flight"}))
-        loop = asyncio.get_running_loop()
-        await loop.run_in_executor(None, committing.wait, TIMEOUT_S)
+        await commits.committing()
         stopping = asyncio.create_task(listeners.runner.cleanup())
         assert await idle.closed_by_server()
-        release.set()
+        commits.release()
         status, _, body = await busy.answer()
         assert (status, orjson.loads(body).get("data")) == (200, "in flight"), body
         assert await busy.closed_by_server()
         await stopping
 
-    storage = Storage.open(tmp_path / "data", fault_injector=injector)
-    serve(tmp_path, scenario, storage=storage)
+    serve(tmp_path, scenario, storage=commits.storage)
 
 
 # ------------------------------------------------------------------ the same answers

@@ -89,7 +89,7 @@ class FrontDoor:
     ) -> None:
         self.node = node
         self.path = (prefix + CHANGES_ROUTE).encode()
-        self.request_line = b"POST " + self.path + b" HTTP/1.1\r\n"  # exactly, in one line
+        self.request_line = _METHOD + self.path + b" HTTP/1.1\r\n"  # exactly, in one line
         self.authenticator = authenticator
         self.aiohttp_protocol: Callable[[], asyncio.Protocol] | None = None
         limits = node.limits
