@@ -24,8 +24,9 @@ from changeagent.api.auth import Authenticator
 from changeagent.config import Settings
 from changeagent.node.node import Node, NodeLimits
 from changeagent.server import Listeners, ServerOptions, start_listener
-from changeagent.storage import Storage, store
+from changeagent.storage import Storage
 from tests.security.support import basic, htpasswd
+from tests.support.held_commits import HeldCommits
 from tests.support.server import ServerProcess
 
 TIMEOUT_S = 10.0
@@ -130,37 +131,6 @@ def serve(
             store.close()
 
     asyncio.run(main())
-
-
-class HeldCommits:
-    """A storage whose COMMITs, once `hold` is called, wait in its writer thread until
-    `release`: a write stays in flight while the event loop goes on. Every batch goes
-    to the writer thread (a small write is otherwise committed on the loop's own
-    thread when the writer is idle, and holding it would stop the whole node)."""
-
-    def __init__(self, path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-        monkeypatch.setattr(store, "WRITE_NOW_BYTES_MAX", 0)
-        self._holding = threading.Event()
-        self._committing = threading.Event()
-        self._released = threading.Event()
-        self.storage = Storage.open(path, fault_injector=self._inject)
-
-    def _inject(self, commit_number: int) -> None:
-        if self._holding.is_set():
-            self._committing.set()
-            self._released.wait(TIMEOUT_S)
-
-    def hold(self) -> None:
-        self._holding.set()
-
-    async def committing(self) -> None:
-        """Until a held COMMIT is waiting."""
-        loop = asyncio.get_running_loop()
-        assert await loop.run_in_executor(None, self._committing.wait, TIMEOUT_S)
-
-    def release(self) -> None:
-        self._holding.clear()
-        self._released.set()
 
 
 def door_count(metrics_text: bytes, status: int) -> float:

@@ -59,9 +59,13 @@ from changeagent.raft import (
     Role,
     Snapshot,
 )
-from changeagent.storage import Storage, WriteBatch
+from changeagent.storage import Storage, StorageBusy, StorageError, WriteBatch
 
 log = logging.getLogger(__name__)
+
+# Stopping, how long to wait for the writer thread to finish a Persist the Ready
+# loop was cancelled in: its writes are then answered "stored", not "may have been".
+SETTLE_S = 5.0
 
 Build = Callable[[int], bytes]
 # Called with a proposal's entry the moment it is applied here, before its future's
@@ -143,6 +147,10 @@ class RaftDriver:
         self._eager: asyncio.Task[None] | None = None  # the rest of a `_handle_now`
         self.failure: str | None = None
         self.stopped = False
+        # The last entry index of a Persist handed to the storage and not yet back
+        # (0: none). Cancelled mid-write, the batch stays with the writer thread and
+        # may still be stored: `_fail_waiting` must not say it was not.
+        self._persisting_through = 0
 
     # Lifecycle -------------------------------------------------------------------
 
@@ -165,7 +173,7 @@ class RaftDriver:
         for task in self._running_tasks():
             task.cancel()
         self._drop_notices()
-        self._fail_waiting(reason)
+        self._fail_waiting(reason, self._stored_through())
 
     async def stop(self) -> None:
         """Stop ticking and processing; fail whatever is still waiting."""
@@ -177,7 +185,30 @@ class RaftDriver:
         # Errors were reported to the supervisor when the tasks ended.
         await asyncio.gather(*tasks, return_exceptions=True)
         self._drop_notices()
-        self._fail_waiting("this node is shutting down")
+        if self._persisting_through:
+            await self._settle_persist()
+        self._fail_waiting("this node is shutting down", self._stored_through())
+
+    async def _settle_persist(self) -> None:
+        """Wait (at most `SETTLE_S`) for the writer thread to finish the Persist the
+        Ready loop was cancelled in, so that its writes are answered "stored" or
+        "not stored" rather than "may have been"."""
+        try:
+            barrier = self.storage.submit(WriteBatch())  # written after that one
+            async with asyncio.timeout(SETTLE_S):
+                await asyncio.wrap_future(barrier)
+        except (StorageBusy, TimeoutError):
+            return  # still being written
+        except StorageError:
+            pass  # failed or closed: the writer is done with that batch either way
+        self._persisting_through = 0
+
+    def _stored_through(self) -> int | None:
+        """The last index the storage holds, or None when it cannot tell (corrupt)."""
+        try:
+            return self.storage.last_index()
+        except StorageError:
+            return None
 
     # Inputs ---------------------------------------------------------------------------
 
@@ -459,7 +490,14 @@ class RaftDriver:
             hard_state=step.hard_state, entries=step.entries, snapshot=snapshot, meta=meta
         )
         early = _SendWhenDurable(self, then) if then is not None else None
-        sent = await self.storage.write(batch, now_if_idle=True, on_durable=early)
+        self._persisting_through = step.entries[-1].index if step.entries else 0
+        try:
+            sent = await self.storage.write(batch, now_if_idle=True, on_durable=early)
+        except Exception:
+            self._persisting_through = 0  # refused or rolled back: not stored
+            raise
+        # (Cancelled, the batch is still the writer thread's: the mark stays.)
+        self._persisting_through = 0
         self._planner.persisted(step)
         if early is not None and early.error is not None:
             raise early.error
@@ -525,16 +563,50 @@ class RaftDriver:
                 proposal.future.exception()  # the waiter may have timed out
         self.counters.proposals_committed += committed
 
+    def _fail_lone_voters(
+        self, proposed: list[_Proposal], reason: str, stored_through: int | None
+    ) -> None:
+        """A lone voter's proposals: nobody else holds them, so each was stored
+        (then it is committed: it is applied when the node starts again; stopping
+        came between its write and its apply), may have been (its batch was still
+        being written when the node stopped waiting), or was not."""
+        if stored_through is None:
+            # (Not the core's last index: the core reads it from the storage.)
+            known_through = 0
+            unknown_through = max((proposal.index for proposal in proposed), default=0)
+        else:
+            known_through, unknown_through = stored_through, self._persisting_through
+        for proposal in proposed:
+            if proposal.index <= known_through:
+                error = NotAvailable(
+                    f"{reason}: the write was stored as change {proposal.index} and is "
+                    "served once this node runs again; do not send it again (with the "
+                    "same Idempotency-Key, a retry gets its answer)",
+                    retry_after_s=1,
+                )
+            elif proposal.index <= unknown_through:
+                error = NotAvailable(
+                    f"{reason}: the write may have been stored; retry with the same "
+                    "Idempotency-Key to get it exactly once",
+                    retry_after_s=1,
+                )
+            else:
+                error = NotAvailable(f"the write was not stored: {reason}")
+            self._fail_proposals([proposal], error)
+
     def _fail_proposals(self, batch: list[_Proposal], error: Exception) -> None:
         self.counters.proposals_failed += _reject(batch, error)
 
-    def _fail_waiting(self, reason: str) -> None:
+    def _fail_waiting(self, reason: str, stored_through: int | None) -> None:
+        """Answer every proposal and read still waiting. `stored_through`: the
+        last index the storage holds (None: it cannot tell); a Persist still in
+        its writer thread (`_persisting_through`) may be stored beyond it."""
         queued, proposed = self._queued, list(self._proposed.values())
         self._queued, self._proposed = [], {}
         not_stored = NotAvailable(f"the write was not stored: {reason}")
         self._fail_proposals(queued, not_stored)
         if not self.core.membership.voters - {self.core.id}:
-            self._fail_proposals(proposed, not_stored)  # a lone voter: nobody else holds them
+            self._fail_lone_voters(proposed, reason, stored_through)
             return
         # Proposed entries went to the followers with the leader's first APPEND:
         # a new leader may still commit them.
