@@ -1,12 +1,14 @@
-"""What a lone voter tells a write it cannot answer because it is stopping: the
-truth about whether the write was stored. Cancelling the Raft driver's Ready loop
-does not withdraw a batch from the storage's writer thread, and a stored write is
-committed (the node is the only voter) and served once the node runs again."""
+"""What a lone voter tells a write it cannot answer because it is stopping or its
+storage failed: the truth about whether the write was stored. Cancelling the Raft
+driver's Ready loop does not withdraw a batch from the storage's writer thread, a
+failed COMMIT may have reached the disk whole, and a stored write is committed
+(the node is the only voter) and served once the node runs again."""
 
 from __future__ import annotations
 
 import asyncio
 import random
+import sqlite3
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
@@ -21,6 +23,7 @@ from changeagent.node.node import Node, NodeLimits
 from changeagent.node.replica import Replica
 from changeagent.raft import Entry
 from changeagent.storage import Storage
+from changeagent.storage.writer import GroupTransaction
 from tests.support.held_commits import HeldCommits
 
 TIMEOUT_S = 10.0
@@ -144,3 +147,38 @@ def test_a_write_still_in_a_hung_writer_thread_is_told_it_may_have_been_stored(
     answer = str(asyncio.run(scenario()))
     assert "the write may have been stored" in answer
     assert "Idempotency-Key" in answer
+
+
+def test_a_write_whose_commit_failed_is_told_it_may_have_been_stored(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An fsync that fails after SQLite wrote the WAL frames: the frames may be on
+    the disk whole, and the next open recovers the transaction (here they are)."""
+    failing = {"on": False}
+    commit = GroupTransaction.commit
+
+    def failing_commit(transaction: GroupTransaction) -> None:
+        commit(transaction)
+        if failing["on"]:
+            raise sqlite3.OperationalError("disk I/O error")
+
+    monkeypatch.setattr(GroupTransaction, "commit", failing_commit)
+
+    async def scenario() -> tuple[NotAvailable, int]:
+        storage = Storage.open(tmp_path / "d")
+        node = await started(storage)
+        index = storage.last_index() + 1
+        failing["on"] = True
+        try:
+            with pytest.raises(NotAvailable) as raised:
+                await node.append_change(parse_change_body(BODY), "key-1")
+            await node.close()
+        finally:
+            storage.close()
+        return raised.value, index
+
+    answer, index = asyncio.run(scenario())
+    assert "the write may have been stored" in str(answer)
+    assert "not stored" not in str(answer)
+    failing["on"] = False
+    assert served_after_restart(tmp_path / "d", index)["data"] == "in flight"

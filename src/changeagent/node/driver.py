@@ -59,7 +59,13 @@ from changeagent.raft import (
     Role,
     Snapshot,
 )
-from changeagent.storage import Storage, StorageBusy, StorageError, WriteBatch
+from changeagent.storage import (
+    Storage,
+    StorageBusy,
+    StorageError,
+    StorageFailed,
+    WriteBatch,
+)
 
 log = logging.getLogger(__name__)
 
@@ -493,8 +499,12 @@ class RaftDriver:
         self._persisting_through = step.entries[-1].index if step.entries else 0
         try:
             sent = await self.storage.write(batch, now_if_idle=True, on_durable=early)
+        except StorageFailed as error:
+            if not error.maybe_written:  # else its COMMIT failed: it may be on disk
+                self._persisting_through = 0
+            raise
         except Exception:
-            self._persisting_through = 0  # refused or rolled back: not stored
+            self._persisting_through = 0  # refused: not stored
             raise
         # (Cancelled, the batch is still the writer thread's: the mark stays.)
         self._persisting_through = 0
@@ -569,7 +579,8 @@ class RaftDriver:
         """A lone voter's proposals: nobody else holds them, so each was stored
         (then it is committed: it is applied when the node starts again; stopping
         came between its write and its apply), may have been (its batch was still
-        being written when the node stopped waiting), or was not."""
+        being written when the node stopped waiting, or its COMMIT failed), or was
+        not."""
         if stored_through is None:
             # (Not the core's last index: the core reads it from the storage.)
             known_through = 0

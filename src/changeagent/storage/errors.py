@@ -20,7 +20,15 @@ class StorageFailed(StorageError):
     """The storage stopped taking writes after a failure; it never retries.
 
     Raised by every later `submit` and set on every pending write future.
+    `maybe_written`: the batch's COMMIT itself failed (an fsync's error, say). Its
+    WAL frames may have reached the disk whole, and SQLite's recovery then finds
+    the transaction committed when the database is next opened: the batch is not
+    known to be lost, only not acknowledged.
     """
+
+    def __init__(self, message: str, maybe_written: bool = False) -> None:
+        super().__init__(message)
+        self.maybe_written = maybe_written
 
 
 class CorruptionError(StorageFailed):

@@ -726,6 +726,8 @@ class Storage:
             failure = self._writes.fail(
                 StorageFailed(f"write failed, nothing acknowledged: {error!r}")
             )
+            if transaction is not None and transaction.commit_started:
+                failure = StorageFailed(str(failure), maybe_written=True)  # this group's
             return [(item, failure) for item in group]
         self.batches_written += len(group) - len(rejected)
         self._last_group_entries = entries

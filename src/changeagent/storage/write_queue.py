@@ -201,7 +201,7 @@ def fresh_error(error: BaseException) -> BaseException:
     if isinstance(error, CorruptionError):
         return CorruptionError(str(error), index=error.index)
     if isinstance(error, StorageFailed):
-        return StorageFailed(str(error))
+        return StorageFailed(str(error), error.maybe_written)
     return error
 
 

@@ -109,6 +109,7 @@ class GroupTransaction:
         self.truncated = False  # whether a suffix was deleted (entries may be rewritten)
         self.discarded = False  # whether the whole log was discarded
         self.entries_written = 0  # entries appended by this transaction's batches
+        self.commit_started = False  # a failure from here on may leave it written
         self._rows = _Rows()
         connection.execute("BEGIN IMMEDIATE")
 
@@ -139,6 +140,7 @@ class GroupTransaction:
             self.state = replace(self.state, first_user_index=0 if row is None else row[0])
 
     def commit(self) -> None:
+        self.commit_started = True
         self._connection.execute("COMMIT")
 
     def rollback(self) -> None:
