@@ -126,22 +126,25 @@ def test_a_leader_heartbeats_while_the_step_after_a_ready_waits(tmp_path: Path) 
     every purged row, then an fsync), held: no Ready is taken meanwhile."""
     entered = asyncio.Event()
     release = asyncio.Event()
-    armed = False
+    hold_after: Storage | None = None  # hold once this storage holds `index`
+    index = 0
 
     async def after_advance() -> None:
-        if armed:
+        # Only after the Ready that wrote the proposal (on a slow disk a Ready of
+        # heartbeats alone may be advanced while that write is still going on).
+        if hold_after is not None and hold_after.last_index() >= index:
             entered.set()
             await release.wait()
 
     async def scenario(driver: RaftDriver, storage: Storage, sent: list[Message]) -> None:
-        nonlocal armed
-        armed = True
-        written = driver.propose(0, lambda index: b"{}")
+        nonlocal hold_after, index
         index = driver.core.last_index + 1
-        await asyncio.wait_for(entered.wait(), 10)  # after the Ready that wrote it
+        hold_after = storage
+        written = driver.propose(0, lambda index: b"{}")
+        await asyncio.wait_for(entered.wait(), 10)
         assert storage.last_index() == index
         await heartbeats_go_on(sent)
-        armed = False
+        hold_after = None
         release.set()
         driver.step(Message(MessageType.APPEND_RESPONSE, 2, 1, driver.core.term, index=index))
         assert (await asyncio.wait_for(written, 10)).index == index
