@@ -104,15 +104,18 @@ def test_a_leader_heartbeats_while_its_write_waits_for_the_disk(tmp_path: Path) 
         # A change too large to be written on the loop goes to the writer thread,
         # which holds its COMMIT: the Ready loop waits for it.
         body = b'{"data":"%s"}' % (b"x" * store.WRITE_NOW_BYTES_MAX)
+        # The term's first entry durable first: on a slow disk its write may go to
+        # the writer thread too, and holding it instead left this one unproposed.
+        await wait_for(lambda: storage.last_index() == driver.core.last_index)
+        index = driver.core.last_index + 1
         held.armed = True
         written = driver.propose(0, lambda index: body)
         assert await asyncio.to_thread(held.entered.wait, 30)
         await heartbeats_go_on(sent)
         assert not written.done()
-        assert storage.last_index() < driver.core.last_index, "still being written"
+        assert storage.last_index() < index, "still being written"
         held.release.set()
         # Durable on the leader; committed once a follower holds it too.
-        index = driver.core.last_index
         await wait_for(lambda: storage.last_index() == index)
         driver.step(Message(MessageType.APPEND_RESPONSE, 2, 1, driver.core.term, index=index))
         entry: Entry = await asyncio.wait_for(written, 10)

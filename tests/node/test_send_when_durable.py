@@ -14,6 +14,12 @@ import pytest
 from changeagent.raft import Entry, HardState, Message
 from changeagent.storage import BatchRejected, Storage, WriteBatch
 from tests.node.test_step_ready import Follower, acknowledged, append, run, wait_for
+from tests.support.disk import inline_whatever_the_disk
+
+
+@pytest.fixture(autouse=True)
+def _inline(monkeypatch: pytest.MonkeyPatch) -> None:
+    inline_whatever_the_disk(monkeypatch)
 
 
 def record_publishes(storage: Storage, events: list[str]) -> None:

@@ -12,17 +12,14 @@ import pytest
 from changeagent.raft.entry import HardState
 from changeagent.raft.interfaces import Snapshot
 from changeagent.storage import Storage, StorageFailed, WriteBatch, store
+from tests.support.disk import inline_whatever_the_disk
 
 from .conftest import change
 
 
 @pytest.fixture(autouse=True)
-def any_disk_is_fast(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Whatever this machine's disk does now: after a COMMIT slower than
-    `WRITE_NOW_COMMIT_S_MAX` the next write goes to the writer thread, and a busy
-    disk (2.8 and 10 ms commits were seen) made these tests' inline writes go there.
-    The rule itself is tested by the last test, which sets its own limit."""
-    monkeypatch.setattr(store, "WRITE_NOW_COMMIT_S_MAX", float("inf"))
+def _inline(monkeypatch: pytest.MonkeyPatch) -> None:
+    inline_whatever_the_disk(monkeypatch)  # the last test sets its own limit
 
 
 class ThreadRecorder:
