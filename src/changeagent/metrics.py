@@ -294,6 +294,12 @@ def _counters(node: Node) -> Iterator[Metric]:
             counters.proposals_failed,
         ),
         (
+            "changeagent_proposals_at_once",
+            "Entries proposed on this node (as leader) handled in the call that made them "
+            "(one writer at a time), not batched by the Ready loop.",
+            counters.proposals_at_once,
+        ),
+        (
             "changeagent_purged_changes",
             "Log entries removed from this node by purges.",
             counters.purged_entries,

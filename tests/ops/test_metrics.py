@@ -22,6 +22,7 @@ REQUIRED = {
     "changeagent_raft_leader_changes": "counter",
     "changeagent_proposals_committed": "counter",
     "changeagent_proposals_failed": "counter",
+    "changeagent_proposals_at_once": "counter",
     "changeagent_storage_fsync_seconds": "histogram",
     "changeagent_storage_batch_entries": "histogram",
     "changeagent_http_requests": "counter",

@@ -20,6 +20,9 @@ class RuntimeCounters:
     # Proposals refused or lost before they committed (leadership changed, overload,
     # too large, fail-stop); a write that only timed out may still commit: not counted.
     proposals_failed: int = 0
+    # Proposals handled in the call that made them (a lone writer's, `_propose_now`),
+    # not batched by the Ready loop; of every proposal made here, that share.
+    proposals_at_once: int = 0
     # Log entries removed from this node's storage by purges (compaction).
     purged_entries: int = 0
     # Joining nodes this node (as leader) sent its committed log to as a file.

@@ -72,6 +72,10 @@ log = logging.getLogger(__name__)
 # Stopping, how long to wait for the writer thread to finish a Persist the Ready
 # loop was cancelled in: its writes are then answered "stored", not "may have been".
 SETTLE_S = 5.0
+# A proposal is handled in `propose`'s own call only while the moving mean of the
+# proposals per batch (weight 1/BATCH_MEAN_WEIGHT for the newest) stays at most this.
+BATCH_MEAN_WEIGHT = 8
+LONE_BATCH_MEAN_MAX = 1.25
 
 Build = Callable[[int], bytes]
 # Called with a proposal's entry the moment it is applied here, before its future's
@@ -157,6 +161,9 @@ class RaftDriver:
         # (0: none). Cancelled mid-write, the batch stays with the writer thread and
         # may still be stored: `_fail_waiting` must not say it was not.
         self._persisting_through = 0
+        # Proposals per batch lately (a moving mean): ~1 only with one writer at a time.
+        self._batch_proposals_mean = 1.0
+        self._proposed_now_this_iteration = False  # see `_alone`
 
     # Lifecycle -------------------------------------------------------------------
 
@@ -285,9 +292,47 @@ class RaftDriver:
         if len(self._queued) + len(self._proposed) >= self._pending_max:
             raise Overloaded("too many writes are waiting to commit; retry later")
         future: asyncio.Future[Entry] = asyncio.get_running_loop().create_future()
-        self._queued.append(_Proposal(entry_type, build, key, future, on_applied=on_applied))
-        self._wakeup.set()
+        queued = self._queued
+        queued.append(_Proposal(entry_type, build, key, future, on_applied=on_applied))
+        if self._alone(queued):
+            self._propose_now()
+        else:
+            self._wakeup.set()  # batched with the others by the Ready loop
         return future
+
+    def _alone(self, queued: list[_Proposal]) -> bool:
+        """Whether the proposal just queued is a lone writer's: nothing else is
+        queued, being handled or waiting to commit, the recent batches held one
+        proposal each (their moving mean), and no proposal was handled at once
+        earlier in this loop iteration (many writers' requests arrive in one
+        iteration: the first may go at once, the others then make a batch, and the
+        mean keeps every batch after it waiting for the Ready loop until about a
+        dozen lone ones in a row; one lone batch among many writers' did not, and
+        cost 3 members at 16 clients 0.84x the writes/s)."""
+        return not (
+            self._handling
+            or len(queued) > 1
+            or self._proposed
+            or self._batch_proposals_mean > LONE_BATCH_MEAN_MAX
+            or self._proposed_now_this_iteration
+        )
+
+    def _propose_now(self) -> None:
+        """Handle a lone writer's proposal in this call rather than one loop
+        iteration later in the Ready loop (~30 µs on the path of every such write;
+        with an inline write and a lone voter the write is applied, and answered,
+        before `propose` returns). An error is the Ready loop's to raise (the node
+        fails), as if it had run there."""
+        self._proposed_now_this_iteration = True
+        self.counters.proposals_at_once += 1
+        asyncio.get_running_loop().call_soon(self._end_iteration)
+        try:
+            self._handle_now()
+        except Exception as error:
+            self._raise_in_loop(error)
+
+    def _end_iteration(self) -> None:
+        self._proposed_now_this_iteration = False
 
     def propose_membership(self, change: ConfChange) -> asyncio.Future[Entry]:
         """Propose a membership change now; raises `MembershipChangeRejected`/`NotLeader`."""
@@ -403,6 +448,7 @@ class RaftDriver:
         if not self._queued:
             return
         batch, self._queued = self._queued, []
+        self._batch_proposals_mean += (len(batch) - self._batch_proposals_mean) / BATCH_MEAN_WEIGHT
         if self.core.role is not Role.LEADER:
             self._fail_proposals(batch, NotAvailable("leadership changed; retry", retry_after_s=1))
             return
