@@ -58,6 +58,25 @@ async def stop_with_write_held(
     return raised.value
 
 
+def first_write_answer(
+    data_dir: Path, arm: Callable[[], None], write: Callable[[Node], Awaitable[NotAvailable]]
+) -> tuple[NotAvailable, int]:
+    """On a fresh node: `arm` the fault, let `write` make the first change and say
+    what it was answered; that answer, and the index the change had."""
+
+    async def scenario() -> tuple[NotAvailable, int]:
+        storage = Storage.open(data_dir)
+        node = await started(storage)
+        index = storage.last_index() + 1
+        arm()
+        try:
+            return await write(node), index
+        finally:
+            storage.close()
+
+    return asyncio.run(scenario())
+
+
 def served_after_restart(data_dir: Path, index: int) -> dict[str, object]:
     async def scenario() -> dict[str, object]:
         storage = Storage.open(data_dir)
@@ -112,18 +131,14 @@ def test_a_write_stored_but_not_applied_when_the_node_stops_is_told_it_was_store
 
     monkeypatch.setattr(Replica, "_apply", held_apply)
 
-    async def scenario() -> tuple[NotAvailable, int]:
-        storage = Storage.open(tmp_path / "d")
-        node = await started(storage)
-        index = storage.last_index() + 1
+    def hold_applies() -> None:
         hold["on"] = True
-        try:
-            answer = await stop_with_write_held(node, applying.wait, applied.set)
-        finally:
-            storage.close()
-        return answer, index
 
-    answer, index = asyncio.run(scenario())
+    answer, index = first_write_answer(
+        tmp_path / "d",
+        hold_applies,
+        lambda node: stop_with_write_held(node, applying.wait, applied.set),
+    )
     assert f"the write was stored as change {index}" in str(answer)
     assert served_after_restart(tmp_path / "d", index)["data"] == "in flight"
 
@@ -164,20 +179,16 @@ def test_a_write_whose_commit_failed_is_told_it_may_have_been_stored(
 
     monkeypatch.setattr(GroupTransaction, "commit", failing_commit)
 
-    async def scenario() -> tuple[NotAvailable, int]:
-        storage = Storage.open(tmp_path / "d")
-        node = await started(storage)
-        index = storage.last_index() + 1
+    def fail_commits() -> None:
         failing["on"] = True
-        try:
-            with pytest.raises(NotAvailable) as raised:
-                await node.append_change(parse_change_body(BODY), "key-1")
-            await node.close()
-        finally:
-            storage.close()
-        return raised.value, index
 
-    answer, index = asyncio.run(scenario())
+    async def write(node: Node) -> NotAvailable:
+        with pytest.raises(NotAvailable) as raised:
+            await node.append_change(parse_change_body(BODY), "key-1")
+        await node.close()
+        return raised.value
+
+    answer, index = first_write_answer(tmp_path / "d", fail_commits, write)
     assert "the write may have been stored" in str(answer)
     assert "not stored" not in str(answer)
     failing["on"] = False
