@@ -107,6 +107,8 @@ def test_a_write_whose_commit_was_in_the_writer_thread_is_told_it_was_stored(
         finally:
             commits.release()
             commits.storage.close()
+        # Committed, only unanswered: not counted among the proposals that failed.
+        assert node.replica.counters.proposals_failed == 0
         return answer, last_index + 1
 
     answer, index = asyncio.run(scenario())

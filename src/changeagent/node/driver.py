@@ -635,13 +635,15 @@ class RaftDriver:
             known_through, unknown_through = stored_through, self._persisting_through
         for proposal in proposed:
             if proposal.index <= known_through:
-                error = NotAvailable(
+                stored = NotAvailable(
                     f"{reason}: the write was stored as change {proposal.index} and is "
                     "served once this node runs again; do not send it again (with the "
                     "same Idempotency-Key, a retry gets its answer)",
                     retry_after_s=1,
                 )
-            elif proposal.index <= unknown_through:
+                _reject([proposal], stored)  # committed: not a failed proposal
+                continue
+            if proposal.index <= unknown_through:
                 error = NotAvailable(
                     f"{reason}: the write may have been stored; retry with the same "
                     "Idempotency-Key to get it exactly once",
