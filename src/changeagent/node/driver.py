@@ -59,13 +59,7 @@ from changeagent.raft import (
     Role,
     Snapshot,
 )
-from changeagent.storage import (
-    Storage,
-    StorageBusy,
-    StorageError,
-    StorageFailed,
-    WriteBatch,
-)
+from changeagent.storage import Storage, StorageBusy, StorageError, StorageFailed, WriteBatch
 
 log = logging.getLogger(__name__)
 
@@ -545,12 +539,11 @@ class RaftDriver:
         self._persisting_through = step.entries[-1].index if step.entries else 0
         try:
             sent = await self.storage.write(batch, now_if_idle=True, on_durable=early)
-        except StorageFailed as error:
-            if not error.maybe_written:  # else its COMMIT failed: it may be on disk
+        except Exception as error:
+            # Refused or rolled back: not stored; unless its COMMIT itself failed,
+            # when it may be on disk (`StorageFailed.maybe_written`).
+            if not (isinstance(error, StorageFailed) and error.maybe_written):
                 self._persisting_through = 0
-            raise
-        except Exception:
-            self._persisting_through = 0  # refused: not stored
             raise
         # (Cancelled, the batch is still the writer thread's: the mark stays.)
         self._persisting_through = 0
