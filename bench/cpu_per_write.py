@@ -10,27 +10,43 @@ the network and the disk do.
     python -m bench.cpu_per_write                         # changeagent and etcd, 3 members
     python -m bench.cpu_per_write --systems changeagent --members 1 --writes 5000
     python -m bench.cpu_per_write --via-follower          # 3 members, posted to a follower
+    python -m bench.cpu_per_write --no-fsync              # the software path alone
 
-What it showed is in docs/BENCHMARKS.md, "Where a 1-client write's time goes".
+`--no-fsync` measures the software path alone (sockets, parsing, Raft, the storage's
+work but its fsync): changeagent's members run with SQLite's `synchronous=OFF` (this
+module's `serve-no-fsync` entry sets it before the server starts, and each member
+leaves a mark that it did, which the run checks), etcd with `--unsafe-no-fsync`.
+Neither is durable so: a measurement, never a way to run.
+
+What it showed is in docs/BENCHMARKS.md, "Where a 1-client write's time goes" and
+"Issue 15: the fsync at one client's rhythm".
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import statistics
 import sys
+import tempfile
 import time
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 import psutil
 
 from bench import procs
-from bench.procs import PROCESSES
+from bench.procs import PROCESSES, BenchError
 from bench.systems import SYSTEMS
 from bench.systems.base import System
+from bench.systems.changeagent import variant
+from bench.systems.etcd import Etcd
 
 BUSY_US_MIN = 5.0  # threads below this per write are left out of the listing
+REPO = Path(__file__).resolve().parents[1]
+MARKS_VARIABLE = "CPU_PER_WRITE_NO_FSYNC_MARKS"  # where each member marks it has no fsync
 
 
 @dataclass
@@ -62,14 +78,65 @@ async def write_one_at_a_time(
     return latencies
 
 
-def _measure(name: str, members: int, writes: int, warmup: int, via_follower: bool) -> list[str]:
-    system = SYSTEMS[name](PROCESSES, members)
+# ------------------------------------------------------------------ without fsync
+
+
+def serve_no_fsync(argv: list[str]) -> int:
+    """A changeagent member whose storage does not fsync: SQLite's `synchronous`
+    is OFF for the writing connection. Raises if the storage no longer sets it
+    where this expects (a renamed setting must fail this tool, not go unpatched)."""
+    from changeagent.cli.main import main as changeagent_main
+    from changeagent.storage import schema
+
+    pragmas: dict[str, Any] = schema._WRITER_PRAGMAS
+    if pragmas.get("synchronous") != "FULL":
+        raise RuntimeError("the storage's writer pragmas changed: update serve_no_fsync")
+    pragmas["synchronous"] = "OFF"
+    (Path(os.environ[MARKS_VARIABLE]) / str(os.getpid())).write_text("synchronous=OFF")
+    return int(changeagent_main(argv) or 0)
+
+
+class EtcdNoFsync(Etcd):
+    """etcd with `--unsafe-no-fsync`."""
+
+    def _argv(self, *arguments: Any) -> list[str]:
+        return [*super()._argv(*arguments), "--unsafe-no-fsync"]
+
+
+def _system_class(name: str, no_fsync: bool) -> type[System]:
+    if not no_fsync:
+        return SYSTEMS[name]
+    if name == "changeagent":
+        return variant("changeagent", [sys.executable, "-m", "bench.cpu_per_write",
+                                       "serve-no-fsync"])
+    if name == "etcd":
+        return EtcdNoFsync
+    raise BenchError(f"--no-fsync knows changeagent and etcd, not {name}")
+
+
+def _check_marks(name: str, pids: list[int]) -> None:
+    """Every changeagent member ran without fsync (its mark is there)."""
+    if name != "changeagent":
+        return
+    marked = {int(path.name) for path in Path(os.environ[MARKS_VARIABLE]).iterdir()}
+    if not set(pids) <= marked:
+        raise BenchError(f"members {sorted(set(pids) - marked)} ran with fsync")
+
+
+# ------------------------------------------------------------------ measuring
+
+
+def _measure(name: str, members: int, writes: int, warmup: int, via_follower: bool,
+             no_fsync: bool = False) -> list[str]:
+    system = _system_class(name, no_fsync)(PROCESSES, members)
     system.start()
     try:
         leader = system.leader_index() if members > 1 else 0
         member = system.follower_index() if via_follower else None
         asyncio.run(write_one_at_a_time(system, warmup, 0, member))
         pids = system.pids()
+        if no_fsync:
+            _check_marks(name, pids)
         before = _sample(pids)
         latencies = asyncio.run(write_one_at_a_time(system, writes, warmup, member))
         after = _sample(pids)
@@ -77,7 +144,8 @@ def _measure(name: str, members: int, writes: int, warmup: int, via_follower: bo
         system.stop()
     spent = zip(after.process_s, before.process_s, strict=True)
     per_write = [(a - b) * 1e6 / writes for a, b in spent]
-    lines = [f"{name}: p50 {statistics.median(latencies) * 1000:.3f} ms, CPU per write "
+    label = f"{name}, without fsync" if no_fsync else name
+    lines = [f"{label}: p50 {statistics.median(latencies) * 1000:.3f} ms, CPU per write "
              f"{sum(per_write):.0f} us in all"]
     for index, pid in enumerate(pids):
         role = "leader" if index == leader else "follower"
@@ -97,6 +165,9 @@ def _measure(name: str, members: int, writes: int, warmup: int, via_follower: bo
 
 
 def main(argv: list[str] | None = None) -> int:
+    arguments_given = sys.argv[1:] if argv is None else argv
+    if arguments_given[:1] == ["serve-no-fsync"]:
+        return serve_no_fsync(arguments_given[1:])
     parser = argparse.ArgumentParser(prog="python -m bench.cpu_per_write", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--systems", default="changeagent,etcd")
@@ -107,7 +178,10 @@ def main(argv: list[str] | None = None) -> int:
                         help="measure each system this many times, in turn")
     parser.add_argument("--via-follower", action="store_true",
                         help="post every write to a follower (3 members): the forwarded path")
-    arguments = parser.parse_args(argv)
+    parser.add_argument("--no-fsync", action="store_true",
+                        help="the software path alone: changeagent without SQLite's fsync, "
+                             "etcd with --unsafe-no-fsync (not durable: a measurement)")
+    arguments = parser.parse_args(arguments_given)
     if arguments.via_follower and arguments.members == 1:
         parser.error("--via-follower needs --members 3")
     names = [name for name in arguments.systems.split(",") if name]
@@ -115,10 +189,20 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         print(f"unknown systems: {', '.join(unknown)}", file=sys.stderr)
         return 2
-    procs.measure_in_turn(
-        names, arguments.rounds, lambda name: SYSTEMS[name].missing_reason(),
-        lambda name: "\n".join(_measure(name, arguments.members, arguments.writes,
-                                        arguments.warmup, arguments.via_follower)))
+    if arguments.no_fsync:
+        unknown = [name for name in names if name not in ("changeagent", "etcd")]
+        if unknown:
+            parser.error(f"--no-fsync knows changeagent and etcd, not {', '.join(unknown)}")
+    with tempfile.TemporaryDirectory(prefix="cpu-per-write-") as marks:
+        # The members run this module (`serve-no-fsync`): from this tree, marking here.
+        os.environ[MARKS_VARIABLE] = marks
+        os.environ["PYTHONPATH"] = os.pathsep.join(
+            [str(REPO), *filter(None, [os.environ.get("PYTHONPATH")])])
+        procs.measure_in_turn(
+            names, arguments.rounds, lambda name: SYSTEMS[name].missing_reason(),
+            lambda name: "\n".join(_measure(name, arguments.members, arguments.writes,
+                                            arguments.warmup, arguments.via_follower,
+                                            arguments.no_fsync)))
     return 0
 
 
