@@ -103,15 +103,15 @@ class EtcdNoFsync(Etcd):
         return [*super()._argv(*arguments), "--unsafe-no-fsync"]
 
 
+NO_FSYNC_SYSTEMS: dict[str, type[System]] = {
+    "changeagent": variant("changeagent", [sys.executable, "-m", "bench.cpu_per_write",
+                                           "serve-no-fsync"]),
+    "etcd": EtcdNoFsync,
+}
+
+
 def _system_class(name: str, no_fsync: bool) -> type[System]:
-    if not no_fsync:
-        return SYSTEMS[name]
-    if name == "changeagent":
-        return variant("changeagent", [sys.executable, "-m", "bench.cpu_per_write",
-                                       "serve-no-fsync"])
-    if name == "etcd":
-        return EtcdNoFsync
-    raise BenchError(f"--no-fsync knows changeagent and etcd, not {name}")
+    return NO_FSYNC_SYSTEMS[name] if no_fsync else SYSTEMS[name]
 
 
 def _check_marks(name: str, pids: list[int]) -> None:
@@ -190,7 +190,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"unknown systems: {', '.join(unknown)}", file=sys.stderr)
         return 2
     if arguments.no_fsync:
-        unknown = [name for name in names if name not in ("changeagent", "etcd")]
+        unknown = [name for name in names if name not in NO_FSYNC_SYSTEMS]
         if unknown:
             parser.error(f"--no-fsync knows changeagent and etcd, not {', '.join(unknown)}")
     with tempfile.TemporaryDirectory(prefix="cpu-per-write-") as marks:
