@@ -65,24 +65,33 @@ class ChangeLog:
             return entry.data
         _check_fits(change, self.limits.entry_bytes_max)  # before it travels to the leader
         timeout_s = self.limits.commit_timeout_s
+        answered: list[bytes] = []  # the stored change, once `on_applied` had it
         index = await replica.leader.forward_change(
-            change, key, timeout_s, self._answer_watch(on_applied)
+            change, key, timeout_s, self._answer_watch(on_applied, answered)
         )
         await replica.wait_applied(index, timeout_s)
-        return self._stored_answer(index)
+        return answered[0] if answered else self._stored_answer(index)
 
-    def _answer_watch(self, on_applied: OnApplied | None) -> Callable[[int], None] | None:
+    def _answer_watch(
+        self, on_applied: OnApplied | None, answered: list[bytes]
+    ) -> Callable[[int], None] | None:
         """For a forwarded write: as the leader's answer (the index, committed) is read,
-        have `on_applied` called with the stored change once this node applies it.
-        Registered then, not when this coroutine resumes a few loop iterations later:
-        the commit notice that lets this node apply it comes right behind the answer,
-        and its apply would otherwise come first, leaving the answer to the handler."""
+        have `on_applied` called with the stored change once this node applies it
+        (kept in `answered`: not read again for the return). Registered then, not
+        when this coroutine resumes a few loop iterations later: the commit notice
+        that lets this node apply it comes right behind the answer, and its apply
+        would otherwise come first, leaving the answer to the handler."""
         if on_applied is None:
             return None
         applied = self._replica.applied
 
+        def answer(index: int) -> None:
+            stored = self._stored_answer(index)
+            answered.append(stored)
+            on_applied(Entry(index, 0, 0, stored))
+
         def watch(index: int) -> None:
-            applied.watch(index, lambda: on_applied(Entry(index, 0, 0, self._stored_answer(index))))
+            applied.watch(index, lambda: answer(index))
 
         return watch
 

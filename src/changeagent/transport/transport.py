@@ -16,7 +16,7 @@ import logging
 import random
 import time
 from collections.abc import Awaitable, Callable, Coroutine
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any, TypeVar, cast
 
 from changeagent.eager import start_now
@@ -780,8 +780,11 @@ class Transport:
         identity = connection.identity
         early = _EarlyReply(self, connection, request)
         context = RequestContext(identity.node_id, identity.member, identity.address, early)
+        reply: Reply | None = None
         try:
-            reply = _addressed(request, await self._on_request(context, request))
+            answer = await self._on_request(context, request)
+            if not early.sent:  # else answered already: `answer` goes nowhere
+                reply = _addressed(request, answer)
         except RequestFailed as failure:
             reply = _error_reply(request, failure.code, failure.message)
         except Exception:
@@ -791,7 +794,7 @@ class Transport:
             reply = _error_reply(request, ERROR_INTERNAL, "the request failed on the receiver")
         finally:
             connection.requests_in_flight -= 1
-        if not early.sent:
+        if reply is not None and not early.sent:
             early.closed = True  # a late `reply_now` (the handler gave up first) is dropped
             await self._send_reply(connection, reply)
 
@@ -989,10 +992,19 @@ _REPLY_TYPES: dict[type[Request], type[Reply]] = {
 
 
 def _addressed(request: Request, reply: Reply) -> Reply:
-    """`reply`, checked to be the kind `request` takes, with its request id."""
+    """`reply`, checked to be the kind `request` takes, with its request id. Built
+    directly: `dataclasses.replace` took ~4 % of a leader's CPU with 16 writers
+    through a follower (it looks up the fields on every call)."""
     if not isinstance(reply, _REPLY_TYPES[type(request)]):
         raise TypeError(f"on_request answered a {type(request).__name__} with {reply!r}")
-    return replace(reply, request_id=request.request_id)
+    request_id = request.request_id
+    if reply.request_id == request_id:
+        return reply
+    if isinstance(reply, ProposalReply):
+        return ProposalReply(request_id, reply.index, reply.error_code, reply.error_message)
+    if isinstance(reply, ReadIndexReply):
+        return ReadIndexReply(request_id, reply.index, reply.error_code, reply.error_message)
+    return RpcResponse(request_id, reply.payload, reply.error_code, reply.error_message)
 
 
 def _error_reply(request: Request, code: str, message: str) -> Reply:
