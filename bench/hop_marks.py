@@ -12,7 +12,10 @@ marks to a file, and this prints:
   to, for each mark seen in most writes (`name/x`: the wrapped call returned);
 - where the leader was when each write's first acknowledgement was written (idle,
   inside its own COMMIT, ...) and how long it took to read it from there;
-- what the member posted to did between an answer and the next request.
+- what the member posted to did between an answer and the next request;
+- when each write was durable on each member (its COMMIT returned), each member's
+  fsync and how often it was the last of the three, and how long after the second
+  COMMIT (the quorum's: the commit) the answer came.
 
     python -m bench.hop_marks                  # posted to the leader
     python -m bench.hop_marks --via-follower   # posted to a follower
@@ -257,6 +260,60 @@ def leader_at_first_ack(marks: dict[int, Marks], leader: int) -> list[str]:
     ]
 
 
+def durability(marks: dict[int, Marks], posted_to: int, roles: dict[int, str]) -> list[str]:
+    """Per write (from its request to its answer at `posted_to`): when each member's
+    COMMIT returned (its copy durable), when the second of them did (the quorum held
+    it: committed, on three members), and how long after that the answer came; each
+    member's fsync (COMMIT to its return), and how often each was the last of three."""
+    starts = request_starts(marks[posted_to])
+    answered = [at for at, name in marks[posted_to] if name == "answer/x"]
+    pids = sorted(marks)
+    begun = {pid: [at for at, name in marks[pid] if name == "commit"] for pid in pids}
+    ended = {pid: [at for at, name in marks[pid] if name == "commit/x"] for pid in pids}
+    durable: dict[int, list[float]] = {pid: [] for pid in pids}
+    fsyncs: dict[int, list[float]] = {pid: [] for pid in pids}
+    last: collections.Counter[int] = collections.Counter()
+    after_quorum: list[float] = []
+    for start in starts:
+        following = bisect.bisect_left(answered, start)
+        if following >= len(answered):
+            break
+        answer = answered[following]
+        returned = {}
+        for pid in pids:
+            position = bisect.bisect_left(ended[pid], start)
+            if position < len(ended[pid]) and ended[pid][position] <= start + WINDOW_NS:
+                returned[pid] = ended[pid][position]
+                began = bisect.bisect_right(begun[pid], returned[pid]) - 1
+                if began >= 0 and begun[pid][began] >= start:
+                    fsyncs[pid].append((returned[pid] - begun[pid][began]) / 1e3)
+        if len(returned) != len(pids) or len(pids) < 3:
+            continue
+        for pid, at in returned.items():
+            durable[pid].append((at - start) / 1e3)
+        order = sorted(returned, key=returned.__getitem__)
+        last[order[-1]] += 1
+        after_quorum.append((answer - returned[order[1]]) / 1e3)
+    if not after_quorum:
+        return []
+    writes = len(after_quorum)
+    lines = []
+    for pid in pids:
+        if not fsyncs[pid]:
+            continue
+        commit_p50, commit_mean = statistics.median(fsyncs[pid]), statistics.mean(fsyncs[pid])
+        lines.append(
+            f"  {roles[pid]:24s} COMMIT returned {statistics.median(durable[pid]):7.1f} µs; "
+            f"COMMIT p50 {commit_p50:6.1f}, mean {commit_mean:6.1f}; "
+            f"last of three in {last[pid] / writes * 100:4.1f} %"
+        )
+    lines.append(
+        f"  the answer came {statistics.median(after_quorum):.1f} µs after the second COMMIT "
+        f"returned (median of {writes} writes)"
+    )
+    return lines
+
+
 def _acknowledgements(found: Marks) -> list[int]:
     acks, persisted = [], False
     for at, name in found:
@@ -357,6 +414,8 @@ def measure(writes: int, warmup: int, via_follower: bool, client: str = "asyncio
         *leader_at_first_ack(marks, pids[leader]),
         f"{roles[pids[member]]} between an answer and the next request:",
         *after_answer(marks[pids[member]]),
+        "each write durable on each member, µs after its request (medians):",
+        *durability(marks, pids[member], roles),
     ]
 
 

@@ -13,6 +13,7 @@ import pytest
 from bench.hop_marks import (
     PATCH_POINTS,
     after_answer,
+    durability,
     install,
     leader_at_first_ack,
     request_starts,
@@ -65,6 +66,33 @@ def test_the_analysis_reads_marks_of_three_processes() -> None:
     assert state.split() == ["commit", "100.0", "%", "read", "after", "0.1", "µs"]
 
 
+def test_when_each_write_was_durable_and_how_long_after_the_commit_it_was_answered() -> None:
+    # Two writes posted to the leader (1). The first: the followers' COMMITs return
+    # at 300 and 500 µs, the leader's at 400 (the second: the commit), the answer at
+    # 600. The second: followers at 250 and 350 (the commit), the leader last at 700,
+    # the answer at 900.
+    marks = {
+        1: [(0, "http_rx"), (100_000, "commit"), (400_000, "commit/x"), (600_000, "answer/x"),
+            (1_000_000, "http_rx"), (1_100_000, "commit"), (1_700_000, "commit/x"),
+            (1_900_000, "answer/x")],
+        2: [(150_000, "commit"), (300_000, "commit/x"),
+            (1_150_000, "commit"), (1_250_000, "commit/x")],
+        3: [(200_000, "commit"), (500_000, "commit/x"),
+            (1_200_000, "commit"), (1_350_000, "commit/x")],
+    }  # fmt: skip
+    roles = {1: "leader", 2: "follower 1", 3: "follower 2"}
+    leader, first, second, answered = durability(marks, 1, roles)
+    assert leader.split() == [
+        "leader", "COMMIT", "returned", "550.0", "µs;", "COMMIT", "p50", "450.0,", "mean",
+        "450.0;", "last", "of", "three", "in", "50.0", "%",
+    ]  # fmt: skip
+    assert "returned   275.0 µs; COMMIT p50  125.0, mean  125.0; last of three in  0.0 %" in first
+    assert "returned   425.0 µs; COMMIT p50  225.0, mean  225.0; last of three in 50.0 %" in second
+    assert answered.split()[3:5] == ["375.0", "µs"]  # the median of 200 and 550
+    assert answered.endswith("(median of 2 writes)")
+    assert durability({1: marks[1]}, 1, roles) == []  # one member: no quorum to find
+
+
 def test_a_write_starts_at_its_requests_bytes_not_at_the_body_read() -> None:
     # aiohttp calls data_received(b"") when the handler reads the body: the second
     # http_rx of a write is no new write, and the next one starts after the answer.
@@ -107,6 +135,9 @@ def test_hop_marks_prints_a_timeline_and_the_leaders_state(client: str, count: l
     for hop in ("leader       http_rx#1", "leader       commit/x#1", "leader       answer/x#1"):
         assert hop in output, output
     assert re.search(r"follower \d\s+commit/x#1", output), output
+    answered = re.search(r"the answer came ([\d.]+) µs after the second COMMIT", output)
+    assert answered is not None and float(answered[1]) > 0, output
+    assert len(re.findall(r"COMMIT returned .* last of three in", output)) == 3, output
     states = re.findall(r"^  (\S+)\s+([\d.]+) %\s+read after\s+[\d.]+ µs$", output, re.M)
     shares = [float(share) for _, share in states]
     assert shares and all(share > 0 for share in shares) and sum(shares) <= 100.1, output
