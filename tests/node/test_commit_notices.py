@@ -5,11 +5,9 @@ or read index is answered."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import dataclasses
 import random
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -214,12 +212,6 @@ class FakeReplica:
         self.events.append(f"take {peer}")
         return f"notice for {peer}"
 
-    @contextlib.contextmanager
-    def holding_writes(self) -> Iterator[None]:
-        self.events.append("hold")
-        yield
-        self.events.append("held written")
-
     def send_message(self, message: Any) -> None:
         self.events.append(f"sent {message}")
 
@@ -269,65 +261,14 @@ def test_peer_requests_release_the_notice_with_the_answer() -> None:
         # a new change: answered from its on_applied with the notice (the asking
         # member waits with its client's answer ready, written when it applies);
         # a notice held again by the time the handler returns goes too
-        "committed", "hold", "take 7", "answered early: 9 with notice for 7", "held written",
+        "committed", "take 7", "answered early: 9 with notice for 7",
         "take 7", "along notice for 7",
         # a keyed one and a read index: answered when the handler returns, at once
         "committed", "take 7", "answered early: 9 with notice for 7",
         "read index", "take 7", "answered early: 9 with notice for 7",
         # a busy connection: the notice goes at once, the answer as the handler returns
-        "committed", "hold", "take 7", "sent notice for 7", "held written",
-        "take 7", "sent notice for 7",
+        "committed", "take 7", "sent notice for 7", "take 7", "sent notice for 7",
     ]  # fmt: skip
-
-
-class BatchingReplica(FakeReplica):
-    """As the driver: `after_send` callbacks run once the apply step has applied
-    every entry of its Ready."""
-
-    def __init__(self, events: list[str]) -> None:
-        super().__init__(events)
-        self.callbacks: list[Any] = []
-
-    def after_send(self, callback: Any) -> None:
-        self.callbacks.append(callback)
-
-    def run_after_send(self) -> None:
-        callbacks, self.callbacks = self.callbacks, []
-        for callback in callbacks:
-            callback()
-
-
-def test_answers_applied_together_go_in_one_write_each_notice_last() -> None:
-    """The writes of one apply step are answered by one after-send callback, under
-    one hold (one write per asking member): a member's answers in order, the notice
-    held for it with its last answer, so it has every index before it applies."""
-    events: list[str] = []
-    replica = BatchingReplica(events)
-    requests = PeerRequests(replica, None, None, None)  # type: ignore[arg-type]
-
-    def context(peer: int) -> RequestContext:
-        def reply_now(reply: Any, along: Any) -> bool:
-            events.append(f"to {peer}: {reply.index} with {along}")
-            return True
-
-        return RequestContext(peer_id=peer, member=True, address="127.0.0.1:1", reply_now=reply_now)
-
-    for peer, index in ((7, 10), (8, 11), (7, 12)):
-        requests._queue_answer(context(peer), ProposalReply(0, index=index))
-    assert len(replica.callbacks) == 1  # one callback for the whole step
-    replica.run_after_send()
-    assert events == [
-        "hold",
-        "to 7: 10 with None",
-        "take 8", "to 8: 11 with notice for 8",
-        "take 7", "to 7: 12 with notice for 7",
-        "held written",
-    ]  # fmt: skip
-    events.clear()
-    requests._queue_answer(context(8), ProposalReply(0, index=13))  # the next step's
-    assert len(replica.callbacks) == 1
-    replica.run_after_send()
-    assert events == ["hold", "take 8", "to 8: 13 with notice for 8", "held written"]
 
 
 def test_after_send_runs_once_the_messages_after_the_apply_are_routed(tmp_path: Path) -> None:

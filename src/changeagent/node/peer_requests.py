@@ -47,7 +47,6 @@ class PeerRequests:
         self._changes = changes
         self._membership = membership
         self._seeds = seeds
-        self._answers: list[tuple[RequestContext, Reply]] = []  # see `_queue_answer`
 
     async def on_request(self, context: RequestContext, request: Request) -> Reply:
         """Answer a forwarded write, read index or RPC (see transport's `on_request`)."""
@@ -82,7 +81,8 @@ class PeerRequests:
                 # asker is held, and goes in the same write. The asking member then
                 # waits for the index with its client's answer ready, and writes it
                 # from the apply step the notice causes, ahead of its acknowledgement.
-                self._queue_answer(context, ProposalReply(0, index=entry.index))
+                reply = ProposalReply(0, index=entry.index)
+                self._replica.after_send(lambda: self._answer_with_notice(context, reply))
 
             # Up to its first suspension this runs in the transport's read of the
             # frame, with no task of its own (see `Transport`): nothing before the
@@ -101,29 +101,6 @@ class PeerRequests:
         if request.method in SEED_METHODS:  # to a joined node, from the leader adding it
             return RpcResponse(0, await self._seeds.handle(request.method, request.payload))
         return RpcResponse(0, await self._rpc(request.method, request.payload))
-
-    def _queue_answer(self, context: RequestContext, reply: Reply) -> None:
-        """Answer once this Ready's messages are routed, with the others of its apply
-        step (`_answer_queued`)."""
-        first = not self._answers
-        self._answers.append((context, reply))
-        if first:
-            self._replica.after_send(self._answer_queued)
-
-    def _answer_queued(self) -> None:
-        """The answers an apply step queued, in one write per asking member
-        (`Replica.holding_writes`; with 16 writers through a follower a leader applies
-        about five at a time): each member's answers in order, then the commit notice
-        held for it, which lets it apply them all (it waits for each index with its
-        client's answer ready, so the answers go first)."""
-        answers, self._answers = self._answers, []
-        last = {context.peer_id: position for position, (context, _) in enumerate(answers)}
-        with self._replica.holding_writes():
-            for position, (context, reply) in enumerate(answers):
-                if last[context.peer_id] == position:
-                    self._answer_with_notice(context, reply)
-                else:
-                    context.reply_now(reply, None)  # if not now, as the handler returns
 
     def _answer_with_notice(self, context: RequestContext, reply: Reply) -> None:
         """Write `reply` now, the commit notice held for the asker in the same write

@@ -314,13 +314,6 @@ class Replica:
         else:
             callback()
 
-    def holding_writes(self) -> contextlib.AbstractContextManager[None]:
-        """A block whose peer writes go out as it ends, one write per connection
-        (`Transport.holding_writes`; no holding without a transport)."""
-        if self.transport is None:
-            return contextlib.nullcontext()
-        return self.transport.holding_writes()
-
     def take_commit_notice(self, peer: int) -> Message | None:
         """The commit notice held for `peer`, to send along with an answer to it."""
         return self.driver.take_commit_notice(peer) if self.driver is not None else None

@@ -56,7 +56,6 @@ from changeagent.transport.frames import (
 )
 from changeagent.transport.link import Backoff, LinkCounters, Outgoing, PeerStats, SendQueue
 from changeagent.transport.streams import ConnectionClosed, Dialer, FrameStream
-from changeagent.transport.write_hold import WriteHold
 
 logger = logging.getLogger("changeagent.transport")
 
@@ -110,12 +109,9 @@ class TransportStats:
 class Connection:
     """One authenticated connection; writes are serialized by a lock."""
 
-    def __init__(
-        self, stream: FrameStream, identity: PeerIdentity, hold: WriteHold | None = None
-    ) -> None:
+    def __init__(self, stream: FrameStream, identity: PeerIdentity) -> None:
         self.stream = stream
         self.identity = identity
-        self._hold = hold  # the transport's: `send_now` in its block is held
         self.closed = False
         self.requests_in_flight = 0
         self.idle_timeout = False  # closed for receiving nothing in the read timeout
@@ -142,22 +138,7 @@ class Connection:
         """Write at once, in this call (only when `idle()`); raises `ConnectionClosed`.
         The rare write that must wait for the socket's buffer to drain finishes in a
         task that `send` waits for, so frames stay in order; `on_failure` is called
-        if that task fails. Inside the transport's `holding` block the bodies are
-        kept and written as it ends, with the others written to this connection in it
-        (`write_hold.py`): a failure then calls `on_failure`."""
-        hold = self._hold
-        if hold is not None and hold.take(self, bodies, on_failure):
-            return
-        self._write_now(bodies, on_failure)
-
-    def release(self, bodies: list[bytes], on_failure: Callable[[], None]) -> None:
-        """The bodies a `holding` block kept for this connection, written now."""
-        try:
-            self._write_now(bodies, on_failure)
-        except ConnectionClosed:
-            on_failure()
-
-    def _write_now(self, bodies: list[bytes], on_failure: Callable[[], None]) -> None:
+        if that task fails."""
         flushing = start_now(self.stream.write_bodies(bodies))
         if flushing is not None:
             self._flushing = flushing
@@ -244,7 +225,6 @@ class Transport:
         self._rng = rng or random.Random()
         self._links: dict[int, _Link] = {}
         self._pending: dict[int, _Pending] = {}
-        self._hold = WriteHold()
         self._request_ids = itertools.count(1)
         self._connections: set[Connection] = set()
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -283,11 +263,6 @@ class Transport:
                     self._close_soon(connection)
 
     # ------------------------------------------------------------ outbound
-
-    def holding_writes(self) -> contextlib.AbstractContextManager[None]:
-        """A block whose immediate writes (`send` on an idle link, early replies) go
-        out as it ends, one write per connection (see `write_hold.py`)."""
-        return self._hold.holding()
 
     def send(self, peer_id: int, message: Message) -> None:
         """Queue a Raft message; never blocks. When the queue is full the oldest
@@ -477,7 +452,7 @@ class Transport:
             logger.warning("refused a connection from %s: %s", stream.remote_address, error)
             await stream.close()
             return None
-        connection = Connection(stream, identity, self._hold)
+        connection = Connection(stream, identity)
         self._connections.add(connection)
         if identity.member and identity.link:
             link = self._link(identity.node_id)
@@ -599,7 +574,7 @@ class Transport:
         except BaseException:
             await stream.close()
             raise
-        connection = Connection(stream, identity, self._hold)
+        connection = Connection(stream, identity)
         self._connections.add(connection)
         return connection
 
