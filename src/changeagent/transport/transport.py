@@ -993,8 +993,9 @@ _REPLY_TYPES: dict[type[Request], type[Reply]] = {
 
 def _addressed(request: Request, reply: Reply) -> Reply:
     """`reply`, checked to be the kind `request` takes, with its request id. Built
-    directly: `dataclasses.replace` took ~4 % of a leader's CPU with 16 writers
-    through a follower (it looks up the fields on every call)."""
+    directly, not with `dataclasses.replace` (which looks up the fields on every call):
+    with this and the reply no longer addressed when it is not sent, a leader's CPU
+    per write through a follower at 16 clients fell 4 % (docs/BENCHMARKS.md, issue 15)."""
     if not isinstance(reply, _REPLY_TYPES[type(request)]):
         raise TypeError(f"on_request answered a {type(request).__name__} with {reply!r}")
     request_id = request.request_id
