@@ -260,11 +260,17 @@ def leader_at_first_ack(marks: dict[int, Marks], leader: int) -> list[str]:
     ]
 
 
-def durability(marks: dict[int, Marks], posted_to: int, roles: dict[int, str]) -> list[str]:
+def durability(
+    marks: dict[int, Marks], posted_to: int, roles: dict[int, str], leader: int | None = None
+) -> list[str]:
     """Per write (from its request to its answer at `posted_to`): when each member's
     COMMIT returned (its copy durable), when the second of them did (the quorum held
     it: committed, on three members), and how long after that the answer came; each
-    member's fsync (COMMIT to its return), and how often each was the last of three."""
+    member's fsync (COMMIT to its return), and how often each was the last of three.
+    Posted to a follower (`leader` given, another member): also how long after both
+    it and the leader held the write the answer came, and how often the leader's
+    COMMIT returned first (what a follower that knew the leader's durability could
+    gain: with three voters the two are a quorum)."""
     starts = request_starts(marks[posted_to])
     answered = [at for at, name in marks[posted_to] if name == "answer/x"]
     pids = sorted(marks)
@@ -274,6 +280,8 @@ def durability(marks: dict[int, Marks], posted_to: int, roles: dict[int, str]) -
     fsyncs: dict[int, list[float]] = {pid: [] for pid in pids}
     last: collections.Counter[int] = collections.Counter()
     after_quorum: list[float] = []
+    after_both: list[float] = []
+    leader_first = 0
     for start in starts:
         following = bisect.bisect_left(answered, start)
         if following >= len(answered):
@@ -294,6 +302,9 @@ def durability(marks: dict[int, Marks], posted_to: int, roles: dict[int, str]) -
         order = sorted(returned, key=returned.__getitem__)
         last[order[-1]] += 1
         after_quorum.append((answer - returned[order[1]]) / 1e3)
+        if leader is not None and leader != posted_to:
+            after_both.append((answer - max(returned[leader], returned[posted_to])) / 1e3)
+            leader_first += returned[leader] < returned[posted_to]
     if not after_quorum:
         return []
     writes = len(after_quorum)
@@ -311,6 +322,12 @@ def durability(marks: dict[int, Marks], posted_to: int, roles: dict[int, str]) -
         f"  the answer came {statistics.median(after_quorum):.1f} µs after the second COMMIT "
         f"returned (median of {writes} writes)"
     )
+    if after_both:
+        lines.append(
+            f"  {statistics.median(after_both):.1f} µs after both the leader and the member "
+            f"posted to held it; the leader's COMMIT returned first in "
+            f"{leader_first / writes * 100:.1f} %"
+        )
     return lines
 
 
@@ -415,7 +432,7 @@ def measure(writes: int, warmup: int, via_follower: bool, client: str = "asyncio
         f"{roles[pids[member]]} between an answer and the next request:",
         *after_answer(marks[pids[member]]),
         "each write durable on each member, µs after its request (medians):",
-        *durability(marks, pids[member], roles),
+        *durability(marks, pids[member], roles, pids[leader]),
     ]
 
 

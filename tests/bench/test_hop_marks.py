@@ -91,6 +91,16 @@ def test_when_each_write_was_durable_and_how_long_after_the_commit_it_was_answer
     assert answered.split()[3:5] == ["375.0", "µs"]  # the median of 200 and 550
     assert answered.endswith("(median of 2 writes)")
     assert durability({1: marks[1]}, 1, roles) == []  # one member: no quorum to find
+    # The same writes as if posted to follower 2 (pid 3) with the leader at pid 1: its
+    # answer marks moved there. Both held the first write at 500 (answer 600: 100 after),
+    # the second at 700 (answer 900: 200 after); the leader was first in the first only.
+    via = {pid: [mark for mark in found if mark[1] not in ("http_rx", "answer/x")]
+           for pid, found in marks.items()}  # fmt: skip
+    via[3] = sorted(via[3] + [(0, "http_rx"), (600_000, "answer/x"),
+                              (1_000_000, "http_rx"), (1_900_000, "answer/x")])  # fmt: skip
+    *_, both = durability(via, 3, roles, leader=1)
+    assert both.split()[:2] == ["150.0", "µs"]  # the median of 100 and 200
+    assert both.endswith("returned first in 50.0 %")
 
 
 def test_a_write_starts_at_its_requests_bytes_not_at_the_body_read() -> None:
