@@ -45,7 +45,6 @@ from bench.systems.changeagent import variant
 from bench.systems.etcd import Etcd
 
 BUSY_US_MIN = 5.0  # threads below this per write are left out of the listing
-REPO = Path(__file__).resolve().parents[1]
 MARKS_VARIABLE = "CPU_PER_WRITE_NO_FSYNC_MARKS"  # where each member marks it has no fsync
 
 
@@ -196,8 +195,7 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="cpu-per-write-") as marks:
         # The members run this module (`serve-no-fsync`): from this tree, marking here.
         os.environ[MARKS_VARIABLE] = marks
-        os.environ["PYTHONPATH"] = os.pathsep.join(
-            [str(REPO), *filter(None, [os.environ.get("PYTHONPATH")])])
+        procs.members_import_this_tree()
         procs.measure_in_turn(
             names, arguments.rounds, lambda name: SYSTEMS[name].missing_reason(),
             lambda name: "\n".join(_measure(name, arguments.members, arguments.writes,

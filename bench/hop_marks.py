@@ -50,7 +50,6 @@ from bench.procs import LOOPBACK, PROCESSES
 from bench.systems.changeagent import ChangeAgent
 from bench.wrk import run_wrk
 
-REPO = Path(__file__).resolve().parents[1]
 DIR_VARIABLE = "HOP_MARKS_DIR"
 DUMP_POLL_S = 0.05
 DUMP_WAIT_S = 30.0
@@ -271,9 +270,11 @@ def durability(
     it and the leader held the write the answer came, and how often the leader's
     COMMIT returned first (what a follower that knew the leader's durability could
     gain: with three voters the two are a quorum)."""
+    pids = sorted(marks)
+    if len(pids) < 3:
+        return []  # no quorum to find
     starts = request_starts(marks[posted_to])
     answered = [at for at, name in marks[posted_to] if name == "answer/x"]
-    pids = sorted(marks)
     begun = {pid: [at for at, name in marks[pid] if name == "commit"] for pid in pids}
     ended = {pid: [at for at, name in marks[pid] if name == "commit/x"] for pid in pids}
     durable: dict[int, list[float]] = {pid: [] for pid in pids}
@@ -295,7 +296,7 @@ def durability(
                 began = bisect.bisect_right(begun[pid], returned[pid]) - 1
                 if began >= 0 and begun[pid][began] >= start:
                     fsyncs[pid].append((returned[pid] - begun[pid][began]) / 1e3)
-        if len(returned) != len(pids) or len(pids) < 3:
+        if len(returned) != len(pids):
             continue
         for pid, at in returned.items():
             durable[pid].append((at - start) / 1e3)
@@ -404,9 +405,7 @@ def measure(writes: int, warmup: int, via_follower: bool, client: str = "asyncio
         directory = Path(name)
         os.environ[DIR_VARIABLE] = str(directory)
         os.environ["CHANGEAGENT_CMD"] = f"{sys.executable} -m bench.hop_marks serve"
-        os.environ["PYTHONPATH"] = os.pathsep.join(
-            [str(REPO), *filter(None, [os.environ.get("PYTHONPATH")])]
-        )
+        procs.members_import_this_tree()
         system = ChangeAgent(PROCESSES, 3)
         system.start()
         try:

@@ -45,7 +45,6 @@ from changeagent.change import parse_change_body
 from changeagent.cli.main import main as changeagent_main
 from changeagent.eager import start_now
 
-REPO = Path(__file__).resolve().parents[1]
 PORT_FILE = "bare-http-port"  # in the member's data directory: "<bare port> <aiohttp port>"
 PORT_WAIT_S = 30.0
 _ERROR = (
@@ -154,9 +153,7 @@ def _extra_ports(data_dir: Path) -> tuple[int, int]:
 def measure(members: int, clients: list[int], rounds: int, seconds: float) -> list[str]:
     """wrk against the leader's API port and its bare port in turn; a line a level."""
     os.environ["CHANGEAGENT_CMD"] = f"{sys.executable} -m bench.http_layer serve"
-    os.environ["PYTHONPATH"] = os.pathsep.join(
-        [str(REPO), *filter(None, [os.environ.get("PYTHONPATH")])]
-    )
+    procs.members_import_this_tree()
     system = ChangeAgent(PROCESSES, members)
     system.start()
     try:

@@ -30,6 +30,7 @@ from pathlib import Path
 import psutil
 
 LOOPBACK = "127.0.0.1"
+REPO = Path(__file__).resolve().parents[1]
 STOP_GRACE_SECONDS = 10.0
 # A scenario's servers whose data is removed right after: SIGTERM, this long, then SIGKILL.
 # A healthy node stops in 0.01-0.2 s; a 3-member changeagent cluster stopped together
@@ -338,3 +339,11 @@ def env_without_proxies() -> dict[str, str]:
     for key in ("http_proxy", "https_proxy", "HTTP_PROXY", "HTTPS_PROXY", "all_proxy"):
         env.pop(key, None)
     return env
+
+
+def members_import_this_tree() -> None:
+    """Members started from now on find this tree's `bench` package first (their
+    command is a `python -m bench.…` entry that wraps changeagent's own main)."""
+    os.environ["PYTHONPATH"] = os.pathsep.join(
+        [str(REPO), *filter(None, [os.environ.get("PYTHONPATH")])]
+    )
