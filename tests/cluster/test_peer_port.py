@@ -26,7 +26,7 @@ from changeagent.transport import RpcRequest, RpcResponse, RpcValue
 from changeagent.transport.auth import Credentials, PeerIdentity, dial_handshake
 from changeagent.transport.codec import PREFIX, encode_prefixed
 from changeagent.transport.errors import FrameError, HandshakeError
-from changeagent.transport.frames import Hello
+from changeagent.transport.frames import PROTOCOL_VERSION, Hello
 from changeagent.transport.streams import (
     ConnectionClosed,
     Dialer,
@@ -121,7 +121,9 @@ def test_strangers_on_a_members_cluster_port_are_refused_and_logged(trio: Cluste
         ("frame cut off", PREFIX.pack(100) + b"x" * 10, "end of stream"),
         (
             "a HELLO that is not one",
-            encode_prefixed(Hello(1, cluster_id, TEST_NODE_ID, b"n" * 32, b"p" * 32)),
+            encode_prefixed(
+                Hello(PROTOCOL_VERSION, cluster_id, TEST_NODE_ID, b"n" * 32, b"p" * 32)
+            ),
             "failed to prove",
         ),
         ("wrong secret", (cluster_id, b"not the secret"), "failed to prove the cluster secret"),

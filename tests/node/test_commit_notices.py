@@ -198,8 +198,12 @@ def test_halting_drops_what_is_held(tmp_path: Path) -> None:
 
 
 class FakeReplica:
-    def __init__(self, events: list[str]) -> None:
+    def __init__(self, events: list[str], inferable: bool = False) -> None:
         self.events = events
+        self.inferable = inferable
+
+    def commit_inferable_by(self, peer: int) -> bool:
+        return self.inferable
 
     async def read_index(self) -> int:
         self.events.append("read index")
@@ -220,7 +224,12 @@ class FakeChanges:
     def __init__(self, events: list[str]) -> None:
         self.events = events
 
-    async def propose_change(self, change: Any, key: str, on_applied: Any = None) -> Entry:
+    async def propose_change(
+        self, change: Any, key: str = "", on_applied: Any = None, forwarded: Any = None
+    ) -> Entry:
+        if forwarded is not None:  # as the driver: once proposed, right after the APPENDs
+            self.events.append(f"proposed for {forwarded.peer}")
+            forwarded.on_indexed(9, 3)
         self.events.append("committed")
         entry = Entry(9, 3, 0, b"{}")
         if on_applied is not None and not key:  # as ChangeLog: a change with no key
@@ -268,6 +277,38 @@ def test_peer_requests_release_the_notice_with_the_answer() -> None:
         "read index", "take 7", "answered early: 9 with notice for 7",
         # a busy connection: the notice goes at once, the answer as the handler returns
         "committed", "take 7", "sent notice for 7", "take 7", "sent notice for 7",
+    ]  # fmt: skip
+
+
+def test_peer_requests_answer_a_follower_that_may_commit_itself_once_proposed() -> None:
+    """A follower that may commit a write itself (it and the leader are a quorum)
+    is told the index and term as soon as the write is proposed, with no notice
+    (the leader's DURABLE one follows its write); a keyed write is answered once
+    committed, as before."""
+    events: list[str] = []
+    replica = FakeReplica(events, inferable=True)
+    requests = PeerRequests(replica, FakeChanges(events), None, None)  # type: ignore[arg-type]
+    sent = [False]
+
+    def reply_now(reply: Any, along: Any) -> bool:
+        if not sent[0]:
+            events.append(f"answered early: {reply.index} term {reply.term} with {along}")
+            sent[0] = True
+        return sent[0]
+
+    context = RequestContext(peer_id=7, member=True, address="127.0.0.1:1", reply_now=reply_now)
+
+    async def scenario() -> None:
+        reply = await requests.on_request(context, Proposal(1, 0, b'{"data": 1}'))
+        assert reply == ProposalReply(0, index=9)  # committed: not sent (answered)
+        sent[0] = False
+        reply = await requests.on_request(context, Proposal(1, 0, b'{"data": 1}', key="k"))
+        assert reply == ProposalReply(0, index=9)
+
+    asyncio.run(scenario())
+    assert events == [
+        "proposed for 7", "answered early: 9 term 3 with None", "committed",
+        "committed", "take 7", "answered early: 9 term 0 with notice for 7",
     ]  # fmt: skip
 
 

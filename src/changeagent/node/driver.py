@@ -81,6 +81,17 @@ SendMessage = Callable[[Message], None]
 Spawn = Callable[[Coroutine[Any, Any, None], str], "asyncio.Task[None]"]
 
 
+@dataclass(frozen=True, slots=True)
+class Forwarded:
+    """A write that follower `peer` forwarded and that may commit there first
+    (`RaftNode.commit_inferable_by`): `on_indexed(index, term)` is called once it
+    is proposed, right after the Ready's APPENDs are sent, to tell it where its
+    write is; the leader's DURABLE notice follows its own write (`notify_durable`)."""
+
+    peer: int
+    on_indexed: Callable[[int, int], None]
+
+
 @dataclass(slots=True)
 class _Proposal:
     entry_type: int
@@ -90,6 +101,7 @@ class _Proposal:
     index: int = 0
     term: int = 0
     on_applied: OnApplied | None = None
+    forwarded: Forwarded | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -274,12 +286,17 @@ class RaftDriver:
         self._wakeup.set()
 
     def propose(
-        self, entry_type: int, build: Build, key: str = "", on_applied: OnApplied | None = None
+        self,
+        entry_type: int,
+        build: Build,
+        key: str = "",
+        on_applied: OnApplied | None = None,
+        forwarded: Forwarded | None = None,
     ) -> asyncio.Future[Entry]:
         """Queue one entry; the future gives it back once committed and applied here.
         `on_applied(entry)`, if given, is called in the same step, before the future's
         waiter resumes (two loop iterations later): the API writes the answer to a
-        write from there (`api/wire.py` `WriteDelivery`)."""
+        write from there (`api/wire.py` `WriteDelivery`). `forwarded`: see `Forwarded`."""
         self._check_running()
         if self.core.role is not Role.LEADER:
             raise NotAvailable("this node is not the leader", retry_after_s=1)
@@ -287,7 +304,9 @@ class RaftDriver:
             raise Overloaded("too many writes are waiting to commit; retry later")
         future: asyncio.Future[Entry] = asyncio.get_running_loop().create_future()
         queued = self._queued
-        queued.append(_Proposal(entry_type, build, key, future, on_applied=on_applied))
+        queued.append(
+            _Proposal(entry_type, build, key, future, on_applied=on_applied, forwarded=forwarded)
+        )
         if self._alone(queued):
             self._propose_now()
         else:
@@ -471,6 +490,15 @@ class RaftDriver:
         for index, (proposal, _) in zip(indices, fitting, strict=True):
             proposal.index, proposal.term = index, term
             self._proposed[index] = proposal
+            if proposal.forwarded is not None:
+                self._announce(proposal.forwarded, index, term)
+
+    def _announce(self, forwarded: Forwarded, index: int, term: int) -> None:
+        """Tell the asking follower its write's index once the APPENDs that carry it
+        are sent (`after_send`), and ask the core for its DURABLE notice."""
+        self.core.notify_durable(forwarded.peer)
+        on_indexed = forwarded.on_indexed
+        self.after_send(lambda: on_indexed(index, term))
 
     async def _handle(self, ready: Ready) -> None:
         """Execute the plan for `ready` (see `ready_plan`), then `advance`."""
@@ -725,4 +753,4 @@ class _SendWhenDurable:
             self.error = error
 
 
-__all__ = ["DriverHooks", "MembershipChangeRejected", "RaftDriver"]
+__all__ = ["DriverHooks", "Forwarded", "MembershipChangeRejected", "RaftDriver"]
