@@ -131,8 +131,10 @@ class ChangeLog:
     ) -> Entry:
         """On the leader (also for writes forwarded by followers): web hooks,
         propose, wait until committed and applied. See the module docstring.
-        `on_applied` and `forwarded` (`RaftDriver.propose`) are passed on for a
-        change with no key (see `append_change`)."""
+        `on_applied` (`RaftDriver.propose`) is passed on for a change with no key
+        (see `append_change`); `forwarded` for any change proposed anew (a key
+        already in the log, or claimed by an attempt in flight, is answered once
+        committed)."""
         await_commit = self._replica.await_commit
         if not key:
             return await await_commit(await self._proposal(change, "", on_applied, forwarded))
@@ -143,7 +145,7 @@ class ChangeLog:
         self._claims[key] = claim
         claim.add_done_callback(lambda _: self._release_claim(key, claim))
         try:
-            proposal = await self._claimed_proposal(change, key)
+            proposal = await self._claimed_proposal(change, key, forwarded)
         except BaseException as error:
             _fail_future(claim, error)
             raise
@@ -154,12 +156,14 @@ class ChangeLog:
         if self._claims.get(key) is claim:
             del self._claims[key]
 
-    async def _claimed_proposal(self, change: NewChange, key: str) -> asyncio.Future[Entry]:
+    async def _claimed_proposal(
+        self, change: NewChange, key: str, forwarded: Forwarded | None = None
+    ) -> asyncio.Future[Entry]:
         """The proposal for a claimed key: the stored entry when the key is already
         in the log, else a new proposal."""
         stored = await self._committed_on_leader(key)
         if stored is None:
-            return await self._proposal(change, key)
+            return await self._proposal(change, key, None, forwarded)
         done: asyncio.Future[Entry] = asyncio.get_running_loop().create_future()
         done.set_result(Entry(stored, 0, change.type, self._stored_answer(stored), key))
         return done

@@ -74,7 +74,7 @@ class PeerRequests:
         # The asking member answers its client once it has applied the index: the
         # commit notice held for it (commit_notices.py) goes out with the reply.
         if isinstance(request, Proposal):
-            if not request.key and self._replica.commit_inferable_by(context.peer_id):
+            if self._replica.commit_inferable_by(context.peer_id):
                 return await self._answer_when_indexed(context, request)
 
             def answer_now(entry: Entry) -> None:
@@ -117,7 +117,7 @@ class PeerRequests:
 
         change = parse_change_body(request.data)
         forwarded = Forwarded(context.peer_id, answer_indexed)
-        entry = await self._changes.propose_change(change, forwarded=forwarded)
+        entry = await self._changes.propose_change(change, request.key, forwarded=forwarded)
         return ProposalReply(0, index=entry.index)  # committed; sent if not answered yet
 
     def _answer_with_notice(self, context: RequestContext, reply: Reply) -> None:
