@@ -186,6 +186,35 @@ def test_a_member_about_to_be_answered_gets_its_notice_at_once(tmp_path: Path) -
     run_driver(tmp_path, body)
 
 
+def test_a_durable_notice_goes_with_the_answers_of_its_followers_writes(
+    tmp_path: Path,
+) -> None:
+    """The first answer waiting on a follower's DURABLE notice takes it along (one
+    write); the next ones go without it; with no answer that wrote, it goes alone;
+    a notice to a follower nobody answers goes as it is."""
+    answers: list[tuple[int, int, Message | None]] = []
+
+    def answer(written: bool) -> Any:
+        def on_indexed(index: int, term: int, along: Message | None) -> bool:
+            answers.append((index, term, along))
+            return written
+
+        return on_indexed
+
+    def durable(target: int, index: int) -> Message:
+        return Message(MessageType.DURABLE, 1, target, 4, index=index)
+
+    async def body(driver: RaftDriver, sent: list[Message]) -> None:
+        driver._announcing[2] = [lambda n: answer(True)(8, 4, n), lambda n: answer(True)(9, 4, n)]
+        driver._announcing[3] = [lambda n: answer(False)(10, 4, n)]
+        await driver._execute(Send((durable(2, 9), durable(3, 10), durable(5, 10))))
+        assert answers == [(8, 4, durable(2, 9)), (9, 4, None), (10, 4, durable(3, 10))]
+        assert sent == [durable(3, 10), durable(5, 10)]
+        assert not driver._announcing
+
+    run_driver(tmp_path, body)
+
+
 def test_halting_drops_what_is_held(tmp_path: Path) -> None:
     async def body(driver: RaftDriver, sent: list[Message]) -> None:
         await driver._execute(Send((notice(2, 4),)))
@@ -229,7 +258,7 @@ class FakeChanges:
     ) -> Entry:
         if forwarded is not None:  # as the driver: once proposed, right after the APPENDs
             self.events.append(f"proposed for {forwarded.peer}")
-            forwarded.on_indexed(9, 3)
+            forwarded.on_indexed(9, 3, "durable notice")
         self.events.append("committed")
         entry = Entry(9, 3, 0, b"{}")
         if on_applied is not None and not key:  # as ChangeLog: a change with no key
@@ -282,8 +311,8 @@ def test_peer_requests_release_the_notice_with_the_answer() -> None:
 
 def test_peer_requests_answer_a_follower_that_may_commit_itself_once_proposed() -> None:
     """A follower that may commit a write itself (it and the leader are a quorum)
-    is told the index and term as soon as the write is proposed, with no notice
-    (the leader's DURABLE one follows its write), keyed or not."""
+    is told the index and term with the leader's DURABLE notice (the driver calls
+    back once the leader holds the write durably), keyed or not."""
     events: list[str] = []
     replica = FakeReplica(events, inferable=True)
     requests = PeerRequests(replica, FakeChanges(events), None, None)  # type: ignore[arg-type]
@@ -306,8 +335,8 @@ def test_peer_requests_answer_a_follower_that_may_commit_itself_once_proposed() 
 
     asyncio.run(scenario())
     assert events == [
-        "proposed for 7", "answered early: 9 term 3 with None", "committed",
-        "proposed for 7", "answered early: 9 term 3 with None", "committed",
+        "proposed for 7", "answered early: 9 term 3 with durable notice", "committed",
+        "proposed for 7", "answered early: 9 term 3 with durable notice", "committed",
     ]  # fmt: skip
 
 

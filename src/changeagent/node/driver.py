@@ -51,6 +51,7 @@ from changeagent.raft import (
     Entry,
     MembershipChangeRejected,
     Message,
+    MessageType,
     NotLeader,
     ProposalDropped,
     RaftConfig,
@@ -81,15 +82,21 @@ SendMessage = Callable[[Message], None]
 Spawn = Callable[[Coroutine[Any, Any, None], str], "asyncio.Task[None]"]
 
 
+# Tells a follower where its forwarded write is (index, term), with the leader's
+# DURABLE notice to it, if given, in the same write; returns whether it wrote.
+OnIndexed = Callable[[int, int, "Message | None"], bool]
+
+
 @dataclass(frozen=True, slots=True)
 class Forwarded:
     """A write that follower `peer` forwarded and that may commit there first
-    (`RaftNode.commit_inferable_by`): `on_indexed(index, term)` is called once it
-    is proposed, right after the Ready's APPENDs are sent, to tell it where its
-    write is; the leader's DURABLE notice follows its own write (`notify_durable`)."""
+    (`RaftNode.commit_inferable_by`): the core is asked for its DURABLE notice
+    (`notify_durable`), and `on_indexed(index, term, notice)` is called the moment
+    this leader's own write of it is durable, to answer the follower with the
+    notice along (one write, one read there)."""
 
     peer: int
-    on_indexed: Callable[[int, int], None]
+    on_indexed: OnIndexed
 
 
 @dataclass(slots=True)
@@ -155,6 +162,8 @@ class RaftDriver:
         self._notices = CommitNotices()
         self._notices_due: asyncio.TimerHandle | None = None
         self._after_send: list[Callable[[], None]] = []  # see `after_send`
+        # Forwarded writes to answer with the DURABLE notice to their follower.
+        self._announcing: dict[int, list[Callable[[Message | None], bool]]] = {}
         self._callback_error: Exception | None = None
         # Readys are handled one at a time, by the Ready loop or in `step` itself
         # (`_handle_now`); `_handling` says one of them is at it.
@@ -494,11 +503,25 @@ class RaftDriver:
                 self._announce(proposal.forwarded, index, term)
 
     def _announce(self, forwarded: Forwarded, index: int, term: int) -> None:
-        """Tell the asking follower its write's index once the APPENDs that carry it
-        are sent (`after_send`), and ask the core for its DURABLE notice."""
+        """Ask the core for the asking follower's DURABLE notice, and answer the
+        follower with it (`_send_durable`)."""
         self.core.notify_durable(forwarded.peer)
         on_indexed = forwarded.on_indexed
-        self.after_send(lambda: on_indexed(index, term))
+        waiting = self._announcing.setdefault(forwarded.peer, [])
+        waiting.append(lambda notice: on_indexed(index, term, notice))
+
+    def _send_durable(self, notice: Message) -> None:
+        """A DURABLE notice goes with the answers to the writes its follower forwarded
+        (the first answer takes it along), or alone when none takes it."""
+        along: Message | None = notice
+        for answer in self._announcing.pop(notice.target, ()):
+            try:
+                if answer(along):
+                    along = None  # it went with this answer
+            except Exception:  # the write is still answered, once committed
+                log.exception("a forwarded write's early answer failed")
+        if along is not None:
+            self._hooks.send(along)
 
     async def _handle(self, ready: Ready) -> None:
         """Execute the plan for `ready` (see `ready_plan`), then `advance`."""
@@ -548,7 +571,10 @@ class RaftDriver:
     def _send(self, step: Send) -> None:
         send = self._hooks.send
         for message in self._notices.route(step.messages):
-            send(message)
+            if message.type is MessageType.DURABLE and self._announcing:
+                self._send_durable(message)
+            else:
+                send(message)
         self._time_notices()
 
     async def _persist(self, step: Persist, then: Send | None) -> bool:
@@ -610,7 +636,10 @@ class RaftDriver:
             self._raise_in_loop(error)
 
     def _drop_notices(self) -> None:
+        """Not leading any more: no commit notices, and no early answers (the
+        forwarded writes are answered by their handlers, as they fail)."""
         self._notices.clear()
+        self._announcing.clear()
         self._cancel_notices_timer()
 
     def _cancel_notices_timer(self) -> None:

@@ -18,7 +18,7 @@ from changeagent.node.membership import ClusterMembership
 from changeagent.node.replica import Replica
 from changeagent.node.seeding import METHODS as SEED_METHODS
 from changeagent.node.seeding import SeedReceiver
-from changeagent.raft import ENTRY_TYPE_CONFIG, Entry
+from changeagent.raft import ENTRY_TYPE_CONFIG, Entry, Message
 from changeagent.transport import (
     Proposal,
     ProposalReply,
@@ -107,13 +107,14 @@ class PeerRequests:
 
     async def _answer_when_indexed(self, context: RequestContext, request: Proposal) -> Reply:
         """A forwarded write the asker may commit itself (`RaftNode.notify_durable`):
-        it is told the index and term as soon as the write is proposed, and commits it
-        once it holds it durably and has this leader's DURABLE notice, a round trip
-        and two Ready steps before this leader's commit index would reach it. The
-        commit notice held for it then goes with the next APPEND, or on its timer."""
+        it is told the index and term the moment this leader holds the write durably,
+        in one write with the leader's DURABLE notice, and commits it once it holds
+        it durably too: a round trip and two Ready steps before this leader's commit
+        index would reach it. The commit notice held for it then goes with the next
+        APPEND, or on its timer."""
 
-        def answer_indexed(index: int, term: int) -> None:
-            context.reply_now(ProposalReply(0, index=index, term=term), None)
+        def answer_indexed(index: int, term: int, notice: Message | None) -> bool:
+            return context.reply_now(ProposalReply(0, index=index, term=term), notice)
 
         change = parse_change_body(request.data)
         forwarded = Forwarded(context.peer_id, answer_indexed)

@@ -74,8 +74,8 @@ class Proposal:
 class ProposalReply:
     """The leader's answer: the entry's `index`, or an error code and message. Sent
     once the entry is committed and applied on the leader (`term` 0), or, to a
-    follower that may commit it itself (`RaftNode.notify_durable`), as soon as it is
-    proposed, with the `term` it was proposed in: the asker answers its client once
+    follower that may commit it itself (`RaftNode.notify_durable`), as soon as the
+    leader holds it durably, with the `term` it was proposed in: the asker answers its client once
     it has applied `index`, and then only if the entry it applied there is of
     `term` (another leader may have put another write there)."""
 
