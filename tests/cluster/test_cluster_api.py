@@ -243,6 +243,12 @@ def test_a_follower_commits_a_write_it_forwarded_before_the_leader_counts_it(
     with proxied_cluster(tmp_path, 3) as cluster:
         leader = cluster.leader()
         follower, other = (node for node in cluster.nodes if node is not leader)
+        # Long enough an election timeout that the leader, hearing only the delayed
+        # follower, keeps its quorum (check-quorum) through the delay.
+        settings = "electionTimeout: 10s\nheartbeatTimeout: 200ms\n"
+        assert leader.request("PUT", "/config", settings, YAML, timeout_s=30).status == 200
+        for node in cluster.nodes:
+            wait_until(lambda node=node: "electionTimeout: 10s" in text(node, "/config"), 20)
         cluster.proxy.isolate(other.name, cluster.names)
         cluster.proxy.delay(follower.name, leader.name, 1500)
         outcome = post(follower, {"data": "inferred"})
