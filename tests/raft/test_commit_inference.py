@@ -52,8 +52,9 @@ def test_the_leader_sends_its_notice_after_persisting_with_its_last_index() -> N
     cluster = settled()
     leader = cluster.node(1)
     (index,) = cluster.propose(1, b"w")
-    leader.notify_durable(2)
-    leader.notify_durable(2)  # one notice per peer and Ready
+    assert leader.notify_durable(2)
+    assert leader.notify_durable(2)  # one notice per peer and Ready
+    assert not leader.notify_durable(9)  # not a member
     ready = leader.ready()
     assert not [m for m in ready.messages if m.type is MT.DURABLE]
     notices = [m for m in ready.messages_after_persist if m.type is MT.DURABLE]
@@ -184,7 +185,7 @@ def test_a_deposed_leader_forgets_the_notices_it_had_not_handed_out() -> None:
     assert ready.entries  # still to be written, but vouched for by no notice
     assert not [m for m in ready.messages_after_persist if m.type is MT.DURABLE]
     cluster.handle_ready(cluster.peers[1], ready)
-    leader.notify_durable(2)  # on a follower: nothing
+    assert not leader.notify_durable(2)  # on a follower: nothing
     assert not durable_to(cluster, 2)
 
 

@@ -505,7 +505,8 @@ class RaftDriver:
     def _announce(self, forwarded: Forwarded, index: int, term: int) -> None:
         """Ask the core for the asking follower's DURABLE notice, and answer the
         follower with it (`_send_durable`)."""
-        self.core.notify_durable(forwarded.peer)
+        if not self.core.notify_durable(forwarded.peer):
+            return  # answered by its handler, once committed
         on_indexed = forwarded.on_indexed
         waiting = self._announcing.setdefault(forwarded.peer, [])
         waiting.append(lambda notice: on_indexed(index, term, notice))

@@ -178,16 +178,19 @@ class RaftNode:
         self._checker.check()
         return index
 
-    def notify_durable(self, peer: int) -> None:
+    def notify_durable(self, peer: int) -> bool:
         """On the leader: send follower `peer` a DURABLE notice once this leader's
         log, through its last index now, is durable (after the next Ready's
         persist; one notice per peer and Ready). For a follower that waits for a
         write it forwarded: if the two of them are a quorum it commits the write
         once it holds it durably too (`follower.infer_commit`), a round trip
-        sooner than the leader's commit index would reach it. Does nothing on a
-        non-leader or for a peer this leader does not replicate to."""
-        if self._role is Role.LEADER and peer in self._progress:
-            replication.notify_durable(self, peer)
+        sooner than the leader's commit index would reach it. Returns whether the
+        notice will go: not from a non-leader, nor to a peer this leader does not
+        replicate to."""
+        if self._role is not Role.LEADER or peer not in self._progress:
+            return False
+        replication.notify_durable(self, peer)
+        return True
 
     def commit_inferable_by(self, peer: int) -> bool:
         """Whether `peer` could commit this leader's entries itself on a DURABLE
