@@ -186,35 +186,6 @@ def test_a_member_about_to_be_answered_gets_its_notice_at_once(tmp_path: Path) -
     run_driver(tmp_path, body)
 
 
-def test_a_durable_notice_goes_with_the_answers_of_its_followers_writes(
-    tmp_path: Path,
-) -> None:
-    """The first answer waiting on a follower's DURABLE notice takes it along (one
-    write); the next ones go without it; with no answer that wrote, it goes alone;
-    a notice to a follower nobody answers goes as it is."""
-    answers: list[tuple[int, int, Message | None]] = []
-
-    def answer(written: bool) -> Any:
-        def on_indexed(index: int, term: int, along: Message | None) -> bool:
-            answers.append((index, term, along))
-            return written
-
-        return on_indexed
-
-    def durable(target: int, index: int) -> Message:
-        return Message(MessageType.DURABLE, 1, target, 4, index=index)
-
-    async def body(driver: RaftDriver, sent: list[Message]) -> None:
-        driver._announcing[2] = [lambda n: answer(True)(8, 4, n), lambda n: answer(True)(9, 4, n)]
-        driver._announcing[3] = [lambda n: answer(False)(10, 4, n)]
-        await driver._execute(Send((durable(2, 9), durable(3, 10), durable(5, 10))))
-        assert answers == [(8, 4, durable(2, 9)), (9, 4, None), (10, 4, durable(3, 10))]
-        assert sent == [durable(3, 10), durable(5, 10)]
-        assert not driver._announcing
-
-    run_driver(tmp_path, body)
-
-
 def test_halting_drops_what_is_held(tmp_path: Path) -> None:
     async def body(driver: RaftDriver, sent: list[Message]) -> None:
         await driver._execute(Send((notice(2, 4),)))
@@ -227,12 +198,8 @@ def test_halting_drops_what_is_held(tmp_path: Path) -> None:
 
 
 class FakeReplica:
-    def __init__(self, events: list[str], inferable: bool = False) -> None:
+    def __init__(self, events: list[str]) -> None:
         self.events = events
-        self.inferable = inferable
-
-    def commit_inferable_by(self, peer: int) -> bool:
-        return self.inferable
 
     async def read_index(self) -> int:
         self.events.append("read index")
@@ -253,12 +220,7 @@ class FakeChanges:
     def __init__(self, events: list[str]) -> None:
         self.events = events
 
-    async def propose_change(
-        self, change: Any, key: str = "", on_applied: Any = None, forwarded: Any = None
-    ) -> Entry:
-        if forwarded is not None:  # as the driver: once proposed, right after the APPENDs
-            self.events.append(f"proposed for {forwarded.peer}")
-            forwarded.on_indexed(9, 3, "durable notice")
+    async def propose_change(self, change: Any, key: str, on_applied: Any = None) -> Entry:
         self.events.append("committed")
         entry = Entry(9, 3, 0, b"{}")
         if on_applied is not None and not key:  # as ChangeLog: a change with no key
@@ -306,37 +268,6 @@ def test_peer_requests_release_the_notice_with_the_answer() -> None:
         "read index", "take 7", "answered early: 9 with notice for 7",
         # a busy connection: the notice goes at once, the answer as the handler returns
         "committed", "take 7", "sent notice for 7", "take 7", "sent notice for 7",
-    ]  # fmt: skip
-
-
-def test_peer_requests_answer_a_follower_that_may_commit_itself_once_proposed() -> None:
-    """A follower that may commit a write itself (it and the leader are a quorum)
-    is told the index and term with the leader's DURABLE notice (the driver calls
-    back once the leader holds the write durably), keyed or not."""
-    events: list[str] = []
-    replica = FakeReplica(events, inferable=True)
-    requests = PeerRequests(replica, FakeChanges(events), None, None)  # type: ignore[arg-type]
-    sent = [False]
-
-    def reply_now(reply: Any, along: Any) -> bool:
-        if not sent[0]:
-            events.append(f"answered early: {reply.index} term {reply.term} with {along}")
-            sent[0] = True
-        return sent[0]
-
-    context = RequestContext(peer_id=7, member=True, address="127.0.0.1:1", reply_now=reply_now)
-
-    async def scenario() -> None:
-        reply = await requests.on_request(context, Proposal(1, 0, b'{"data": 1}'))
-        assert reply == ProposalReply(0, index=9)  # committed: not sent (answered)
-        sent[0] = False
-        reply = await requests.on_request(context, Proposal(1, 0, b'{"data": 1}', key="k"))
-        assert reply == ProposalReply(0, index=9)
-
-    asyncio.run(scenario())
-    assert events == [
-        "proposed for 7", "answered early: 9 term 3 with durable notice", "committed",
-        "proposed for 7", "answered early: 9 term 3 with durable notice", "committed",
     ]  # fmt: skip
 
 

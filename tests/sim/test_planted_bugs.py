@@ -36,8 +36,6 @@ class Catch:
 CATCHES: dict[str, Catch] = {
     "vote-without-up-to-date-check": Catch("hostile", _safety),
     "commit-previous-term": Catch("hostile", _safety),
-    "infer-commit-previous-term": Catch("hostile", _safety),
-    "infer-commit-without-quorum": Catch("hostile", _safety),
     "ack-before-persist": Catch("hostile", _safety),
     "acks-sent-during-write": Catch("hostile", _safety),
     # Scenario 1: a follower's Raft loop stopped on a purge superseded by a snapshot.

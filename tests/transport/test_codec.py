@@ -86,9 +86,7 @@ frames: st.SearchStrategy[Frame] = st.one_of(
         link=st.booleans(),
     ),
     st.builds(Proposal, request_id=u64, entry_type=i64, data=small_bytes, key=text),
-    st.builds(
-        ProposalReply, request_id=u64, index=u64, error_code=text, error_message=text, term=u64
-    ),
+    st.builds(ProposalReply, request_id=u64, index=u64, error_code=text, error_message=text),
     st.builds(ReadIndexRequest, request_id=u64),
     st.builds(ReadIndexReply, request_id=u64, index=u64, error_code=text, error_message=text),
     st.builds(RpcRequest, request_id=u64, method=text, payload=rpc_values),

@@ -46,7 +46,7 @@ def test_members_talk_over_mutual_tls(carrier: str, pki: dict[str, Identity]) ->
             assert await b.next_message() == (1, message(1, 2, index=3))
             b.transport.send(1, message(2, 1, index=4))
             assert await a.next_message() == (2, message(2, 1, index=4))
-            assert await a.transport.propose(2, 0, b"abc") == (3, 0)
+            assert await a.transport.propose(2, 0, b"abc") == 3
         finally:
             await stop_all([a, b])
 

@@ -59,7 +59,7 @@ def test_requests_are_answered_on_the_link(carrier: str) -> None:
         addresses: dict[int, str] = {}
         a, b = await started(Node(1, carrier, addresses), Node(2, carrier, addresses))
         try:
-            assert await a.transport.propose(2, 0, b"12345", key="k") == (5, 0)
+            assert await a.transport.propose(2, 0, b"12345", key="k") == 5
             assert await b.transport.read_index(1) == 100
             assert await a.transport.call(2, "describe", {"x": [1, b"2"]}) == {
                 "node": 2,
@@ -77,7 +77,7 @@ def test_requests_are_answered_on_the_link(carrier: str) -> None:
             indexes = await asyncio.gather(
                 *(a.transport.propose(2, 0, b"x" * n) for n in range(50))
             )
-            assert indexes == [(n, 0) for n in range(50)]
+            assert indexes == list(range(50))
         finally:
             await stop_all([a, b])
 
@@ -100,12 +100,12 @@ def test_a_request_answered_early_gets_that_answer_once(carrier: str) -> None:
             Node(1, carrier, addresses), Node(2, carrier, addresses, on_request=early)
         )
         try:
-            assert await a.transport.propose(2, 0, b"x") == (7, 0)
+            assert await a.transport.propose(2, 0, b"x") == 7
             answered.set()
-            assert await a.transport.propose(2, 0, b"y") == (7, 0)  # its own early answer
+            assert await a.transport.propose(2, 0, b"y") == 7  # its own early answer
             # A handler that answered the usual way: a later early answer is dropped.
             b.on_request = b.echo
-            assert await a.transport.propose(2, 0, b"zzz") == (3, 0)
+            assert await a.transport.propose(2, 0, b"zzz") == 3
             context, _ = b.requests[-1]  # its reply went out before `a` had it: closed
             assert not context.reply_now(ProposalReply(0, index=99))
         finally:
@@ -130,7 +130,7 @@ def test_an_early_answer_carries_a_raft_message_along(carrier: str) -> None:
             Node(1, carrier, addresses), Node(2, carrier, addresses, on_request=early)
         )
         try:
-            assert await a.transport.propose(2, 0, b"x") == (7, 0)
+            assert await a.transport.propose(2, 0, b"x") == 7
             assert a.received.get_nowait() == (2, message(2, 1, index=70))
             assert b.transport.stats().peers[1].messages_sent >= 1
         finally:
@@ -172,7 +172,7 @@ def test_a_proposal_is_handled_in_the_read_that_brings_it_other_requests_in_a_ta
             # handed to its reader wait for it and are dispatched from its task.
             assert await a.transport.read_index(2) == 200
             assert (await a.transport.call(2, "describe", 1))["node"] == 2
-            assert await a.transport.propose(2, 0, b"four") == (4, 0)
+            assert await a.transport.propose(2, 0, b"four") == 4
             kinds = [kind for kind, _ in started_in]
             assert kinds == ["ReadIndexRequest", "RpcRequest", "Proposal"]
             assert all(task is not None for _, task in started_in[:2])
@@ -201,28 +201,27 @@ def test_a_proposals_index_is_handed_over_as_its_reply_is_read(carrier: str) -> 
         async def early(context: RequestContext, request: Request) -> Reply:
             if request.key == "refuse":
                 return ProposalReply(0, error_code="not_leader", error_message="no")
-            early_reply = ProposalReply(0, index=7, term=3)  # before its commit: a term
-            assert context.reply_now(early_reply, message(2, 1, index=70))
+            assert context.reply_now(ProposalReply(0, index=7), message(2, 1, index=70))
             return ProposalReply(0, index=9)  # not sent
 
         a, b = await started(
             Node(1, carrier, addresses), Node(2, carrier, addresses, on_request=early)
         )
-        seen: list[tuple[int, int, int, bool]] = []
+        seen: list[tuple[int, int, bool]] = []
 
-        def on_index(index: int, term: int) -> None:
-            seen.append((index, term, a.received.qsize(), proposal.done()))
+        def on_index(index: int) -> None:
+            seen.append((index, a.received.qsize(), proposal.done()))
 
         try:
             proposal = asyncio.ensure_future(a.transport.propose(2, 0, b"x", on_index=on_index))
             await wait_until(lambda: bool(seen), what="the index hook")
             # Neither the message behind the reply nor the caller has been served yet.
-            assert seen == [(7, 3, 0, False)]
-            assert await proposal == (7, 3)
+            assert seen == [(7, 0, False)]
+            assert await proposal == 7
             assert a.received.get_nowait() == (2, message(2, 1, index=70))
             with pytest.raises(RequestFailed):
                 await a.transport.propose(2, 0, b"y", key="refuse", on_index=on_index)
-            assert seen == [(7, 3, 0, False)]
+            assert seen == [(7, 0, False)]
         finally:
             await stop_all([a, b])
 
@@ -308,7 +307,7 @@ def test_raft_messages_that_waited_too_long_for_a_connection_are_dropped_not_sen
             a.transport.send(2, message(1, 2, index=99))  # fresh
             addresses[2] = address_of_b
             a.transport.address_changed(2)
-            assert await request == (5, 0)
+            assert await request == 5
             assert (await b.next_message())[1].index == 99
             stats = a.transport.stats().peers[2]
             assert (stats.messages_dropped, stats.messages_sent) == (3, 1)
@@ -500,9 +499,9 @@ def test_giving_up_fails_the_requests_to_one_peer_and_drops_their_late_answers()
                 assert failed.value.message == "node 2 stopped leading"
             assert not to_c.done()
             release.set()
-            assert await asyncio.wait_for(to_c, 5) == (9, 0)
+            assert await asyncio.wait_for(to_c, 5) == 9
             # Node 2's late answers are dropped; the link still works.
-            assert await a.transport.propose(2, 0, b"x", timeout_s=5) == (9, 0)
+            assert await a.transport.propose(2, 0, b"x", timeout_s=5) == 9
         finally:
             await stop_all([a, b, c])
 

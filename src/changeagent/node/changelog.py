@@ -4,9 +4,7 @@ idempotency keys, web hooks.
 On the leader a change is checked against the entry limit, validated by the web
 hooks, proposed (its bytes built once its index is known, since they carry
 their own `_id`) and answered once committed and applied. On a follower it is
-forwarded to the leader and answered once this node has applied that index too,
-if the entry it applied there is of the term the leader proposed it in (the
-leader may answer before the commit, `RaftNode.notify_durable`).
+forwarded to the leader and answered once this node has applied that index too.
 
 Idempotency: a retry with the same `Idempotency-Key` gets the original answer.
 A key is an answer only when found on an entry this node has applied (a deposed
@@ -25,12 +23,11 @@ from collections.abc import Callable
 import orjson
 
 from changeagent.change import NewChange, encode_change, stored_bytes_max
-from changeagent.node.driver import Forwarded, OnApplied
+from changeagent.node.driver import OnApplied
 from changeagent.node.errors import NotAvailable, PayloadTooLarge
 from changeagent.node.replica import Replica
 from changeagent.node.webhooks import WebHookCaller
-from changeagent.raft import Compacted, Entry
-from changeagent.storage import StorageError
+from changeagent.raft import Entry
 
 
 class ChangeLog:
@@ -69,75 +66,44 @@ class ChangeLog:
         _check_fits(change, self.limits.entry_bytes_max)  # before it travels to the leader
         timeout_s = self.limits.commit_timeout_s
         answered: list[bytes] = []  # the stored change, once `on_applied` had it
-        index, term = await replica.leader.forward_change(
+        index = await replica.leader.forward_change(
             change, key, timeout_s, self._answer_watch(on_applied, answered)
         )
         await replica.wait_applied(index, timeout_s)
-        if answered:
-            return answered[0]
-        if term:  # answered before its commit: is the entry applied here the write?
-            self._check_applied_term(index, term)
-        return self._stored_answer(index)
+        return answered[0] if answered else self._stored_answer(index)
 
     def _answer_watch(
         self, on_applied: OnApplied | None, answered: list[bytes]
-    ) -> Callable[[int, int], None] | None:
-        """For a forwarded write: as the leader's answer (index and term) is read,
+    ) -> Callable[[int], None] | None:
+        """For a forwarded write: as the leader's answer (the index, committed) is read,
         have `on_applied` called with the stored change once this node applies it
-        (kept in `answered`: not read again for the return), if it is the entry
-        the leader proposed. Registered then, not when this coroutine resumes a few
-        loop iterations later: the commit, known here or from the leader's notice
-        right behind the answer, would otherwise be applied first, leaving the
-        answer to the handler."""
+        (kept in `answered`: not read again for the return). Registered then, not
+        when this coroutine resumes a few loop iterations later: the commit notice
+        that lets this node apply it comes right behind the answer, and its apply
+        would otherwise come first, leaving the answer to the handler."""
         if on_applied is None:
             return None
         applied = self._replica.applied
 
-        def answer(index: int, term: int) -> None:
-            if term and not self._applied_term_is(index, term):
-                return  # the handler answers: `_check_applied_term` says why
+        def answer(index: int) -> None:
             stored = self._stored_answer(index)
             answered.append(stored)
             on_applied(Entry(index, 0, 0, stored))
 
-        def watch(index: int, term: int) -> None:
-            applied.watch(index, lambda: answer(index, term))
+        def watch(index: int) -> None:
+            applied.watch(index, lambda: answer(index))
 
         return watch
 
-    def _applied_term_is(self, index: int, term: int) -> bool:
-        """Whether the entry applied here at `index` is of `term` (the leader's answer
-        came before its commit, and another leader may have put another entry
-        there). Purged meanwhile: not known, so not claimed."""
-        try:
-            return self.storage.term(index) == term
-        except (Compacted, StorageError):
-            return False
-
-    def _check_applied_term(self, index: int, term: int) -> None:
-        if not self._applied_term_is(index, term):
-            raise NotAvailable(
-                f"the leader changed before the write committed: entry {index} holds "
-                "another write. Retry (with the same Idempotency-Key to get it exactly once)",
-                retry_after_s=1,
-            )
-
     async def propose_change(
-        self,
-        change: NewChange,
-        key: str = "",
-        on_applied: OnApplied | None = None,
-        forwarded: Forwarded | None = None,
+        self, change: NewChange, key: str = "", on_applied: OnApplied | None = None
     ) -> Entry:
         """On the leader (also for writes forwarded by followers): web hooks,
         propose, wait until committed and applied. See the module docstring.
-        `on_applied` (`RaftDriver.propose`) is passed on for a change with no key
-        (see `append_change`); `forwarded` for any change proposed anew (a key
-        already in the log, or claimed by an attempt in flight, is answered once
-        committed)."""
+        `on_applied` is passed on for a change with no key (see `append_change`)."""
         await_commit = self._replica.await_commit
         if not key:
-            return await await_commit(await self._proposal(change, "", on_applied, forwarded))
+            return await await_commit(await self._proposal(change, "", on_applied))
         claim = self._claims.get(key)
         if claim is not None:
             return await await_commit(claim)
@@ -145,7 +111,7 @@ class ChangeLog:
         self._claims[key] = claim
         claim.add_done_callback(lambda _: self._release_claim(key, claim))
         try:
-            proposal = await self._claimed_proposal(change, key, forwarded)
+            proposal = await self._claimed_proposal(change, key)
         except BaseException as error:
             _fail_future(claim, error)
             raise
@@ -156,30 +122,25 @@ class ChangeLog:
         if self._claims.get(key) is claim:
             del self._claims[key]
 
-    async def _claimed_proposal(
-        self, change: NewChange, key: str, forwarded: Forwarded | None = None
-    ) -> asyncio.Future[Entry]:
+    async def _claimed_proposal(self, change: NewChange, key: str) -> asyncio.Future[Entry]:
         """The proposal for a claimed key: the stored entry when the key is already
         in the log, else a new proposal."""
         stored = await self._committed_on_leader(key)
         if stored is None:
-            return await self._proposal(change, key, None, forwarded)
+            return await self._proposal(change, key)
         done: asyncio.Future[Entry] = asyncio.get_running_loop().create_future()
         done.set_result(Entry(stored, 0, change.type, self._stored_answer(stored), key))
         return done
 
     async def _proposal(
-        self,
-        change: NewChange,
-        key: str,
-        on_applied: OnApplied | None = None,
-        forwarded: Forwarded | None = None,
+        self, change: NewChange, key: str, on_applied: OnApplied | None = None
     ) -> asyncio.Future[Entry]:
         _check_fits(change, self.limits.entry_bytes_max)
         await self._web_hooks.validate(self._replica.settings.web_hooks, change)
         timestamp_ns = self._next_timestamp_ns()
-        build = lambda index: encode_change(index, timestamp_ns, change)  # noqa: E731
-        return self._replica.propose(change.type, build, key, on_applied, forwarded)
+        return self._replica.propose(
+            change.type, lambda index: encode_change(index, timestamp_ns, change), key, on_applied
+        )
 
     def _applied_for_key(self, key: str) -> bytes | None:
         """The change stored under `key`, if it is committed and applied here.

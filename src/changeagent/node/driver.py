@@ -51,7 +51,6 @@ from changeagent.raft import (
     Entry,
     MembershipChangeRejected,
     Message,
-    MessageType,
     NotLeader,
     ProposalDropped,
     RaftConfig,
@@ -82,23 +81,6 @@ SendMessage = Callable[[Message], None]
 Spawn = Callable[[Coroutine[Any, Any, None], str], "asyncio.Task[None]"]
 
 
-# Tells a follower where its forwarded write is (index, term), with the leader's
-# DURABLE notice to it, if given, in the same write; returns whether it wrote.
-OnIndexed = Callable[[int, int, "Message | None"], bool]
-
-
-@dataclass(frozen=True, slots=True)
-class Forwarded:
-    """A write that follower `peer` forwarded and that may commit there first
-    (`RaftNode.commit_inferable_by`): the core is asked for its DURABLE notice
-    (`notify_durable`), and `on_indexed(index, term, notice)` is called the moment
-    this leader's own write of it is durable, to answer the follower with the
-    notice along (one write, one read there)."""
-
-    peer: int
-    on_indexed: OnIndexed
-
-
 @dataclass(slots=True)
 class _Proposal:
     entry_type: int
@@ -108,7 +90,6 @@ class _Proposal:
     index: int = 0
     term: int = 0
     on_applied: OnApplied | None = None
-    forwarded: Forwarded | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -162,8 +143,6 @@ class RaftDriver:
         self._notices = CommitNotices()
         self._notices_due: asyncio.TimerHandle | None = None
         self._after_send: list[Callable[[], None]] = []  # see `after_send`
-        # Forwarded writes to answer with the DURABLE notice to their follower.
-        self._announcing: dict[int, list[Callable[[Message | None], bool]]] = {}
         self._callback_error: Exception | None = None
         # Readys are handled one at a time, by the Ready loop or in `step` itself
         # (`_handle_now`); `_handling` says one of them is at it.
@@ -295,17 +274,12 @@ class RaftDriver:
         self._wakeup.set()
 
     def propose(
-        self,
-        entry_type: int,
-        build: Build,
-        key: str = "",
-        on_applied: OnApplied | None = None,
-        forwarded: Forwarded | None = None,
+        self, entry_type: int, build: Build, key: str = "", on_applied: OnApplied | None = None
     ) -> asyncio.Future[Entry]:
         """Queue one entry; the future gives it back once committed and applied here.
         `on_applied(entry)`, if given, is called in the same step, before the future's
         waiter resumes (two loop iterations later): the API writes the answer to a
-        write from there (`api/wire.py` `WriteDelivery`). `forwarded`: see `Forwarded`."""
+        write from there (`api/wire.py` `WriteDelivery`)."""
         self._check_running()
         if self.core.role is not Role.LEADER:
             raise NotAvailable("this node is not the leader", retry_after_s=1)
@@ -313,9 +287,7 @@ class RaftDriver:
             raise Overloaded("too many writes are waiting to commit; retry later")
         future: asyncio.Future[Entry] = asyncio.get_running_loop().create_future()
         queued = self._queued
-        queued.append(
-            _Proposal(entry_type, build, key, future, on_applied=on_applied, forwarded=forwarded)
-        )
+        queued.append(_Proposal(entry_type, build, key, future, on_applied=on_applied))
         if self._alone(queued):
             self._propose_now()
         else:
@@ -499,30 +471,6 @@ class RaftDriver:
         for index, (proposal, _) in zip(indices, fitting, strict=True):
             proposal.index, proposal.term = index, term
             self._proposed[index] = proposal
-            if proposal.forwarded is not None:
-                self._announce(proposal.forwarded, index, term)
-
-    def _announce(self, forwarded: Forwarded, index: int, term: int) -> None:
-        """Ask the core for the asking follower's DURABLE notice, and answer the
-        follower with it (`_send_durable`)."""
-        if not self.core.notify_durable(forwarded.peer):
-            return  # answered by its handler, once committed
-        on_indexed = forwarded.on_indexed
-        waiting = self._announcing.setdefault(forwarded.peer, [])
-        waiting.append(lambda notice: on_indexed(index, term, notice))
-
-    def _send_durable(self, notice: Message) -> None:
-        """A DURABLE notice goes with the answers to the writes its follower forwarded
-        (the first answer takes it along), or alone when none takes it."""
-        along: Message | None = notice
-        for answer in self._announcing.pop(notice.target, ()):
-            try:
-                if answer(along):
-                    along = None  # it went with this answer
-            except Exception:  # the write is still answered, once committed
-                log.exception("a forwarded write's early answer failed")
-        if along is not None:
-            self._hooks.send(along)
 
     async def _handle(self, ready: Ready) -> None:
         """Execute the plan for `ready` (see `ready_plan`), then `advance`."""
@@ -572,10 +520,7 @@ class RaftDriver:
     def _send(self, step: Send) -> None:
         send = self._hooks.send
         for message in self._notices.route(step.messages):
-            if message.type is MessageType.DURABLE and self._announcing:
-                self._send_durable(message)
-            else:
-                send(message)
+            send(message)
         self._time_notices()
 
     async def _persist(self, step: Persist, then: Send | None) -> bool:
@@ -637,10 +582,7 @@ class RaftDriver:
             self._raise_in_loop(error)
 
     def _drop_notices(self) -> None:
-        """Not leading any more: no commit notices, and no early answers (the
-        forwarded writes are answered by their handlers, as they fail)."""
         self._notices.clear()
-        self._announcing.clear()
         self._cancel_notices_timer()
 
     def _cancel_notices_timer(self) -> None:
@@ -783,4 +725,4 @@ class _SendWhenDurable:
             self.error = error
 
 
-__all__ = ["DriverHooks", "Forwarded", "MembershipChangeRejected", "RaftDriver"]
+__all__ = ["DriverHooks", "MembershipChangeRejected", "RaftDriver"]

@@ -51,13 +51,11 @@ class LeaderLink:
         change: NewChange,
         key: str,
         timeout_s: float,
-        on_index: Callable[[int, int], None] | None = None,
-    ) -> tuple[int, int]:
-        """Have the leader store `change`; the index it was stored at and the term it
-        was proposed in. Not necessarily committed yet (see `ProposalReply`): the
-        change is stored once this node applies an entry of that term at that index.
-        `on_index(index, term)`: called as the answer is read, before this returns
-        (see `Transport.propose`)."""
+        on_index: Callable[[int], None] | None = None,
+    ) -> int:
+        """Have the leader store `change`; the index it was stored at (committed: the
+        leader answers once it is). `on_index(index)`: called as the answer is read,
+        before this returns (see `Transport.propose`)."""
         body = orjson.dumps(
             {"type": change.type, "tags": change.tags, "data": orjson.Fragment(change.data_json)}
         )

@@ -12,13 +12,12 @@ from typing import TYPE_CHECKING, Any
 from changeagent.change import parse_change_body
 from changeagent.ids import format_id
 from changeagent.node.changelog import ChangeLog
-from changeagent.node.driver import Forwarded
 from changeagent.node.errors import NodeError, NotAvailable
 from changeagent.node.membership import ClusterMembership
 from changeagent.node.replica import Replica
 from changeagent.node.seeding import METHODS as SEED_METHODS
 from changeagent.node.seeding import SeedReceiver
-from changeagent.raft import ENTRY_TYPE_CONFIG, Entry, Message
+from changeagent.raft import ENTRY_TYPE_CONFIG, Entry
 from changeagent.transport import (
     Proposal,
     ProposalReply,
@@ -74,8 +73,6 @@ class PeerRequests:
         # The asking member answers its client once it has applied the index: the
         # commit notice held for it (commit_notices.py) goes out with the reply.
         if isinstance(request, Proposal):
-            if self._replica.commit_inferable_by(context.peer_id):
-                return await self._answer_when_indexed(context, request)
 
             def answer_now(entry: Entry) -> None:
                 # From the Ready loop, the moment the write is applied here (a change
@@ -104,22 +101,6 @@ class PeerRequests:
         if request.method in SEED_METHODS:  # to a joined node, from the leader adding it
             return RpcResponse(0, await self._seeds.handle(request.method, request.payload))
         return RpcResponse(0, await self._rpc(request.method, request.payload))
-
-    async def _answer_when_indexed(self, context: RequestContext, request: Proposal) -> Reply:
-        """A forwarded write the asker may commit itself (`RaftNode.notify_durable`):
-        it is told the index and term the moment this leader holds the write durably,
-        in one write with the leader's DURABLE notice, and commits it once it holds
-        it durably too: a round trip and two Ready steps before this leader's commit
-        index would reach it. The commit notice held for it then goes with the next
-        APPEND, or on its timer."""
-
-        def answer_indexed(index: int, term: int, notice: Message | None) -> bool:
-            return context.reply_now(ProposalReply(0, index=index, term=term), notice)
-
-        change = parse_change_body(request.data)
-        forwarded = Forwarded(context.peer_id, answer_indexed)
-        entry = await self._changes.propose_change(change, request.key, forwarded=forwarded)
-        return ProposalReply(0, index=entry.index)  # committed; sent if not answered yet
 
     def _answer_with_notice(self, context: RequestContext, reply: Reply) -> None:
         """Write `reply` now, the commit notice held for the asker in the same write

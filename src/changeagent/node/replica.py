@@ -32,7 +32,7 @@ from changeagent.ids import format_id
 from changeagent.node.applied import AppliedIndex
 from changeagent.node.archiver import Archiver
 from changeagent.node.counters import RuntimeCounters
-from changeagent.node.driver import Build, DriverHooks, Forwarded, OnApplied, RaftDriver
+from changeagent.node.driver import Build, DriverHooks, OnApplied, RaftDriver
 from changeagent.node.errors import CommitTimeout, NodeError, NotAvailable
 from changeagent.node.identity import META_NODE_ID, META_REMOVED_BY_SNAPSHOT, ClusterIdentity
 from changeagent.node.leader_link import LeaderLink
@@ -277,22 +277,11 @@ class Replica:
     # Proposals and waits ---------------------------------------------------------------
 
     def propose(
-        self,
-        entry_type: int,
-        build: Build,
-        key: str = "",
-        on_applied: OnApplied | None = None,
-        forwarded: Forwarded | None = None,
+        self, entry_type: int, build: Build, key: str = "", on_applied: OnApplied | None = None
     ) -> asyncio.Future[Entry]:
         """On the leader: queue an entry; the future resolves once it is applied here
-        (`on_applied`, `forwarded`: see `RaftDriver.propose`)."""
-        return self.core_driver.propose(entry_type, build, key, on_applied, forwarded)
-
-    def commit_inferable_by(self, peer: int) -> bool:
-        """On the leader: whether follower `peer` may commit a write it forwarded on
-        the leader's DURABLE notice (`RaftNode.commit_inferable_by`)."""
-        driver = self.driver
-        return driver is not None and driver.core.commit_inferable_by(peer)
+        (`on_applied`: see `RaftDriver.propose`)."""
+        return self.core_driver.propose(entry_type, build, key, on_applied)
 
     async def propose_internal(self, entry_type: int, data: bytes) -> Entry:
         """On the leader: propose an internal entry (settings, purge, address)."""

@@ -24,15 +24,7 @@ from __future__ import annotations
 import dataclasses
 from typing import TYPE_CHECKING
 
-from changeagent.raft import (
-    elections,
-    follower,
-    leader,
-    readindex,
-    reconfiguration,
-    replication,
-    transfer,
-)
+from changeagent.raft import elections, leader, readindex, reconfiguration, replication, transfer
 from changeagent.raft.confchange import ConfChange
 from changeagent.raft.config import RaftConfig
 from changeagent.raft.entry import HardState
@@ -42,10 +34,9 @@ from changeagent.raft.interfaces import LogReader, Membership, Snapshot
 from changeagent.raft.invariants import InvariantChecker
 from changeagent.raft.log import RaftLog
 from changeagent.raft.membership import MembershipLog
-from changeagent.raft.messages import Message, MessageType
+from changeagent.raft.messages import Message
 from changeagent.raft.outbox import Outbox
 from changeagent.raft.progress import Progress
-from changeagent.raft.quorum import has_quorum
 from changeagent.raft.readindex import ReadIndexQueue
 from changeagent.raft.ready import PeerProgress, Ready, Role, SoftState
 
@@ -100,20 +91,12 @@ class RaftNode:
         self._tick_count = 0  # ticks since start; never reset
         self._randomized_timeout = config.election_ticks
         self._votes: dict[int, bool] = {}
-        # A follower's knowledge of its leader in this term (`follower.infer_commit`):
-        # its log equals the leader's up to `_leader_match`, which holds its own
-        # durably up to `_leader_durable`.
-        self._leader_match = 0
-        self._leader_durable = 0
         # Leader state (Figure 2: reinitialized after election, in `_reset` and
         # `replication.start_term`).
         self._progress: dict[int, Progress] = {}
         self._term_start_index = 0  # index of this leader's no-op entry
         self._committed_in_term = False
         self._pending_conf_index = 0
-        # The last index this leader told a follower it holds durably (a DURABLE
-        # notice): that follower may commit up to there before this leader does.
-        self._durable_vouched = 0
         self._transferee: int | None = None
         self._uncommitted_bytes = 0
         self._reads = ReadIndexQueue(config.max_pending_reads)
@@ -177,33 +160,6 @@ class RaftNode:
         index = reconfiguration.propose_membership(self, change)
         self._checker.check()
         return index
-
-    def notify_durable(self, peer: int) -> bool:
-        """On the leader: send follower `peer` a DURABLE notice once this leader's
-        log, through its last index now, is durable (after the next Ready's
-        persist; one notice per peer and Ready). For a follower that waits for a
-        write it forwarded: if the two of them are a quorum it commits the write
-        once it holds it durably too (`follower.infer_commit`), a round trip
-        sooner than the leader's commit index would reach it. Returns whether the
-        notice will go: not from a non-leader, nor to a peer this leader does not
-        replicate to."""
-        if self._role is not Role.LEADER or peer not in self._progress:
-            return False
-        replication.notify_durable(self, peer)
-        return True
-
-    def commit_inferable_by(self, peer: int) -> bool:
-        """Whether `peer` could commit this leader's entries itself on a DURABLE
-        notice: the two of them are voters and a quorum (at most three voters). A
-        hint for the node layer (when to ask for the notice); the follower checks
-        for itself, against its own log, before it commits anything."""
-        voters = self._membership.voters
-        return (
-            self._role is Role.LEADER
-            and self._id in voters
-            and peer in voters
-            and has_quorum(2, len(voters))
-        )
 
     def read_index(self, context: bytes) -> None:
         """Request a linearizable read (§6.4). When confirmed, a `ReadState(index,
@@ -310,11 +266,8 @@ class RaftNode:
         if ready.committed_entries:
             log.applied = max(log.applied, ready.committed_entries[-1].index)
             replication.release_uncommitted(self, ready.committed_entries)
-        if self._role is Role.LEADER:
-            if replication.maybe_commit(self):
-                replication.broadcast_append(self)
-        elif ready.entries and self._leader_durable > log.commit:
-            follower.infer_commit(self)
+        if self._role is Role.LEADER and replication.maybe_commit(self):
+            replication.broadcast_append(self)
         for message in self._outbox.take_steps_on_advance():
             elections.on_own_vote(self, message)
         self._checker.check()
@@ -399,12 +352,6 @@ class RaftNode:
         self._heartbeat_elapsed = 0
         self._reset_election_timer()
         self._votes = {}
-        self._leader_match = 0
-        self._leader_durable = 0
-        self._durable_vouched = 0
-        # A deposed leader's DURABLE notices not yet taken with a Ready: the entries
-        # they vouch for may be overwritten before they are persisted.
-        self._outbox.drop_after_persist(MessageType.DURABLE)
         self._progress = {}
         self._transferee = None
         self._reads.clear()
@@ -445,28 +392,6 @@ class RaftNode:
         """§5.4.2 (Figure 8): replicas on a quorum commit `index` only if its entry
         is from the current term; older entries commit indirectly, with it."""
         return self._log.term(index) == self._term
-
-    def _can_commit_by_inference(self, index: int) -> bool:
-        """A follower may commit `index`, which it and its leader hold durably
-        (`follower.infer_commit`), when: its entry is from the current term (as
-        for counting: §5.4.2, Figure 8); no membership entry lies beyond it in our
-        log (the membership in force at `index` is the current one; the tail
-        beyond may be a deposed leader's); and the leader and this node are voters
-        of it and a quorum. A membership entry the leader appended beyond `index`
-        changes nothing: with one change at a time (§4.1), a majority of either
-        membership shares a voter with any majority of the other."""
-        if self._log.term(index) != self._term:
-            return False
-        memberships = self._memberships
-        if memberships.latest_index() > index:
-            return False
-        voters = memberships.current.voters
-        return (
-            self._id in voters
-            and self._leader in voters
-            and self._leader != self._id
-            and has_quorum(2, len(voters))
-        )
 
     def _leader_read(self, context: bytes, requester: int) -> bool:
         """Queue a ReadIndex request; return False when over the limit."""

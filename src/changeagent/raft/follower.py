@@ -1,10 +1,9 @@
-"""What a follower does with its leader's APPEND, HEARTBEAT, SNAPSHOT and DURABLE
-(§5.3, §7), and when it may commit without the leader's word (`infer_commit`).
+"""What a follower does with its leader's APPEND, HEARTBEAT and SNAPSHOT (§5.3, §7).
 
 Plain functions of the `RaftNode` whose state they read and write. Each
-handler but DURABLE's resets the election timer and records the sender as
-leader. Append responses promise durable entries, so they leave only after the
-Ready is persisted; heartbeat responses promise nothing and may leave at once.
+handler resets the election timer and records the sender as leader. Append
+responses promise durable entries, so they leave only after the Ready is
+persisted; heartbeat responses promise nothing and may leave at once.
 """
 
 from __future__ import annotations
@@ -46,42 +45,8 @@ def on_append(node: RaftNode, message: Message) -> None:
             append_from_leader(node, entries[conflict - entries[0].index :])
     last_new = message.index + len(entries)
     log.commit_to(min(message.commit, last_new))
-    if last_new > node._leader_match:
-        # Our log up to `last_new` is now the leader's (§5.3), and stays so for this
-        # term: a leader never overwrites its own entries.
-        node._leader_match = last_new
-        if node._leader_durable > log.commit:
-            infer_commit(node)
     if entries or message.context != COMMIT_ONLY_CONTEXT:
         respond_append(node, message.source, last_new)
-
-
-def on_durable(node: RaftNode, message: Message) -> None:
-    """The leader holds its log durably through `message.index` (a notice for a
-    write this node forwarded). Not a sign of life: the timer is not reset."""
-    if message.source == node._leader and message.index > node._leader_durable:
-        node._leader_durable = message.index
-        infer_commit(node)
-
-
-def infer_commit(node: RaftNode) -> None:
-    """Commit what this voter and its leader both hold durably, when the two of
-    them are a quorum: a write forwarded here is then answered as soon as both
-    are durable, without waiting for the leader to count the acknowledgements
-    and say so (a round trip and two Ready steps).
-
-    Raft's rule (§5.4.2) is about the entry, not about who counts: an entry of
-    the current term stored on a quorum of voters is committed, and the election
-    restriction keeps it in every later leader's log. What this node knows for
-    this term (both reset on every change of term or role): `_leader_match`, the
-    end of the last APPEND it accepted (its log equals the leader's up to there),
-    and `_leader_durable`, from the leader's DURABLE notices. Their minimum with
-    our own durable index is held durably by both. `_can_commit_by_inference`
-    checks the entry's term and the membership."""
-    log = node._log
-    index = min(node._leader_match, node._leader_durable, log.durable_last_index())
-    if index > log.commit and node._can_commit_by_inference(index):
-        log.commit_to(index)
 
 
 def append_from_leader(node: RaftNode, entries: tuple[Entry, ...]) -> None:

@@ -34,7 +34,6 @@ def _handlers() -> dict[Role, dict[MessageType, Handler]]:
         _MT.SNAPSHOT: follower.on_snapshot,
         _MT.TIMEOUT_NOW: transfer.on_timeout_now,
         _MT.READ_INDEX_RESPONSE: readindex.on_read_index_response,
-        _MT.DURABLE: follower.on_durable,
     }
     to_follower = elections.on_leader_message_as_candidate
     as_candidate: dict[MessageType, Handler] = {

@@ -30,10 +30,6 @@ type; the table below is the contract.
 - READ_INDEX: a follower forwards a ReadIndex request; `context` identifies it.
   READ_INDEX_RESPONSE carries the confirmed `index`, or `reject` if the leader
   could not serve it.
-- DURABLE: the leader's log is durable on the leader through `index` (its last
-  index when the notice was asked for, `RaftNode.notify_durable`). Sent only to
-  a follower that waits for a write it forwarded: a voter that holds the same
-  entries durably may commit them itself (`follower.infer_commit`). Unanswered.
 
 Node ids are positive integers; 0 never names a node.
 """
@@ -68,7 +64,6 @@ class MessageType(IntEnum):
     TIMEOUT_NOW = 10
     READ_INDEX = 11
     READ_INDEX_RESPONSE = 12
-    DURABLE = 13
 
 
 @dataclass(frozen=True, slots=True, init=False)

@@ -18,7 +18,6 @@ if TYPE_CHECKING:
 
     from changeagent.raft.entry import HardState
     from changeagent.raft.log import RaftLog
-    from changeagent.raft.messages import MessageType
     from changeagent.raft.ready import SoftState
 
 
@@ -74,22 +73,6 @@ class Outbox:
     def send_after_persist(self, message: Message) -> None:
         """Queue a message that promises durable state (a vote, an append response)."""
         self._messages_after_persist.append(message)
-
-    def send_after_persist_once(self, message: Message) -> None:
-        """Like `send_after_persist`, in place of a message of the same type to the
-        same target queued for this Ready (a newer notice supersedes the older)."""
-        queued = self._messages_after_persist
-        for position, earlier in enumerate(queued):
-            if earlier.type is message.type and earlier.target == message.target:
-                queued[position] = message
-                return
-        queued.append(message)
-
-    def drop_after_persist(self, kind: MessageType) -> None:
-        """Forget the queued messages of type `kind` that wait for the next persist."""
-        queued = self._messages_after_persist
-        if any(message.type is kind for message in queued):
-            queued[:] = [message for message in queued if message.type is not kind]
 
     def send_self_after_persist(self, message: Message) -> None:
         """Queue a message to this node, stepped once the next Ready is durable."""

@@ -1,12 +1,11 @@
 """ReadIndex (§6.4), without leases: the leader's queue and the protocol around it.
 
-A read is answered with the commit index at the time of the request (or the
-last index the leader told a follower it holds durably, if higher: that follower
-may have committed it already, `follower.infer_commit`), once a majority of
-voters has echoed a heartbeat round sent after the request: that proves no newer
-leader existed when the read arrived. Rounds are numbered; one echo of round r
-confirms every read of round <= r. Before the leader has committed an entry of
-its own term, its commit index may be stale, so reads wait in `waiting` until then.
+A read is answered with the commit index at the time of the request, once a
+majority of voters has echoed a heartbeat round sent after the request: that
+proves no newer leader existed when the read arrived. Rounds are numbered;
+one echo of round r confirms every read of round <= r. Before the leader has
+committed an entry of its own term, its commit index may be stale, so reads
+wait in `waiting` until then.
 """
 
 from __future__ import annotations
@@ -123,9 +122,7 @@ def leader_read(node: RaftNode, context: bytes, requester: int) -> bool:
         # §6.4: the leader's commit index is current only once it has
         # committed an entry of its own term.
         return node._reads.wait(context, requester)
-    # A follower told that our log is durable may commit up to there before we
-    # count it (`follower.infer_commit`) and answer that write: a read must see it.
-    if not node._reads.add(max(node._log.commit, node._durable_vouched), context, requester):
+    if not node._reads.add(node._log.commit, context, requester):
         return False
     if node._membership.voters <= {node._id}:
         release_reads(node)

@@ -191,17 +191,6 @@ def broadcast_heartbeat(node: RaftNode) -> None:
         )
 
 
-def notify_durable(node: RaftNode, peer: int) -> None:
-    """Tell `peer`, once this Ready is persisted, that the log through its last
-    index is durable here (see `RaftNode.notify_durable`): it goes with the
-    messages that wait for the write, as an acknowledgement does."""
-    index = node._log.last_index()
-    node._durable_vouched = index  # reads must wait for it (`readindex.leader_read`)
-    node._outbox.send_after_persist_once(
-        Message(_MT.DURABLE, node._id, peer, node._term, index=index)
-    )
-
-
 def send_timeout_now(node: RaftNode, peer: int) -> None:
     node._outbox.send(Message(_MT.TIMEOUT_NOW, node._id, peer, node._term))
 

@@ -9,12 +9,6 @@ runtime break its rule:
   whose `is_up_to_date` always says yes, so votes ignore §5.4.1.
 - `commit-previous-term`: `_can_commit_by_counting` allows counting replicas of
   any entry, not only of current-term entries (the Figure 8 bug of the Raft paper, §5.4.2).
-- `infer-commit-previous-term`: `_can_commit_by_inference` lets a follower commit
-  an entry of any term that it and its leader hold durably (the Figure 8 bug, made
-  by a follower told of the leader's durable log: `follower.infer_commit`).
-- `infer-commit-without-quorum`: `_can_commit_by_inference` checks only the
-  entry's term: a follower and its leader commit whatever the two of them hold,
-  whether or not they are a quorum.
 - `ack-before-persist`: a `ReadyPlanner` whose plans send `messages_after_persist`
   (votes and append responses) before the `Persist` step, so a crash can lose
   what a follower acknowledged or the vote it gave.
@@ -36,8 +30,7 @@ runtime break its rule:
   deposed leader answers ReadIndex from its stale commit index.
 
 The patch points are the core's private methods (`RaftLog.is_up_to_date`,
-`RaftNode._can_commit_by_counting`, `RaftNode._can_commit_by_inference`,
-`RaftNode._leader_read`,
+`RaftNode._can_commit_by_counting`, `RaftNode._leader_read`,
 `ReadIndexQueue.confirmed`, `RaftLog.term` through `RaftNode.compact`) and the
 public `ReadyPlanner.plan`, `ReplicatedState.recover` and `RaftNode.take_messages`
 (with the outbox's private lists); if they are renamed,
@@ -91,34 +84,6 @@ class _CountingCommitNode(RaftNode):
 
 def _commit_previous_term() -> SimOptions:
     return _nodes_of(_CountingCommitNode)
-
-
-class _InferringAnyTermNode(RaftNode):
-    """Infers the commit of entries of older terms too (wrong: Figure 8)."""
-
-    def _can_commit_by_inference(self, index: int) -> bool:
-        term = self._term
-        try:
-            self._term = self._log.term(index)  # as if the entry were of this term
-            return super()._can_commit_by_inference(index)
-        finally:
-            self._term = term
-
-
-def _infer_commit_previous_term() -> SimOptions:
-    return _nodes_of(_InferringAnyTermNode)
-
-
-class _InferringWithoutQuorumNode(RaftNode):
-    """Infers a commit from any pair of a follower and its leader (wrong with more
-    than three voters, or with a membership entry beyond the index)."""
-
-    def _can_commit_by_inference(self, index: int) -> bool:
-        return self._log.term(index) == self._term
-
-
-def _infer_commit_without_quorum() -> SimOptions:
-    return _nodes_of(_InferringWithoutQuorumNode)
 
 
 def _nodes_of(node_class: type[RaftNode]) -> SimOptions:
@@ -237,8 +202,6 @@ def _recovery_ignores_must_leave() -> SimOptions:
 PLANTED_BUGS: dict[str, Callable[[], SimOptions]] = {
     "vote-without-up-to-date-check": _vote_without_up_to_date_check,
     "commit-previous-term": _commit_previous_term,
-    "infer-commit-previous-term": _infer_commit_previous_term,
-    "infer-commit-without-quorum": _infer_commit_without_quorum,
     "ack-before-persist": _ack_before_persist,
     "acks-sent-during-write": _acks_sent_during_write,
     "compact-over-pending-snapshot": _compact_over_pending_snapshot,

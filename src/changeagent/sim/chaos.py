@@ -29,7 +29,6 @@ from changeagent.sim.host import CompactionWrite, PendingWrite, SimNode
 from changeagent.sim.network import NetworkFaults
 
 if TYPE_CHECKING:
-    from changeagent.raft.core import RaftNode
     from changeagent.sim.cluster import Simulation
 
 PROFILES = ("mixed", "hostile", "purges")
@@ -225,22 +224,12 @@ class ChaosDriver:
         except ProposalDropped as error:
             self.sim.note(f"{node.node_id}: dropped ({error})")
             return
-        self._ask_durable_notices(raft)
         now = self.sim.scheduler.now
         for proposal, index in zip(batch, indices, strict=True):
             self.sim.client.record_attempt(proposal, now, index)
             node.proposed[index] = (raft.term, proposal.payload)
         self.sim.note(f"{node.node_id} accepts {[p.payload for p in batch]} at {list(indices)}")
         self.sim.observe(node)
-
-    def _ask_durable_notices(self, raft: RaftNode) -> None:
-        """As if some of these writes had been forwarded: the leader notices one or
-        two peers (any member, voter or not, in any membership, without the node
-        layer's `commit_inferable_by` filter), which may then commit by inference."""
-        peers = sorted(raft.progress)
-        if peers and self.random.random() < 0.7:
-            for peer in self.random.sample(peers, min(len(peers), self.random.randint(1, 2))):
-                raft.notify_durable(peer)
 
     def read(self) -> None:
         # Clients often ask whoever they last knew as leader, which may be deposed.

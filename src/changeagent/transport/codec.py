@@ -88,7 +88,7 @@ def _fields_of(frame: Frame) -> list[Any]:
     if isinstance(frame, Proposal):
         return [TAG_PROPOSAL, frame.request_id, frame.entry_type, frame.data, frame.key]
     if isinstance(frame, ProposalReply):
-        return [TAG_PROPOSAL_REPLY, *_reply_fields(frame), frame.term]
+        return [TAG_PROPOSAL_REPLY, *_reply_fields(frame)]
     if isinstance(frame, ReadIndexRequest):
         return [TAG_READ_INDEX_REQUEST, frame.request_id]
     if isinstance(frame, ReadIndexReply):
@@ -364,8 +364,7 @@ def _reply_parts(fields: list[Any], name: str) -> tuple[int, int, str, str]:
 
 
 def _decode_proposal_reply(fields: list[Any]) -> ProposalReply:
-    _arity(fields, 5, "proposal reply")
-    return ProposalReply(*_reply_parts(fields[:4], "proposal reply"), _int(fields[4], "term"))
+    return ProposalReply(*_reply_parts(fields, "proposal reply"))
 
 
 def _decode_read_index_request(fields: list[Any]) -> ReadIndexRequest:

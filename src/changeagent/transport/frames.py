@@ -17,7 +17,7 @@ from typing import TypeAlias
 
 from changeagent.raft.messages import Message
 
-PROTOCOL_VERSION = 2
+PROTOCOL_VERSION = 1
 
 # Error codes carried by replies (`error_code`, "" means success). The runtime
 # may add its own; these are the ones the transport itself produces.
@@ -72,18 +72,12 @@ class Proposal:
 
 @dataclass(frozen=True, slots=True)
 class ProposalReply:
-    """The leader's answer: the entry's `index`, or an error code and message. Sent
-    once the entry is committed and applied on the leader (`term` 0), or, to a
-    follower that may commit it itself (`RaftNode.notify_durable`), as soon as the
-    leader holds it durably, with the `term` it was proposed in: the asker answers its client once
-    it has applied `index`, and then only if the entry it applied there is of
-    `term` (another leader may have put another write there)."""
+    """The leader's answer: the entry's `index`, or an error code and message."""
 
     request_id: int
     index: int = 0
     error_code: str = ""
     error_message: str = ""
-    term: int = 0
 
 
 @dataclass(frozen=True, slots=True)

@@ -308,16 +308,15 @@ class Transport:
         data: bytes,
         key: str = "",
         timeout_s: float = 10.0,
-        on_index: Callable[[int, int], None] | None = None,
-    ) -> tuple[int, int]:
-        """Forward a write to the leader `peer_id`; the entry's index and the term it
-        was proposed in (see `ProposalReply`), or `RequestFailed`.
+        on_index: Callable[[int], None] | None = None,
+    ) -> int:
+        """Forward a write to the leader `peer_id`; the entry's index, or `RequestFailed`.
 
         `ERROR_QUEUE_FULL` means it was never sent; `ERROR_TIMEOUT` and
         `ERROR_DISCONNECTED` mean it may or may not have been accepted
         (retry with the same idempotency key).
 
-        `on_index(index, term)`, if given, is called as a successful reply is read, before
+        `on_index(index)`, if given, is called as a successful reply is read, before
         the frames after it (the commit notice the leader sends right behind it)
         and before this call returns, which takes a few loop iterations more.
         """
@@ -325,9 +324,9 @@ class Transport:
         def build(request_id: int) -> Proposal:
             return Proposal(request_id, entry_type, data, key)
 
-        on_reply = None if on_index is None else lambda r: _call_on_index(on_index, r)
+        on_reply = None if on_index is None else lambda r: on_index(cast(ProposalReply, r).index)
         reply = await self._request(peer_id, build, ProposalReply, timeout_s, on_reply)
-        return reply.index, reply.term
+        return reply.index
 
     async def read_index(self, peer_id: int, timeout_s: float = 10.0) -> int:
         """Ask the leader `peer_id` for a linearizable read index."""
@@ -992,11 +991,6 @@ _REPLY_TYPES: dict[type[Request], type[Reply]] = {
 }
 
 
-def _call_on_index(on_index: Callable[[int, int], None], reply: Reply) -> None:
-    proposal_reply = cast(ProposalReply, reply)
-    on_index(proposal_reply.index, proposal_reply.term)
-
-
 def _addressed(request: Request, reply: Reply) -> Reply:
     """`reply`, checked to be the kind `request` takes, with its request id. Built
     directly, not with `dataclasses.replace` (which looks up the fields on every call):
@@ -1008,9 +1002,7 @@ def _addressed(request: Request, reply: Reply) -> Reply:
     if reply.request_id == request_id:
         return reply
     if isinstance(reply, ProposalReply):
-        return ProposalReply(
-            request_id, reply.index, reply.error_code, reply.error_message, reply.term
-        )
+        return ProposalReply(request_id, reply.index, reply.error_code, reply.error_message)
     if isinstance(reply, ReadIndexReply):
         return ReadIndexReply(request_id, reply.index, reply.error_code, reply.error_message)
     return RpcResponse(request_id, reply.payload, reply.error_code, reply.error_message)
