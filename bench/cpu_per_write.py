@@ -11,6 +11,12 @@ the network and the disk do.
     python -m bench.cpu_per_write --systems changeagent --members 1 --writes 5000
     python -m bench.cpu_per_write --via-follower          # 3 members, posted to a follower
     python -m bench.cpu_per_write --no-fsync              # the software path alone
+    python -m bench.cpu_per_write --via-follower --clients 256 --seconds 10   # under load
+
+`--clients N` loads each system with wrk instead (N connections, the bench's write
+script, for `--seconds`) and divides the CPU by the writes wrk saw acknowledged: where
+the CPU goes when writes are batched, which is what bounds the many-client rows on two
+cores. The latency printed is then wrk's p50.
 
 `--no-fsync` measures the software path alone (sockets, parsing, Raft, the storage's
 work but its fsync): changeagent's members run with SQLite's `synchronous=OFF` (this
@@ -43,6 +49,7 @@ from bench.systems import SYSTEMS
 from bench.systems.base import System
 from bench.systems.changeagent import variant
 from bench.systems.etcd import Etcd
+from bench.wrk import run_wrk
 
 BUSY_US_MIN = 5.0  # threads below this per write are left out of the listing
 MARKS_VARIABLE = "CPU_PER_WRITE_NO_FSYNC_MARKS"  # where each member marks it has no fsync
@@ -125,27 +132,57 @@ def _check_marks(name: str, pids: list[int]) -> None:
 # ------------------------------------------------------------------ measuring
 
 
-def _measure(name: str, members: int, writes: int, warmup: int, via_follower: bool,
+@dataclass
+class Load:
+    """How each system is loaded: one client's `writes` in turn, or wrk's `clients`."""
+
+    writes: int
+    warmup: int
+    clients: int = 1
+    seconds: float = 10.0
+
+
+def _under_wrk(system: System, member: int | None, load: Load) -> tuple[int, float, float]:
+    """wrk's acknowledged writes, their p50 (s) and the seconds wrk ran."""
+    target = system.wrk_write(member)
+    if target is None:
+        raise BenchError(f"{system.name} has no wrk write script")
+    url, script, env = target
+    result = run_wrk(url, script, load.clients, load.seconds,
+                     f"cpu-{load.clients}-{time.monotonic_ns()}", env)
+    if result["errors"]:
+        raise BenchError(f"{system.name}: wrk saw {result['errors']} errors")
+    return result["ok"], result["percentiles_us"]["50"] / 1e6, result["seconds"]
+
+
+def _measure(name: str, members: int, load: Load, via_follower: bool,
              no_fsync: bool = False) -> list[str]:
     system = _system_class(name, no_fsync)(PROCESSES, members)
     system.start()
     try:
         leader = system.leader_index() if members > 1 else 0
         member = system.follower_index() if via_follower else None
-        asyncio.run(write_one_at_a_time(system, warmup, 0, member))
+        asyncio.run(write_one_at_a_time(system, load.warmup, 0, member))
         pids = system.pids()
         if no_fsync:
             _check_marks(name, pids)
         before = _sample(pids)
-        latencies = asyncio.run(write_one_at_a_time(system, writes, warmup, member))
+        if load.clients > 1:
+            writes, p50_s, seconds = _under_wrk(system, member, load)
+        else:
+            latencies = asyncio.run(write_one_at_a_time(system, load.writes, load.warmup,
+                                                        member))
+            writes, p50_s = load.writes, statistics.median(latencies)
+            seconds = sum(latencies)
         after = _sample(pids)
     finally:
         system.stop()
     spent = zip(after.process_s, before.process_s, strict=True)
     per_write = [(a - b) * 1e6 / writes for a, b in spent]
     label = f"{name}, without fsync" if no_fsync else name
-    lines = [f"{label}: p50 {statistics.median(latencies) * 1000:.3f} ms, CPU per write "
-             f"{sum(per_write):.0f} us in all"]
+    lines = [f"{label}: p50 {p50_s * 1000:.3f} ms, {writes / seconds:,.0f} writes/s "
+             f"({load.clients} clients), CPU per write {sum(per_write):.0f} us in all, "
+             f"{sum(after.process_s) - sum(before.process_s):.2f} CPU-s over {seconds:.1f} s"]
     for index, pid in enumerate(pids):
         role = "leader" if index == leader else "follower"
         if member is not None and index == member:
@@ -173,6 +210,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--members", type=int, choices=(1, 3), default=3)
     parser.add_argument("--writes", type=int, default=3000)
     parser.add_argument("--warmup", type=int, default=300)
+    parser.add_argument("--clients", type=int, default=1,
+                        help="above 1: load with wrk, this many connections (see above)")
+    parser.add_argument("--seconds", type=float, default=10.0,
+                        help="how long wrk loads each system (with --clients)")
     parser.add_argument("--rounds", type=int, default=2,
                         help="measure each system this many times, in turn")
     parser.add_argument("--via-follower", action="store_true",
@@ -183,6 +224,9 @@ def main(argv: list[str] | None = None) -> int:
     arguments = parser.parse_args(arguments_given)
     if arguments.via_follower and arguments.members == 1:
         parser.error("--via-follower needs --members 3")
+    if arguments.clients < 1 or arguments.seconds <= 0:
+        parser.error("--clients must be 1 or more and --seconds above 0")
+    load = Load(arguments.writes, arguments.warmup, arguments.clients, arguments.seconds)
     names = [name for name in arguments.systems.split(",") if name]
     unknown = [name for name in names if name not in SYSTEMS]
     if unknown:
@@ -198,9 +242,8 @@ def main(argv: list[str] | None = None) -> int:
         procs.members_import_this_tree()
         procs.measure_in_turn(
             names, arguments.rounds, lambda name: SYSTEMS[name].missing_reason(),
-            lambda name: "\n".join(_measure(name, arguments.members, arguments.writes,
-                                            arguments.warmup, arguments.via_follower,
-                                            arguments.no_fsync)))
+            lambda name: "\n".join(_measure(name, arguments.members, load,
+                                            arguments.via_follower, arguments.no_fsync)))
     return 0
 
 
