@@ -203,6 +203,68 @@ def test_the_tcp_carrier_hands_frames_over_in_the_read_callback_and_batches_writ
     run(scenario())
 
 
+def tcp_protocol() -> tuple[TcpLinkProtocol, FakeTransport]:
+    protocol = TcpLinkProtocol(1 << 20)
+    transport = FakeTransport()
+    protocol.connection_made(transport)
+    return protocol, transport
+
+
+def test_writes_after_an_iterations_first_go_out_together_at_the_next() -> None:
+    """The first write of a loop iteration goes at once (a lone request waits for
+    nothing); what follows it in that iteration goes in one write, in order, at the
+    start of the next; the iteration after that begins again."""
+
+    async def scenario() -> None:
+        protocol, transport = tcp_protocol()
+        stream = LinkStream(protocol, "peer")
+        for term in (1, 2, 3):
+            await stream.write_bodies([encode_frame(heartbeat(term))])
+        assert [FrameDecoder().feed(data) for data in transport.writes] == [[heartbeat(1)]]
+        await asyncio.sleep(0)  # one iteration: the held writes' callback ran first
+        assert [FrameDecoder().feed(data) for data in transport.writes] == [
+            [heartbeat(1)],
+            [heartbeat(2), heartbeat(3)],
+        ]
+        await asyncio.sleep(0)  # nothing was held: no write
+        assert len(transport.writes) == 2
+        await stream.write_bodies([encode_frame(heartbeat(4))])
+        assert FrameDecoder().feed(transport.writes[-1]) == [heartbeat(4)]  # at once
+
+    run(scenario())
+
+
+def test_held_writes_go_at_once_past_the_limit_and_before_a_close() -> None:
+    """More than the hold's limit goes to the socket at once (so a burst meets flow
+    control as before); closing hands what is held to the socket first; a lost
+    connection drops it."""
+
+    async def scenario() -> None:
+        protocol, transport = tcp_protocol()
+        stream = LinkStream(protocol, "peer")
+        large = Message(
+            type=MessageType.HEARTBEAT, source=1, target=2, term=1, context=b"x" * 40_000
+        )
+        await stream.write_bodies([encode_frame(heartbeat(1))])
+        await stream.write_bodies([encode_frame(large)])
+        assert len(transport.writes) == 1  # held: under the limit
+        await stream.write_bodies([encode_frame(large)])
+        assert len(transport.writes) == 2  # over it: both large ones, at once
+        assert FrameDecoder().feed(transport.writes[1]) == [large, large]
+        await stream.write_bodies([encode_frame(heartbeat(2))])
+        await stream.close()
+        assert FrameDecoder().feed(transport.writes[-1]) == [heartbeat(2)]
+        assert transport.closing
+
+        protocol, transport = tcp_protocol()
+        protocol.write(b"first")
+        protocol.write(b"held")
+        protocol.connection_lost(None)
+        await asyncio.sleep(0)
+        assert transport.writes == [b"first"]
+
+    run(scenario())
+
 
 def test_a_dial_given_up_during_the_upgrade_leaves_nothing_to_log() -> None:
     # A dial that timed out no longer awaits the upgrade; the connection's loss

@@ -4,9 +4,10 @@ Frames are decoded in `data_received` and, once the transport serves the
 connection (`FrameStream.serve_frames`), handed to it in that same call: no
 stream reader, no task woken per read. Before that (the handshake) they wait in
 a queue for `read_frame`. A batch of bodies is written with one
-`transport.write`. A carrier says how bytes become frames (`feed`) and bodies
-become bytes (`encode`): length prefixes on the cluster port (`tcplink.py`),
-WebSocket frames on the API port (`wslink.py`).
+`transport.write`, and so is everything else written to the connection in the
+same loop iteration after its first write (`write`). A carrier says how bytes
+become frames (`feed`) and bodies become bytes (`encode`): length prefixes on
+the cluster port (`tcplink.py`), WebSocket frames on the API port (`wslink.py`).
 """
 
 from __future__ import annotations
@@ -22,6 +23,9 @@ from changeagent.transport.frames import Frame
 from changeagent.transport.streams import ConnectionClosed, FrameStream
 
 _CLOSE_TIMEOUT_S = 2.0
+# `write` holds at most this much for the next iteration; more goes to the socket at
+# once, so that a large burst meets the transport's flow control (`drain`) as before.
+_HELD_BYTES_MAX = 64 * 1024
 
 
 class LinkProtocol(asyncio.Protocol):
@@ -37,6 +41,8 @@ class LinkProtocol(asyncio.Protocol):
         self._on_frame: Callable[[Frame], None] | None = None
         self._drain_waiter: asyncio.Future[None] | None = None
         self._paused = False
+        self._held: list[bytes] | None = None  # written after this iteration's first write
+        self._held_bytes = 0
         self._lost_callbacks: list[Callable[[Exception | None], None]] = []
 
     # ---------------------------------------------------------- the carrier's part
@@ -73,6 +79,7 @@ class LinkProtocol(asyncio.Protocol):
         if self.error is None:
             reason = str(exc) or type(exc).__name__ if exc is not None else "end of stream"
             self.error = ConnectionClosed(reason)
+        self._held, self._held_bytes = None, 0  # the socket is gone: nothing more goes out
         self._wake()
         self.resume_writing()  # a write waiting for the buffer to drain fails now
         if not self.closed.done():
@@ -124,15 +131,43 @@ class LinkProtocol(asyncio.Protocol):
         self.error = error if isinstance(error, Exception) else ConnectionClosed(repr(error))
         self._wake()
         if self.transport is not None:
+            self.write_held()  # what was written before the failure goes, as it did
             self.transport.abort()
 
     # ---------------------------------------------------------- bytes out
 
     def write(self, data: bytes) -> None:
+        """Write `data` now if it is this loop iteration's first write to the
+        connection, else at the start of the next iteration, together with every
+        other write held since (one system call, and one wake-up and read of the
+        peer, for what many requests or replies produced in one iteration: uvloop
+        sends each `transport.write` at once). The first write never waits, so a
+        lone request's latency is unchanged; order is kept."""
         transport = self.transport
         if transport is None or transport.is_closing():
             raise ConnectionClosed(str(self.error) if self.error else "the link is closing")
-        transport.write(data)
+        held = self._held
+        if held is None:
+            transport.write(data)
+            self._held = []
+            asyncio.get_running_loop().call_soon(self.write_held)
+            return
+        held.append(data)
+        self._held_bytes += len(data)
+        if self._held_bytes > _HELD_BYTES_MAX:
+            self._write_held_now(transport, held)
+
+    def write_held(self) -> None:
+        """Hand what `write` held to the socket now (before closing it, say)."""
+        held, self._held = self._held, None
+        transport = self.transport
+        if held and transport is not None and not transport.is_closing():
+            self._write_held_now(transport, held)
+
+    def _write_held_now(self, transport: asyncio.Transport, held: list[bytes]) -> None:
+        transport.write(b"".join(held) if len(held) > 1 else held[0])
+        held.clear()
+        self._held_bytes = 0
 
     async def drain(self) -> None:
         if not self._paused:
@@ -180,6 +215,7 @@ class LinkStream(FrameStream):
         if goodbye:
             with contextlib.suppress(ConnectionClosed):
                 protocol.write(goodbye)
+        protocol.write_held()  # `close` sends what the transport holds, not what we do
         transport.close()
         with contextlib.suppress(Exception):
             async with asyncio.timeout(_CLOSE_TIMEOUT_S):
