@@ -105,6 +105,9 @@ class DriverHooks:
     # After `advance()`, when the core counts this Ready's entries as applied:
     # work that needs them applied in the core too (compaction for a purge).
     after_advance: Callable[[], Awaitable[None]]
+    # After the driver sends: what the transport held back to join later writes in
+    # this loop iteration goes now (`Transport.send_held`).
+    send_held: Callable[[], None] = lambda: None
 
 
 class RaftDriver:
@@ -521,6 +524,10 @@ class RaftDriver:
         send = self._hooks.send
         for message in self._notices.route(step.messages):
             send(message)
+        # Raft's messages never wait for the rest of the iteration: this Ready's
+        # APPENDs for the leader's inline fsync, a follower's acknowledgement for
+        # its apply (each may be its link's second write in this iteration).
+        self._hooks.send_held()
         self._time_notices()
 
     async def _persist(self, step: Persist, then: Send | None) -> bool:
@@ -554,11 +561,14 @@ class RaftDriver:
 
     def _run_after_send(self) -> None:
         callbacks, self._after_send = self._after_send, []
+        if not callbacks:
+            return
         for callback in callbacks:
             try:
                 callback()
             except Exception:  # the request is still answered, the usual way
                 log.exception("an after-send callback failed; the request answers normally")
+        self._hooks.send_held()  # the answers, written together, go now
 
     def _time_notices(self) -> None:
         change = self._notices.timer_change()
@@ -578,6 +588,7 @@ class RaftDriver:
         try:
             for notice in self._notices.release_all():
                 send(notice)
+            self._hooks.send_held()
         except Exception as error:
             self._raise_in_loop(error)
 

@@ -212,6 +212,7 @@ class Replica:
             on_role_change=self._on_role_change,
             snapshot_meta=self._snapshot_meta,
             after_advance=self._purge_applied,
+            send_held=self._send_held,
         )
         self.driver = RaftDriver(
             self.storage,
@@ -356,6 +357,10 @@ class Replica:
             transport.remove_peer(target)
             return
         transport.send(target, message)
+
+    def _send_held(self) -> None:
+        if self.transport is not None:
+            self.transport.send_held()
 
     def _replicates_to(self, peer: int) -> bool:
         return self.driver is not None and self.driver.core.replicates_to(peer)

@@ -206,6 +206,9 @@ class LinkStream(FrameStream):
         protocol.write(protocol.encode(bodies))
         await protocol.drain()
 
+    def send_held(self) -> None:
+        self.protocol.write_held()
+
     async def close(self) -> None:
         protocol = self.protocol
         transport = protocol.transport

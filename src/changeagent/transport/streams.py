@@ -57,6 +57,11 @@ class FrameStream(ABC):
     async def close(self) -> None:
         """Close; idempotent, never raises."""
 
+    @abstractmethod
+    def send_held(self) -> None:
+        """Hand the socket at once what the carrier holds back to join with what is
+        written later in this loop iteration (`LinkProtocol.write`)."""
+
     async def write_frames(self, frames: Sequence[Frame]) -> None:
         await self.write_bodies([encode_frame(frame) for frame in frames])
 

@@ -264,6 +264,14 @@ class Transport:
 
     # ------------------------------------------------------------ outbound
 
+    def send_held(self) -> None:
+        """Every connection hands its socket now what it holds for the next loop
+        iteration (`LinkProtocol.write`): called once a batch of Raft messages or
+        answers is written, so that none waits for the rest of the iteration (an
+        inline storage write's fsync, the apply)."""
+        for connection in self._connections:
+            connection.stream.send_held()
+
     def send(self, peer_id: int, message: Message) -> None:
         """Queue a Raft message; never blocks. When the queue is full the oldest
         queued Raft messages are dropped (and counted): Raft resends."""
