@@ -45,13 +45,15 @@ class Follower:
         self.apply_extra: Callable[[], Awaitable[None]] | None = None
         self.after_advance_extra: Callable[[], Awaitable[None]] | None = None
         self.tasks: list[asyncio.Task[None]] = []
+        self.events: list[str] = []  # "sent", "held", "applied", in order
         hooks = DriverHooks(
-            send=self.sent.append,
+            send=self._send,
             apply=self._apply,
             install_snapshot=self._nothing,
             on_role_change=lambda role, leader: None,
             snapshot_meta=lambda snapshot: {},
             after_advance=self._after_advance,
+            send_held=lambda: self.events.append("held"),
         )
         config = RaftConfig(node_id=1, election_ticks=1000, heartbeat_ticks=1)
         self.driver = RaftDriver(
@@ -69,10 +71,15 @@ class Follower:
     async def _nothing(self, *_: Any) -> None:
         return None
 
+    def _send(self, message: Message) -> None:
+        self.sent.append(message)
+        self.events.append("sent")
+
     async def _apply(self, entries: tuple[Entry, ...]) -> None:
         if self.apply_extra is not None:
             await self.apply_extra()
         self.applied += [entry.index for entry in entries]
+        self.events.append("applied")
 
     async def _after_advance(self) -> None:
         if self.after_advance_extra is not None:
@@ -176,5 +183,23 @@ def test_an_error_after_the_handling_suspended_ends_the_ready_loop(tmp_path: Pat
         await wait_for(ready_loop.done)
         with pytest.raises(RuntimeError, match="planted after a suspension"):
             ready_loop.result()
+
+    run(tmp_path, body)
+
+
+def test_the_transport_sends_what_it_held_before_the_apply_after_an_acknowledgement(
+    tmp_path: Path,
+) -> None:
+    """The acknowledgement a write sends (perhaps held back by the transport behind
+    an earlier write on its link this iteration) goes before the apply that follows
+    it: `send_held` is called right after every send."""
+
+    async def body(follower: Follower) -> None:
+        follower.start()
+        await follower.holding(1)
+        follower.events.clear()
+        follower.driver.step(append(1, entries=1, commit=2))
+        await wait_for(lambda: follower.applied[-1:] == [2])
+        assert follower.events[:3] == ["sent", "held", "applied"]
 
     run(tmp_path, body)
