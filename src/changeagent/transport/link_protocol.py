@@ -163,6 +163,7 @@ class LinkProtocol(asyncio.Protocol):
         transport = self.transport
         if held and transport is not None and not transport.is_closing():
             self._write_held_now(transport, held)
+        self._held_bytes = 0
 
     def _write_held_now(self, transport: asyncio.Transport, held: list[bytes]) -> None:
         transport.write(b"".join(held) if len(held) > 1 else held[0])
