@@ -180,8 +180,9 @@ def _measure(name: str, members: int, load: Load, via_follower: bool,
     spent = zip(after.process_s, before.process_s, strict=True)
     per_write = [(a - b) * 1e6 / writes for a, b in spent]
     label = f"{name}, without fsync" if no_fsync else name
+    clients = f"{load.clients} client" + ("s" if load.clients != 1 else "")
     lines = [f"{label}: p50 {p50_s * 1000:.3f} ms, {writes / seconds:,.0f} writes/s "
-             f"({load.clients} clients), CPU per write {sum(per_write):.0f} us in all, "
+             f"({clients}), CPU per write {sum(per_write):.0f} us in all, "
              f"{sum(after.process_s) - sum(before.process_s):.2f} CPU-s over {seconds:.1f} s"]
     for index, pid in enumerate(pids):
         role = "leader" if index == leader else "follower"

@@ -19,7 +19,11 @@ def test_cpu_per_write_reports_every_member_and_its_threads() -> None:
         cwd=REPO, capture_output=True, text=True, timeout=180)
     output = completed.stdout + completed.stderr
     assert completed.returncode == 0, output[-4000:]
-    summary = re.search(r"changeagent: p50 ([\d.]+) ms, CPU per write (\d+) us in all", output)
+    summary = re.search(
+        r"changeagent: p50 ([\d.]+) ms, [\d,]+ writes/s \(1 client\), "
+        r"CPU per write (\d+) us in all",
+        output,
+    )
     assert summary is not None, output
     assert float(summary.group(1)) > 0
     members = re.findall(r"member (\d) \((leader|follower)\): (\d+) us \(user\+system: (.*)\)",
@@ -41,9 +45,44 @@ def test_cpu_per_write_without_fsync_runs_every_member_without_it() -> None:
         cwd=REPO, capture_output=True, text=True, timeout=180)
     output = completed.stdout + completed.stderr
     assert completed.returncode == 0, output[-4000:]
-    assert re.search(r"changeagent, without fsync: p50 [\d.]+ ms, CPU per write \d+ us", output)
+    assert re.search(
+        r"changeagent, without fsync: p50 [\d.]+ ms, [\d,]+ writes/s \(1 client\), "
+        r"CPU per write \d+ us",
+        output,
+    )
     posted = re.findall(r"member \d \(follower, posted to\): \d+ us", output)
     assert len(posted) == 1, output
+
+
+def test_cpu_per_write_under_wrk_divides_by_the_writes_wrk_saw() -> None:
+    """`--clients N`: wrk loads the members (through a follower here) for `--seconds`;
+    the figures are per write wrk saw acknowledged, for every member."""
+    completed = subprocess.run(
+        [sys.executable, "-m", "bench.cpu_per_write", "--systems", "changeagent",
+         "--warmup", "20", "--rounds", "1", "--via-follower", "--clients", "4",
+         "--seconds", "1"],
+        cwd=REPO, capture_output=True, text=True, timeout=180)
+    output = completed.stdout + completed.stderr
+    assert completed.returncode == 0, output[-4000:]
+    summary = re.search(
+        r"changeagent: p50 [\d.]+ ms, ([\d,]+) writes/s \(4 clients\), "
+        r"CPU per write (\d+) us in all, [\d.]+ CPU-s over ([\d.]+) s",
+        output,
+    )
+    assert summary is not None, output
+    assert int(summary.group(1).replace(",", "")) > 0 and int(summary.group(2)) > 0
+    assert float(summary.group(3)) >= 0.9  # wrk's own duration, not the warm-up's
+    members = re.findall(r"member (\d) \((leader|follower(?:, posted to)?)\): \d+ us", output)
+    assert [m[0] for m in members] == ["0", "1", "2"], output
+    assert [m[1] for m in members].count("follower, posted to") == 1, output
+
+
+def test_cpu_per_write_refuses_no_clients() -> None:
+    completed = subprocess.run(
+        [sys.executable, "-m", "bench.cpu_per_write", "--clients", "0"],
+        cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert completed.returncode == 2
+    assert "--clients must be 1 or more" in completed.stderr
 
 
 def test_cpu_per_write_without_fsync_refuses_other_systems() -> None:
