@@ -12,13 +12,23 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[2]
 
 
-def test_cpu_per_write_reports_every_member_and_its_threads() -> None:
-    completed = subprocess.run(
-        [sys.executable, "-m", "bench.cpu_per_write", "--systems", "changeagent",
-         "--writes", "200", "--warmup", "20", "--rounds", "1"],
-        cwd=REPO, capture_output=True, text=True, timeout=180)
+def run_tool(*arguments: str, timeout: float = 180) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "bench.cpu_per_write", *arguments],
+        cwd=REPO, capture_output=True, text=True, timeout=timeout)
+
+
+def measured(*arguments: str) -> str:
+    """The tool's output, after checking that it ran to the end."""
+    completed = run_tool("--systems", "changeagent", "--warmup", "20", "--rounds", "1",
+                         *arguments)
     output = completed.stdout + completed.stderr
     assert completed.returncode == 0, output[-4000:]
+    return output
+
+
+def test_cpu_per_write_reports_every_member_and_its_threads() -> None:
+    output = measured("--writes", "200")
     summary = re.search(
         r"changeagent: p50 ([\d.]+) ms, [\d,]+ writes/s \(1 client\), "
         r"CPU per write (\d+) us in all",
@@ -39,12 +49,7 @@ def test_cpu_per_write_reports_every_member_and_its_threads() -> None:
 def test_cpu_per_write_without_fsync_runs_every_member_without_it() -> None:
     """`--no-fsync`: every member ran the entry that turns SQLite's fsync off (the run
     checks each member's mark and fails otherwise), and the figures are labelled so."""
-    completed = subprocess.run(
-        [sys.executable, "-m", "bench.cpu_per_write", "--systems", "changeagent",
-         "--writes", "100", "--warmup", "20", "--rounds", "1", "--no-fsync", "--via-follower"],
-        cwd=REPO, capture_output=True, text=True, timeout=180)
-    output = completed.stdout + completed.stderr
-    assert completed.returncode == 0, output[-4000:]
+    output = measured("--writes", "100", "--no-fsync", "--via-follower")
     assert re.search(
         r"changeagent, without fsync: p50 [\d.]+ ms, [\d,]+ writes/s \(1 client\), "
         r"CPU per write \d+ us",
@@ -57,13 +62,7 @@ def test_cpu_per_write_without_fsync_runs_every_member_without_it() -> None:
 def test_cpu_per_write_under_wrk_divides_by_the_writes_wrk_saw() -> None:
     """`--clients N`: wrk loads the members (through a follower here) for `--seconds`;
     the figures are per write wrk saw acknowledged, for every member."""
-    completed = subprocess.run(
-        [sys.executable, "-m", "bench.cpu_per_write", "--systems", "changeagent",
-         "--warmup", "20", "--rounds", "1", "--via-follower", "--clients", "4",
-         "--seconds", "1"],
-        cwd=REPO, capture_output=True, text=True, timeout=180)
-    output = completed.stdout + completed.stderr
-    assert completed.returncode == 0, output[-4000:]
+    output = measured("--via-follower", "--clients", "4", "--seconds", "1")
     summary = re.search(
         r"changeagent: p50 [\d.]+ ms, ([\d,]+) writes/s \(4 clients\), "
         r"CPU per write (\d+) us in all, [\d.]+ CPU-s over ([\d.]+) s",
@@ -78,17 +77,13 @@ def test_cpu_per_write_under_wrk_divides_by_the_writes_wrk_saw() -> None:
 
 
 def test_cpu_per_write_refuses_no_clients() -> None:
-    completed = subprocess.run(
-        [sys.executable, "-m", "bench.cpu_per_write", "--clients", "0"],
-        cwd=REPO, capture_output=True, text=True, timeout=60)
+    completed = run_tool("--clients", "0", timeout=60)
     assert completed.returncode == 2
     assert "--clients must be 1 or more" in completed.stderr
 
 
 def test_cpu_per_write_without_fsync_refuses_other_systems() -> None:
-    completed = subprocess.run(
-        [sys.executable, "-m", "bench.cpu_per_write", "--systems", "redis", "--no-fsync"],
-        cwd=REPO, capture_output=True, text=True, timeout=60)
+    completed = run_tool("--systems", "redis", "--no-fsync", timeout=60)
     assert completed.returncode == 2
     assert "--no-fsync knows changeagent and etcd, not redis" in completed.stderr
 
