@@ -159,11 +159,10 @@ class LinkProtocol(asyncio.Protocol):
 
     def write_held(self) -> None:
         """Hand what `write` held to the socket now (before closing it, say)."""
-        held, self._held = self._held, None
+        held, self._held, self._held_bytes = self._held, None, 0
         transport = self.transport
         if held and transport is not None and not transport.is_closing():
             self._write_held_now(transport, held)
-        self._held_bytes = 0
 
     def _write_held_now(self, transport: asyncio.Transport, held: list[bytes]) -> None:
         transport.write(b"".join(held) if len(held) > 1 else held[0])
